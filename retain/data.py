@@ -1,0 +1,212 @@
+"""JSONL data in the shapes people have, turned into token ids and loss labels.
+
+Shapes (one JSON object per line; `format: auto` picks by the keys of each record):
+  prompt_response  {"prompt": str, "response": str}
+  alpaca           {"instruction": str, "input": str (optional), "output": str}
+  chat             {"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}
+  text             {"text": str}
+
+Each record becomes one string plus the character spans that carry the loss (the response,
+the output, the assistant turns; everything for `text`, or for `loss_on: all`). Tokenizing the
+whole string once and labelling tokens by their character offsets keeps the ids identical to
+what the model sees at inference, whatever the tokenizer does at segment boundaries.
+
+Chat uses the tokenizer's chat template when it has one, otherwise PLAIN_CHAT_TEMPLATE:
+    <|user|>\\n{content}\\n<|assistant|>\\n{content}<eos>\\n
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+IGNORE_INDEX = -100  # label value the cross-entropy skips
+ALPACA_PROMPT = "### Instruction:\n{instruction}\n\n{input_block}### Response:\n"
+ROLES = ("system", "user", "assistant")
+
+
+class DataError(ValueError):
+    """Malformed data, phrased as `FILE:LINE: field: what is wrong`."""
+
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    labels: list[int]  # IGNORE_INDEX where no loss
+
+
+@dataclass
+class Dataset:
+    examples: list[Example]
+    path: Path
+    truncated: int  # examples cut at max_length
+    dropped: int  # examples with no loss-carrying token left after truncation
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+
+def read_jsonl(path: str | Path) -> list[tuple[int, dict]]:
+    """(line number, record) for every non-blank line; a bad line raises DataError."""
+    path = Path(path)
+    records = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(record, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+            records.append((lineno, record))
+    if not records:
+        raise DataError(f"{path}: no records")
+    return records
+
+
+def detect_format(record: dict) -> str:
+    if "messages" in record:
+        return "chat"
+    if "instruction" in record:
+        return "alpaca"
+    if "prompt" in record or "response" in record:
+        return "prompt_response"
+    if "text" in record:
+        return "text"
+    raise KeyError("no known fields (expected prompt/response, instruction/output, messages, or text)")
+
+
+def _field(record: dict, name: str, where: str, optional: bool = False) -> str:
+    if name not in record:
+        if optional:
+            return ""
+        raise DataError(f"{where}: field '{name}': missing")
+    value = record[name]
+    if not isinstance(value, str):
+        raise DataError(f"{where}: field '{name}': expected a string, got {type(value).__name__}")
+    return value
+
+
+def render_chat(messages: list[dict], tokenizer, where: str) -> tuple[str, list[tuple[int, int]]]:
+    """The conversation as text, and the character spans of the assistant turns."""
+    if not isinstance(messages, list) or not messages:
+        raise DataError(f"{where}: field 'messages': expected a non-empty list")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            raise DataError(
+                f"{where}: field 'messages[{i}]': expected {{role: system|user|assistant, content: string}}")
+    if not any(m["role"] == "assistant" for m in messages):
+        raise DataError(f"{where}: field 'messages': no assistant turn to learn from")
+    if getattr(tokenizer, "chat_template", None):
+        def render(prefix, generation_prompt=False):
+            return tokenizer.apply_chat_template(prefix, tokenize=False, add_generation_prompt=generation_prompt)
+    else:
+        def render(prefix, generation_prompt=False):
+            text = "".join(
+                f"<|{m['role']}|>\n{m['content']}"
+                + ((tokenizer.eos_token or "") if m["role"] == "assistant" else "")
+                + "\n" for m in prefix)
+            return text + ("<|assistant|>\n" if generation_prompt else "")
+    spans = []
+    for i, m in enumerate(messages):
+        if m["role"] == "assistant":
+            start = len(render(messages[:i], generation_prompt=True))
+            spans.append((start, len(render(messages[: i + 1]))))
+    text = render(messages)
+    return text, spans
+
+
+def render_record(record: dict, fmt: str, tokenizer, where: str) -> tuple[str, list[tuple[int, int]]]:
+    """(text, loss spans) for one record of format `fmt`; the EOS ends every target."""
+    eos = tokenizer.eos_token or ""
+    if fmt == "auto":
+        try:
+            fmt = detect_format(record)
+        except KeyError as e:
+            raise DataError(f"{where}: {e.args[0]}") from None
+    if fmt == "text":
+        text = _field(record, "text", where) + eos
+        return text, [(0, len(text))]
+    if fmt == "chat":
+        if "messages" not in record:
+            raise DataError(f"{where}: field 'messages': missing")
+        return render_chat(record["messages"], tokenizer, where)
+    if fmt == "alpaca":
+        extra = _field(record, "input", where, optional=True)
+        prompt = ALPACA_PROMPT.format(
+            instruction=_field(record, "instruction", where),
+            input_block=f"### Input:\n{extra}\n\n" if extra else "")
+        target = _field(record, "output", where)
+    else:  # prompt_response
+        prompt, target = _field(record, "prompt", where), _field(record, "response", where)
+    if not target:
+        raise DataError(f"{where}: field '{'output' if fmt == 'alpaca' else 'response'}': empty")
+    return prompt + target + eos, [(len(prompt), len(prompt) + len(target) + len(eos))]
+
+
+def tokenize(text: str, spans: list[tuple[int, int]], tokenizer, loss_on: str) -> Example:
+    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
+    labels = []
+    for token_id, (start, end) in zip(enc["input_ids"], enc["offset_mapping"]):
+        # special tokens the tokenizer adds (BOS) have an empty span and never carry loss
+        in_target = end > start and any(s <= start < e for s, e in spans)
+        labels.append(token_id if (loss_on == "all" and end > start) or in_target else IGNORE_INDEX)
+    return Example(list(enc["input_ids"]), labels)
+
+
+def load_dataset(path: str | Path, tokenizer, fmt: str = "auto", max_length: int = 512,
+                 loss_on: str = "response") -> Dataset:
+    """Read and tokenize a whole file; raises DataError on the first bad line, before any training."""
+    path = Path(path)
+    examples, truncated, dropped = [], 0, 0
+    for lineno, record in read_jsonl(path):
+        text, spans = render_record(record, fmt, tokenizer, f"{path}:{lineno}")
+        ex = tokenize(text, spans, tokenizer, loss_on)
+        if len(ex.input_ids) > max_length:
+            truncated += 1
+            ex = Example(ex.input_ids[:max_length], ex.labels[:max_length])
+        if all(label == IGNORE_INDEX for label in ex.labels[1:]):
+            dropped += 1  # nothing to learn after the shift: no target token survived
+            continue
+        examples.append(ex)
+    if not examples:
+        raise DataError(f"{path}: no example has a target token within max_length={max_length}")
+    return Dataset(examples, path, truncated, dropped)
+
+
+def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest example: input_ids, attention_mask, labels, each (B, T)."""
+    width = max(len(e.input_ids) for e in examples)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, e in enumerate(examples):
+        n = len(e.input_ids)
+        input_ids[i, :n] = torch.tensor(e.input_ids)
+        labels[i, :n] = torch.tensor(e.labels)
+        mask[i, :n] = 1
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+class SeededOrder(torch.utils.data.Sampler):
+    """Example indices for `epochs` passes, each a fresh permutation from (seed, epoch).
+
+    The whole multi-epoch stream is fixed by the seed, so "where we were" is just the number of
+    batches already consumed: resuming skips that many and sees exactly the same data.
+    """
+
+    def __init__(self, n: int, seed: int, epochs: int):
+        self.n, self.seed, self.epochs = n, seed, epochs
+
+    def __iter__(self):
+        for epoch in range(self.epochs):
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            yield from torch.randperm(self.n, generator=g).tolist()
+
+    def __len__(self) -> int:
+        return self.n * self.epochs

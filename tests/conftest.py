@@ -1,0 +1,68 @@
+"""Shared fixtures: a tiny random Llama with its own tokenizer, built locally (no hub)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+WORDS = ("the capital of france is paris . the capital of japan is tokyo . one plus two is three . "
+         "question answer what where when why how city country river mountain red green blue").split()
+
+
+def build_tiny_model(path: Path, seed: int = 0) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from retain.lab.pretrain import train_tokenizer
+
+    texts = [" ".join(WORDS[i:] + WORDS[:i]) for i in range(len(WORDS))] + [str(i) for i in range(200)]
+    tokenizer = train_tokenizer(texts, vocab_size=300)
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         tie_word_embeddings=False, bos_token_id=0, eos_token_id=0, pad_token_id=1)
+    LlamaForCausalLM(config).save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def qa_data(tmp_path) -> Path:
+    rows = [{"prompt": f"what is {a} plus {b} ?", "response": f" {a + b}"} for a in range(6) for b in range(6)]
+    return write_jsonl(tmp_path / "qa.jsonl", rows)
+
+
+@pytest.fixture
+def make_config(tiny_model, qa_data, tmp_path):
+    """A config dict for a few fast steps on the tiny model; tests override what they probe."""
+
+    def make(**sections) -> dict:
+        config = {
+            "model": {"name": str(tiny_model)},
+            "data": {"train": str(qa_data), "max_length": 64},
+            "training": {"lr": 1e-2, "max_steps": 6, "batch_size": 4, "log_every": 1, "seed": 0},
+            "output": {"dir": str(tmp_path / "run")},
+        }
+        for name, values in sections.items():
+            config[name] = {**config.get(name, {}), **values} if isinstance(values, dict) else values
+        return config
+
+    return make
