@@ -22,7 +22,6 @@
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,7 +73,8 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> to
 def make_accelerator(config: RunConfig):
     from accelerate import Accelerator
 
-    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if config.training.bf16 else "no")
+    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if config.training.bf16 else "no",
+                       gradient_accumulation_steps=config.training.grad_accum)
 
 
 @torch.no_grad()
@@ -141,12 +141,18 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False, prog
     pad_id = tokenizer.pad_token_id
 
     def loader(data, sampler=None):
+        # Its own generator: iterating a DataLoader draws a seed, and drawing it from the global
+        # RNG would shift dropout after a resume.
         return torch.utils.data.DataLoader(data, batch_size=t.batch_size, sampler=sampler,
-                                           collate_fn=lambda b: collate(b, pad_id))
+                                           collate_fn=lambda b: collate(b, pad_id),
+                                           generator=torch.Generator().manual_seed(t.seed))
 
     train_loader = loader(examples, SeededOrder(len(examples), t.seed, epochs_needed))
     dev_loader = loader(dev_set.examples) if dev_set else None
-    model, optimizer, scheduler, train_loader = accelerator.prepare(model, optimizer, scheduler, train_loader)
+    # The scheduler is stepped by us once per optimizer step (accelerate's wrapper would step it once
+    # per process), and registered so that checkpoints carry it.
+    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    accelerator.register_for_checkpointing(scheduler)
     if dev_loader is not None:
         dev_loader = accelerator.prepare(dev_loader)
 
@@ -175,16 +181,15 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False, prog
         for m in step_hooks:  # 4a
             m.on_step(accelerator.unwrap_model(model), step)
         sums: dict[str, float] = {}
-        for micro in range(t.grad_accum):
+        for _ in range(t.grad_accum):
             batch = next(batches)
-            sync = micro == t.grad_accum - 1
-            with accelerator.no_sync(model) if not sync else nullcontext():
+            # accumulate(): no gradient all-reduce until the last micro-batch; backward divides by grad_accum
+            with accelerator.accumulate(model):
                 outputs = model(**batch)
                 terms = {"task": outputs.loss}
                 for m in loss_terms:
                     terms[m.name] = m.loss_term(model, batch, outputs)
-                loss = sum(terms.values())
-                accelerator.backward(loss / t.grad_accum)
+                accelerator.backward(sum(terms.values()))
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0.0) + value.detach().float().item() / t.grad_accum
             window_tokens += int(batch["attention_mask"].sum())
