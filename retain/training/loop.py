@@ -132,6 +132,9 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False, prog
         if isinstance(m, DataTransform):
             examples = m.transform_data(examples, ctx)
     report_data(accelerator, train_set, dev_set, len(examples))
+    n = accelerator.num_processes
+    accelerator.print(f"{total_steps} optimizer steps on {n} process{'es' if n > 1 else ''}, "
+                      f"global batch {t.batch_size * t.grad_accum * n}")
 
     optimizer = make_optimizer(model, t.lr, t.weight_decay)
     scheduler = get_scheduler("constant_with_warmup" if t.scheduler == "constant" else t.scheduler,
@@ -193,9 +196,11 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False, prog
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0.0) + value.detach().float().item() / t.grad_accum
             window_tokens += int(batch["attention_mask"].sum())
+        # One small all-reduce per step: every process logs (and checks) the global mean of each term.
+        means = accelerator.reduce(torch.tensor(list(sums.values()), device=accelerator.device), "mean")
+        sums = dict(zip(sums, means.tolist()))
         total_loss = sum(sums.values())
-        finite = accelerator.reduce(torch.tensor(float(math.isfinite(total_loss)), device=accelerator.device), "min")
-        if finite.item() < 1:
+        if not math.isfinite(total_loss):
             last = latest_checkpoint(out)
             raise NonFiniteLossError(
                 f"loss became {total_loss} at step {step + 1} (terms: {sums}); stopped without saving. "
