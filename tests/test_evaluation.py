@@ -1,0 +1,117 @@
+"""Scorers against hand-computed values on a deterministic fake model (a fixed bigram table)."""
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from retain.evaluation import metrics as M
+from retain.evaluation.lm import LM, rolling_windows
+from retain.evaluation.runner import evaluate
+from retain.evaluation.tasks import load_suite, load_task
+from conftest import write_jsonl
+
+
+class BigramLM(torch.nn.Module):
+    """logits[t] = table[input_ids[t]]: the next token depends only on the current one."""
+
+    def __init__(self, vocab: int, max_positions: int = 8):
+        super().__init__()
+        self.table = torch.nn.Parameter(torch.randn(vocab, vocab, generator=torch.Generator().manual_seed(0)))
+        self.config = SimpleNamespace(max_position_embeddings=max_positions)
+
+    def forward(self, input_ids, **_):
+        return SimpleNamespace(logits=self.table[input_ids])
+
+    def logprob(self, prev: int, nxt: int) -> float:
+        return torch.log_softmax(self.table[prev], -1)[nxt].item()
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model):
+    return AutoTokenizer.from_pretrained(tiny_model)
+
+
+def test_loglikelihood_is_the_sum_over_continuation_tokens(tokenizer):
+    model = BigramLM(len(tokenizer))
+    lm = LM(model, tokenizer)
+    ctx, cont = lm.encode_pair("the capital of", " france is")
+    assert tokenizer.decode(cont) == " france is"
+    whole = ctx + cont
+    expected = sum(model.logprob(whole[i - 1], whole[i]) for i in range(len(ctx), len(whole)))
+    (ll, greedy), = lm.loglikelihood([("the capital of", " france is")])
+    assert ll == pytest.approx(expected, abs=1e-5)
+    best = [int(model.table[whole[i - 1]].argmax()) for i in range(len(ctx), len(whole))]
+    assert greedy == (best == cont)
+
+
+def test_empty_context_conditions_on_the_prefix_token(tokenizer):
+    model = BigramLM(len(tokenizer))
+    lm = LM(model, tokenizer)
+    cont = lm.encode("red")
+    expected = model.logprob(lm.prefix_token, cont[0]) + sum(model.logprob(a, b) for a, b in zip(cont, cont[1:]))
+    assert lm.loglikelihood([("", "red")])[0][0] == pytest.approx(expected, abs=1e-5)
+
+
+def test_rolling_scores_every_token_once_across_windows(tokenizer):
+    model = BigramLM(len(tokenizer), max_positions=4)  # force many windows
+    lm = LM(model, tokenizer)
+    text = "the capital of france is paris . one plus two is three"
+    tokens = lm.encode(text)
+    assert len(tokens) > 3 * lm.max_length
+    expected = model.logprob(lm.prefix_token, tokens[0]) + sum(model.logprob(a, b) for a, b in zip(tokens, tokens[1:]))
+    (ll, n), = lm.loglikelihood_rolling([text])
+    assert n == len(tokens) and ll == pytest.approx(expected, abs=1e-4)
+
+
+def test_rolling_windows_shape():
+    pieces = list(rolling_windows(list(range(10)), prefix_token=-1, max_length=4))
+    assert pieces[0] == ([-1, 0, 1, 2, 3], 4)
+    assert sum(n for _, n in pieces) == 10
+    assert all(len(ids) <= 5 for ids, _ in pieces)
+    assert [ids[-n:] for ids, n in pieces] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+def test_metric_definitions_by_hand():
+    # acc picks the highest loglikelihood; acc_norm divides by the choice's length in characters
+    assert M.multiple_choice_item([-2.0, -3.0], ["a", "bbbbbb"], gold=1) == {"acc": 0.0, "acc_norm": 1.0}
+    items = [M.perplexity_item(-10.0, 5, "two words"), M.perplexity_item(-6.0, 3, "one")]
+    agg = M.perplexity_aggregate(items)
+    assert agg["word_perplexity"] == pytest.approx(math.exp(16 / 3))
+    assert agg["byte_perplexity"] == pytest.approx(math.exp(16 / 12))
+    assert agg["bits_per_byte"] == pytest.approx(16 / 12 / math.log(2))
+    assert agg["token_perplexity"] == pytest.approx(math.exp(16 / 8))
+    assert M.generation_item(" Paris", "Paris") == {"exact_match": 1.0, "contains": 1.0}
+    assert M.generation_item(" Paris, France", "Paris") == {"exact_match": 0.0, "contains": 1.0}
+    assert M.repetition_rate("a b c d a b c d".split()) == pytest.approx(1 / 5)
+    assert M.distinct_n([["a", "b"], ["a", "c"]], 1) == pytest.approx(3 / 4)
+    assert M.bleu("a b c d".split(), ["a b c d".split()]) == pytest.approx(1.0)
+    assert M.bleu("a b c d".split(), ["x y z w".split()]) == 0.0
+    assert M.bleu("a b c d".split(), ["a b x y".split()]) == pytest.approx((0.5 * 0.5 * (1 / 3) * 0.5) ** 0.25)
+
+
+def test_suite_runs_every_kind_and_keeps_items(tiny_model, tokenizer, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    write_jsonl(tmp_path / "g.jsonl", [{"prompt": "the capital of", "response": " france"}] * 3)
+    (tmp_path / "g.yaml").write_text(
+        f"name: g\nkind: generation\ndata: {{test: {tmp_path / 'g.jsonl'}, dev: {tmp_path / 'g.jsonl'}}}\nfields: {{context: prompt, target: response}}\n"
+        "max_new_tokens: 3\n")
+    tasks = load_suite("lab") + [load_task(tmp_path / "g.yaml")]
+    results = evaluate(model, tokenizer, tasks, split="dev", limit=4, progress=False)["tasks"]
+    assert {r["kind"] for r in results.values()} == {"generation", "multiple_choice", "perplexity", "diversity"}
+    for name, r in results.items():
+        assert len(r["items"]) == r["n"] <= 4, name
+        assert r["primary_metric"] in r["metrics"]
+    assert results["english"]["lower_is_better"] and not results["capital_recall"]["lower_is_better"]
+    assert all(len(i["prediction"].split()) <= 3 for i in results["g"]["items"])
+
+
+def test_missing_field_in_task_data_names_the_line(tmp_path):
+    write_jsonl(tmp_path / "d.jsonl", [{"context": "a", "target": "b"}, {"context": "a"}])
+    (tmp_path / "t.yaml").write_text(f"name: t\nkind: generation\ndata: {{test: {tmp_path / 'd.jsonl'}}}\n")
+    with pytest.raises(ValueError, match=r"d.jsonl:2: field 'target': missing"):
+        load_task(tmp_path / "t.yaml").items("test")
