@@ -113,7 +113,7 @@ class RunConfig:
 
 
 def parse_mitigations(data: Any) -> dict[str, Any]:
-    from retain.mitigations import MITIGATIONS
+    from retain.mitigations import MITIGATIONS, PEFT_METHODS
 
     if data is None:
         return {}
@@ -125,6 +125,9 @@ def parse_mitigations(data: Any) -> dict[str, Any]:
             raise ConfigError(f"mitigations.{name}: unknown mitigation (known: {', '.join(MITIGATIONS)})")
         options_cls, _ = MITIGATIONS[name]
         parsed[name] = build(options_cls, {} if options is True else options, f"mitigations.{name}")
+    peft = [name for name in parsed if name in PEFT_METHODS]
+    if len(peft) > 1:
+        raise ConfigError(f"mitigations.{peft[1]}: only one PEFT method can wrap the model (also given: {peft[0]})")
     return parsed
 
 

@@ -36,6 +36,7 @@ class DataError(ValueError):
 class Example:
     input_ids: list[int]
     labels: list[int]  # IGNORE_INDEX where no loss
+    replay: bool = False  # general data mixed in by the replay mitigation, not task data
 
 
 @dataclass
@@ -179,8 +180,14 @@ def load_dataset(path: str | Path, tokenizer, fmt: str = "auto", max_length: int
     return Dataset(examples, path, truncated, dropped)
 
 
+MODEL_INPUTS = ("input_ids", "attention_mask", "labels")
+
+
 def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest example: input_ids, attention_mask, labels, each (B, T)."""
+    """Right-pad to the longest example: input_ids, attention_mask, labels (B, T); replay (B,) bool.
+
+    Only MODEL_INPUTS go to the model; the rest is for loss terms that treat examples differently.
+    """
     width = max(len(e.input_ids) for e in examples)
     input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
@@ -190,7 +197,8 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
         input_ids[i, :n] = torch.tensor(e.input_ids)
         labels[i, :n] = torch.tensor(e.labels)
         mask[i, :n] = 1
-    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+    replay = torch.tensor([e.replay for e in examples], dtype=torch.bool)
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels, "replay": replay}
 
 
 class SeededOrder(torch.utils.data.Sampler):

@@ -1,5 +1,8 @@
 """What each mitigation promises about which weights move."""
 
+import json
+import math
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -57,3 +60,95 @@ def test_freeze_that_selects_nothing_is_an_error(make_config):
     with pytest.raises(ValueError, match="select no parameter"):
         retain.train(config_from_dict(make_config(mitigations={"freeze": {"patterns": ["no_such_param"]}})),
                      progress=False)
+
+
+GENERAL = [{"text": "the capital of france is paris . one plus two is three"}] * 24
+
+# name -> (options, which weights may move: "adapter" | "all" | "none-frozen-check")
+SMOKE = {
+    "freeze": {"embeddings": True},
+    "lora": {"r": 4, "use_dora": True},
+    "loha": {"r": 4},
+    "lokr": {"r": 4},
+    "ia3": {},
+    "oft": {"block_size": 16},
+    "prompt_tuning": {"num_virtual_tokens": 4},
+    "prefix_tuning": {"num_virtual_tokens": 4},
+    "replay": {"ratio": 0.2},
+    "kl": {"weight": 1.0},
+    "l2sp": {"weight": 1.0},
+    "ewc": {"batches": 2},
+    "si": {"steps": 2},
+    "progressive_unfreeze": {"every": 100, "train_head": False},
+    "retention": {"suite": "english", "limit": 3, "every": 2, "max_drop": 1000.0},
+    "interpolate": {"alpha": 0.5},
+}
+PEFT = {"lora", "loha", "lokr", "ia3", "oft", "prompt_tuning", "prefix_tuning"}
+
+
+def test_smoke_table_covers_every_mitigation():
+    from retain.mitigations import MITIGATIONS
+
+    assert set(SMOKE) == set(MITIGATIONS)
+
+
+@pytest.mark.parametrize("name", sorted(SMOKE))
+def test_every_mitigation_trains_a_few_steps(name, make_config, tiny_model, tmp_path):
+    from conftest import write_jsonl
+
+    general = write_jsonl(tmp_path / "general.jsonl", GENERAL)
+    options = dict(SMOKE[name])
+    if name in ("replay", "ewc", "si"):
+        options["file"] = str(general)
+    result = retain.train(config_from_dict(make_config(mitigations={name: options},
+                                                       training={"max_steps": 4, "lr": 1e-2})), progress=False)
+    rows = [r for r in result.metrics if "loss" in r]
+    assert len(rows) == 4 and all(math.isfinite(r["loss"]) for r in rows)
+    term = {"kl": "loss/kl", "l2sp": "loss/l2sp", "ewc": "loss/ewc", "si": "loss/si"}.get(name)
+    if term:
+        assert all(term in r for r in rows) and rows[0][term] == pytest.approx(0.0, abs=1e-6)  # 0 at the anchor
+        assert rows[-1][term] > 0
+    base = base_weights(tiny_model)
+    if name in PEFT:
+        assert (result.final_dir / "adapter_config.json").is_file()
+        return
+    tuned = load_file(str(result.final_dir / "model.safetensors"))
+    moved = {k for k in base if not torch.equal(base[k], tuned[k])}
+    if name == "progressive_unfreeze":  # only the top block trains before step 100
+        assert moved and all(block_index(k) == 1 for k in moved)
+    elif name == "freeze":
+        assert moved and not any("embed_tokens" in k for k in moved)
+    elif name == "interpolate":
+        # halfway between base and the fine-tune: every moved tensor moved, none equals a pure fine-tune
+        assert moved
+    else:
+        assert len(moved) == len(base)  # full fine-tuning underneath: everything moves
+
+
+def test_interpolate_halfway_is_the_midpoint_of_base_and_finetune(make_config, tiny_model, tmp_path):
+    plain = retain.train(config_from_dict(make_config(output={"dir": str(tmp_path / "plain")})), progress=False)
+    half = retain.train(config_from_dict(make_config(output={"dir": str(tmp_path / "half")},
+                                                     mitigations={"interpolate": {"alpha": 0.5}})), progress=False)
+    base, tuned = base_weights(tiny_model), load_file(str(plain.final_dir / "model.safetensors"))
+    mid = load_file(str(half.final_dir / "model.safetensors"))
+    for k in base:
+        assert torch.allclose(mid[k], (base[k] + tuned[k]) / 2, atol=1e-6), k
+
+
+@pytest.mark.parametrize("action", ["stop", "rollback", "repair"])
+def test_retention_budget_acts_on_a_breach(action, make_config, tiny_model, tmp_path):
+    # lr 0.3 wrecks the model at once, so English perplexity breaches a 0% budget at the first check
+    config = make_config(training={"lr": 0.3, "max_steps": 8}, mitigations={
+        "retention": {"suite": "english", "limit": 8, "every": 2, "max_drop": 0.0, "action": action}})
+    result = retain.train(config_from_dict(config), progress=False)
+    record = json.loads((tmp_path / "run" / "retention.json").read_text())
+    assert record["outcome"]["action"] == action and record["outcome"]["step"] == 2
+    assert result.steps == 2  # stopped at the breach
+    final = load_file(str(result.final_dir / "model.safetensors"))
+    base = base_weights(tiny_model)
+    if action == "rollback":  # no check was within budget: back to the start
+        assert all(torch.equal(final[k], base[k]) for k in base)
+    elif action == "repair":
+        assert 0 <= record["outcome"]["alpha"] < 1
+    else:
+        assert any(not torch.equal(final[k], base[k]) for k in base)

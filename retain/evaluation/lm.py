@@ -83,7 +83,8 @@ class LM:
             inputs = torch.zeros((len(rows), width), dtype=torch.long)
             for j, r in enumerate(rows):
                 inputs[j, : len(r) - 1] = torch.tensor(r[:-1])
-            logprobs = F.log_softmax(self.model(inputs.to(self.device)).logits.float(), dim=-1).cpu()  # (B, T, V)
+            logits = self.model(inputs.to(self.device)).logits[:, -width:]  # prompt tuning prepends positions
+            logprobs = F.log_softmax(logits.float(), dim=-1).cpu()  # (B, T, V)
             for j, (i, r) in enumerate(zip(idx, rows)):
                 n = pieces[i][1]
                 targets = torch.tensor(r[-n:])

@@ -1,17 +1,45 @@
 """Every mitigation retain offers, by the name a config uses for it.
 
 One explicit table: config name -> (options dataclass, class). A class takes its options and
-implements one or more roles from retain.mitigations.roles; the loop applies model
-transforms in this table's order (freezing before the adapters that wrap the model).
+implements one or more roles from retain.mitigations.roles. The loop applies each role in this
+table's order (freezing before the adapters that wrap the model; replay before anything that
+reads the data). Any combination composes, except that at most one PEFT method wraps the model.
 """
 
-from retain.mitigations.freezing import Freeze, FreezeOptions
-from retain.mitigations.peft_methods import Lora, LoraOptions
+from retain.mitigations.distill import KLOptions, KLToBase
+from retain.mitigations.freezing import Freeze, FreezeOptions, ProgressiveUnfreeze, ProgressiveUnfreezeOptions
+from retain.mitigations.interpolation import Interpolate, InterpolateOptions
+from retain.mitigations.peft_methods import (IA3, OFT, IA3Options, LoHa, LoKr, Lora, LoraOptions, LowRankOptions,
+                                             OFTOptions, PrefixTuning, PromptTuning, VirtualTokensOptions)
+from retain.mitigations.penalties import EWC, L2SP, SI, EWCOptions, L2SPOptions, SIOptions
+from retain.mitigations.replay import Replay, ReplayOptions
+from retain.mitigations.retention import RetentionBudget, RetentionOptions
 
 MITIGATIONS: dict[str, tuple[type, type]] = {
+    # transform the model
     "freeze": (FreezeOptions, Freeze),
-    "lora": (LoraOptions, Lora),
+    "lora": (LoraOptions, Lora),  # also DoRA (use_dora) and rsLoRA (use_rslora)
+    "loha": (LowRankOptions, LoHa),
+    "lokr": (LowRankOptions, LoKr),
+    "ia3": (IA3Options, IA3),
+    "oft": (OFTOptions, OFT),
+    "prompt_tuning": (VirtualTokensOptions, PromptTuning),
+    "prefix_tuning": (VirtualTokensOptions, PrefixTuning),
+    # transform the data
+    "replay": (ReplayOptions, Replay),
+    # add a loss term
+    "kl": (KLOptions, KLToBase),
+    "l2sp": (L2SPOptions, L2SP),
+    "ewc": (EWCOptions, EWC),
+    "si": (SIOptions, SI),
+    # filter gradients during training
+    "progressive_unfreeze": (ProgressiveUnfreezeOptions, ProgressiveUnfreeze),
+    # decide to stop or roll back
+    "retention": (RetentionOptions, RetentionBudget),
+    # transform the weights after training
+    "interpolate": (InterpolateOptions, Interpolate),
 }
+PEFT_METHODS = ("lora", "loha", "lokr", "ia3", "oft", "prompt_tuning", "prefix_tuning")
 
 
 def build_mitigations(options_by_name: dict) -> list:

@@ -68,3 +68,56 @@ class Freeze:
         if not frozen:
             raise ValueError("mitigations.freeze: the options select no parameter of this model")
         return model
+
+
+def num_blocks(model: torch.nn.Module) -> int:
+    indices = {block_index(n) for n, _ in model.named_parameters()} - {None}
+    return max(indices) + 1 if indices else 0
+
+
+@dataclass(frozen=True)
+class ProgressiveUnfreezeOptions:
+    every: int = 50  # steps between unfreezing one more block
+    start_blocks: int = 1  # top blocks trainable from step 0
+    train_head: bool = True  # the output head (and final norm) train from step 0
+    train_embeddings: bool = False  # input embeddings never unfreeze unless set
+
+    def validate(self):
+        if self.every < 1:
+            yield "every", f"must be >= 1, got {self.every}"
+        if self.start_blocks < 0:
+            yield "start_blocks", f"must be >= 0, got {self.start_blocks}"
+
+
+def trainable_blocks_at(step: int, n_blocks: int, start_blocks: int, every: int) -> set[int]:
+    """Blocks (by index) that train at `step`: the top `start_blocks`, plus one more every `every` steps."""
+    n = min(n_blocks, start_blocks + step // every)
+    return set(range(n_blocks - n, n_blocks))
+
+
+class ProgressiveUnfreeze:
+    """Top blocks first (those nearest the output), one more block every `every` steps (ULMFiT-style).
+
+    Parameters stay requires_grad=True so DDP sees a fixed graph; those not yet unfrozen have their
+    gradients dropped before the optimizer step, so AdamW leaves them bit-identical.
+    """
+
+    def __init__(self, options: ProgressiveUnfreezeOptions):
+        self.options = options
+
+    def filter_gradients(self, model, step: int) -> None:
+        o = self.options
+        model = getattr(model, "module", model)
+        live = trainable_blocks_at(step, num_blocks(model), o.start_blocks, o.every)
+        embed_ids = embedding_param_ids(model)
+        for name, p in model.named_parameters():
+            index = block_index(name)
+            if index is not None:
+                keep = index in live
+            elif id(p) in embed_ids:
+                # tied embeddings are the head too: they follow train_head if the head trains
+                keep = o.train_embeddings or (o.train_head and "lm_head" in name)
+            else:
+                keep = o.train_head  # final norm, untied head
+            if not keep:
+                p.grad = None

@@ -4,11 +4,14 @@ The training loop (retain.training.loop) calls the roles in one fixed order:
 
     1. ModelTransform.transform_model   once, on the loaded model (PEFT, freezing)
     2. DataTransform.transform_data     once, on the tokenized task examples (replay)
-    3. LossTerm.setup                   once, after 1-2 and before the first step (anchors, Fisher)
+    3. Setup.setup                      once, after 1-2 and before the first step (anchors, Fisher,
+                                        the base model's retention scores)
     4. per optimizer step:
-         StepHook.on_step               before the forward (progressive unfreezing)
-         LossTerm.loss_term             each adds a named term to the task loss
-    5. WeightTransform.transform_weights once, on the trained model (interpolation, merging)
+         LossTerm.loss_term             each adds a named term to the task loss (KL, EWC, ...)
+         GradientFilter.filter_gradients after backward, before clipping (progressive unfreezing)
+         Monitor.check                  after the step, at its own cadence: continue, stop, or
+                                        stop with other weights (retention budget)
+    5. WeightTransform.transform_weights once, on the trained model (interpolation)
 
 Roles return values; they never reach into the loop's state.
 """
@@ -41,17 +44,34 @@ class DataTransform(Protocol):
 
 
 @runtime_checkable
+class Setup(Protocol):
+    def setup(self, model: torch.nn.Module, ctx: Context) -> None: ...
+
+
+@runtime_checkable
 class LossTerm(Protocol):
     name: str  # logged as loss/<name>
-
-    def setup(self, model: torch.nn.Module, ctx: Context) -> None: ...
 
     def loss_term(self, model: torch.nn.Module, batch: dict, outputs: Any) -> torch.Tensor: ...
 
 
 @runtime_checkable
-class StepHook(Protocol):
-    def on_step(self, model: torch.nn.Module, step: int) -> None: ...
+class GradientFilter(Protocol):
+    def filter_gradients(self, model: torch.nn.Module, step: int) -> None:
+        """May set .grad = None on parameters that must not move at this step (AdamW then skips them)."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    stop: bool = False
+    reason: str = ""
+    weights: dict | None = None  # state dict to load before stopping (rollback / repair)
+    metrics: dict | None = None  # logged under their names
+
+
+@runtime_checkable
+class Monitor(Protocol):
+    def check(self, model: torch.nn.Module, step: int, last_step: bool) -> Decision | None: ...
 
 
 @runtime_checkable

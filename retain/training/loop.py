@@ -7,14 +7,16 @@
     tokenize task data (errors stop here, before any step)
     2. data transforms (replay mixing)
     build optimizer, scheduler, seeded dataloader; accelerator.prepare(...)
-    3. loss-term setup (anchors, Fisher) — on the prepared model
+    3. setup (anchors, Fisher, base retention scores) — on the prepared model
     resume: load the newest complete checkpoint, skip the batches it had consumed
     for each optimizer step:
-        4a. step hooks (progressive unfreezing)
-        for each micro-batch: forward; loss = task loss + Σ named loss terms; backward
+        for each micro-batch: forward; loss = task loss + Σ named loss terms (4a); backward
+        4b. gradient filters (progressive unfreezing)
         clip, optimizer.step, scheduler.step, zero_grad
         stop if the loss is not finite (the last good checkpoint stays)
-        log (every term by name), eval on dev, checkpoint — at their cadences
+        log (every term by name), eval on dev
+        4c. monitors (retention budget): may stop, with other weights
+        checkpoint
     5. weight transforms (interpolation, merging)
     save final/ (full model, or adapter [+ merged/]) and tokenizer
 """
@@ -29,10 +31,11 @@ from pathlib import Path
 import torch
 
 from retain.config import RunConfig, config_to_yaml, resolve_path
-from retain.data import Dataset, SeededOrder, collate, load_dataset
+from retain.data import MODEL_INPUTS, Dataset, SeededOrder, collate, load_dataset
 from retain.io import atomic_write_text
 from retain.mitigations import build_mitigations
-from retain.mitigations.roles import Context, DataTransform, LossTerm, ModelTransform, StepHook, WeightTransform
+from retain.mitigations.roles import (Context, DataTransform, GradientFilter, LossTerm, ModelTransform, Monitor, Setup,
+                                     WeightTransform)
 from retain.modeling import load_model, load_tokenizer
 from retain.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from retain.training.logging import MetricsLog
@@ -83,7 +86,7 @@ def dev_loss(model, dataloader, accelerator) -> float:
     model.eval()
     total = torch.zeros(2)
     for batch in dataloader:
-        out = model(**batch)
+        out = model(**{k: batch[k] for k in MODEL_INPUTS})
         n_tokens = (batch["labels"][:, 1:] != -100).sum()
         total += torch.stack([out.loss.float().cpu() * n_tokens.cpu(), n_tokens.cpu().float()])
     model.train()
@@ -160,9 +163,11 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False, prog
         dev_loader = accelerator.prepare(dev_loader)
 
     loss_terms = [m for m in mitigations if isinstance(m, LossTerm)]
-    step_hooks = [m for m in mitigations if isinstance(m, StepHook)]
-    for m in loss_terms:  # 3
-        m.setup(model, ctx)
+    gradient_filters = [m for m in mitigations if isinstance(m, GradientFilter)]
+    monitors = [m for m in mitigations if isinstance(m, Monitor)]
+    for m in mitigations:  # 3
+        if isinstance(m, Setup):
+            m.setup(model, ctx)
 
     log = MetricsLog(out, accelerator.is_main_process)
     step = 0
@@ -181,14 +186,12 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False, prog
                disable=not (progress and accelerator.is_local_main_process))
     window_tokens, window_start = 0, time.perf_counter()
     while step < total_steps:
-        for m in step_hooks:  # 4a
-            m.on_step(accelerator.unwrap_model(model), step)
         sums: dict[str, float] = {}
         for _ in range(t.grad_accum):
             batch = next(batches)
             # accumulate(): no gradient all-reduce until the last micro-batch; backward divides by grad_accum
             with accelerator.accumulate(model):
-                outputs = model(**batch)
+                outputs = model(**{k: batch[k] for k in MODEL_INPUTS})
                 terms = {"task": outputs.loss}
                 for m in loss_terms:
                     terms[m.name] = m.loss_term(model, batch, outputs)
@@ -205,6 +208,8 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False, prog
             raise NonFiniteLossError(
                 f"loss became {total_loss} at step {step + 1} (terms: {sums}); stopped without saving. "
                 f"Last good checkpoint: {last[1] if last else 'none'}. Try a lower training.lr or set max_grad_norm.")
+        for m in gradient_filters:
+            m.filter_gradients(model, step)
         if t.max_grad_norm is not None:
             accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
         optimizer.step()
@@ -223,6 +228,16 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False, prog
             window_tokens, window_start = 0, time.perf_counter()
         if dev_loader is not None and ((t.eval_every and step % t.eval_every == 0) or step == total_steps):
             log.write({"step": step, "eval/loss": dev_loss(model, dev_loader, accelerator)})
+        decisions = [d for m in monitors if (d := m.check(model, step, step == total_steps)) is not None]
+        for d in decisions:
+            if d.metrics:
+                log.write({"step": step, **d.metrics})
+        stop = next((d for d in decisions if d.stop), None)
+        if stop is not None:
+            if stop.weights is not None:
+                accelerator.unwrap_model(model).load_state_dict(stop.weights, strict=False)
+            accelerator.print(stop.reason)
+            break
         if t.save_every and step % t.save_every == 0 and step < total_steps:
             save_checkpoint(accelerator, out, step, {"total_steps": total_steps}, t.keep_last)
     bar.close()

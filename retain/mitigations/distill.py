@@ -1,0 +1,127 @@
+"""Distillation from the frozen base model: keep the fine-tune's next-token distribution near the base's.
+
+Under PEFT the reference is the same model with its adapters disabled (no second copy); for full
+fine-tuning, a frozen copy made before the first step. `cache_top_k` stores the base's top-k
+log-probs of each example the first time it is seen, so later epochs skip the reference forward.
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from retain.mitigations.roles import Context
+
+
+def kl_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor,
+                  temperature: float = 1.0, direction: str = "forward") -> torch.Tensor:
+    """Mean over masked positions of KL(teacher‖student) ("forward") or KL(student‖teacher) ("reverse").
+
+    logits: (B, T, V); mask: (B, T) bool. Scaled by T² so the gradient size does not depend on T.
+    """
+    s = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    p, q = (t, s) if direction == "forward" else (s, t)
+    per_position = (p.exp() * (p - q)).sum(-1)  # (B, T)
+    return (per_position * mask).sum() / mask.sum().clamp(min=1) * temperature ** 2
+
+
+def top_k_kl(student_logits: torch.Tensor, teacher_ids: torch.Tensor, teacher_logprobs: torch.Tensor,
+             mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Forward KL between teacher and student, both renormalised over the teacher's top-k tokens.
+
+    student_logits: (B, T, V); teacher_ids, teacher_logprobs: (B, T, k); mask: (B, T).
+    """
+    s = F.log_softmax(student_logits.float().gather(-1, teacher_ids) / temperature, dim=-1)  # (B, T, k)
+    t = F.log_softmax(teacher_logprobs / temperature, dim=-1)
+    per_position = (t.exp() * (t - s)).sum(-1)
+    return (per_position * mask).sum() / mask.sum().clamp(min=1) * temperature ** 2
+
+
+def positions(batch: dict, on: str) -> torch.Tensor:
+    """(B, T) bool: the positions whose next token is a training target, on task/replay/all examples."""
+    mask = torch.zeros_like(batch["labels"], dtype=torch.bool)
+    mask[:, :-1] = batch["labels"][:, 1:] != -100
+    if on != "all":
+        chosen = batch["replay"] if on == "replay" else ~batch["replay"]
+        mask &= chosen[:, None].to(mask.device)
+    return mask
+
+
+@dataclass(frozen=True)
+class KLOptions:
+    weight: float = 0.5
+    temperature: float = 1.0
+    direction: Literal["forward", "reverse"] = "forward"
+    on: Literal["task", "replay", "all"] = "all"  # which examples' positions count
+    cache_top_k: int = 0  # > 0: cache the base's top-k log-probs per example (forward KL only)
+
+    def validate(self):
+        if self.weight <= 0:
+            yield "weight", f"must be > 0, got {self.weight}"
+        if self.temperature <= 0:
+            yield "temperature", f"must be > 0, got {self.temperature}"
+        if self.cache_top_k and self.direction != "forward":
+            yield "cache_top_k", "the cached teacher supports forward KL only"
+
+
+class KLToBase:
+    name = "kl"
+
+    def __init__(self, options: KLOptions):
+        self.options = options
+        self.reference = None  # frozen copy (full fine-tuning) or None (PEFT: adapters disabled)
+        self.cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def setup(self, model, ctx: Context) -> None:
+        from peft import PeftModel
+
+        inner = getattr(model, "module", model)
+        if not isinstance(inner, PeftModel):
+            self.reference = copy.deepcopy(inner).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def teacher_logits(self, model, batch) -> torch.Tensor:
+        inner = getattr(model, "module", model)
+        ref = self.reference or inner
+        was_training = ref.training
+        ref.eval()  # no dropout in the reference
+        with (inner.disable_adapter() if self.reference is None else nullcontext()):
+            logits = ref(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        ref.train(was_training)
+        return logits
+
+    def cached_teacher(self, model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids, logprobs) of the base's top-k per position, computed once per distinct example."""
+        k = self.options.cache_top_k
+        keys = [tuple(row[m.bool()].tolist()) for row, m in zip(batch["input_ids"], batch["attention_mask"])]
+        missing = [i for i, key in enumerate(keys) if key not in self.cache]
+        if missing:
+            logits = self.teacher_logits(model, {n: batch[n][missing] for n in ("input_ids", "attention_mask")})
+            top = F.log_softmax(logits.float(), -1).topk(k, dim=-1)
+            for j, i in enumerate(missing):
+                n = len(keys[i])
+                self.cache[keys[i]] = (top.indices[j, :n].cpu(), top.values[j, :n].cpu())
+        B, T = batch["input_ids"].shape
+        ids = torch.zeros((B, T, k), dtype=torch.long)
+        values = torch.zeros((B, T, k))
+        for i, key in enumerate(keys):
+            cached_ids, cached_values = self.cache[key]
+            ids[i, : len(key)], values[i, : len(key)] = cached_ids, cached_values
+        device = batch["input_ids"].device
+        return ids.to(device), values.to(device)
+
+    def loss_term(self, model, batch, outputs) -> torch.Tensor:
+        o = self.options
+        mask = positions(batch, o.on)
+        if o.cache_top_k:
+            ids, logprobs = self.cached_teacher(model, batch)
+            kl = top_k_kl(outputs.logits, ids, logprobs, mask, o.temperature)
+        else:
+            kl = kl_divergence(outputs.logits, self.teacher_logits(model, batch), mask, o.temperature, o.direction)
+        return o.weight * kl

@@ -1,0 +1,180 @@
+"""Pulling the weights back toward where they started: L2-SP, EWC and SI.
+
+All three are one penalty, Σ_k importance_k · (θ_k − θ*_k)², with a different importance:
+    L2-SP  1 for every weight (distinct from weight decay, which pulls toward 0)
+    EWC    the diagonal Fisher information of the base model on general data
+    SI     the path integral of −gradient · step along a short trajectory on general data
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import torch
+
+from retain.config import resolve_path
+from retain.mitigations.roles import Context
+
+
+def weighted_l2(params: dict[str, torch.Tensor], anchor: dict[str, torch.Tensor],
+                importance: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """Σ importance · (θ − θ*)² over the named tensors; importance None means 1 everywhere."""
+    total = None
+    for name, p in params.items():
+        sq = (p - anchor[name]).pow(2)
+        term = (sq * importance[name]).sum() if importance is not None else sq.sum()
+        total = term if total is None else total + term
+    return total
+
+
+def trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def general_batches(ctx: Context, file: str, n_batches: int, batch_size: int):
+    """The first `n_batches` batches of a general-data file, tokenized as the run tokenizes."""
+    from retain.data import collate, load_dataset
+
+    data = load_dataset(resolve_path(file), ctx.tokenizer, "auto", ctx.config.data.max_length, "all").examples
+    for i in range(0, min(len(data), n_batches * batch_size), batch_size):
+        yield collate(data[i: i + batch_size], ctx.tokenizer.pad_token_id)
+
+
+def diagonal_fisher(model: torch.nn.Module, batches, params: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
+    """Empirical diagonal Fisher: the mean over batches of the squared LM-loss gradient."""
+    fisher = {n: torch.zeros_like(p) for n, p in params.items()}
+    n = 0
+    for batch in batches:
+        model.zero_grad(set_to_none=True)
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss.backward()
+        for name, p in params.items():
+            if p.grad is not None:
+                fisher[name] += p.grad.detach().pow(2)
+        n += 1
+    model.zero_grad(set_to_none=True)
+    return {k: v / max(n, 1) for k, v in fisher.items()}
+
+
+def synaptic_importance(model: torch.nn.Module, batches, params: dict[str, torch.nn.Parameter], lr: float,
+                        damping: float = 1e-3) -> dict[str, torch.Tensor]:
+    """SI's Ω: Σ_t −g_t·Δθ_t / (Δθ_total² + ξ), along plain SGD steps on `batches`; weights restored after."""
+    start = {n: p.detach().clone() for n, p in params.items()}
+    omega = {n: torch.zeros_like(p) for n, p in params.items()}
+    for batch in batches:
+        model.zero_grad(set_to_none=True)
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss.backward()
+        with torch.no_grad():
+            for name, p in params.items():
+                if p.grad is None:
+                    continue
+                step = -lr * p.grad
+                omega[name] += -p.grad * step  # contribution of this step to the loss decrease
+                p.add_(step)
+    with torch.no_grad():
+        importance = {n: omega[n] / ((p.detach() - start[n]).pow(2) + damping) for n, p in params.items()}
+        for name, p in params.items():
+            p.copy_(start[name])
+    model.zero_grad(set_to_none=True)
+    return importance
+
+
+@dataclass(frozen=True)
+class L2SPOptions:
+    weight: float = 0.01  # loss += weight/2 · Σ (θ − θ0)²
+
+    def validate(self):
+        if self.weight <= 0:
+            yield "weight", f"must be > 0, got {self.weight}"
+
+
+@dataclass(frozen=True)
+class EWCOptions:
+    weight: float = 100.0  # loss += weight/2 · Σ F (θ − θ0)²
+    file: str = "lab:general.jsonl"  # general data the Fisher is estimated on
+    batches: int = 16
+    batch_size: int = 8
+    fisher_in: str | None = None  # online EWC: a fisher.pt from an earlier stage, accumulated with decay
+    decay: float = 1.0  # online EWC's γ: F = γ·F_previous + F_new
+    save_fisher: bool = True  # write <output>/fisher.pt for the next stage
+
+    def validate(self):
+        if self.weight <= 0:
+            yield "weight", f"must be > 0, got {self.weight}"
+        if self.batches < 1:
+            yield "batches", f"must be >= 1, got {self.batches}"
+        if not resolve_path(self.file).is_file():
+            yield "file", f"file not found: {resolve_path(self.file)}"
+        if self.fisher_in is not None and not resolve_path(self.fisher_in).is_file():
+            yield "fisher_in", f"file not found: {resolve_path(self.fisher_in)}"
+
+
+@dataclass(frozen=True)
+class SIOptions:
+    weight: float = 1.0
+    file: str = "lab:general.jsonl"
+    steps: int = 16  # SGD steps on general data whose path integral measures importance
+    batch_size: int = 8
+    step_lr: float = 1e-3
+    damping: float = 1e-3
+
+    def validate(self):
+        if self.weight <= 0:
+            yield "weight", f"must be > 0, got {self.weight}"
+        if not resolve_path(self.file).is_file():
+            yield "file", f"file not found: {resolve_path(self.file)}"
+
+
+class _AnchoredPenalty:
+    """Shared wiring: snapshot θ0 of the trainable weights at setup, add weight/2 · weighted_l2."""
+
+    name = "penalty"
+
+    def __init__(self, options):
+        self.options = options
+        self.anchor: dict[str, torch.Tensor] = {}
+        self.importance: dict[str, torch.Tensor] | None = None
+
+    def importance_for(self, model, params, ctx: Context):
+        return None
+
+    def setup(self, model, ctx: Context) -> None:
+        model = getattr(model, "module", model)
+        params = trainable(model)
+        self.anchor = {n: p.detach().clone() for n, p in params.items()}
+        self.importance = self.importance_for(model, params, ctx)
+
+    def loss_term(self, model, batch, outputs) -> torch.Tensor:
+        params = trainable(getattr(model, "module", model))
+        return 0.5 * self.options.weight * weighted_l2(params, self.anchor, self.importance)
+
+
+class L2SP(_AnchoredPenalty):
+    name = "l2sp"
+
+
+class EWC(_AnchoredPenalty):
+    name = "ewc"
+
+    def importance_for(self, model, params, ctx: Context):
+        o = self.options
+        fisher = diagonal_fisher(model, general_batches(ctx, o.file, o.batches, o.batch_size), params)
+        if o.fisher_in:
+            previous = torch.load(resolve_path(o.fisher_in), weights_only=True)
+            fisher = {n: o.decay * previous[n] + f if n in previous else f for n, f in fisher.items()}
+        if o.save_fisher:
+            from pathlib import Path
+
+            out = Path(ctx.config.output.dir)
+            out.mkdir(parents=True, exist_ok=True)
+            torch.save(fisher, out / "fisher.pt")
+        return fisher
+
+
+class SI(_AnchoredPenalty):
+    name = "si"
+
+    def importance_for(self, model, params, ctx: Context):
+        o = self.options
+        batches = itertools.islice(general_batches(ctx, o.file, o.steps, o.batch_size), o.steps)
+        return synaptic_importance(model, batches, params, o.step_lr, o.damping)

@@ -1,0 +1,50 @@
+"""Replay: mix general data back into the task data at an exact ratio."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, replace
+
+from retain.config import resolve_path
+from retain.mitigations.roles import Context
+
+
+def replay_count(n_task: int, ratio: float) -> int:
+    """How many replay examples make them `ratio` of the mixed set: r / (1 - r) per task example."""
+    return round(ratio * n_task / (1 - ratio))
+
+
+def mix_replay(task: list, pool: list, ratio: float, seed: int) -> list:
+    """Task examples plus replay examples drawn from `pool` (without replacement while it lasts)."""
+    n = replay_count(len(task), ratio)
+    rng = random.Random(seed)
+    drawn = []
+    while len(drawn) < n:
+        drawn += rng.sample(pool, min(len(pool), n - len(drawn)))
+    return list(task) + drawn
+
+
+@dataclass(frozen=True)
+class ReplayOptions:
+    ratio: float = 0.15  # share of the training examples that are general data
+    file: str = "lab:general.jsonl"  # JSONL of general data, any shape retain reads
+    seed: int = 0
+
+    def validate(self):
+        if not 0 < self.ratio < 1:
+            yield "ratio", f"must be in (0, 1), got {self.ratio}"
+        if not resolve_path(self.file).is_file():
+            yield "file", f"file not found: {resolve_path(self.file)}"
+
+
+class Replay:
+    def __init__(self, options: ReplayOptions):
+        self.options = options
+
+    def transform_data(self, examples: list, ctx: Context) -> list:
+        from retain.data import load_dataset
+
+        data = ctx.config.data
+        pool = load_dataset(resolve_path(self.options.file), ctx.tokenizer, "auto", data.max_length, "all")
+        pool = [replace(e, replay=True) for e in pool.examples]
+        return mix_replay(examples, pool, self.options.ratio, self.options.seed)
