@@ -4,7 +4,9 @@
     retain eval MODEL --suite SUITE [--split test] --out results.json
     retain report BEFORE.json AFTER.json [AFTER2.json ...] --out DIR [--run RUN_DIR]
     retain demo [--out DIR]
-    retain lab build-data | pretrain
+    retain sweep SWEEP.yaml
+    retain merge BASE MODEL [MODEL ...] --method ties --out DIR
+    retain lab build-data | pretrain | card
 """
 
 from __future__ import annotations
@@ -50,10 +52,32 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from retain.sweep import run_sweep
+
+    summary = run_sweep(Path(args.config))
+    print(f"Pareto front: {', '.join(summary['pareto_front'])}")
+    return 0
+
+
+def cmd_merge(args) -> int:
+    from retain.merging import merge_models
+
+    out = merge_models(args.base, args.models, args.method, Path(args.out), density=args.density, scale=args.scale,
+                       alpha=args.alpha)
+    print(f"merged model: {out}")
+    return 0
+
+
 def cmd_lab(args) -> int:
     from retain.config import LAB_DATA_DIR, LAB_MODEL_DIR
 
-    if args.lab_command == "build-data":
+    if args.lab_command == "card":
+        from retain.lab.card import write_card
+
+        write_card(Path(args.out or LAB_MODEL_DIR))
+        print(f"wrote {Path(args.out or LAB_MODEL_DIR) / 'README.md'}")
+    elif args.lab_command == "build-data":
         from retain.lab.corpus import build
 
         for name, n in build(Path(args.out or LAB_DATA_DIR), seed=args.seed).items():
@@ -98,8 +122,22 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--quick", action="store_true", help="fewer steps and items (for tests)")
     d.set_defaults(func=cmd_demo)
 
+    sw = sub.add_parser("sweep", help="many strategies on one task; table and Pareto front")
+    sw.add_argument("config")
+    sw.set_defaults(func=cmd_sweep)
+
+    mg = sub.add_parser("merge", help="interpolate or merge fine-tunes of one base")
+    mg.add_argument("base", help="the base model (id, dir, or retain-tiny)")
+    mg.add_argument("models", nargs="+", help="fine-tuned model or adapter dirs")
+    mg.add_argument("--method", choices=["interpolate", "task_arithmetic", "ties"], default="task_arithmetic")
+    mg.add_argument("--alpha", type=float, default=0.5, help="interpolate: weight of the fine-tune")
+    mg.add_argument("--scale", type=float, default=1.0, help="task_arithmetic/ties: scale of the merged task vector")
+    mg.add_argument("--density", type=float, default=0.2, help="ties: share of each task vector kept")
+    mg.add_argument("--out", required=True)
+    mg.set_defaults(func=cmd_merge)
+
     lab = sub.add_parser("lab", help="rebuild the lab's data or base model")
-    lab.add_argument("lab_command", choices=["build-data", "pretrain"])
+    lab.add_argument("lab_command", choices=["build-data", "pretrain", "card"])
     lab.add_argument("--out", default=None)
     lab.add_argument("--seed", type=int, default=0)
     lab.add_argument("--steps", type=int, default=3600)

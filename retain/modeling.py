@@ -44,14 +44,16 @@ def load_for_eval(path: str, dtype: str = "float32", trust_remote_code: bool = F
     """(model, tokenizer) from a full model directory/id, or from a peft adapter directory.
 
     An adapter directory is loaded on top of the base model its adapter_config.json names,
-    and merged, so that scoring sees exactly the weights the run produced.
+    and merged where the method allows, so that scoring sees exactly what the run produced.
     """
     from peft import PeftModel
 
     if is_adapter_dir(path):
         base_name = json.loads((Path(path) / "adapter_config.json").read_text())["base_model_name_or_path"]
         base_cfg = ModelConfig(name=base_name, dtype=dtype, trust_remote_code=trust_remote_code)
-        model = PeftModel.from_pretrained(load_model(base_cfg), path).merge_and_unload()
+        model = PeftModel.from_pretrained(load_model(base_cfg), path)
+        if not model.peft_config["default"].is_prompt_learning:  # soft prompts and prefixes can't be folded in
+            model = model.merge_and_unload()
         tok_source = path if (Path(path) / "tokenizer_config.json").is_file() else base_name
         tokenizer = load_tokenizer(base_cfg, tok_source)
     else:

@@ -1,0 +1,86 @@
+"""retain's training loop against a plain Hugging Face Trainer: same model, data, batch, steps, one run.
+
+    python bench/train_throughput.py [--steps 60] [--batch-size 16]
+
+Prints tokens/s for both and the ratio (retain / Trainer). Both use the bundled retain-tiny and the
+city_country task; each side is timed from loading the model and tokenizing the data to the end of
+training (retain's time also includes writing final/), after a short warm-up run of each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def retain_run(steps: int, batch_size: int, out: Path) -> float:
+    from retain.config import config_from_dict
+    from retain.training.loop import train
+
+    config = config_from_dict({
+        "model": {"name": "retain-tiny"}, "data": {"train": "lab:tasks/city_country/train.jsonl", "max_length": 64},
+        "training": {"lr": 1e-4, "max_steps": steps, "batch_size": batch_size, "log_every": 10 ** 6,
+                     "scheduler": "constant"},
+        "output": {"dir": str(out)}})
+    start = time.perf_counter()
+    train(config, overwrite=True, progress=False)
+    return time.perf_counter() - start
+
+
+def trainer_run(steps: int, batch_size: int, out: Path) -> float:
+    from transformers import Trainer, TrainingArguments
+
+    from retain.config import ModelConfig, resolve_path
+    from retain.data import collate, load_dataset
+    from retain.modeling import load_model, load_tokenizer
+
+    start = time.perf_counter()
+    cfg = ModelConfig(name="retain-tiny")
+    tokenizer, model = load_tokenizer(cfg), load_model(cfg)
+    examples = load_dataset(resolve_path("lab:tasks/city_country/train.jsonl"), tokenizer, max_length=64).examples
+    args = TrainingArguments(output_dir=str(out), per_device_train_batch_size=batch_size, max_steps=steps,
+                             learning_rate=1e-4, lr_scheduler_type="constant", use_cpu=True, report_to=[],
+                             logging_steps=10 ** 6, save_strategy="no", dataloader_num_workers=0,
+                             remove_unused_columns=False, disable_tqdm=True)
+    trainer = Trainer(model=model, args=args, train_dataset=examples,
+                      data_collator=lambda b: {k: v for k, v in collate(b, tokenizer.pad_token_id).items()
+                                               if k != "replay"})
+    trainer.train()
+    return time.perf_counter() - start
+
+
+def tokens_per_step(batch_size: int, steps: int) -> float:
+    """Mean non-pad tokens per batch of the same data (both sides see the same lengths on average)."""
+    from retain.config import ModelConfig, resolve_path
+    from retain.data import load_dataset
+    from retain.modeling import load_tokenizer
+
+    tok = load_tokenizer(ModelConfig(name="retain-tiny"))
+    examples = load_dataset(resolve_path("lab:tasks/city_country/train.jsonl"), tok, max_length=64).examples
+    return batch_size * sum(len(e.input_ids) for e in examples) / len(examples)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--batch-size", type=int, default=16)
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp())
+    retain_run(5, args.batch_size, tmp / "warm-r")
+    trainer_run(5, args.batch_size, tmp / "warm-t")
+    t_retain = retain_run(args.steps, args.batch_size, tmp / "retain")
+    t_trainer = trainer_run(args.steps, args.batch_size, tmp / "trainer")
+    tokens = tokens_per_step(args.batch_size, args.steps) * args.steps
+    r, t = tokens / t_retain, tokens / t_trainer
+    print(f"retain loop : {r:8.0f} tokens/s  ({t_retain:.1f} s for {args.steps} steps)")
+    print(f"HF Trainer  : {t:8.0f} tokens/s  ({t_trainer:.1f} s)")
+    print(f"ratio retain / Trainer: {r / t:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

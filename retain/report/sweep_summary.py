@@ -1,0 +1,100 @@
+"""Summaries of many fine-tunes against one base: gain on the task vs loss of the other capabilities."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from retain.io import atomic_write_text
+from retain.report.build import compare, load_results
+from retain.report.stats import paired_bootstrap
+
+
+def retained_change(before: dict, after: dict, task: str):
+    """Paired change over the pooled items of every score-type capability task except `task`."""
+    names = [n for n, t in before["tasks"].items()
+             if n != task and not t["lower_is_better"] and t["kind"] in ("multiple_choice", "generation")]
+    pooled = [[{**i, "id": (n, i["id"]), "score": i[r["tasks"][n]["primary_metric"]]} for n in names
+               for i in r["tasks"][n]["items"]] for r in (before, after)]
+    return paired_bootstrap(pooled[0], pooled[1], "score"), names
+
+
+def summarize(base_path: Path, result_paths: dict[str, Path], task: str) -> dict:
+    base = load_results(base_path)
+    rows, pooled_tasks = {}, []
+    for name, path in result_paths.items():
+        after = load_results(path)
+        comparison = compare(base, after)
+        gain = comparison["tasks"][task]
+        retained, pooled_tasks = retained_change(base, after, task)
+        english = comparison["tasks"].get("english")
+        rows[name] = {
+            "gain": gain["delta"], "gain_ci": [gain["ci_low"], gain["ci_high"]], "task_after": gain["after"],
+            "retained_change": retained.delta, "retained_ci": [retained.ci_low, retained.ci_high],
+            "retained_after": retained.after,
+            "max_drop": max((-r["delta"] for c, r in comparison["capabilities"].items()
+                             if not r["relative"] and c != gain["capability"]), default=0.0),
+            "perplexity_change": english["delta"] if english else None,
+            "verdicts": {c: r["verdict"] for c, r in comparison["capabilities"].items()},
+            "deltas": {c: r["delta"] for c, r in comparison["capabilities"].items()},
+        }
+    front = pareto_front({n: (r["gain"], -r["retained_change"]) for n, r in rows.items()})
+    return {"task": task, "base": str(base_path), "retained_tasks": pooled_tasks,
+            "base_task_score": base["tasks"][task]["metrics"][base["tasks"][task]["primary_metric"]],
+            "base_retained_score": retained_change(base, base, task)[0].before, "rows": rows, "pareto_front": front}
+
+
+def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
+    """Names not dominated in (gain: higher better, loss: lower better), by increasing loss."""
+    front = []
+    for name, (gain, loss) in points.items():
+        dominated = any(g >= gain and l <= loss and (g > gain or l < loss) for n, (g, l) in points.items() if n != name)
+        if not dominated:
+            front.append(name)
+    return sorted(front, key=lambda n: points[n][1])
+
+
+def markdown_table(summary: dict) -> str:
+    lines = ["| strategy | task gain (pts) [95% CI] | retained capabilities change (pts) [95% CI] | "
+             "largest capability drop (pts) | English perplexity | Pareto |", "|---|---|---|---|---|---|"]
+    for name, r in summary["rows"].items():
+        ppl = "" if r["perplexity_change"] is None else f"{r['perplexity_change']:+.1%}"
+        lines.append(
+            f"| {name} | {100 * r['gain']:+.1f} [{100 * r['gain_ci'][0]:+.1f}, {100 * r['gain_ci'][1]:+.1f}] | "
+            f"{100 * r['retained_change']:+.1f} [{100 * r['retained_ci'][0]:+.1f}, {100 * r['retained_ci'][1]:+.1f}] | "
+            f"{100 * r['max_drop']:.1f} | {ppl} | {'★' if name in summary['pareto_front'] else ''} |")
+    return "\n".join(lines)
+
+
+def pareto_plot(summary: dict) -> bytes:
+    from retain.report.plots import COLORS, _png, plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    front = summary["pareto_front"]
+    for k, (name, r) in enumerate(summary["rows"].items()):
+        x, y = -100 * r["retained_change"], 100 * r["gain"]
+        xerr = [[x - (-100 * r["retained_ci"][1])], [-100 * r["retained_ci"][0] - x]]
+        yerr = [[y - 100 * r["gain_ci"][0]], [100 * r["gain_ci"][1] - y]]
+        on_front = name in front
+        ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o" if on_front else "s", capsize=3,
+                    color=COLORS[0] if on_front else COLORS[7], alpha=1.0 if on_front else 0.7)
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    pts = sorted((-100 * summary["rows"][n]["retained_change"], 100 * summary["rows"][n]["gain"]) for n in front)
+    if len(pts) > 1:
+        ax.plot(*zip(*pts), "-", color=COLORS[0], alpha=0.5, label="Pareto front")
+        ax.legend()
+    ax.axvline(0, color="black", linewidth=0.6)
+    ax.set_xlabel("capability loss (pts, pooled over retained tasks; left is better)")
+    ax.set_ylabel(f"gain on {summary['task']} (pts)")
+    ax.set_title("New skill vs. forgetting, per strategy (95% CIs)")
+    return _png(fig)
+
+
+def write_sweep_report(summary: dict, out: Path) -> None:
+    png = pareto_plot(summary)
+    (out / "pareto.png").write_bytes(png)
+    text = (f"# Sweep on {summary['task']}\n\nBase: task score {100 * summary['base_task_score']:.1f}, "
+            f"retained capabilities {100 * summary['base_retained_score']:.1f} "
+            f"(pooled: {', '.join(summary['retained_tasks'])}).\n\n"
+            + markdown_table(summary) + f"\n\nPareto front: {', '.join(summary['pareto_front'])}.\n\n"
+            "![Pareto plot](pareto.png)\n")
+    atomic_write_text(out / "summary.md", text)

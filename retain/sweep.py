@@ -1,0 +1,129 @@
+"""`retain sweep SWEEP.yaml`: many strategies on one task, each evaluated; the table and the Pareto front.
+
+A sweep YAML:
+    base: configs/demo/unprotected.yaml     # the run config every strategy starts from
+    task: city_country                      # the task whose gain is measured (a bundled task or YAML)
+    suite: lab                              # the capabilities whose loss is measured
+    output: runs/sweep
+    limit: null                             # items per task (for quick sweeps)
+    strategies:                             # name -> dotted overrides of the base config
+      full: {}
+      lora: {mitigations.lora: {r: 8}, training.lr: 1.0e-3}
+    grid:                                   # optional: every combination, named by its values
+      training.lr: [1.0e-4, 1.0e-3]
+
+Each strategy becomes an ordinary run config, <output>/configs/<name>.yaml, trained with
+`retain train` semantics into <output>/runs/<name>/ and evaluated on the test split. Finished
+runs (final weights and results present) are skipped, so a killed sweep resumes where it was.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from retain.config import config_from_dict, config_to_yaml
+from retain.configs import ConfigError, build
+from retain.io import atomic_write_json, atomic_write_text
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    base: str
+    task: str
+    output: str
+    suite: str = "lab"
+    limit: int | None = None
+    strategies: dict[str, Any] = field(default_factory=dict)
+    grid: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self):
+        if not self.strategies and not self.grid:
+            yield "strategies", "give at least one strategy or a grid"
+        for name, overrides in self.strategies.items():
+            if not isinstance(overrides, dict):
+                yield f"strategies.{name}", f"expected a mapping of dotted keys to values, got {overrides!r}"
+        for key, values in self.grid.items():
+            if not isinstance(values, list) or not values:
+                yield f"grid.{key}", "expected a non-empty list of values"
+
+
+def set_dotted(data: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = data
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+    node[keys[-1]] = value
+
+
+def expand(sweep: SweepConfig) -> dict[str, dict]:
+    """Strategy name -> overrides, the listed strategies first, then the grid's combinations."""
+    strategies = dict(sweep.strategies)
+    keys = list(sweep.grid)
+    for values in itertools.product(*(sweep.grid[k] for k in keys)):
+        name = ",".join(f"{k.split('.')[-1]}={v}" for k, v in zip(keys, values))
+        strategies[name] = dict(zip(keys, values))
+    return strategies
+
+
+def run_configs(sweep: SweepConfig, base_dir: Path) -> dict[str, Path]:
+    """Write one complete run config per strategy; returns name -> path. Bad overrides fail here, before training."""
+    base = yaml.safe_load(Path(sweep.base).read_text())
+    out = Path(sweep.output)
+    paths = {}
+    for name, overrides in expand(sweep).items():
+        data = copy.deepcopy(base)
+        for dotted, value in overrides.items():
+            set_dotted(data, dotted, value)
+        set_dotted(data, "output.dir", str(out / "runs" / name))
+        try:
+            config = config_from_dict(data)
+        except ConfigError as e:
+            raise ConfigError(f"{base_dir}: strategies.{name}: {e}") from None
+        paths[name] = atomic_write_text(out / "configs" / f"{name}.yaml", config_to_yaml(config))
+    return paths
+
+
+def load_sweep(path: Path) -> SweepConfig:
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+        return build(SweepConfig, data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def run_sweep(path: Path, progress: bool = True) -> dict:
+    import retain
+    from retain.config import load_config
+    from retain.evaluation.runner import evaluate_path
+    from retain.report.sweep_summary import summarize, write_sweep_report
+
+    sweep = load_sweep(path)
+    out = Path(sweep.output)
+    configs = run_configs(sweep, path)
+    suite = f"{sweep.suite},{sweep.task}"
+    base_results = out / "base.json"
+    base_model = load_config(next(iter(configs.values()))).model.name
+    if not base_results.is_file():
+        print(f"evaluating the base model {base_model}")
+        evaluate_path(base_model, suite, "test", base_results, limit=sweep.limit, progress=progress)
+    results = {}
+    for k, (name, config_path) in enumerate(configs.items(), 1):
+        result_path = out / "results" / f"{name}.json"
+        run_dir = out / "runs" / name
+        if result_path.is_file() and (run_dir / "final").is_dir():
+            print(f"[{k}/{len(configs)}] {name}: done already, skipped")
+        else:
+            print(f"[{k}/{len(configs)}] {name}: retain train {config_path}")
+            run = retain.train(config_path, overwrite=True, progress=progress)
+            evaluate_path(str(run.final_dir), suite, "test", result_path, limit=sweep.limit, progress=progress)
+        results[name] = result_path
+    summary = summarize(base_results, results, task=Path(sweep.task).stem)
+    atomic_write_json(out / "summary.json", summary)
+    write_sweep_report(summary, out)
+    return summary
