@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DataError, FileExistsError) as e:
+    except (ConfigError, DataError, FileExistsError, FileNotFoundError) as e:
         print(f"retain: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -13,8 +13,16 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def resolve_model_name(name: str) -> str:
-    """`retain-tiny` -> the bundled model's directory; other names pass through to HF."""
-    return str(MODEL_ALIASES.get(name, name))
+    """`retain-tiny` -> the bundled model's directory; other names pass through to HF.
+
+    A name that looks like a path (absolute, or starting with ./ or ~) must exist: otherwise
+    transformers would take it for a hub id and fail with a confusing message.
+    """
+    if name in MODEL_ALIASES:
+        return str(MODEL_ALIASES[name])
+    if name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().exists():
+        raise FileNotFoundError(f"model {name}: no such directory")
+    return str(Path(name).expanduser()) if name.startswith("~") else name
 
 
 def is_adapter_dir(path: str | Path) -> bool:

@@ -58,7 +58,7 @@ class KLOptions:
     weight: float = 0.5
     temperature: float = 1.0
     direction: Literal["forward", "reverse"] = "forward"
-    on: Literal["task", "replay", "all"] = "all"  # which examples' positions count
+    apply_to: Literal["task", "replay", "all"] = "all"  # which examples' positions count
     cache_top_k: int = 0  # > 0: cache the base's top-k log-probs per example (forward KL only)
 
     def validate(self):
@@ -118,7 +118,7 @@ class KLToBase:
 
     def loss_term(self, model, batch, outputs) -> torch.Tensor:
         o = self.options
-        mask = positions(batch, o.on)
+        mask = positions(batch, o.apply_to)
         if o.cache_top_k:
             ids, logprobs = self.cached_teacher(model, batch)
             kl = top_k_kl(outputs.logits, ids, logprobs, mask, o.temperature)

@@ -61,8 +61,11 @@ def compare(before: dict, after: dict, seed: int = 0) -> dict:
 def describe(capability: str, row: dict) -> str:
     """'lost 23.0 pts of country facts (95% CI -27.1 to -19.0)' and the like."""
     if row["relative"]:
-        return (f"{capability} {row['metric'].replace('_', ' ')} {row['delta']:+.0%} "
-                f"(95% CI {row['ci_low']:+.0%} to {row['ci_high']:+.0%})")
+        def rel(x: float) -> str:  # +46212% reads worse than x463
+            return f"x{1 + x:.1f}" if x >= 1 else f"{x:+.0%}"
+
+        return (f"{capability} {row['metric'].replace('_', ' ')} {rel(row['delta'])} "
+                f"(95% CI {rel(row['ci_low'])} to {rel(row['ci_high'])})")
     pts = 100 * row["delta"]
     word = "gained" if row["verdict"] == "rose" else "lost"
     return (f"{word} {abs(pts):.1f} pts of {capability} "
