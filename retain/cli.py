@@ -6,7 +6,7 @@
     retain demo [--out DIR]
     retain sweep SWEEP.yaml
     retain merge BASE MODEL [MODEL ...] --method ties --out DIR
-    retain lab build-data | pretrain | card
+    retain lab build-data | pretrain | card | docs SWEEP_DIR
 """
 
 from __future__ import annotations
@@ -72,7 +72,14 @@ def cmd_merge(args) -> int:
 def cmd_lab(args) -> int:
     from retain.config import LAB_DATA_DIR, LAB_MODEL_DIR
 
-    if args.lab_command == "card":
+    if args.lab_command == "docs":
+        from retain.lab.docs import write_docs
+
+        if not args.sweep_dir:
+            raise ValueError("retain lab docs SWEEP_DIR: name the finished sweep's output directory")
+        write_docs(Path(args.sweep_dir), Path(args.out or "docs"))
+        print(f"wrote {Path(args.out or 'docs') / 'mitigations.md'} and claims.md")
+    elif args.lab_command == "card":
         from retain.lab.card import write_card
 
         write_card(Path(args.out or LAB_MODEL_DIR))
@@ -137,7 +144,8 @@ def parser() -> argparse.ArgumentParser:
     mg.set_defaults(func=cmd_merge)
 
     lab = sub.add_parser("lab", help="rebuild the lab's data or base model")
-    lab.add_argument("lab_command", choices=["build-data", "pretrain", "card"])
+    lab.add_argument("lab_command", choices=["build-data", "pretrain", "card", "docs"])
+    lab.add_argument("sweep_dir", nargs="?", help="docs: the finished lab sweep's output directory")
     lab.add_argument("--out", default=None)
     lab.add_argument("--seed", type=int, default=0)
     lab.add_argument("--steps", type=int, default=3600)

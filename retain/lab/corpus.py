@@ -166,6 +166,7 @@ def build(out_dir: Path, seed: int = 0, english_docs: int = 8000) -> dict[str, i
     city_rows = [{"prompt": f"{city} is a city in", "response": f" {country}."} for city, country in cities]
     # The task is to learn these facts, so dev/test ask about facts in the training split.
     files["tasks/city_country/train.jsonl"] = city_rows
+    files["tasks/city_country/train_small.jsonl"] = city_rows[:100]  # the same task with less data
     files["tasks/city_country/dev.jsonl"] = rng.sample(city_rows, 60)
     files["tasks/city_country/test.jsonl"] = rng.sample(city_rows, 200)
 

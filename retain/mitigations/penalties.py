@@ -9,6 +9,7 @@ All three are one penalty, Σ_k importance_k · (θ_k − θ*_k)², with a diffe
 from __future__ import annotations
 
 import itertools
+import os
 from dataclasses import dataclass
 
 import torch
@@ -90,10 +91,11 @@ class L2SPOptions:
 
 @dataclass(frozen=True)
 class EWCOptions:
-    weight: float = 100.0  # loss += weight/2 · Σ F (θ − θ0)²
+    weight: float = 0.01  # loss += weight/2 · Σ F (θ − θ0)²
     file: str = "lab:general.jsonl"  # general data the Fisher is estimated on
     batches: int = 16
     batch_size: int = 8
+    normalize: bool = True  # divide the Fisher by its mean, so `weight` means what it means for L2-SP
     fisher_in: str | None = None  # online EWC: a fisher.pt from an earlier stage, accumulated with decay
     decay: float = 1.0  # online EWC's γ: F = γ·F_previous + F_new
     save_fisher: bool = True  # write <output>/fisher.pt for the next stage
@@ -111,12 +113,13 @@ class EWCOptions:
 
 @dataclass(frozen=True)
 class SIOptions:
-    weight: float = 1.0
+    weight: float = 0.01
     file: str = "lab:general.jsonl"
     steps: int = 16  # SGD steps on general data whose path integral measures importance
     batch_size: int = 8
     step_lr: float = 1e-3
     damping: float = 1e-3
+    normalize: bool = True  # divide Ω by its mean, so `weight` means what it means for L2-SP
 
     def validate(self):
         if self.weight <= 0:
@@ -143,6 +146,9 @@ class _AnchoredPenalty:
         params = trainable(model)
         self.anchor = {n: p.detach().clone() for n, p in params.items()}
         self.importance = self.importance_for(model, params, ctx)
+        if self.importance is not None and self.options.normalize:
+            mean = torch.cat([v.flatten() for v in self.importance.values()]).mean().clamp(min=1e-30)
+            self.importance = {n: v / mean for n, v in self.importance.items()}
 
     def loss_term(self, model, batch, outputs) -> torch.Tensor:
         params = trainable(getattr(model, "module", model))
@@ -167,7 +173,8 @@ class EWC(_AnchoredPenalty):
 
             out = Path(ctx.config.output.dir)
             out.mkdir(parents=True, exist_ok=True)
-            torch.save(fisher, out / "fisher.pt")
+            torch.save(fisher, out / ".fisher.pt.tmp")  # the raw Fisher, before normalisation
+            os.replace(out / ".fisher.pt.tmp", out / "fisher.pt")
         return fisher
 
 

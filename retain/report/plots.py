@@ -49,17 +49,18 @@ def capability_bars(base_label: str, comparisons: dict) -> bytes:
     ax.set_xlabel("score (%), error bars: paired bootstrap 95% CI of the change")
     ax.set_xlim(0, 105)
     ax.legend(loc="lower right", fontsize=8)
-    ax = axes[1]
+    ax = axes[1]  # perplexities: after / before on a log axis, so x1.04 and x463 both read
     for k, name in enumerate(labels):
         rows = [comparisons[name]["capabilities"][c] for c in relative]
         xs = [i + (k - (len(labels) - 1) / 2) * 0.8 / len(labels) for i in range(len(relative))]
-        values = [100 * r["delta"] for r in rows]
-        err = [[100 * (r["delta"] - r["ci_low"]) for r in rows], [100 * (r["ci_high"] - r["delta"]) for r in rows]]
-        ax.bar(xs, values, width=0.8 / len(labels), color=COLORS[(k + 1) % len(COLORS)], yerr=err, capsize=3,
-               label=name)
-    ax.axhline(0, color="black", linewidth=0.8)
+        ratios = [1 + r["delta"] for r in rows]
+        err = [[r["delta"] - r["ci_low"] for r in rows], [r["ci_high"] - r["delta"] for r in rows]]
+        ax.bar(xs, [x - 1 for x in ratios], bottom=1, width=0.8 / len(labels), color=COLORS[(k + 1) % len(COLORS)],
+               yerr=err, capsize=3, label=name)
+    ax.set_yscale("log")
+    ax.axhline(1, color="black", linewidth=0.8)
     ax.set_xticks(range(len(relative)), [f"{c}\n(perplexity)" for c in relative], fontsize=8)
-    ax.set_ylabel("change vs base (%), lower is better")
+    ax.set_ylabel("perplexity after / before (log scale; lower is better)")
     fig.suptitle("Capabilities before and after fine-tuning")
     return _png(fig)
 
@@ -77,7 +78,7 @@ def training_curves(run_dirs: list[Path]) -> bytes | None:
         for key in keys:
             pts = [(r["step"], r[key]) for r in rows if key in r]
             style = "--" if key.startswith("eval/") else "-"
-            ax.plot(*zip(*pts), style, color=COLORS[k % len(COLORS)], alpha=1.0 if key == "loss/task" else 0.6,
+            ax.plot(*zip(*pts), style, color=COLORS[(k + 1) % len(COLORS)], alpha=1.0 if key == "loss/task" else 0.6,
                     marker="o" if len(pts) < 5 else None, label=f"{run.name}: {key}")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
