@@ -1,0 +1,78 @@
+"""The commands a user runs: eval, report, sweep, demo (quick), merge."""
+
+import json
+import os
+import subprocess
+import sys
+
+import yaml
+
+from retain.config import load_config
+from retain.sweep import run_sweep
+from conftest import write_jsonl
+
+
+def retain_cli(*args, cwd=None):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    proc = subprocess.run([sys.executable, "-m", "retain", *args], capture_output=True, text=True, env=env, cwd=cwd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_eval_then_report(tiny_model, tmp_path):
+    retain_cli("eval", str(tiny_model), "--suite", "capital_recall,currency_choice,english", "--split", "dev",
+               "--limit", "5", "--out", str(tmp_path / "a.json"))
+    results = json.loads((tmp_path / "a.json").read_text())
+    assert set(results["tasks"]) == {"capital_recall", "currency_choice", "english"}
+    assert all(len(t["items"]) == 5 for t in results["tasks"].values())
+    proc = retain_cli("report", str(tmp_path / "a.json"), str(tmp_path / "a.json"), "--out", str(tmp_path / "r"))
+    assert "no capability changed significantly" in proc.stdout
+    assert (tmp_path / "r" / "report.html").is_file()
+
+
+def test_demo_quick_runs_the_whole_lab(tmp_path):
+    proc = retain_cli("demo", "--quick", "--out", str(tmp_path / "demo"))
+    assert "unprotected:" in proc.stdout and "protected:" in proc.stdout and "report:" in proc.stdout
+    report = json.loads((tmp_path / "demo" / "report" / "report.json").read_text())
+    assert set(report["comparisons"]) == {"unprotected", "protected"}
+    assert "capital_recall" in report["comparisons"]["protected"]["tasks"]
+
+
+def test_sweep_runs_each_strategy_once_and_names_the_front(make_config, tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump(make_config(training={"max_steps": 3})))
+    write_jsonl(tmp_path / "task.jsonl", [{"prompt": f"what is {a} plus {a} ?", "response": f" {2 * a}"}
+                                          for a in range(6)])
+    (tmp_path / "task.yaml").write_text(
+        f"name: task\nkind: generation\ndata: {{test: {tmp_path / 'task.jsonl'}}}\n"
+        "fields: {context: prompt, target: response}\nmax_new_tokens: 3\n")
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump({
+        "base": str(base), "task": str(tmp_path / "task.yaml"), "suite": "capital_recall,currency_choice",
+        "output": str(tmp_path / "sweep"), "limit": 4,
+        "strategies": {"plain": {}, "lora": {"mitigations.lora": {"r": 2}}}, "grid": {"training.lr": [1e-3, 1e-2]}}))
+    summary = run_sweep(sweep, progress=False)
+    assert set(summary["rows"]) == {"plain", "lora", "lr=0.001", "lr=0.01"}
+    assert summary["pareto_front"] and set(summary["pareto_front"]) <= set(summary["rows"])
+    assert (tmp_path / "sweep" / "pareto.png").is_file() and (tmp_path / "sweep" / "summary.md").is_file()
+    # each strategy is an ordinary run config a user can train alone
+    assert load_config(tmp_path / "sweep" / "configs" / "lora.yaml").mitigations["lora"].r == 2
+    mtime = (tmp_path / "sweep" / "results" / "lora.json").stat().st_mtime
+    run_sweep(sweep, progress=False)  # finished runs are skipped
+    assert (tmp_path / "sweep" / "results" / "lora.json").stat().st_mtime == mtime
+
+
+def test_merge_interpolates_two_models(tiny_model, make_config, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    import retain
+    from retain.config import config_from_dict
+
+    tuned = retain.train(config_from_dict(make_config()), progress=False).final_dir
+    retain_cli("merge", str(tiny_model), str(tuned), "--method", "interpolate", "--alpha", "0.25",
+               "--out", str(tmp_path / "merged"))
+    base, ft = load_file(str(tiny_model / "model.safetensors")), load_file(str(tuned / "model.safetensors"))
+    merged = load_file(str(tmp_path / "merged" / "model.safetensors"))
+    for k in base:
+        assert torch.allclose(merged[k], 0.75 * base[k] + 0.25 * ft[k], atol=1e-6), k
