@@ -184,7 +184,7 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False, prog
     model.train()
     bar = tqdm(total=total_steps, initial=step, desc="train", dynamic_ncols=True,
                disable=not (progress and accelerator.is_local_main_process))
-    window_tokens, window_start = 0, time.perf_counter()
+    window_tokens, window_start, window_first_step = 0, time.perf_counter(), step
     while step < total_steps:
         sums: dict[str, float] = {}
         for _ in range(t.grad_accum):
@@ -222,10 +222,11 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False, prog
             elapsed = time.perf_counter() - window_start
             tokens = accelerator.reduce(torch.tensor(window_tokens, device=accelerator.device), "sum").item()
             row = {"step": step, "loss": total_loss, **{f"loss/{k}": v for k, v in sums.items()},
-                   "lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens / max(elapsed, 1e-9)}
+                   "lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens / max(elapsed, 1e-9),
+                   "step_time_s": elapsed / (step - window_first_step)}
             log.write(row)
             bar.set_postfix(loss=f"{total_loss:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
-            window_tokens, window_start = 0, time.perf_counter()
+            window_tokens, window_start, window_first_step = 0, time.perf_counter(), step
         if dev_loader is not None and ((t.eval_every and step % t.eval_every == 0) or step == total_steps):
             log.write({"step": step, "eval/loss": dev_loss(model, dev_loader, accelerator)})
         decisions = [d for m in monitors if (d := m.check(model, step, step == total_steps)) is not None]
@@ -240,6 +241,8 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False, prog
             break
         if t.save_every and step % t.save_every == 0 and step < total_steps:
             save_checkpoint(accelerator, out, step, {"total_steps": total_steps}, t.keep_last)
+        if window_first_step == step:  # just logged: eval and checkpoint time is not training time
+            window_start = time.perf_counter()
     bar.close()
 
     model = accelerator.unwrap_model(model)

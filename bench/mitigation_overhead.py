@@ -1,0 +1,94 @@
+"""Step time and peak memory of each mitigation relative to a plain step, in one run.
+
+    python bench/mitigation_overhead.py [--steps 30] [--batch-size 8] [--seq-len 256]
+
+Each configuration trains retain-tiny for --steps optimizer steps on fixed-length batches of lab
+text (batch x seq-len tokens, so every step costs the same) in its own subprocess; the time per
+step excludes the first 5 steps (warm-up and set-up such as the Fisher). Peak RSS is the child's
+maximum resident set. Ratios are against the plain full fine-tuning step (and LoRA + KL against
+LoRA alone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+CONFIGS = {
+    "plain": {},
+    "kl": {"kl": {"weight": 1.0}},
+    "kl_cached_top16": {"kl": {"weight": 1.0, "cache_top_k": 16}},
+    "ewc": {"ewc": {"weight": 0.01}},
+    "l2sp": {"l2sp": {"weight": 0.01}},
+    "si": {"si": {"weight": 0.01}},
+    "replay_15": {"replay": {"ratio": 0.15}},
+    "lora": {"lora": {"r": 8}},
+    "lora_kl": {"lora": {"r": 8}, "kl": {"weight": 1.0}},
+}
+
+CHILD = r"""
+import json, sys, time, resource
+from retain.config import config_from_dict
+from retain.training.loop import train
+spec = json.loads(sys.argv[1])
+config = config_from_dict(spec["config"])
+result = train(config, overwrite=True, progress=False)
+rows = [r for r in result.metrics if "step_time_s" in r]
+print(json.dumps({"rows": rows, "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+"""
+
+
+def fixed_length_data(path: Path, n: int, seq_len: int) -> Path:
+    """Lab text concatenated into documents long enough to fill seq_len tokens each."""
+    from retain.config import LAB_DATA_DIR
+
+    texts = [json.loads(line)["text"] for line in (LAB_DATA_DIR / "pretrain.jsonl").read_text().splitlines()]
+    docs, k = [], 0
+    for _ in range(n):
+        doc = []
+        while len(" ".join(doc)) < seq_len * 6:  # comfortably over seq_len tokens; truncated to seq_len
+            doc.append(texts[k % len(texts)])
+            k += 1
+        docs.append({"text": " ".join(doc)})
+    path.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seq-len", type=int, default=256)
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp())
+    data = fixed_length_data(tmp / "text.jsonl", 512, args.seq_len)
+    results = {}
+    for name, mitigations in CONFIGS.items():
+        config = {"model": {"name": "retain-tiny"}, "data": {"train": str(data), "max_length": args.seq_len},
+                  "training": {"lr": 1e-4, "max_steps": args.steps, "batch_size": args.batch_size, "log_every": 1,
+                               "scheduler": "constant"},
+                  "mitigations": mitigations, "output": {"dir": str(tmp / name)}}
+        env = dict(os.environ, HF_HUB_OFFLINE="1")
+        proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps({"config": config})], capture_output=True,
+                              text=True, env=env, check=True)
+        out = json.loads(proc.stdout.strip().splitlines()[-1])
+        times = [r["step_time_s"] for r in out["rows"][5:]]
+        step_s = sum(times) / len(times)
+        results[name] = {"step_s": step_s, "peak_rss_mb": out["peak_rss_kb"] / 1024}
+    plain, lora = results["plain"], results["lora"]
+    print(f"{'mitigation':18s} {'s/step':>8s} {'x plain':>8s} {'peak RSS MB':>12s} {'x plain':>8s}")
+    for name, r in results.items():
+        print(f"{name:18s} {r['step_s']:8.3f} {r['step_s'] / plain['step_s']:8.2f} {r['peak_rss_mb']:12.0f} "
+              f"{r['peak_rss_mb'] / plain['peak_rss_mb']:8.2f}")
+    print(f"lora_kl vs lora: step x{results['lora_kl']['step_s'] / lora['step_s']:.2f}, "
+          f"peak RSS x{results['lora_kl']['peak_rss_mb'] / lora['peak_rss_mb']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
