@@ -75,6 +75,7 @@ SMOKE = {
     "prompt_tuning": {"num_virtual_tokens": 4},
     "prefix_tuning": {"num_virtual_tokens": 4},
     "replay": {"ratio": 0.2},
+    "self_distill": {"max_new_tokens": 4, "keep_if": "always"},
     "kl": {"weight": 1.0},
     "l2sp": {"weight": 1.0},
     "ewc": {"batches": 2},
@@ -152,3 +153,24 @@ def test_retention_budget_acts_on_a_breach(action, make_config, tiny_model, tmp_
         assert 0 <= record["outcome"]["alpha"] < 1
     else:
         assert any(not torch.equal(final[k], base[k]) for k in base)
+
+
+def test_self_distill_trains_on_the_base_models_own_words(make_config, tiny_model):
+    from transformers import AutoTokenizer
+
+    from retain.data import IGNORE_INDEX, load_dataset
+    from retain.mitigations.roles import Context
+    from retain.mitigations.self_distill import SelfDistill, SelfDistillOptions
+
+    config = config_from_dict(make_config())
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    examples = load_dataset(config.data.train, tok, max_length=64).examples[:4]
+    ctx = Context(config=config, tokenizer=tok, total_steps=1)
+    always = SelfDistill(SelfDistillOptions(max_new_tokens=3, keep_if="always")).transform_data(examples, ctx)
+    assert len(always) == 4 and any(a.input_ids != e.input_ids for a, e in zip(always, examples))
+    for a, e in zip(always, examples):  # the prompt, and where the loss starts, are unchanged
+        start = next(i for i, label in enumerate(e.labels) if label != IGNORE_INDEX)
+        assert a.input_ids[:start] == e.input_ids[:start] and all(x == IGNORE_INDEX for x in a.labels[:start])
+    # a random model never repeats the sums, so the answer filter keeps every original
+    strict = SelfDistill(SelfDistillOptions(max_new_tokens=3)).transform_data(examples, ctx)
+    assert [s.input_ids for s in strict] == [e.input_ids for e in examples]

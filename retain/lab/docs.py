@@ -32,6 +32,8 @@ WHAT = {
     "wise_ft_0.5": "WiSE-FT: halfway between base and fine-tune", "retention_rollback":
         "retention budget 5 pts on dev, checked every 20 steps, rollback on breach",
     "lora_replay_kl": "LoRA + 15% replay + KL 0.3 on replay (the demo's protected run)",
+    "self_distill": "SDFT: train on the base model's own rewrite of each response (kept if the answer survives)",
+    "lora_low_lr_1e-4": "LoRA r=16 at lr 1e-4",
 }
 # (claim from the seeds, run A, run B, +1 if B should retain more than A, -1 if less)
 CLAIMS = [
@@ -48,6 +50,7 @@ CLAIMS = [
     ("Freezing layers forgets less", "unprotected", "freeze_embed_2_blocks", +1),
     ("Weight interpolation after training forgets less", "unprotected", "wise_ft_0.5", +1),
     ("PEFT's benchmark: a low-LR full fine-tune forgets less than LoRA", "lora", "lr_1e-4", +1),
+    ("Self-distillation (SDFT) forgets less", "unprotected", "self_distill", +1),
 ]
 
 

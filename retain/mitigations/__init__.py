@@ -14,6 +14,7 @@ from retain.mitigations.peft_methods import (IA3, OFT, IA3Options, LoHa, LoKr, L
 from retain.mitigations.penalties import EWC, L2SP, SI, EWCOptions, L2SPOptions, SIOptions
 from retain.mitigations.replay import Replay, ReplayOptions
 from retain.mitigations.retention import RetentionBudget, RetentionOptions
+from retain.mitigations.self_distill import SelfDistill, SelfDistillOptions
 
 MITIGATIONS: dict[str, tuple[type, type]] = {
     # transform the model
@@ -26,6 +27,7 @@ MITIGATIONS: dict[str, tuple[type, type]] = {
     "prompt_tuning": (VirtualTokensOptions, PromptTuning),
     "prefix_tuning": (VirtualTokensOptions, PrefixTuning),
     # transform the data
+    "self_distill": (SelfDistillOptions, SelfDistill),  # before replay: rewrites task examples only
     "replay": (ReplayOptions, Replay),
     # add a loss term
     "kl": (KLOptions, KLToBase),
