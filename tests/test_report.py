@@ -77,3 +77,19 @@ def test_report_end_to_end(tmp_path):
     assert page.count("data:image/png;base64,") == 2 and "lost 60.0 pts of facts" in page
     assert "| facts | exact_match (%), chance 0.0 | 100.0 | 40.0 |" in out["md"].read_text()
     assert json.loads(out["json"].read_text())["comparisons"]["tuned"]["tasks"]["new"]["verdict"] == "rose"
+
+
+def test_report_states_the_retention_budget_and_what_happened(tmp_path):
+    base = results({"facts": ("facts", [1] * 20)})
+    paths = []
+    for name in ("base", "tuned"):
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(base))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "retention.json").write_text(json.dumps({
+        "max_drop": 0.01, "action": "rollback", "suite": "lab", "every": 50,
+        "outcome": {"action": "rollback", "step": 150, "restored_step": 100}, "checks": []}))
+    out = write_report(paths, tmp_path / "report", run_dirs=[run])
+    text = out["md"].read_text()
+    assert "no task may drop more than 0.01" in text and "breached at step 150: action rollback (restored step 100)" in text

@@ -104,8 +104,10 @@ def write_report(result_paths: list[Path], out: Path, run_dirs: list[Path] = (),
     curves = plots.training_curves(run_dirs)
     if curves:
         figures["training"] = curves
+    budgets = {str(d): json.loads((Path(d) / "retention.json").read_text())
+               for d in run_dirs if (Path(d) / "retention.json").is_file()}
     report = {"base": base_label, "results": [str(p) for p in result_paths], "split": results[0].get("split"),
-              "headlines": headlines, "comparisons": comparisons,
+              "headlines": headlines, "comparisons": comparisons, "retention_budgets": budgets,
               "scores": {label: {t: r["metrics"] for t, r in res["tasks"].items()} for label, res in zip(labels, results)}}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "report.json", report)

@@ -35,9 +35,25 @@ def _table_rows(rows: dict, first_col: str) -> tuple[list[str], list[list[str]]]
     return header, body
 
 
+def budget_lines(report: dict) -> list[str]:
+    """One sentence per run that had a retention budget: the budget, what happened and when."""
+    lines = []
+    for run, b in report.get("retention_budgets", {}).items():
+        outcome = b["outcome"]
+        checks = b["checks"]
+        what = (f"breached at step {outcome['step']}: action {outcome['action']}"
+                + (f" (restored step {outcome['restored_step']})" if "restored_step" in outcome else "")
+                + (f" (alpha {outcome['alpha']:.3f})" if "alpha" in outcome else "")) if outcome else \
+            f"held at all {len(checks)} checks"
+        lines.append(f"Retention budget of {run}: no task may drop more than {b['max_drop']} on the dev split of "
+                     f"{b['suite']}, checked every {b['every']} steps; {what}.")
+    return lines
+
+
 def render_markdown(report: dict) -> str:
     lines = ["# Forgetting report", "", f"Base: **{report['base']}**; split: {report['split']}.", ""]
     lines += [f"- {h}" for h in report["headlines"]] + [""]
+    lines += [f"> {line}" for line in budget_lines(report)] + ([""] if budget_lines(report) else [])
     for label, comparison in report["comparisons"].items():
         for title, key, col in (("capability", "capabilities", "capability"), ("task", "tasks", "task")):
             header, body = _table_rows(comparison[key], col)
@@ -62,6 +78,7 @@ def render_html(report: dict, figures: dict[str, bytes]) -> str:
              f"<style>{CSS}</style></head><body><h1>Forgetting report</h1>",
              f"<p>Base <b>{esc(report['base'])}</b>, split <b>{esc(str(report['split']))}</b>.</p>"]
     parts += [f"<div class='headline'>{esc(h)}</div>" for h in report["headlines"]]
+    parts += [f"<p><b>{esc(line)}</b></p>" for line in budget_lines(report)]
     for name, png in figures.items():
         parts.append(f"<img alt='{esc(name)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>")
     for label, comparison in report["comparisons"].items():
