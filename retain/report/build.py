@@ -12,7 +12,7 @@ from pathlib import Path
 
 from retain.io import atomic_write_json, atomic_write_text
 from retain.report import plots
-from retain.report.render import render_html, render_markdown
+from retain.report.render import format_relative, render_html, render_markdown
 from retain.report.stats import Change, paired_bootstrap, verdict
 
 
@@ -61,11 +61,8 @@ def compare(before: dict, after: dict, seed: int = 0) -> dict:
 def describe(capability: str, row: dict) -> str:
     """'lost 23.0 pts of country facts (95% CI -27.1 to -19.0)' and the like."""
     if row["relative"]:
-        def rel(x: float) -> str:  # +46212% reads worse than x463
-            return f"x{1 + x:.1f}" if x >= 1 else f"{x:+.0%}"
-
-        return (f"{capability} {row['metric'].replace('_', ' ')} {rel(row['delta'])} "
-                f"(95% CI {rel(row['ci_low'])} to {rel(row['ci_high'])})")
+        return (f"{capability} {row['metric'].replace('_', ' ')} {format_relative(row['delta'])} "
+                f"(95% CI {format_relative(row['ci_low'])} to {format_relative(row['ci_high'])})")
     pts = 100 * row["delta"]
     word = "gained" if row["verdict"] == "rose" else "lost"
     return (f"{word} {abs(pts):.1f} pts of {capability} "

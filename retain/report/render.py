@@ -6,6 +6,11 @@ import base64
 import html
 
 
+def format_relative(x: float) -> str:
+    """A relative change: '+12%' while small, 'x463.1' once it more than doubles (+46212% reads badly)."""
+    return f"x{1 + x:.1f}" if x >= 1 else f"{x:+.0%}"
+
+
 def _fmt_value(row: dict, key: str) -> str:
     value = row[key]
     return f"{value:.2f}" if row["relative"] else f"{100 * value:.1f}"

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from retain.io import atomic_write_text
 from retain.report.build import compare, load_results
+from retain.report.render import format_relative
 from retain.report.stats import paired_bootstrap
 
 
@@ -57,7 +58,7 @@ def markdown_table(summary: dict) -> str:
     lines = ["| strategy | task gain (pts) [95% CI] | retained capabilities change (pts) [95% CI] | "
              "largest capability drop (pts) | English perplexity | Pareto |", "|---|---|---|---|---|---|"]
     for name, r in summary["rows"].items():
-        ppl = "" if r["perplexity_change"] is None else f"{r['perplexity_change']:+.1%}"
+        ppl = "" if r["perplexity_change"] is None else format_relative(r["perplexity_change"])
         lines.append(
             f"| {name} | {100 * r['gain']:+.1f} [{100 * r['gain_ci'][0]:+.1f}, {100 * r['gain_ci'][1]:+.1f}] | "
             f"{100 * r['retained_change']:+.1f} [{100 * r['retained_ci'][0]:+.1f}, {100 * r['retained_ci'][1]:+.1f}] | "
