@@ -56,8 +56,17 @@ def test_python_api_mirrors_cli(make_config):
     assert [r["step"] for r in result.metrics] == list(range(1, 7))
 
 
-@pytest.mark.parametrize("mitigations", [{}, {"lora": {"r": 4, "dropout": 0.1}}], ids=["full", "lora-dropout"])
+GENERAL = [{"text": "the capital of france is paris . one plus two is three"}] * 12
+
+
+@pytest.mark.parametrize("mitigations", [
+    {}, {"lora": {"r": 4, "dropout": 0.1}}, {"replay": {"ratio": 0.3}, "kl": {"weight": 1.0, "cache_top_k": 8}},
+    {"ewc": {"batches": 2}, "progressive_unfreeze": {"every": 3}}, {"si": {"steps": 2}, "l2sp": {}},
+], ids=["full", "lora-dropout", "replay-kl-cached", "ewc-progressive", "si-l2sp"])
 def test_resume_from_checkpoint_equals_uninterrupted_run(make_config, tmp_path, mitigations):
+    general = write_jsonl(tmp_path / "general.jsonl", GENERAL)
+    mitigations = {k: ({**v, "file": str(general)} if k in ("replay", "ewc", "si") else v)
+                   for k, v in mitigations.items()}
     straight = retain.train(config_from_dict(make_config(
         training={"max_steps": 8, "save_every": 4, "keep_last": 5}, mitigations=mitigations,
         output={"dir": str(tmp_path / "a")})), progress=False)
@@ -66,7 +75,7 @@ def test_resume_from_checkpoint_equals_uninterrupted_run(make_config, tmp_path, 
     resumed = retain.train(config_from_dict(make_config(
         training={"max_steps": 8, "save_every": 4, "keep_last": 5}, mitigations=mitigations,
         output={"dir": str(resumed_dir)})), resume=True, progress=False)
-    name = "adapter_model.safetensors" if mitigations else "model.safetensors"
+    name = "adapter_model.safetensors" if "lora" in mitigations else "model.safetensors"
     a, b = load_file(str(straight.final_dir / name)), load_file(str(resumed.final_dir / name))
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
