@@ -115,3 +115,16 @@ def test_missing_field_in_task_data_names_the_line(tmp_path):
     (tmp_path / "t.yaml").write_text(f"name: t\nkind: generation\ndata: {{test: {tmp_path / 'd.jsonl'}}}\n")
     with pytest.raises(ValueError, match=r"d.jsonl:2: field 'target': missing"):
         load_task(tmp_path / "t.yaml").items("test")
+
+
+def test_sampled_evaluation_is_seeded_and_leaves_the_global_rng_alone(tiny_model, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    lm = LM(model, tokenizer)
+    requests = [("the capital of", ("\n",), 6)] * 3
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    a = lm.generate_until(requests, sample=True, seed=7)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert a == lm.generate_until(requests, sample=True, seed=7)

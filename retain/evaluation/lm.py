@@ -131,13 +131,15 @@ class LM:
             for j, e in enumerate(encoded):
                 ids[j, width - len(e):] = torch.tensor(e)
                 mask[j, width - len(e):] = 1
-            if sample:
+            # Sampling is seeded per batch, inside fork_rng so that an evaluation during training
+            # leaves the training RNG (dropout, resume) exactly as it was.
+            with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(generator_seed)
                 generator_seed += 1
-            generated = self.model.generate(
-                input_ids=ids.to(self.device), attention_mask=mask.to(self.device), max_new_tokens=max_new,
-                do_sample=sample, temperature=temperature if sample else None, top_p=None, top_k=None,
-                pad_token_id=pad)
+                generated = self.model.generate(
+                    input_ids=ids.to(self.device), attention_mask=mask.to(self.device), max_new_tokens=max_new,
+                    do_sample=sample, temperature=temperature if sample else None, top_p=None, top_k=None,
+                    pad_token_id=pad)
             for j, i in enumerate(idx):
                 text = self.tokenizer.decode(generated[j, width:], skip_special_tokens=True)
                 for stop in requests[i][1]:
