@@ -71,22 +71,30 @@ def expand(sweep: SweepConfig) -> dict[str, dict]:
     return strategies
 
 
-def run_configs(sweep: SweepConfig, base_dir: Path) -> dict[str, Path]:
-    """Write one complete run config per strategy; returns name -> path. Bad overrides fail here, before training."""
+def strategy_configs(sweep: SweepConfig, where: Path) -> dict:
+    """Strategy name -> its complete RunConfig (base + overrides, output under the sweep's directory).
+
+    Every strategy is checked here, so a bad override fails before any training.
+    """
     base = yaml.safe_load(Path(sweep.base).read_text())
-    out = Path(sweep.output)
-    paths = {}
+    configs = {}
     for name, overrides in expand(sweep).items():
         data = copy.deepcopy(base)
         for dotted, value in overrides.items():
             set_dotted(data, dotted, value)
-        set_dotted(data, "output.dir", str(out / "runs" / name))
+        set_dotted(data, "output.dir", str(Path(sweep.output) / "runs" / name))
         try:
-            config = config_from_dict(data)
+            configs[name] = config_from_dict(data)
         except ConfigError as e:
-            raise ConfigError(f"{base_dir}: strategies.{name}: {e}") from None
-        paths[name] = atomic_write_text(out / "configs" / f"{name}.yaml", config_to_yaml(config))
-    return paths
+            raise ConfigError(f"{where}: strategies.{name}: {e}") from None
+    return configs
+
+
+def run_configs(sweep: SweepConfig, where: Path) -> dict[str, Path]:
+    """Write one run config per strategy, <output>/configs/<name>.yaml; returns name -> path."""
+    out = Path(sweep.output)
+    return {name: atomic_write_text(out / "configs" / f"{name}.yaml", config_to_yaml(config))
+            for name, config in strategy_configs(sweep, where).items()}
 
 
 def load_sweep(path: Path) -> SweepConfig:

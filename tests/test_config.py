@@ -9,7 +9,8 @@ from retain.mitigations.freezing import FreezeOptions
 from retain.mitigations.peft_methods import LoraOptions
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED = sorted((REPO / "configs").glob("*.yaml"))
+SHIPPED = sorted(p for p in (REPO / "configs").rglob("*.yaml") if p.parent.name not in ("accelerate", "sweeps"))
+SWEEPS = sorted((REPO / "configs" / "sweeps").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
@@ -17,6 +18,20 @@ def test_every_shipped_config_loads(path):
     config = load_config(path)
     assert config.model.name
     assert config.training.lr > 0
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
+def test_every_shipped_sweep_expands_to_valid_run_configs(path, monkeypatch):
+    from retain.sweep import load_sweep, strategy_configs
+
+    monkeypatch.chdir(REPO)  # sweeps name their base config relative to the repository
+    configs = strategy_configs(load_sweep(path), path)
+    assert "unprotected" in configs and len(configs) > 10
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "accelerate").glob("*.yaml")), ids=lambda p: p.name)
+def test_accelerate_configs_are_valid_yaml_with_a_distributed_type(path):
+    assert yaml.safe_load(path.read_text())["distributed_type"] in ("MULTI_CPU", "FSDP", "DEEPSPEED")
 
 
 def write(tmp_path, data) -> Path:
