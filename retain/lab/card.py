@@ -86,7 +86,9 @@ are held out for the test and dev splits.
 weight decay 0.1), 5% warmup then cosine to 10%, seed {info['seed']}; final training loss {info['final_loss']:.3f};
 {info['seconds'] / 60:.0f} minutes on 2 CPU cores.
 
-Rebuild (deterministic from the seed on CPU):
+Rebuild (about 25 minutes on 2 cores; `retain lab build-data` was checked to reproduce the committed
+corpus byte for byte; the pretraining run is fully seeded — initialisation, packing order — but a
+second 25-minute run to confirm bit-identical weights has not been made):
 
     apt-get install wordnet-base && pip install -e '.[lab]'
     retain lab build-data && retain lab pretrain --steps {info['steps']} --seed {info['seed']} && retain lab card
