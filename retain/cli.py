@@ -6,7 +6,7 @@
     retain demo [--out DIR]
     retain sweep SWEEP.yaml
     retain merge BASE MODEL [MODEL ...] --method ties --out DIR
-    retain lab build-data | pretrain | card | docs SWEEP_DIR
+    retain lab build-data | pretrain | card | docs SWEEP.yaml [...]
 """
 
 from __future__ import annotations
@@ -75,9 +75,9 @@ def cmd_lab(args) -> int:
     if args.lab_command == "docs":
         from retain.lab.docs import write_docs
 
-        if not args.sweep_dir:
-            raise ValueError("retain lab docs SWEEP_DIR: name the finished sweep's output directory")
-        write_docs(Path(args.sweep_dir), Path(args.out or "docs"))
+        if not args.sweeps:
+            raise ValueError("retain lab docs SWEEP.yaml [...]: name the finished sweeps' files")
+        write_docs([Path(p) for p in args.sweeps], Path(args.out or "docs"))
         print(f"wrote {Path(args.out or 'docs') / 'mitigations.md'} and claims.md")
     elif args.lab_command == "card":
         from retain.lab.card import write_card
@@ -145,7 +145,7 @@ def parser() -> argparse.ArgumentParser:
 
     lab = sub.add_parser("lab", help="rebuild the lab's data or base model")
     lab.add_argument("lab_command", choices=["build-data", "pretrain", "card", "docs"])
-    lab.add_argument("sweep_dir", nargs="?", help="docs: the finished lab sweep's output directory")
+    lab.add_argument("sweeps", nargs="*", help="docs: the finished sweeps' YAML files")
     lab.add_argument("--out", default=None)
     lab.add_argument("--seed", type=int, default=0)
     lab.add_argument("--steps", type=int, default=3600)

@@ -6,6 +6,7 @@ A sweep YAML:
     suite: lab                              # the capabilities whose loss is measured
     output: runs/sweep
     limit: null                             # items per task (for quick sweeps)
+    common: {training.lr: 1.0e-4}           # applied to every strategy before its own overrides
     strategies:                             # name -> dotted overrides of the base config
       full: {}
       lora: {mitigations.lora: {r: 8}, training.lr: 1.0e-3}
@@ -14,7 +15,7 @@ A sweep YAML:
 
 Each strategy becomes an ordinary run config, <output>/configs/<name>.yaml, trained with
 `retain train` semantics into <output>/runs/<name>/ and evaluated on the test split. Finished
-runs (final weights and results present) are skipped, so a killed sweep resumes where it was.
+runs (their results file exists) are skipped, so a killed sweep resumes where it was.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class SweepConfig:
     output: str
     suite: str = "lab"
     limit: int | None = None
+    common: dict[str, Any] = field(default_factory=dict)  # dotted overrides applied to every strategy first
     strategies: dict[str, Any] = field(default_factory=dict)
     grid: dict[str, Any] = field(default_factory=dict)
 
@@ -65,6 +67,8 @@ def expand(sweep: SweepConfig) -> dict[str, dict]:
     """Strategy name -> overrides, the listed strategies first, then the grid's combinations."""
     strategies = dict(sweep.strategies)
     keys = list(sweep.grid)
+    if not keys:  # product() of nothing is one empty combination, not none
+        return strategies
     for values in itertools.product(*(sweep.grid[k] for k in keys)):
         name = ",".join(f"{k.split('.')[-1]}={v}" for k, v in zip(keys, values))
         strategies[name] = dict(zip(keys, values))
@@ -80,7 +84,7 @@ def strategy_configs(sweep: SweepConfig, where: Path) -> dict:
     configs = {}
     for name, overrides in expand(sweep).items():
         data = copy.deepcopy(base)
-        for dotted, value in overrides.items():
+        for dotted, value in {**sweep.common, **overrides}.items():
             set_dotted(data, dotted, value)
         set_dotted(data, "output.dir", str(Path(sweep.output) / "runs" / name))
         try:
@@ -123,8 +127,7 @@ def run_sweep(path: Path, progress: bool = True) -> dict:
     results = {}
     for k, (name, config_path) in enumerate(configs.items(), 1):
         result_path = out / "results" / f"{name}.json"
-        run_dir = out / "runs" / name
-        if result_path.is_file() and (run_dir / "final").is_dir():
+        if result_path.is_file():  # written last, after training and evaluation: the run is finished
             print(f"[{k}/{len(configs)}] {name}: done already, skipped")
         else:
             print(f"[{k}/{len(configs)}] {name}: retain train {config_path}")

@@ -51,6 +51,11 @@ def test_sweep_runs_each_strategy_once_and_names_the_front(make_config, tmp_path
         "base": str(base), "task": str(tmp_path / "task.yaml"), "suite": "capital_recall,currency_choice",
         "output": str(tmp_path / "sweep"), "limit": 4,
         "strategies": {"plain": {}, "lora": {"mitigations.lora": {"r": 2}}}, "grid": {"training.lr": [1e-3, 1e-2]}}))
+    from retain.sweep import expand, load_sweep
+
+    assert list(expand(load_sweep(sweep))) == ["plain", "lora", "lr=0.001", "lr=0.01"]
+    no_grid = load_sweep(sweep).__class__(**{**load_sweep(sweep).__dict__, "grid": {}})
+    assert list(expand(no_grid)) == ["plain", "lora"]  # no grid: no extra, unnamed strategy
     summary = run_sweep(sweep, progress=False)
     assert set(summary["rows"]) == {"plain", "lora", "lr=0.001", "lr=0.01"}
     assert summary["pareto_front"] and set(summary["pareto_front"]) <= set(summary["rows"])
