@@ -24,11 +24,14 @@ def kl_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, ma
 
     logits: (B, T, V); mask: (B, T) bool. Scaled by T² so the gradient size does not depend on T.
     """
-    s = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    # Only the masked positions are normalised: with response-only targets that is a fraction of
+    # B*T rows of V logits, where a small model spends most of the KL's time.
+    mask = mask.to(student_logits.device)
+    s = F.log_softmax(student_logits[mask].float() / temperature, dim=-1)  # (N, V)
+    t = F.log_softmax(teacher_logits[mask].float() / temperature, dim=-1)
     p, q = (t, s) if direction == "forward" else (s, t)
-    per_position = (p.exp() * (p - q)).sum(-1)  # (B, T)
-    return (per_position * mask).sum() / mask.sum().clamp(min=1) * temperature ** 2
+    per_position = (p.exp() * (p - q)).sum(-1)  # (N,)
+    return per_position.sum() / max(int(mask.sum()), 1) * temperature ** 2
 
 
 def top_k_kl(student_logits: torch.Tensor, teacher_ids: torch.Tensor, teacher_logprobs: torch.Tensor,
@@ -37,10 +40,11 @@ def top_k_kl(student_logits: torch.Tensor, teacher_ids: torch.Tensor, teacher_lo
 
     student_logits: (B, T, V); teacher_ids, teacher_logprobs: (B, T, k); mask: (B, T).
     """
-    s = F.log_softmax(student_logits.float().gather(-1, teacher_ids) / temperature, dim=-1)  # (B, T, k)
-    t = F.log_softmax(teacher_logprobs / temperature, dim=-1)
+    mask = mask.to(student_logits.device)
+    s = F.log_softmax(student_logits[mask].float().gather(-1, teacher_ids[mask]) / temperature, dim=-1)  # (N, k)
+    t = F.log_softmax(teacher_logprobs[mask] / temperature, dim=-1)
     per_position = (t.exp() * (t - s)).sum(-1)
-    return (per_position * mask).sum() / mask.sum().clamp(min=1) * temperature ** 2
+    return per_position.sum() / max(int(mask.sum()), 1) * temperature ** 2
 
 
 def positions(batch: dict, on: str) -> torch.Tensor:
