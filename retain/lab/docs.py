@@ -19,8 +19,9 @@ from retain.report.sweep_summary import markdown_table, retained_change
 from retain.sweep import SweepConfig, expand, load_sweep
 
 BASELINE = "unprotected"
-# (claim from the seeds, run A, run B, +1 if B should retain more than A, -1 if less)
+# (claim from the seeds, run A, run B, +1 if B should retain more than A, -1 if less[, only in this sweep])
 CLAIMS = [
+    ("A higher learning rate makes the model forget more", "unprotected", "lr_3e-4", -1, "sweep-lab-gentle"),
     ("A higher learning rate makes the model forget more", "lr_1e-4", "unprotected", -1),
     ("Training longer (more epochs) makes the model forget more", "epochs_2", "unprotected", -1),
     ("Training longer (more epochs) makes the model forget more", "unprotected", "epochs_12", -1),
@@ -78,7 +79,9 @@ def sweep_section(sweep: SweepConfig, path: Path, summary: dict) -> list[str]:
 def claims_rows(sweep: SweepConfig, summary: dict) -> list[str]:
     out = Path(sweep.output)
     rows = []
-    for claim, a, b, sign in CLAIMS:
+    for claim, a, b, sign, *only in CLAIMS:
+        if only and only[0] != out.name:
+            continue  # the run names mean something else in other sweeps (e.g. which lr is the baseline)
         ra, rb = (out / "results" / f"{x}.json" for x in (a, b))
         if not (ra.is_file() and rb.is_file()):
             continue
