@@ -50,7 +50,8 @@ def test_sweep_runs_each_strategy_once_and_names_the_front(make_config, tmp_path
     sweep.write_text(yaml.safe_dump({
         "base": str(base), "task": str(tmp_path / "task.yaml"), "suite": "capital_recall,currency_choice",
         "output": str(tmp_path / "sweep"), "limit": 4,
-        "strategies": {"plain": {}, "lora": {"mitigations.lora": {"r": 2}}}, "grid": {"training.lr": [1e-3, 1e-2]}}))
+        "strategies": {"plain": {}, "lora": {"mitigations.lora": {"r": 2}}}, "grid": {"training.lr": [1e-3, 1e-2]}},
+        sort_keys=False))
     from retain.sweep import expand, load_sweep
 
     assert list(expand(load_sweep(sweep))) == ["plain", "lora", "lr=0.001", "lr=0.01"]
