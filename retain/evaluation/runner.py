@@ -44,7 +44,7 @@ def score_task(lm: LM, task: Task, items: list[dict], seed: int = 0) -> tuple[di
 
 
 def evaluate(model, tokenizer, tasks: list[Task], split: str = "test", limit: int | None = None,
-             batch_size: int = 32, seed: int = 0, progress: bool = True) -> dict:
+             batch_size: int = 64, seed: int = 0, progress: bool = True) -> dict:
     model.eval()
     lm = LM(model, tokenizer, batch_size=batch_size)
     results = {}
