@@ -8,7 +8,6 @@ All three are one penalty, Σ_k importance_k · (θ_k − θ*_k)², with a diffe
 
 from __future__ import annotations
 
-import itertools
 import os
 from dataclasses import dataclass
 
@@ -31,6 +30,11 @@ def weighted_l2(params: dict[str, torch.Tensor], anchor: dict[str, torch.Tensor]
 
 def trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Detached copies of the trainable weights: an anchor, or a state to restore later."""
+    return {n: p.detach().clone() for n, p in trainable(model).items()}
 
 
 def general_batches(ctx: Context, file: str, n_batches: int, batch_size: int):
@@ -143,9 +147,8 @@ class _AnchoredPenalty:
 
     def setup(self, model, ctx: Context) -> None:
         model = getattr(model, "module", model)
-        params = trainable(model)
-        self.anchor = {n: p.detach().clone() for n, p in params.items()}
-        self.importance = self.importance_for(model, params, ctx)
+        self.anchor = snapshot(model)
+        self.importance = self.importance_for(model, trainable(model), ctx)
         if self.importance is not None and self.options.normalize:
             mean = torch.cat([v.flatten() for v in self.importance.values()]).mean().clamp(min=1e-30)
             self.importance = {n: v / mean for n, v in self.importance.items()}
@@ -183,5 +186,5 @@ class SI(_AnchoredPenalty):
 
     def importance_for(self, model, params, ctx: Context):
         o = self.options
-        batches = itertools.islice(general_batches(ctx, o.file, o.steps, o.batch_size), o.steps)
-        return synaptic_importance(model, batches, params, o.step_lr, o.damping)
+        return synaptic_importance(model, general_batches(ctx, o.file, o.steps, o.batch_size), params, o.step_lr,
+                                   o.damping)

@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import torch
-
 from retain.io import atomic_write_json
+from retain.mitigations.penalties import snapshot
 from retain.mitigations.roles import Context, Decision
 
 DEFAULT_SUITE = "capital_recall,capital_reverse,currency_choice,continent_choice,addition,english"
@@ -62,13 +61,9 @@ class RetentionBudget:
         self.tokenizer = ctx.tokenizer
         self.path = Path(ctx.config.output.dir) / "retention.json"
         inner = getattr(model, "module", model)
-        self.start = self._trainable_state(inner)
+        self.start = snapshot(inner)
         self.last_good = (0, self.start)
         self.base = self._score(inner)
-
-    # Retention is a Monitor, not a loss term; setup is called by the loop's setup phase too.
-    def _trainable_state(self, model) -> dict[str, torch.Tensor]:
-        return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
     def _score(self, model) -> dict:
         from retain.evaluation.runner import evaluate
@@ -93,7 +88,7 @@ class RetentionBudget:
         self.history.append(record)
         metrics = {"retention/max_drop": record["max_drop"]}
         if ok:
-            self.last_good = (step, self._trainable_state(inner))
+            self.last_good = (step, snapshot(inner))
             self._write(None)
             return Decision(metrics=metrics)
         reason = (f"retention budget breached at step {step}: {record['worst_task']} dropped "
@@ -116,7 +111,7 @@ class RetentionBudget:
         """Largest α in [0, 1] (by bisection) whose interpolated weights stay within budget."""
         from retain.mitigations.interpolation import interpolate
 
-        now = self._trainable_state(model)
+        now = snapshot(model)
         low, high = 0.0, 1.0
         for _ in range(self.options.repair_iterations):
             mid = (low + high) / 2

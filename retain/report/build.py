@@ -79,11 +79,10 @@ def headline(label: str, comparison: dict) -> str:
     return f"{label}: " + "; ".join(describe(c, r) for c, r in rows) + tail + "."
 
 
-def max_drop(comparison: dict) -> tuple[str, float] | None:
-    """The largest significant-or-not fall in points among accuracy-type capabilities (for budgets)."""
-    drops = [(c, -r["delta"]) for c, r in comparison["capabilities"].items()
-             if not r["relative"] and not r["lower_is_better"]]
-    return max(drops, key=lambda x: x[1]) if drops else None
+def largest_drop(comparison: dict, exclude: tuple[str, ...] = ()) -> float:
+    """The largest fall, in points, among score-type capabilities not in `exclude` (0 if none fell)."""
+    return max((-r["delta"] for c, r in comparison["capabilities"].items()
+                if not r["relative"] and not r["lower_is_better"] and c not in exclude), default=0.0)
 
 
 def write_report(result_paths: list[Path], out: Path, run_dirs: list[Path] = (), labels: list[str] | None = None,
@@ -114,4 +113,4 @@ def write_report(result_paths: list[Path], out: Path, run_dirs: list[Path] = (),
             "headline": "\n".join(headlines)}
 
 
-__all__ = ["Change", "compare", "headline", "write_report", "max_drop"]
+__all__ = ["Change", "compare", "headline", "write_report", "largest_drop"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from retain.io import atomic_write_text
-from retain.report.build import compare, load_results
+from retain.report.build import compare, largest_drop, load_results
 from retain.report.render import format_relative
 from retain.report.stats import paired_bootstrap
 
@@ -32,8 +32,7 @@ def summarize(base_path: Path, result_paths: dict[str, Path], task: str) -> dict
             "gain": gain["delta"], "gain_ci": [gain["ci_low"], gain["ci_high"]], "task_after": gain["after"],
             "retained_change": retained.delta, "retained_ci": [retained.ci_low, retained.ci_high],
             "retained_after": retained.after,
-            "max_drop": max((-r["delta"] for c, r in comparison["capabilities"].items()
-                             if not r["relative"] and c != gain["capability"]), default=0.0),
+            "max_drop": largest_drop(comparison, exclude=(gain["capability"],)),
             "perplexity_change": english["delta"] if english else None,
             "verdicts": {c: r["verdict"] for c, r in comparison["capabilities"].items()},
             "deltas": {c: r["delta"] for c, r in comparison["capabilities"].items()},
