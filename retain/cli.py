@@ -27,7 +27,8 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     from retain.evaluation.runner import evaluate_path
 
-    results = evaluate_path(args.model, args.suite, args.split, Path(args.out), limit=args.limit)
+    results = evaluate_path(args.model, args.suite, args.split, Path(args.out), limit=args.limit, dtype=args.dtype,
+                            batch_size=args.batch_size, device=args.device, rolling_bos=args.rolling_bos)
     for task, res in results["tasks"].items():
         shown = ", ".join(f"{k}={v:.4g}" for k, v in res["metrics"].items())
         print(f"{task:24s} {shown}")
@@ -111,10 +112,16 @@ def parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="score a model on a capability suite")
     e.add_argument("model", help="model dir or id, adapter dir, or retain-tiny")
-    e.add_argument("--suite", default="lab", help="suite name (lab, lab+city_country, ...) or suite YAML")
+    e.add_argument("--suite", default="lab", help="comma-separated: bundled names (lab, city_country), "
+                   "task/suite YAMLs (retain's or lm-eval's format), mmlu, mmlu:SUBJECT[@K], lm-eval:NAME")
     e.add_argument("--split", default="test", choices=["dev", "test"])
     e.add_argument("--out", required=True)
     e.add_argument("--limit", type=int, default=None, help="score only the first N items of each task")
+    e.add_argument("--batch-size", type=int, default=64, help="requests per forward pass")
+    e.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    e.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda, cuda:1, ...")
+    e.add_argument("--rolling-bos", default="lm-eval", choices=["lm-eval", "single"],
+                   help="perplexity: lm-eval's windows (a second BOS for tokenizers that add one) or one BOS")
     e.set_defaults(func=cmd_eval)
 
     r = sub.add_parser("report", help="before/after forgetting report")

@@ -151,7 +151,11 @@ def render_record(record: dict, fmt: str, tokenizer, where: str) -> tuple[str, l
 
 
 def tokenize(text: str, spans: list[tuple[int, int]], tokenizer, loss_on: str) -> Example:
-    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
+    """Ids and labels of `text`. The tokenizer adds its special tokens (a Llama tokenizer adds BOS)
+    unless the text already begins with BOS, as a chat template that writes `{{ bos_token }}` makes
+    it: one BOS either way, never two (the same rule as evaluation's LM.encode)."""
+    bos = tokenizer.bos_token
+    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=not (bos and text.startswith(bos)))
     labels = []
     for token_id, (start, end) in zip(enc["input_ids"], enc["offset_mapping"]):
         # special tokens the tokenizer adds (BOS) have an empty span and never carry loss

@@ -4,19 +4,33 @@
     loglikelihood_rolling([text])             -> [(logprob of the whole text, n_tokens)]
     generate_until([(context, until, max_new_tokens)]) -> [text]
 
-Tokenization and windowing follow lm-evaluation-harness's HF backend exactly, so scores agree
-with it on the same model and data: trailing spaces of a context move to the continuation;
-the continuation's tokens are those of encode(context + continuation) past encode(context);
-an empty context is replaced by the prefix token (BOS, else EOS); documents are scored in
-disjoint windows of at most max_length tokens, the first conditioned on the prefix token.
+Tokenization and windowing follow lm-evaluation-harness's HF backend (0.4.x) exactly, so scores
+agree with it on the same model and data, whatever the tokenizer does about BOS:
+  - text is encoded with the tokenizer's own special tokens (a Llama/Gemma tokenizer adds BOS,
+    a GPT-2/Qwen one does not), except when the text already starts with the BOS string (a
+    chat template that writes it): then nothing is added, so BOS is never doubled there;
+  - trailing spaces of a context move to the continuation; the continuation's tokens are those
+    of encode(context + continuation) past encode(context); an empty context is replaced by the
+    prefix token (BOS, else EOS);
+  - documents are scored in disjoint windows of at most max_length tokens, the first one
+    conditioned on the prefix token. With a tokenizer that adds BOS itself this charges every
+    document log p(BOS | BOS) — lm-eval does exactly that. `rolling_bos="single"` drops the
+    tokenizer's BOS so each document is conditioned on one BOS and only its own tokens are scored.
+
+Speed without changing a score: requests that share a context and continue it by one token (every
+MMLU-style letter choice) are scored from one forward pass of the context; log-probabilities are
+taken and gathered on the model's device, and only the per-request sums come back to the host —
+never the (batch, tokens, vocab) tensor.
 """
 
 from __future__ import annotations
 
+from typing import Iterator, Literal
+
 import torch
-import torch.nn.functional as F
 
 DEFAULT_MAX_LENGTH = 2048
+LOGIT_CHUNK_ELEMENTS = 1 << 26  # log-softmax over at most this many logits at once (256 MB in fp32)
 
 
 def model_max_length(model, tokenizer) -> int:
@@ -30,7 +44,7 @@ def model_max_length(model, tokenizer) -> int:
 
 
 def rolling_windows(tokens: list[int], prefix_token: int, max_length: int):
-    """(ids, n) pieces that score every token of `tokens` exactly once; see LM._score.
+    """(ids, n) pieces that score every token of `tokens` exactly once.
 
     The first piece predicts tokens[0:L] from [prefix] + tokens[0:L-1]; each later piece predicts
     the next (up to L) tokens, conditioned on as many preceding tokens as fit in L.
@@ -46,16 +60,25 @@ def rolling_windows(tokens: list[int], prefix_token: int, max_length: int):
         done = end
 
 
+# A query asks for the summed log-probability of `tokens` predicted at row positions start, start+1, ...
+Query = tuple[int, list[int]]
+
+
 class LM:
-    def __init__(self, model, tokenizer, batch_size: int = 32, max_length: int | None = None):
+    def __init__(self, model, tokenizer, batch_size: int = 32, max_length: int | None = None,
+                 rolling_bos: Literal["lm-eval", "single"] = "lm-eval"):
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
         self.max_length = max_length or model_max_length(model, tokenizer)
         self.device = next(model.parameters()).device
+        self.rolling_bos = rolling_bos
         bos = tokenizer.bos_token_id
         self.prefix_token = bos if bos is not None else tokenizer.eos_token_id
+        self.prefix_text = tokenizer.decode([self.prefix_token]) if self.prefix_token is not None else None
 
     def encode(self, text: str) -> list[int]:
-        return self.tokenizer(text)["input_ids"]  # with the tokenizer's own special tokens, as lm-eval
+        """Token ids with the tokenizer's own special tokens, unless the text starts with BOS already."""
+        already = bool(self.prefix_text) and text.startswith(self.prefix_text)
+        return self.tokenizer(text, add_special_tokens=not already)["input_ids"]
 
     def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
         if not context:
@@ -67,42 +90,89 @@ class LM:
         n_context = len(self.encode(context))
         return whole[:n_context], whole[n_context:]
 
-    @torch.no_grad()
-    def _score(self, pieces: list[tuple[list[int], int]]) -> list[tuple[float, bool]]:
-        """For each (ids, n): the logprob of ids[-n:] given what precedes them, and whether it is greedy.
+    def _batches(self, rows: list[list[int]]) -> Iterator[tuple[list[int], torch.Tensor]]:
+        """(row indices, logits (B, T, V) on the device) for right-padded batches, longest rows first.
 
-        The model reads ids[:-1] (at most max_length of them); batches go longest first so they pad little.
+        Right padding needs no attention mask for a causal model: pads come after every position read.
         """
-        order = sorted(range(len(pieces)), key=lambda i: -len(pieces[i][0]))
-        results: list[tuple[float, bool] | None] = [None] * len(pieces)
+        order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
         for start in range(0, len(order), self.batch_size):
             idx = order[start: start + self.batch_size]
-            rows = [pieces[i][0][-(self.max_length + 1):] for i in idx]
-            width = max(len(r) - 1 for r in rows)
-            # Right padding needs no attention mask for a causal model: pads come after every scored position.
-            inputs = torch.zeros((len(rows), width), dtype=torch.long)
-            for j, r in enumerate(rows):
-                inputs[j, : len(r) - 1] = torch.tensor(r[:-1])
-            logits = self.model(inputs.to(self.device)).logits[:, -width:]  # prompt tuning prepends positions
-            logprobs = F.log_softmax(logits.float(), dim=-1).cpu()  # (B, T, V)
-            for j, (i, r) in enumerate(zip(idx, rows)):
-                n = pieces[i][1]
-                targets = torch.tensor(r[-n:])
-                lp = logprobs[j, len(r) - 1 - n: len(r) - 1]  # (n, V): the positions that predict the targets
-                results[i] = (lp.gather(1, targets[:, None]).sum().item(), bool((lp.argmax(-1) == targets).all()))
-        return results
+            width = max(len(rows[i]) for i in idx)
+            inputs = torch.zeros((len(idx), width), dtype=torch.long)
+            for j, i in enumerate(idx):
+                inputs[j, : len(rows[i])] = torch.tensor(rows[i])
+            yield idx, self.model(inputs.to(self.device)).logits[:, -width:]  # prompt tuning prepends positions
+
+    @torch.no_grad()
+    def _answer(self, rows: list[list[int]], queries: list[list[Query]]) -> list[list[tuple[float, bool]]]:
+        """For each row (the ids the model reads) and each of its queries: (logprob, all tokens greedy)."""
+        answers: list[list[tuple[float, bool]] | None] = [None] * len(rows)
+        for idx, logits in self._batches(rows):
+            # Flatten every (row, position, token) of every query of the batch into index tensors.
+            batch_row, position, token, owner = [], [], [], []
+            for j, i in enumerate(idx):
+                for q, (start, tokens) in enumerate(queries[i]):
+                    for k, t in enumerate(tokens):
+                        batch_row.append(j), position.append(start + k), token.append(t), owner.append((i, q))
+            keys = sorted(set(owner))
+            slot = {key: s for s, key in enumerate(keys)}
+            dev = logits.device
+            b, p = torch.tensor(batch_row, device=dev), torch.tensor(position, device=dev)
+            t, o = torch.tensor(token, device=dev), torch.tensor([slot[x] for x in owner], device=dev)
+            logprob = torch.empty(len(t), dtype=torch.float64, device=dev)
+            greedy = torch.empty(len(t), dtype=torch.bool, device=dev)
+            chunk = max(1, LOGIT_CHUNK_ELEMENTS // logits.shape[-1])
+            for s in range(0, len(t), chunk):  # (chunk, V) at a time: bounded memory on any vocabulary
+                picked = logits[b[s: s + chunk], p[s: s + chunk]].float()
+                logprob[s: s + chunk] = (picked.gather(1, t[s: s + chunk, None])[:, 0]
+                                         - torch.logsumexp(picked, dim=-1)).double()
+                greedy[s: s + chunk] = picked.argmax(-1) == t[s: s + chunk]
+            totals = torch.zeros(len(keys), dtype=torch.float64, device=dev).index_add_(0, o, logprob)
+            misses = torch.zeros(len(keys), dtype=torch.long, device=dev).index_add_(0, o, (~greedy).long())
+            for (i, q), total, miss in zip(keys, totals.tolist(), misses.tolist()):
+                if answers[i] is None:
+                    answers[i] = [None] * len(queries[i])
+                answers[i][q] = (total, miss == 0)
+        return answers
+
+    def _score(self, pieces: list[tuple[list[int], int]]) -> list[tuple[float, bool]]:
+        """For each (ids, n): the logprob of ids[-n:] given what precedes them, and whether it is greedy."""
+        rows = [ids[-(self.max_length + 1):][:-1] for ids, _ in pieces]
+        queries = [[(len(row) - n, ids[-n:])] for row, (ids, n) in zip(rows, pieces)]
+        return [a[0] for a in self._answer(rows, queries)]
 
     def loglikelihood(self, requests: list[tuple[str, str]]) -> list[tuple[float, bool]]:
-        pieces = []
-        for context, continuation in requests:
-            ctx, cont = self.encode_pair(context, continuation)
-            pieces.append((ctx + cont, len(cont)))
-        return self._score(pieces)
+        """Continuations of one token that share a context share one forward pass of it."""
+        pairs = [self.encode_pair(context, continuation) for context, continuation in requests]
+        shared: dict[tuple[int, ...], list[int]] = {}
+        pieces, piece_of = [], []
+        for r, (ctx, cont) in enumerate(pairs):
+            if len(cont) == 1:
+                shared.setdefault(tuple(ctx[-self.max_length:]), []).append(r)
+            else:
+                piece_of.append(r)
+                pieces.append((ctx + cont, len(cont)))
+        results: list[tuple[float, bool] | None] = [None] * len(requests)
+        for r, answer in zip(piece_of, self._score(pieces)):
+            results[r] = answer
+        contexts = list(shared)
+        queries = [[(len(ctx) - 1, pairs[r][1]) for r in shared[ctx]] for ctx in contexts]
+        for ctx, answers in zip(contexts, self._answer([list(c) for c in contexts], queries)):
+            for r, answer in zip(shared[ctx], answers):
+                results[r] = answer
+        return results
+
+    def rolling_tokens(self, text: str) -> list[int]:
+        tokens = self.encode(text)
+        if self.rolling_bos == "single" and tokens and tokens[0] == self.tokenizer.bos_token_id:
+            tokens = tokens[1:]  # the window's prefix token is the document's one BOS
+        return tokens
 
     def loglikelihood_rolling(self, texts: list[str]) -> list[tuple[float, int]]:
         pieces, owner, n_tokens = [], [], []
         for k, text in enumerate(texts):
-            tokens = self.encode(text)
+            tokens = self.rolling_tokens(text)
             n_tokens.append(len(tokens))
             for piece in rolling_windows(tokens, self.prefix_token, self.max_length):
                 pieces.append(piece)
@@ -146,4 +216,3 @@ class LM:
                     text = text.split(stop)[0] if stop else text
                 outputs[i] = text
         return outputs
-

@@ -5,7 +5,8 @@ Per item (kept for paired statistics) and per task (aggregates):
     perplexity       word_perplexity = exp(-Σll / Σwords), byte_perplexity = exp(-Σll / Σbytes),
                      bits_per_byte = -Σll / Σbytes / ln 2, token_perplexity = exp(-Σll / Σtokens);
                      words = len(re.split(r"\\s+", text)), bytes = len(utf-8)
-    generation       exact_match = [prediction.strip() == target.strip()], contains = [target in prediction]
+    generation       exact_match = [prediction.strip() == target.strip()], contains = [target in prediction],
+                     regex_match = [the answer_regex's match in the prediction == target] (when a task sets one)
     diversity        distinct_n = unique n-grams / n-grams over all samples; repetition_rate = share of
                      tokens that repeat a 4-gram already in the same sample; self_bleu = mean BLEU-4 of each
                      sample against the others
@@ -42,9 +43,15 @@ def perplexity_aggregate(items: list[dict]) -> dict:
             "bits_per_byte": -ll / n_bytes / math.log(2), "token_perplexity": math.exp(-ll / tokens)}
 
 
-def generation_item(prediction: str, target: str) -> dict:
-    return {"exact_match": float(prediction.strip() == target.strip()),
-            "contains": float(target.strip() in prediction)}
+def generation_item(prediction: str, target: str, answer_regex: re.Pattern | None = None) -> dict:
+    """exact_match and contains; with `answer_regex`, regex_match = [its first match (group 1 if it has
+    groups) == target], the answer extracted from a chatty reply."""
+    item = {"exact_match": float(prediction.strip() == target.strip()), "contains": float(target.strip() in prediction)}
+    if answer_regex is not None:
+        found = answer_regex.search(prediction)
+        answer = (found.group(1) if answer_regex.groups else found.group(0)) if found else None
+        item["regex_match"] = float(answer is not None and answer.strip() == target.strip())
+    return item
 
 
 def ngrams(tokens: list[str], n: int) -> list[tuple[str, ...]]:

@@ -1,43 +1,79 @@
 """Capability tasks and suites: small YAML files plus JSONL items (no templating, no code).
 
-A task YAML:
+A task YAML (retain's own format):
     name: capital_recall
     capability: factual recall          # what the report groups by
     kind: generation                    # multiple_choice | perplexity | generation | diversity
-    data: {dev: lab:suite/capital_recall.dev.jsonl, test: lab:suite/capital_recall.test.jsonl}
+    data: {dev: capital_recall.dev.jsonl, test: capital_recall.test.jsonl}   # relative to this YAML
     until: [".", "\\n"]                  # generation: stop strings
     chance: 0.0                         # the score of guessing, shown beside the score
+    chat: true                          # optional: render the context through the model's chat template
+    system: "Answer briefly."           #   ... with this system prompt
+    metric: contains                    # the headline metric (exact_match | contains | regex_match, ...)
+    answer_regex: "capital is (\\w+)"   # generation: regex_match compares its match with the target
 
 Item fields by kind (rename with `fields: {context: prompt, target: response}`):
-    multiple_choice  {context, choices: [str], gold: int}   scored " " + choice after context
+    multiple_choice  {context, choices: [str], gold: int | choice text}  scored target_delimiter + choice
     generation       {context, target}                      greedy until a stop string
     perplexity       {text}                                 rolling loglikelihood of the document
     diversity        {context}                              sampled continuations
 
 A suite YAML lists tasks (paths relative to the suite file): `name: lab` and `tasks: [a.yaml, ...]`.
-Names without a path resolve to retain's bundled tasks and suites (retain/lab/tasks/NAME.yaml);
-`--suite lab,city_country` joins several.
+`--suite` takes comma-separated parts, each one of:
+    a task or suite YAML path      retain's format, or an lm-evaluation-harness task YAML
+    a bundled name                 retain/lab/tasks/NAME.yaml (lab, city_country, ...)
+    mmlu, mmlu:SUBJECT[@K]         the MMLU test set (see retain.evaluation.mmlu), K-shot
+    lm-eval:NAME                   a task or group of lm-evaluation-harness's registry (local/cached data)
+Every task is checked (files, fields) by `check_suite` before a model is loaded.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import yaml
 
 from retain.config import PACKAGE_DIR, resolve_path
 from retain.configs import ConfigError, build
-from retain.data import read_jsonl
+from retain.data import DataError, read_jsonl
+from retain.evaluation import scoring
 
 BUNDLED_TASKS = PACKAGE_DIR / "lab" / "tasks"
 PRIMARY_METRIC = {"multiple_choice": "acc", "generation": "exact_match", "perplexity": "word_perplexity",
                   "diversity": "distinct_2"}
+METRICS = {"multiple_choice": ("acc", "acc_norm"), "generation": ("exact_match", "contains", "regex_match"),
+           "perplexity": ("word_perplexity", "byte_perplexity", "bits_per_byte", "token_perplexity"),
+           "diversity": ("distinct_1", "distinct_2", "repetition_rate", "self_bleu")}
 LOWER_IS_BETTER = {"word_perplexity", "byte_perplexity", "token_perplexity", "bits_per_byte", "repetition_rate",
                    "self_bleu"}
 REQUIRED_FIELDS = {"multiple_choice": ("context", "choices", "gold"), "generation": ("context", "target"),
                    "perplexity": ("text",), "diversity": ("context",)}
+
+
+class CapabilityTask(Protocol):
+    """What the runner and the report need of a task, whatever format it was written in."""
+
+    name: str
+    kind: str
+    description: str
+
+    @property
+    def group(self) -> str: ...
+    @property
+    def primary_metric(self) -> str: ...
+    @property
+    def lower_is_better(self) -> bool: ...
+    @property
+    def chance(self) -> float | None: ...
+
+    def check(self, split: str) -> None:
+        """Raise ConfigError/DataError if `split` can't be scored; runs before any model loads."""
+
+    def score(self, lm, split: str = "test", limit: int | None = None, seed: int = 0) -> tuple[dict, list[dict]]:
+        """(aggregate metrics, per-item records with a stable "id")."""
 
 
 @dataclass(frozen=True)
@@ -61,35 +97,102 @@ class Task:
     temperature: float = 1.0  # diversity
     metric: str | None = None  # the headline metric; default by kind
     chance: float | None = None
+    chat: bool = False  # render each context as a user turn through the tokenizer's chat template
+    system: str | None = None  # with chat: a system turn before it
+    answer_regex: str | None = None  # generation: regex_match extracts the answer with it
 
     def validate(self):
         if self.max_new_tokens < 1:
             yield "max_new_tokens", f"must be >= 1, got {self.max_new_tokens}"
+        if self.metric is not None and self.metric not in METRICS[self.kind]:
+            yield "metric", f"{self.metric!r} is not a {self.kind} metric ({', '.join(METRICS[self.kind])})"
+        if self.metric == "regex_match" and not self.answer_regex:
+            yield "answer_regex", "required by metric: regex_match"
+        if self.answer_regex:
+            try:
+                re.compile(self.answer_regex)
+            except re.error as e:
+                yield "answer_regex", f"not a valid regular expression: {e}"
+        if self.system is not None and not self.chat:
+            yield "system", "needs chat: true"
 
     @property
     def primary_metric(self) -> str:
         return self.metric or PRIMARY_METRIC[self.kind]
 
     @property
+    def lower_is_better(self) -> bool:
+        return self.primary_metric in LOWER_IS_BETTER
+
+    @property
     def group(self) -> str:
         return self.capability or self.name
 
-    def items(self, split: str) -> list[dict]:
-        """The split's items with canonical field names; a missing field names file and line."""
+    def source(self, split: str) -> Path:
         source = self.data.test if split == "test" else self.data.dev
         if source is None:
             raise ConfigError(f"task {self.name}: no {split} split")
-        path = resolve_path(source)
+        return resolve_path(source)
+
+    def items(self, split: str) -> list[dict]:
+        """The split's items with canonical field names; a missing or bad field names file and line."""
+        path = self.source(split)
+        if not path.is_file():
+            raise ConfigError(f"task {self.name}: {split} data file not found: {path}")
         items = []
         for lineno, record in read_jsonl(path):
             item = {"id": len(items)}
             for canonical in REQUIRED_FIELDS[self.kind]:
                 name = self.fields.get(canonical, canonical)
                 if name not in record:
-                    raise ConfigError(f"{path}:{lineno}: field '{name}': missing (task {self.name})")
+                    raise DataError(f"{path}:{lineno}: field '{name}': missing (task {self.name})")
                 item[canonical] = record[name]
+            if self.kind == "multiple_choice":
+                item["gold"] = _check_choice(item, f"{path}:{lineno}", self.fields)
             items.append(item)
         return items
+
+    def check(self, split: str) -> None:
+        self.items(split)
+
+    def render(self, context: str, tokenizer) -> str:
+        if not self.chat:
+            return context
+        if not getattr(tokenizer, "chat_template", None):
+            raise ConfigError(f"task {self.name}: chat: true, but the model's tokenizer has no chat template")
+        messages = ([{"role": "system", "content": self.system}] if self.system else []) + \
+            [{"role": "user", "content": context}]
+        try:
+            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception as e:  # templates raise their own errors, e.g. "system role not supported"
+            raise ConfigError(f"task {self.name}: the model's chat template rejected the prompt: {e}") from None
+
+    def score(self, lm, split: str = "test", limit: int | None = None, seed: int = 0) -> tuple[dict, list[dict]]:
+        items = self.items(split)[:limit]
+        if "context" in REQUIRED_FIELDS[self.kind]:
+            items = [{**it, "context": self.render(it["context"], lm.tokenizer)} for it in items]
+        if self.kind == "multiple_choice":
+            return scoring.score_multiple_choice(lm, items, self.target_delimiter)
+        if self.kind == "perplexity":
+            return scoring.score_perplexity(lm, items)
+        if self.kind == "generation":
+            return scoring.score_generation(lm, items, self.until, self.max_new_tokens, self.answer_regex)
+        return scoring.score_diversity(lm, items, self.until, self.max_new_tokens, self.samples_per_prompt,
+                                       self.temperature, seed)
+
+
+def _check_choice(item: dict, where: str, fields: dict) -> int:
+    """The gold index: an int in range, or (as lm-eval accepts) the text of one of the choices."""
+    choices, gold = item["choices"], item["gold"]
+    if not isinstance(choices, list) or not choices or not all(isinstance(c, str) for c in choices):
+        raise DataError(f"{where}: field '{fields.get('choices', 'choices')}': expected a non-empty list of strings, "
+                        f"got {choices!r}")
+    if isinstance(gold, str) and gold in choices:
+        return choices.index(gold)
+    if isinstance(gold, bool) or not isinstance(gold, int) or not 0 <= gold < len(choices):
+        raise DataError(f"{where}: field '{fields.get('gold', 'gold')}': expected an index in 0..{len(choices) - 1} "
+                        f"or the text of a choice, got {gold!r}")
+    return gold
 
 
 def _load_yaml(path: Path) -> dict:
@@ -97,16 +200,32 @@ def _load_yaml(path: Path) -> dict:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: not found") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping")
     return data
 
 
-def load_task(path: Path) -> Task:
+def _relative_to(path: Path, data_path: str | None) -> str | None:
+    """A task's data paths are relative to the task YAML (`lab:` and absolute paths stay as they are)."""
+    if data_path is None or data_path.startswith("lab:") or Path(data_path).expanduser().is_absolute():
+        return data_path
+    return str(path.parent / data_path)
+
+
+def _task_from(path: Path, data: dict) -> Task:
     try:
-        return build(Task, _load_yaml(path))
+        task = build(Task, data)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
+    return replace(task, data=TaskData(test=_relative_to(path, task.data.test), dev=_relative_to(path, task.data.dev)))
+
+
+def load_task(path: Path) -> Task:
+    return _task_from(Path(path), _load_yaml(Path(path)))
 
 
 def _locate(name: str) -> Path:
@@ -116,21 +235,44 @@ def _locate(name: str) -> Path:
     bundled = BUNDLED_TASKS / f"{name}.yaml"
     if not bundled.exists():
         known = ", ".join(sorted(p.stem for p in BUNDLED_TASKS.glob("*.yaml")))
-        raise ConfigError(f"suite or task {name!r}: not a file and not bundled (bundled: {known})")
+        raise ConfigError(f"suite or task {name!r}: not a file and not bundled (bundled: {known}; "
+                          "also mmlu, mmlu:SUBJECT, lm-eval:NAME)")
     return bundled
 
 
-def load_suite(spec: str) -> list[Task]:
+def _load_part(part: str, base: Path | None = None) -> list:
+    """The tasks one suite part names (see the module docstring); `base` resolves relative task paths."""
+    if part == "mmlu" or part.startswith(("mmlu:", "mmlu@")):
+        from retain.evaluation.mmlu import load_mmlu
+
+        return [load_mmlu(part)]
+    if part.startswith("lm-eval:"):
+        from retain.evaluation.lm_eval_tasks import load_lm_eval_tasks
+
+        return load_lm_eval_tasks(part)
+    path = base / part if base is not None and (base / part).suffix in (".yaml", ".yml") else _locate(part)
+    data = _load_yaml(path)
+    if "tasks" in data:
+        if not isinstance(data["tasks"], list):
+            raise ConfigError(f"{path}: tasks: expected a list of task files or names")
+        return [task for entry in data["tasks"] for task in _load_part(str(entry), path.parent)]
+    if "kind" not in data and any(key in data for key in ("task", "include", "output_type")):  # lm-eval's format
+        from retain.evaluation.lm_eval_tasks import load_lm_eval_tasks
+
+        return load_lm_eval_tasks(path)
+    return [_task_from(path, data)]
+
+
+def load_suite(spec: str) -> list:
     """Tasks of `spec`: comma-separated suite or task names/paths, in order, without duplicates."""
-    tasks: dict[str, Task] = {}
+    tasks: dict[str, object] = {}
     for part in (p.strip() for p in spec.split(",") if p.strip()):
-        path = _locate(part)
-        data = _load_yaml(path)
-        if "tasks" in data:
-            for rel in data["tasks"]:
-                task = load_task(path.parent / rel)
-                tasks.setdefault(task.name, task)
-        else:
-            task = load_task(path)
+        for task in _load_part(part):
             tasks.setdefault(task.name, task)
     return list(tasks.values())
+
+
+def check_suite(tasks: list, split: str) -> None:
+    """Every task can be scored on `split`: files exist and parse. Call before loading a model."""
+    for task in tasks:
+        task.check(split)

