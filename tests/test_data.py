@@ -105,3 +105,11 @@ def test_seeded_order_is_a_permutation_per_epoch_and_reproducible():
     assert sorted(a[:10]) == sorted(a[10:]) == list(range(10))
     assert a[:10] != a[10:]
     assert list(SeededOrder(10, seed=4, epochs=1)) != a[:10]
+
+
+def test_prompt_response_rendered_through_the_chat_template(tmp_path, tokenizer):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "Glasgow is a city in", "response": " United Kingdom."}])
+    (ex,) = load_dataset(path, tokenizer, chat=True).examples
+    messages = [{"role": "user", "content": "Glasgow is a city in"}, {"role": "assistant", "content": "United Kingdom."}]
+    assert tokenizer.decode(ex.input_ids) == tokenizer.apply_chat_template(messages, tokenize=False)
+    assert target_text(tokenizer, ex) == "United Kingdom.<|endoftext|>\n"

@@ -25,6 +25,7 @@ never the (batch, tokens, vocab) tensor.
 
 from __future__ import annotations
 
+import inspect
 from typing import Iterator, Literal
 
 import torch
@@ -74,6 +75,7 @@ class LM:
         bos = tokenizer.bos_token_id
         self.prefix_token = bos if bos is not None else tokenizer.eos_token_id
         self.prefix_text = tokenizer.decode([self.prefix_token]) if self.prefix_token is not None else None
+        self.keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
 
     def encode(self, text: str) -> list[int]:
         """Token ids with the tokenizer's own special tokens, unless the text starts with BOS already."""
@@ -90,10 +92,14 @@ class LM:
         n_context = len(self.encode(context))
         return whole[:n_context], whole[n_context:]
 
-    def _batches(self, rows: list[list[int]]) -> Iterator[tuple[list[int], torch.Tensor]]:
-        """(row indices, logits (B, T, V) on the device) for right-padded batches, longest rows first.
+    def _batches(self, rows: list[list[int]], queries: list[list[Query]]
+                 ) -> Iterator[tuple[list[int], torch.Tensor, dict[int, int]]]:
+        """(row indices, logits (B, P, V) on the device, sequence position -> index in P) per batch.
 
-        Right padding needs no attention mask for a causal model: pads come after every position read.
+        Batches are right-padded, longest rows first; right padding needs no attention mask for a
+        causal model (pads come after every position read). Where the model takes `logits_to_keep`
+        (transformers' causal LMs), only the P positions some query of the batch scores get logits:
+        one per row for a letter choice instead of the whole (B, T, V) tensor.
         """
         order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
         for start in range(0, len(order), self.batch_size):
@@ -102,19 +108,26 @@ class LM:
             inputs = torch.zeros((len(idx), width), dtype=torch.long)
             for j, i in enumerate(idx):
                 inputs[j, : len(rows[i])] = torch.tensor(rows[i])
-            yield idx, self.model(inputs.to(self.device)).logits[:, -width:]  # prompt tuning prepends positions
+            inputs = inputs.to(self.device)
+            if self.keeps_logits:
+                keep = sorted({first + k for i in idx for first, tokens in queries[i] for k in range(len(tokens))})
+                logits = self.model(inputs, logits_to_keep=torch.tensor(keep, device=self.device)).logits
+                yield idx, logits, {p: k for k, p in enumerate(keep)}
+            else:
+                logits = self.model(inputs).logits[:, -width:]  # prompt tuning prepends positions
+                yield idx, logits, {p: p for p in range(width)}
 
     @torch.no_grad()
     def _answer(self, rows: list[list[int]], queries: list[list[Query]]) -> list[list[tuple[float, bool]]]:
         """For each row (the ids the model reads) and each of its queries: (logprob, all tokens greedy)."""
         answers: list[list[tuple[float, bool]] | None] = [None] * len(rows)
-        for idx, logits in self._batches(rows):
+        for idx, logits, column in self._batches(rows, queries):
             # Flatten every (row, position, token) of every query of the batch into index tensors.
             batch_row, position, token, owner = [], [], [], []
             for j, i in enumerate(idx):
                 for q, (start, tokens) in enumerate(queries[i]):
                     for k, t in enumerate(tokens):
-                        batch_row.append(j), position.append(start + k), token.append(t), owner.append((i, q))
+                        batch_row.append(j), position.append(column[start + k]), token.append(t), owner.append((i, q))
             keys = sorted(set(owner))
             slot = {key: s for s, key in enumerate(keys)}
             dev = logits.device

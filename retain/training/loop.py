@@ -122,7 +122,7 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False, prog
 
     def load(path):
         return load_dataset(resolve_path(path), tokenizer, config.data.format, config.data.max_length,
-                            config.data.loss_on)
+                            config.data.loss_on, config.data.chat)
 
     train_set = load(config.data.train)
     dev_set = load(config.data.dev) if config.data.dev else None
@@ -283,15 +283,20 @@ def report_data(accelerator, train_set: Dataset, dev_set: Dataset | None, n_afte
 
 
 def save_final(model, tokenizer, config: RunConfig, final_dir: Path) -> None:
-    """final/: the full model, or the adapter (whose base is named as the config named it)."""
+    """final/: the full model, or the adapter (whose base is the directory or hub id the run loaded)."""
     from peft import PeftModel
 
     from retain.io import atomic_directory
+    from retain.modeling import model_source
 
     with atomic_directory(final_dir) as tmp:
         if isinstance(model, PeftModel):
+            # peft reloads the base from this name: it cannot resolve retain's aliases or GGUF files,
+            # and a relative directory would only be found from the same working directory
+            base = model_source(config.model)
+            base = str(Path(base).resolve()) if Path(base).is_dir() else base
             for peft_config in model.peft_config.values():
-                peft_config.base_model_name_or_path = config.model.name
+                peft_config.base_model_name_or_path = base
             model.save_pretrained(tmp, safe_serialization=True)
             if config.output.merged_export:
                 merged = model.merge_and_unload()
