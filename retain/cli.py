@@ -1,7 +1,7 @@
 """`retain` command line: train, eval, report, demo, lab.
 
     retain train CONFIG.yaml [key=value ...] [--resume] [--overwrite]
-    retain eval MODEL --suite SUITE [--split test] --out results.json
+    retain eval MODEL --suite SUITE [--split test] [--limit N] [--batch-size B] [--dtype D] [--device D] [--out results.json]
     retain report BEFORE.json AFTER.json [AFTER2.json ...] --out DIR [--run RUN_DIR]
     retain demo [--out DIR]
     retain sweep SWEEP.yaml
@@ -27,12 +27,14 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     from retain.evaluation.runner import evaluate_path
 
-    results = evaluate_path(args.model, args.suite, args.split, Path(args.out), limit=args.limit, dtype=args.dtype,
+    results = evaluate_path(args.model, args.suite, args.split, Path(args.out) if args.out else None,
+                            limit=args.limit, dtype=args.dtype,
                             batch_size=args.batch_size, device=args.device, rolling_bos=args.rolling_bos)
     for task, res in results["tasks"].items():
         shown = ", ".join(f"{k}={v:.4g}" for k, v in res["metrics"].items())
         print(f"{task:24s} {shown}")
-    print(f"wrote {args.out}")
+    if args.out:
+        print(f"wrote {args.out}")
     return 0
 
 
@@ -111,11 +113,11 @@ def parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="score a model on a capability suite")
-    e.add_argument("model", help="model dir or id, adapter dir, or retain-tiny")
+    e.add_argument("model", help="model dir or hub id, adapter dir, or an alias (retain-tiny, smollm2-135m-instruct)")
     e.add_argument("--suite", default="lab", help="comma-separated: bundled names (lab, city_country), "
                    "task/suite YAMLs (retain's or lm-eval's format), mmlu, mmlu:SUBJECT[@K], lm-eval:NAME")
     e.add_argument("--split", default="test", choices=["dev", "test"])
-    e.add_argument("--out", required=True)
+    e.add_argument("--out", help="results JSON (per-item scores, for `retain report`); omitted: print only")
     e.add_argument("--limit", type=int, default=None, help="score only the first N items of each task")
     e.add_argument("--batch-size", type=int, default=64, help="requests per forward pass")
     e.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
