@@ -1,6 +1,8 @@
 """retain's scorer against lm-evaluation-harness on the same model and task, in one run.
 
-    python bench/eval_throughput.py [--task currency_choice]
+    python bench/eval_throughput.py [--task currency_choice]      # retain-tiny, a lab task
+    python bench/eval_throughput.py --mmlu 500                   # SmolLM2-135M-Instruct, 500 MMLU questions
+                                                                  # (needs `make real-model`)
 
 Two measurements per side, items/s:
   end to end  loading the model from disk + scoring (what `retain eval` / `lm-eval run` cost a user)
@@ -33,10 +35,66 @@ def lm_eval_task_dir(task) -> Path:
     return d
 
 
+def mmlu_task_dir(items: list[dict]) -> Path:
+    """lm-eval's own MMLU template over the same questions (cais/mmlu's schema), one task for all subjects:
+    its description is a Jinja field per document, so every question keeps its subject's sentence."""
+    import lm_eval
+
+    d = Path(tempfile.mkdtemp())
+    rows = []
+    for it in items:
+        question = it["context"].split("\n\n")[-1]  # 0-shot: the description, then the question block
+        lines = question.split("\n")
+        rows.append({"question": "\n".join(lines[:-5]), "subject": it["subject"], "answer": it["gold"],
+                     "choices": [line[3:] for line in lines[-5:-1]]})
+    data = d / "mmlu.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    template = Path(lm_eval.__file__).parent / "tasks" / "mmlu" / "default" / "_default_template_yaml"
+    (d / "bench_mmlu.yaml").write_text(
+        f"include: {json.dumps(str(template))}\ntask: bench_mmlu\ndataset_path: json\ndataset_name: null\n"
+        f"dataset_kwargs: {{data_files: {{test: {json.dumps(str(data))}}}}}\n"
+        "description: \"The following are multiple choice questions (with answers) about "
+        "{{subject.replace('_', ' ')}}.\\n\\n\"\n")
+    return d
+
+
+def bench_mmlu(n: int, batch_size: int) -> None:
+    """SmolLM2-135M-Instruct on the first n questions of `mmlu` (spread across subjects), both tools end to end."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    from retain.config import ModelConfig
+    from retain.evaluation.runner import evaluate_path
+    from retain.evaluation.tasks import load_suite
+    from retain.modeling import model_source
+
+    (task,) = load_suite("mmlu")
+    items = task.items("test")[:n]
+    model_dir = model_source(ModelConfig(name="smollm2-135m-instruct"))  # converted once, cached
+    task_dir = mmlu_task_dir(items)
+    start = time.perf_counter()
+    ours = evaluate_path("smollm2-135m-instruct", "mmlu", "test", limit=n, progress=False,
+                         batch_size=batch_size)["tasks"]["mmlu"]["metrics"]
+    retain_e2e = time.perf_counter() - start
+    start = time.perf_counter()
+    theirs = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={model_dir},dtype=float32",
+                                     tasks=["bench_mmlu"], task_manager=TaskManager(include_path=str(task_dir)),
+                                     device="cpu", batch_size=batch_size)["results"]["bench_mmlu"]
+    lm_eval_e2e = time.perf_counter() - start
+    print(f"mmlu, SmolLM2-135M-Instruct: {n} questions; acc retain {ours['acc']:.4f} / lm-eval {theirs['acc,none']:.4f}")
+    print(f"end to end : retain {n / retain_e2e:7.2f} items/s ({retain_e2e:.1f} s)   "
+          f"lm-eval {n / lm_eval_e2e:7.2f} items/s ({lm_eval_e2e:.1f} s)   ratio {lm_eval_e2e / retain_e2e:.1f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--task", default="currency_choice")
+    parser.add_argument("--mmlu", type=int, default=0, help="bench N MMLU questions on SmolLM2 instead")
+    parser.add_argument("--batch-size", type=int, default=32, help="both tools (--mmlu)")
     args = parser.parse_args()
+    if args.mmlu:
+        bench_mmlu(args.mmlu, args.batch_size)
+        return
 
     import lm_eval
     from lm_eval.models.huggingface import HFLM

@@ -251,15 +251,15 @@ def _load_part(part: str, base: Path | None = None) -> list:
 
         return load_lm_eval_tasks(part)
     path = base / part if base is not None and (base / part).suffix in (".yaml", ".yml") else _locate(part)
+    from retain.evaluation.lm_eval_tasks import load_lm_eval_tasks, looks_like_lm_eval_file
+
+    if looks_like_lm_eval_file(path):  # before safe_load: lm-eval's YAMLs may use `!function`
+        return load_lm_eval_tasks(path)
     data = _load_yaml(path)
     if "tasks" in data:
         if not isinstance(data["tasks"], list):
             raise ConfigError(f"{path}: tasks: expected a list of task files or names")
         return [task for entry in data["tasks"] for task in _load_part(str(entry), path.parent)]
-    if "kind" not in data and any(key in data for key in ("task", "include", "output_type")):  # lm-eval's format
-        from retain.evaluation.lm_eval_tasks import load_lm_eval_tasks
-
-        return load_lm_eval_tasks(path)
     return [_task_from(path, data)]
 
 
