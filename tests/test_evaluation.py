@@ -128,3 +128,18 @@ def test_sampled_evaluation_is_seeded_and_leaves_the_global_rng_alone(tiny_model
     a = lm.generate_until(requests, sample=True, seed=7)
     assert torch.equal(torch.get_rng_state(), before)
     assert a == lm.generate_until(requests, sample=True, seed=7)
+
+
+def test_shared_context_scoring_equals_scoring_each_choice_whole(tiny_model, tokenizer):
+    """Multiple choice runs each context once (KV cache, left-padded batches); the scores must not move."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    contexts = ["the capital of france is", "question : what is one plus two ? answer :", "red", "the city"]
+    choices = ["paris", "tokyo city", "blue river mountain", "3", "green green green red"]
+    requests = [(c, " " + x) for c in contexts for x in choices[: 2 + len(c) % 4]] + [("", "red river")]
+    shared = LM(model, tokenizer, batch_size=5).loglikelihood(requests)
+    whole = LM(model, tokenizer, share_context=False).loglikelihood(requests)
+    assert LM(model, tokenizer).shares_cache and len({c for c, _ in requests}) < len(requests)
+    for (a, greedy_a), (b, greedy_b) in zip(shared, whole):
+        assert a == pytest.approx(b, abs=1e-4) and greedy_a == greedy_b

@@ -67,7 +67,7 @@ Query = tuple[int, list[int]]
 
 class LM:
     def __init__(self, model, tokenizer, batch_size: int = 32, max_length: int | None = None,
-                 rolling_bos: Literal["lm-eval", "single"] = "lm-eval"):
+                 rolling_bos: Literal["lm-eval", "single"] = "lm-eval", share_context: bool = True):
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
         self.max_length = max_length or model_max_length(model, tokenizer)
         self.device = next(model.parameters()).device
@@ -75,7 +75,9 @@ class LM:
         bos = tokenizer.bos_token_id
         self.prefix_token = bos if bos is not None else tokenizer.eos_token_id
         self.prefix_text = tokenizer.decode([self.prefix_token]) if self.prefix_token is not None else None
+        # transformers' causal LMs: logits only where scored, and a reusable KV cache for shared contexts
         self.keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self.shares_cache = self.keeps_logits and share_context
 
     def encode(self, text: str) -> list[int]:
         """Token ids with the tokenizer's own special tokens, unless the text starts with BOS already."""
@@ -117,6 +119,29 @@ class LM:
                 logits = self.model(inputs).logits[:, -width:]  # prompt tuning prepends positions
                 yield idx, logits, {p: p for p in range(width)}
 
+    @staticmethod
+    def _sum_logprobs(logits: torch.Tensor, row: list[int], position: list[int], token: list[int], owner: list[int],
+                      n_owners: int) -> tuple[list[float], list[bool]]:
+        """Σ log p(token | logits[row, position]) per owner, and whether every token was the argmax.
+
+        logits: (B, T, V) on the device. Log-softmax runs over (chunk, V) slices of the picked positions
+        only, in float32 (float64 sums), so memory stays bounded on any vocabulary.
+        """
+        dev = logits.device
+        b, p = torch.tensor(row, device=dev), torch.tensor(position, device=dev)
+        t, o = torch.tensor(token, device=dev), torch.tensor(owner, device=dev)
+        logprob = torch.empty(len(t), dtype=torch.float64, device=dev)
+        greedy = torch.empty(len(t), dtype=torch.bool, device=dev)
+        chunk = max(1, LOGIT_CHUNK_ELEMENTS // logits.shape[-1])
+        for s in range(0, len(t), chunk):
+            picked = logits[b[s: s + chunk], p[s: s + chunk]].float()  # (chunk, V)
+            logprob[s: s + chunk] = (picked.gather(1, t[s: s + chunk, None])[:, 0]
+                                     - torch.logsumexp(picked, dim=-1)).double()
+            greedy[s: s + chunk] = picked.argmax(-1) == t[s: s + chunk]
+        totals = torch.zeros(n_owners, dtype=torch.float64, device=dev).index_add_(0, o, logprob)
+        misses = torch.zeros(n_owners, dtype=torch.long, device=dev).index_add_(0, o, (~greedy).long())
+        return totals.tolist(), [m == 0 for m in misses.tolist()]
+
     @torch.no_grad()
     def _answer(self, rows: list[list[int]], queries: list[list[Query]]) -> list[list[tuple[float, bool]]]:
         """For each row (the ids the model reads) and each of its queries: (logprob, all tokens greedy)."""
@@ -130,23 +155,11 @@ class LM:
                         batch_row.append(j), position.append(column[start + k]), token.append(t), owner.append((i, q))
             keys = sorted(set(owner))
             slot = {key: s for s, key in enumerate(keys)}
-            dev = logits.device
-            b, p = torch.tensor(batch_row, device=dev), torch.tensor(position, device=dev)
-            t, o = torch.tensor(token, device=dev), torch.tensor([slot[x] for x in owner], device=dev)
-            logprob = torch.empty(len(t), dtype=torch.float64, device=dev)
-            greedy = torch.empty(len(t), dtype=torch.bool, device=dev)
-            chunk = max(1, LOGIT_CHUNK_ELEMENTS // logits.shape[-1])
-            for s in range(0, len(t), chunk):  # (chunk, V) at a time: bounded memory on any vocabulary
-                picked = logits[b[s: s + chunk], p[s: s + chunk]].float()
-                logprob[s: s + chunk] = (picked.gather(1, t[s: s + chunk, None])[:, 0]
-                                         - torch.logsumexp(picked, dim=-1)).double()
-                greedy[s: s + chunk] = picked.argmax(-1) == t[s: s + chunk]
-            totals = torch.zeros(len(keys), dtype=torch.float64, device=dev).index_add_(0, o, logprob)
-            misses = torch.zeros(len(keys), dtype=torch.long, device=dev).index_add_(0, o, (~greedy).long())
-            for (i, q), total, miss in zip(keys, totals.tolist(), misses.tolist()):
+            totals, greedy = self._sum_logprobs(logits, batch_row, position, token, [slot[x] for x in owner], len(keys))
+            for (i, q), total, all_greedy in zip(keys, totals, greedy):
                 if answers[i] is None:
                     answers[i] = [None] * len(queries[i])
-                answers[i][q] = (total, miss == 0)
+                answers[i][q] = (total, all_greedy)
         return answers
 
     def _score(self, pieces: list[tuple[list[int], int]]) -> list[tuple[float, bool]]:
@@ -156,25 +169,83 @@ class LM:
         return [a[0] for a in self._answer(rows, queries)]
 
     def loglikelihood(self, requests: list[tuple[str, str]]) -> list[tuple[float, bool]]:
-        """Continuations of one token that share a context share one forward pass of it."""
+        """Requests that share a context share one forward pass of it (multiple choice): continuations of
+        one token are read off its last position; longer ones run on its cached keys and values."""
         pairs = [self.encode_pair(context, continuation) for context, continuation in requests]
-        shared: dict[tuple[int, ...], list[int]] = {}
-        pieces, piece_of = [], []
-        for r, (ctx, cont) in enumerate(pairs):
-            if len(cont) == 1:
-                shared.setdefault(tuple(ctx[-self.max_length:]), []).append(r)
-            else:
-                piece_of.append(r)
-                pieces.append((ctx + cont, len(cont)))
+        by_context: dict[tuple[int, ...], list[int]] = {}
+        for r, (ctx, _) in enumerate(pairs):
+            by_context.setdefault(tuple(ctx), []).append(r)
         results: list[tuple[float, bool] | None] = [None] * len(requests)
-        for r, answer in zip(piece_of, self._score(pieces)):
+        single, cached, plain = [], [], []
+        for ctx, group in by_context.items():
+            longest = max(len(pairs[r][1]) for r in group)
+            if longest == 1:
+                single.append(ctx)
+            elif self.shares_cache and len(group) > 1 and len(ctx) + longest <= self.max_length:
+                cached.append(ctx)
+            else:
+                plain.extend(group)
+        for r, answer in zip(plain, self._score([(pairs[r][0] + pairs[r][1], len(pairs[r][1])) for r in plain])):
             results[r] = answer
-        contexts = list(shared)
-        queries = [[(len(ctx) - 1, pairs[r][1]) for r in shared[ctx]] for ctx in contexts]
-        for ctx, answers in zip(contexts, self._answer([list(c) for c in contexts], queries)):
-            for r, answer in zip(shared[ctx], answers):
+        queries = [[(len(ctx[-self.max_length:]) - 1, pairs[r][1]) for r in by_context[ctx]] for ctx in single]
+        for ctx, answers in zip(single, self._answer([list(ctx[-self.max_length:]) for ctx in single], queries)):
+            for r, answer in zip(by_context[ctx], answers):
+                results[r] = answer
+        groups = [(list(ctx), [pairs[r][1] for r in by_context[ctx]]) for ctx in cached]
+        for ctx, answers in zip(cached, self._score_on_shared_context(groups)):
+            for r, answer in zip(by_context[ctx], answers):
                 results[r] = answer
         return results
+
+    @torch.no_grad()
+    def _score_on_shared_context(self, groups: list[tuple[list[int], list[list[int]]]]
+                                 ) -> list[list[tuple[float, bool]]]:
+        """For each (context, continuations): every continuation's (logprob, greedy), the context run once.
+
+        A batch's contexts run left-padded with a KV cache (positions counted from each one's first
+        real token); the cache rows are repeated once per continuation, and the continuations (minus
+        their last token, right-padded) run on top. Token 0 of a continuation is predicted by its
+        context's last position, token k > 0 by the continuation's position k - 1.
+        """
+        answers: list[list[tuple[float, bool]] | None] = [None] * len(groups)
+        if not groups:
+            return answers
+        order = sorted(range(len(groups)), key=lambda g: -len(groups[g][0]))
+        per_batch = max(1, self.batch_size // max(len(conts) for _, conts in groups))
+        for start in range(0, len(order), per_batch):
+            idx = order[start: start + per_batch]
+            width = max(len(groups[g][0]) for g in idx)
+            ids = torch.zeros((len(idx), width), dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for j, g in enumerate(idx):
+                ctx = groups[g][0]
+                ids[j, width - len(ctx):], mask[j, width - len(ctx):] = torch.tensor(ctx), 1
+            ids, mask = ids.to(self.device), mask.to(self.device)
+            first = self.model(ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                               use_cache=True, logits_to_keep=1)
+            owner = [j for j, g in enumerate(idx) for _ in groups[g][1]]  # cache row of each continuation
+            conts = [c for g in idx for c in groups[g][1]]
+            tail = max(len(c) for c in conts) - 1
+            cont_ids = torch.zeros((len(conts), tail), dtype=torch.long)
+            cont_mask = torch.zeros((len(conts), tail), dtype=torch.long)
+            for k, c in enumerate(conts):
+                cont_ids[k, : len(c) - 1], cont_mask[k, : len(c) - 1] = torch.tensor(c[:-1], dtype=torch.long), 1
+            rows = torch.tensor(owner, device=self.device)
+            cache = first.past_key_values
+            cache.batch_select_indices(rows)
+            positions = mask.sum(-1)[rows, None] + torch.arange(tail, device=self.device)
+            rest = self.model(cont_ids.to(self.device), attention_mask=torch.cat([mask[rows], cont_mask.to(self.device)], 1),
+                              position_ids=positions, past_key_values=cache).logits  # (R, tail, V)
+            logits = torch.cat([first.logits[rows], rest], dim=1)  # (R, 1 + tail, V): position k predicts token k
+            flat = [(k, i, t) for k, c in enumerate(conts) for i, t in enumerate(c)]
+            totals, greedy = self._sum_logprobs(logits, [k for k, _, _ in flat], [i for _, i, _ in flat],
+                                                [t for _, _, t in flat], [k for k, _, _ in flat], len(conts))
+            k = 0
+            for g in idx:
+                n = len(groups[g][1])
+                answers[g] = list(zip(totals[k: k + n], greedy[k: k + n]))
+                k += n
+        return answers
 
     def rolling_tokens(self, text: str) -> list[int]:
         tokens = self.encode(text)
