@@ -143,3 +143,40 @@ def test_shared_context_scoring_equals_scoring_each_choice_whole(tiny_model, tok
     assert LM(model, tokenizer).shares_cache and len({c for c, _ in requests}) < len(requests)
     for (a, greedy_a), (b, greedy_b) in zip(shared, whole):
         assert a == pytest.approx(b, abs=1e-4) and greedy_a == greedy_b
+
+
+def test_task_data_paths_are_relative_to_the_task_yaml(tmp_path, monkeypatch):
+    write_jsonl(tmp_path / "tasks" / "data" / "g.jsonl", [{"context": "the capital of", "target": " paris"}])
+    (tmp_path / "tasks" / "g.yaml").write_text("name: g\nkind: generation\ndata: {test: data/g.jsonl}\n")
+    (tmp_path / "suite.yaml").write_text("name: s\ntasks: [tasks/g.yaml]\n")
+    monkeypatch.chdir(tmp_path / "tasks" / "data")  # not where the YAML is
+    (task,) = load_suite(str(tmp_path / "suite.yaml"))
+    assert task.items("test")[0]["target"] == " paris"
+
+
+def test_a_bad_task_is_reported_before_the_model_loads(tmp_path, monkeypatch):
+    from retain import modeling
+    from retain.evaluation.runner import evaluate_path
+
+    (tmp_path / "t.yaml").write_text("name: t\nkind: generation\ndata: {test: missing.jsonl}\n")
+    monkeypatch.setattr(modeling, "load_for_eval", lambda *a, **k: pytest.fail("the model was loaded first"))
+    with pytest.raises(ValueError, match="missing.jsonl"):
+        evaluate_path("retain-tiny", str(tmp_path / "t.yaml"), "test")
+
+
+def test_chat_task_renders_through_the_template_and_regex_extracts_the_answer(tokenizer, tmp_path):
+    write_jsonl(tmp_path / "c.jsonl", [{"context": "capital of france ?", "target": "paris"}])
+    (tmp_path / "c.yaml").write_text(
+        "name: c\nkind: generation\ndata: {test: c.jsonl}\nchat: true\nsystem: be brief\n"
+        "metric: regex_match\nanswer_regex: 'is (\\w+)'\n")
+    task = load_task(tmp_path / "c.yaml")
+    rendered = task.render("capital of france ?", tokenizer)
+    assert rendered == tokenizer.apply_chat_template(
+        [{"role": "system", "content": "be brief"}, {"role": "user", "content": "capital of france ?"}],
+        tokenize=False, add_generation_prompt=True)
+    import re
+    assert M.generation_item("The capital is paris.", "paris", re.compile(task.answer_regex))["regex_match"] == 1.0
+    assert M.generation_item("paris", "paris", re.compile(task.answer_regex))["regex_match"] == 0.0
+    (tmp_path / "bad.yaml").write_text("name: b\nkind: generation\ndata: {test: c.jsonl}\nmetric: acc\n")
+    with pytest.raises(ValueError, match="metric: 'acc' is not a generation metric"):
+        load_task(tmp_path / "bad.yaml")
