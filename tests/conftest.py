@@ -66,3 +66,21 @@ def make_config(tiny_model, qa_data, tmp_path):
         return config
 
     return make
+
+
+LM_EVAL_LOCAL_TASK = {
+    # retain's item fields, in lm-eval's task format
+    "multiple_choice": "output_type: multiple_choice\ndoc_to_text: '{{context}}'\ndoc_to_choice: '{{choices}}'\n"
+                       "doc_to_target: '{{gold}}'\nmetric_list:\n  - metric: acc\n  - metric: acc_norm\n",
+    "perplexity": "output_type: loglikelihood_rolling\ndoc_to_text: ''\ndoc_to_target: '{{text}}'\nmetric_list:\n"
+                  "  - metric: word_perplexity\n  - metric: byte_perplexity\n  - metric: bits_per_byte\n",
+}
+
+
+def write_lm_eval_task(tasks_dir: Path, name: str, data: Path, kind: str) -> Path:
+    """An lm-eval task YAML reading retain-format JSONL `data` (kind: multiple_choice or perplexity)."""
+    tasks_dir.mkdir(parents=True, exist_ok=True)
+    path = tasks_dir / f"{name}.yaml"
+    path.write_text(f"task: {name}\ndataset_path: json\ndataset_kwargs: {{data_files: {{test: {json.dumps(str(data))}}}}}\n"
+                    f"test_split: test\n{LM_EVAL_LOCAL_TASK[kind]}")
+    return path

@@ -17,7 +17,7 @@ from retain.data import load_dataset
 from retain.evaluation.lm import LM
 from retain.evaluation.runner import evaluate
 from retain.evaluation.tasks import load_task
-from conftest import write_jsonl
+from conftest import write_jsonl, write_lm_eval_task
 
 BOS = "<|system|>"  # a special token the fixture's vocabulary has, used as a BOS distinct from EOS
 BOS_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{{ '<|' + m['role'] + '|>\\n' + m['content'] }}"
@@ -85,15 +85,8 @@ def test_scores_match_lm_eval_for_every_kind(kind_dir, tmp_path):
     words = "the capital of france is paris . one plus two is three . red green blue river".split()
     ppl = write_jsonl(tmp_path / "ppl.jsonl", [{"text": " ".join(words[i:] * (1 + 3 * i))} for i in range(6)])
     tasks_dir = tmp_path / "lm_eval_tasks"
-    tasks_dir.mkdir()
-    (tasks_dir / "bos_mc.yaml").write_text(
-        f"task: bos_mc\ndataset_path: json\ndataset_kwargs: {{data_files: {{test: {json.dumps(str(mc))}}}}}\n"
-        "test_split: test\noutput_type: multiple_choice\ndoc_to_text: '{{context}}'\ndoc_to_choice: '{{choices}}'\n"
-        "doc_to_target: '{{gold}}'\nmetric_list:\n  - metric: acc\n  - metric: acc_norm\n")
-    (tasks_dir / "bos_ppl.yaml").write_text(
-        f"task: bos_ppl\ndataset_path: json\ndataset_kwargs: {{data_files: {{test: {json.dumps(str(ppl))}}}}}\n"
-        "test_split: test\noutput_type: loglikelihood_rolling\ndoc_to_text: ''\ndoc_to_target: '{{text}}'\n"
-        "metric_list:\n  - metric: word_perplexity\n  - metric: byte_perplexity\n")
+    write_lm_eval_task(tasks_dir, "bos_mc", mc, "multiple_choice")
+    write_lm_eval_task(tasks_dir, "bos_ppl", ppl, "perplexity")
     model = AutoModelForCausalLM.from_pretrained(path)
     tok = AutoTokenizer.from_pretrained(path)
     theirs = lm_eval.simple_evaluate(model=HFLM(pretrained=model, tokenizer=tok, batch_size=4),

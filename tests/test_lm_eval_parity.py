@@ -6,7 +6,7 @@ import pytest
 
 from retain.evaluation.runner import evaluate
 from retain.evaluation.tasks import load_task
-from conftest import write_jsonl
+from conftest import write_jsonl, write_lm_eval_task
 
 lm_eval = pytest.importorskip("lm_eval")
 
@@ -25,19 +25,8 @@ def test_multiple_choice_and_perplexity_match_lm_eval(tiny_model, tmp_path):
     mc_file, ppl_file = write_jsonl(tmp_path / "mc.jsonl", mc_rows), write_jsonl(tmp_path / "ppl.jsonl", docs)
 
     tasks_dir = tmp_path / "lm_eval_tasks"
-    tasks_dir.mkdir()
-    (tasks_dir / "parity_mc.yaml").write_text(
-        "task: parity_mc\ndataset_path: json\n"
-        f"dataset_kwargs: {{data_files: {{test: {json.dumps(str(mc_file))}}}}}\n"
-        "test_split: test\noutput_type: multiple_choice\n"
-        "doc_to_text: '{{context}}'\ndoc_to_choice: '{{choices}}'\ndoc_to_target: '{{gold}}'\n"
-        "metric_list:\n  - metric: acc\n  - metric: acc_norm\n")
-    (tasks_dir / "parity_ppl.yaml").write_text(
-        "task: parity_ppl\ndataset_path: json\n"
-        f"dataset_kwargs: {{data_files: {{test: {json.dumps(str(ppl_file))}}}}}\n"
-        "test_split: test\noutput_type: loglikelihood_rolling\n"
-        "doc_to_text: ''\ndoc_to_target: '{{text}}'\n"
-        "metric_list:\n  - metric: word_perplexity\n  - metric: byte_perplexity\n  - metric: bits_per_byte\n")
+    write_lm_eval_task(tasks_dir, "parity_mc", mc_file, "multiple_choice")
+    write_lm_eval_task(tasks_dir, "parity_ppl", ppl_file, "perplexity")
     model = AutoModelForCausalLM.from_pretrained(tiny_model)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     theirs = lm_eval.simple_evaluate(
