@@ -7,19 +7,37 @@
     retain sweep SWEEP.yaml
     retain merge BASE MODEL [MODEL ...] --method ties --out DIR
     retain lab build-data | pretrain | card | docs SWEEP.yaml [...]
+
+Every command runs inside one error boundary (`main`): a user error (retain.errors.UserError,
+or an OSError about the user's files) prints `retain: error: WHERE: what is wrong — what to do`
+and exits 2; `--debug` adds the traceback. Anything else is a bug: the traceback, a request to
+report it, exit 1. Ctrl-C exits 130.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
+import traceback
 from pathlib import Path
+
+EXIT_USER_ERROR, EXIT_BUG, EXIT_INTERRUPTED = 2, 1, 130
+# OSErrors about the user's files and disks (not retain's logic), reported without a traceback
+USER_ERRNOS = {errno.ENOENT, errno.EEXIST, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.EROFS,
+               errno.EISDIR, errno.ENOTDIR, errno.ENAMETOOLONG}
+OS_HINTS = {errno.ENOSPC: "free some space, or write elsewhere", errno.EDQUOT: "free some space, or write elsewhere",
+            errno.EACCES: "check the permissions", errno.EPERM: "check the permissions",
+            errno.EROFS: "write elsewhere"}
+REPORT_BUG = ("this is a bug in retain, not a problem with your input: please report it with the command you ran "
+              "and the traceback above")
 
 
 def cmd_train(args) -> int:
     import retain
 
-    result = retain.train(args.config, tuple(args.overrides), resume=args.resume, overwrite=args.overwrite)
+    result = retain.train(args.config, tuple(args.overrides), resume=args.resume, overwrite=args.overwrite,
+                          allow_config_change=args.allow_config_change)
     print(f"trained {result.steps} steps; final weights: {result.final_dir}; metrics: {result.metrics_path}")
     return 0
 
@@ -39,7 +57,13 @@ def cmd_eval(args) -> int:
 
 
 def cmd_report(args) -> int:
+    from retain.configs import ConfigError
     from retain.report.build import write_report
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: a file, not a directory — the report is a directory (report.html, "
+                          "report.md, report.json); choose a new path")
 
     paths = write_report([Path(p) for p in args.results], Path(args.out),
                          run_dirs=[Path(r) for r in args.run], labels=args.label or None)
@@ -64,7 +88,12 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_merge(args) -> int:
+    from retain.configs import ConfigError
     from retain.merging import merge_models
+
+    if args.method == "interpolate" and len(args.models) != 1:
+        raise ConfigError(f"--method interpolate: takes exactly one fine-tuned model, got {len(args.models)} — "
+                          "use task_arithmetic or ties to merge several")
 
     out = merge_models(args.base, args.models, args.method, Path(args.out), density=args.density, scale=args.scale,
                        alpha=args.alpha)
@@ -73,13 +102,15 @@ def cmd_merge(args) -> int:
 
 
 def cmd_lab(args) -> int:
-    from retain.config import LAB_DATA_DIR, LAB_MODEL_DIR
+    from retain.paths import LAB_DATA_DIR, LAB_MODEL_DIR
 
     if args.lab_command == "docs":
         from retain.lab.docs import write_docs
 
         if not args.sweeps:
-            raise ValueError("retain lab docs SWEEP.yaml [...]: name the finished sweeps' files")
+            from retain.configs import ConfigError
+
+            raise ConfigError("retain lab docs SWEEP.yaml [...]: name the finished sweeps' files")
         write_docs([Path(p) for p in args.sweeps], Path(args.out or "docs"))
         print(f"wrote {Path(args.out or 'docs') / 'mitigations.md'} and claims.md")
     elif args.lab_command == "card":
@@ -101,48 +132,68 @@ def cmd_lab(args) -> int:
     return 0
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+DEBUG_HELP = "on an error, show the full traceback"
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="retain", description="Fine-tune without forgetting, and measure it.")
+    p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    # --debug is also accepted after the command (retain train c.yaml --debug); SUPPRESS keeps the global value
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="fine-tune from a YAML config")
+    t = sub.add_parser("train", help="fine-tune from a YAML config", parents=[common])
     t.add_argument("config")
     t.add_argument("overrides", nargs="*", help="dotted key=value, e.g. training.lr=1e-4")
     t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output.dir")
     t.add_argument("--overwrite", action="store_true", help="replace a previous run in output.dir")
+    t.add_argument("--allow-config-change", action="store_true",
+                   help="with --resume: continue although the config differs from the checkpoint's; "
+                        "the new values apply from the resumed step")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("eval", help="score a model on a capability suite")
+    e = sub.add_parser("eval", help="score a model on a capability suite", parents=[common])
     e.add_argument("model", help="model dir or hub id, adapter dir, or an alias (retain-tiny, smollm2-135m-instruct)")
     e.add_argument("--suite", default="lab", help="comma-separated: bundled names (lab, city_country), "
                    "task/suite YAMLs (retain's or lm-eval's format), mmlu, mmlu:SUBJECT[@K], lm-eval:NAME")
     e.add_argument("--split", default="test", choices=["dev", "test"])
     e.add_argument("--out", help="results JSON (per-item scores, for `retain report`); omitted: print only")
-    e.add_argument("--limit", type=int, default=None, help="score only the first N items of each task")
-    e.add_argument("--batch-size", type=int, default=64, help="requests per forward pass")
+    e.add_argument("--limit", type=positive_int, default=None, help="score only the first N items of each task")
+    e.add_argument("--batch-size", type=positive_int, default=64, help="requests per forward pass")
     e.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     e.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda, cuda:1, ...")
     e.add_argument("--rolling-bos", default="lm-eval", choices=["lm-eval", "single"],
                    help="perplexity: lm-eval's windows (a second BOS for tokenizers that add one) or one BOS")
     e.set_defaults(func=cmd_eval)
 
-    r = sub.add_parser("report", help="before/after forgetting report")
+    r = sub.add_parser("report", help="before/after forgetting report", parents=[common])
     r.add_argument("results", nargs="+", help="results.json of the base first, then one or more fine-tunes")
     r.add_argument("--out", required=True)
     r.add_argument("--run", action="append", default=[], help="run dir whose metrics.jsonl to plot (repeatable)")
     r.add_argument("--label", action="append", help="a name per results file, in order")
     r.set_defaults(func=cmd_report)
 
-    d = sub.add_parser("demo", help="the lab end to end: evaluate, fine-tune twice, report")
+    d = sub.add_parser("demo", help="the lab end to end: evaluate, fine-tune twice, report", parents=[common])
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--quick", action="store_true", help="fewer steps and items (for tests)")
     d.set_defaults(func=cmd_demo)
 
-    sw = sub.add_parser("sweep", help="many strategies on one task; table and Pareto front")
+    sw = sub.add_parser("sweep", help="many strategies on one task; table and Pareto front", parents=[common])
     sw.add_argument("config")
     sw.set_defaults(func=cmd_sweep)
 
-    mg = sub.add_parser("merge", help="interpolate or merge fine-tunes of one base")
+    mg = sub.add_parser("merge", help="interpolate or merge fine-tunes of one base", parents=[common])
     mg.add_argument("base", help="the base model (id, dir, or retain-tiny)")
     mg.add_argument("models", nargs="+", help="fine-tuned model or adapter dirs")
     mg.add_argument("--method", choices=["interpolate", "task_arithmetic", "ties"], default="task_arithmetic")
@@ -152,28 +203,49 @@ def parser() -> argparse.ArgumentParser:
     mg.add_argument("--out", required=True)
     mg.set_defaults(func=cmd_merge)
 
-    lab = sub.add_parser("lab", help="rebuild the lab's data or base model")
+    lab = sub.add_parser("lab", help="rebuild the lab's data or base model", parents=[common])
     lab.add_argument("lab_command", choices=["build-data", "pretrain", "card", "docs"])
     lab.add_argument("sweeps", nargs="*", help="docs: the finished sweeps' YAML files")
     lab.add_argument("--out", default=None)
     lab.add_argument("--seed", type=int, default=0)
-    lab.add_argument("--steps", type=int, default=3600)
+    lab.add_argument("--steps", type=positive_int, default=3600)
     lab.set_defaults(func=cmd_lab)
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    from retain.configs import ConfigError
-    from retain.data import DataError
+def user_error_message(error: BaseException) -> str | None:
+    """The message to show for a user error (see retain.errors), or None if `error` is a bug."""
+    from retain.errors import UserError
 
+    if isinstance(error, UserError):
+        return str(error)
+    if isinstance(error, OSError) and (error.errno in USER_ERRNOS or type(error) in (
+            FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)):
+        if error.filename is None or error.strerror is None:  # raised with a message of retain's own
+            return str(error)
+        hint = OS_HINTS.get(error.errno)
+        return f"{error.filename}: {error.strerror}" + (f" — {hint}" if hint else "")
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; the exit status is 0, EXIT_USER_ERROR, EXIT_BUG or EXIT_INTERRUPTED."""
     args = parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DataError, FileExistsError, FileNotFoundError) as e:
-        print(f"retain: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
-        return 130
+        print("retain: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:  # noqa: BLE001 (the one boundary: every error ends here, said plainly)
+        message = user_error_message(e)
+        if message is None:
+            traceback.print_exc()
+            print(f"retain: internal error: {type(e).__name__}: {e}\n  {REPORT_BUG}", file=sys.stderr)
+            return EXIT_BUG
+        if args.debug:
+            traceback.print_exc()
+        print(f"retain: error: {message}", file=sys.stderr)
+        return EXIT_USER_ERROR
 
 
 if __name__ == "__main__":

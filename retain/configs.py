@@ -4,6 +4,10 @@
 key, a wrong type or a value a section's `validate()` rejects raises ConfigError naming the
 dotted key and the file. Sections live beside the code they configure; this module only
 knows how to read them.
+
+`read_yaml(path)` reads any of retain's YAML files (run configs, sweeps, tasks, suites) the same
+strict way: UTF-8 (a BOM is fine), a key given twice in one mapping is an error, and every
+problem names the file and line.
 """
 
 from __future__ import annotations
@@ -11,11 +15,80 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from pathlib import Path
 from typing import Any, Literal, Union
 
+import yaml
 
-class ConfigError(ValueError):
-    """A config problem, phrased as `FILE: key.path: what is wrong`."""
+from retain.errors import ConfigError
+
+__all__ = ["ConfigError", "build", "coerce", "parse_yaml", "read_yaml", "to_dict"]
+
+
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    pass
+
+
+class StrictLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first_line: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` may be overridden, by design
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    seen = key in first_line
+                except TypeError:  # an unhashable key: SafeLoader reports it itself
+                    continue
+                if seen:
+                    raise DuplicateKeyError(None, None, f"key {key!r} given twice (first on line "
+                                            f"{first_line[key] + 1}) — keep one", key_node.start_mark)
+                first_line[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+def parse_yaml(text: str, where: str, with_line: bool = True) -> Any:
+    """YAML text, strictly (no duplicate keys); ConfigError `WHERE:LINE: ...` for a syntax error."""
+    try:
+        return yaml.load(text, Loader=StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = f":{mark.line + 1}" if mark is not None and with_line else ""
+        if isinstance(e, DuplicateKeyError):
+            raise ConfigError(f"{where}{line}: {e.problem}") from None
+        problem = " ".join(x for x in (e.context, e.problem) if x)
+        raise ConfigError(f"{where}{line}: not valid YAML: {problem}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: not valid YAML: {e}") from None
+
+
+def read_yaml(path: str | Path, what: str = "file") -> Any:
+    """The YAML document at `path`: UTF-8 (a BOM is fine), no duplicate keys.
+
+    Every problem is a ConfigError naming the file (and the line where there is one).
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: {what} not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a {what}") from None
+    return parse_yaml(decode_utf8(raw, path), str(path))
+
+
+def decode_utf8(raw: bytes, path: str | Path) -> str:
+    """`raw` as text (a leading UTF-8 BOM dropped); ConfigError naming the line of a byte that is not UTF-8."""
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        column = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {column}) — "
+                          "save the file as UTF-8") from None
 
 
 def _type_name(tp) -> str:

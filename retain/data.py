@@ -13,23 +13,27 @@ what the model sees at inference, whatever the tokenizer does at segment boundar
 
 Chat uses the tokenizer's chat template when it has one, otherwise PLAIN_CHAT_TEMPLATE:
     <|user|>\\n{content}\\n<|assistant|>\\n{content}<eos>\\n
+
+Files are UTF-8 (a BOM is fine). A line longer than 1 MB ($RETAIN_MAX_LINE_BYTES changes it) is an
+error found before the line is parsed: a record that long is not one training example, and
+parsing and tokenizing it first would take minutes and gigabytes.
 """
 
 from __future__ import annotations
 
+import codecs
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from retain.errors import DataError
+
 IGNORE_INDEX = -100  # label value the cross-entropy skips
 ALPACA_PROMPT = "### Instruction:\n{instruction}\n\n{input_block}### Response:\n"
 ROLES = ("system", "user", "assistant")
-
-
-class DataError(ValueError):
-    """Malformed data, phrased as `FILE:LINE: field: what is wrong`."""
 
 
 @dataclass
@@ -50,20 +54,48 @@ class Dataset:
         return len(self.examples)
 
 
+def max_line_bytes() -> int:
+    """The longest JSONL line read: $RETAIN_MAX_LINE_BYTES, else 1 MB."""
+    value = os.environ.get("RETAIN_MAX_LINE_BYTES", "")
+    try:
+        return int(value) if value else 1 << 20
+    except ValueError:
+        raise DataError(f"RETAIN_MAX_LINE_BYTES={value!r}: expected a number of bytes") from None
+
+
 def read_jsonl(path: str | Path) -> list[tuple[int, dict]]:
-    """(line number, record) for every non-blank line; a bad line raises DataError."""
+    """(line number, record) for every non-blank line; a bad line raises DataError naming it."""
     path = Path(path)
+    limit = max_line_bytes()
     records = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    try:
+        f = path.open("rb")
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a directory, not a JSONL file") from None
+    with f:
+        for lineno, raw in enumerate(iter(lambda: f.readline(limit + 1), b""), 1):
+            where = f"{path}:{lineno}"
+            if len(raw) > limit and not raw.endswith(b"\n"):  # checked before anything parses the line
+                raise DataError(f"{where}: line longer than {limit:,} bytes — one record per line (is the whole "
+                                "file on one line?); split it, or raise the limit with RETAIN_MAX_LINE_BYTES")
+            if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8):]
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{where}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1}) — "
+                                "save the file as UTF-8") from None
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+                raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
             if not isinstance(record, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+                raise DataError(f"{where}: expected a JSON object, got {type(record).__name__} "
+                                "(JSONL: one object per line)")
             records.append((lineno, record))
     if not records:
         raise DataError(f"{path}: no records")
@@ -105,7 +137,13 @@ def render_chat(messages: list[dict], tokenizer, where: str) -> tuple[str, list[
         raise DataError(f"{where}: field 'messages': no assistant turn to learn from")
     if getattr(tokenizer, "chat_template", None):
         def render(prefix, generation_prompt=False):
-            return tokenizer.apply_chat_template(prefix, tokenize=False, add_generation_prompt=generation_prompt)
+            try:
+                return tokenizer.apply_chat_template(prefix, tokenize=False, add_generation_prompt=generation_prompt)
+            except Exception as e:  # templates raise their own errors, e.g. "System role not supported"
+                roles = "/".join(dict.fromkeys(m["role"] for m in messages))
+                raise DataError(f"{where}: the tokenizer's chat template rejected this conversation ({roles}): "
+                                f"{e} — remove what it refuses (e.g. a system turn) from the data, or use a "
+                                "model whose template accepts it") from None
     else:
         def render(prefix, generation_prompt=False):
             text = "".join(

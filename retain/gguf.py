@@ -18,6 +18,8 @@ import importlib.util
 import os
 from pathlib import Path
 
+from retain.errors import ModelError
+
 GGUF_MAGIC = b"GGUF"  # the first four bytes of every GGUF file
 INSTALL_GGUF = "pip install gguf"
 SOURCE_RECORD = "retain_gguf_source.json"  # written into each converted directory: where it came from
@@ -50,13 +52,15 @@ def file_sha256(path: Path, chunk_bytes: int = 1 << 20) -> str:
 
 
 def check_gguf_file(path: Path) -> None:
-    """FileNotFoundError or ValueError, naming `path`, unless it exists and starts like a GGUF."""
+    """FileNotFoundError or ModelError (a ValueError), naming `path`, unless it exists and starts like a GGUF."""
     if not path.is_file():
-        raise FileNotFoundError(f"GGUF file {path}: not found")
+        raise FileNotFoundError(f"GGUF file {path}: not found — model.gguf_file names a file inside model.name "
+                                f"({path.parent}); check both")
     with path.open("rb") as f:
         head = f.read(len(GGUF_MAGIC))
     if head != GGUF_MAGIC:
-        raise ValueError(f"GGUF file {path}: not a GGUF file (starts with {head!r}, not {GGUF_MAGIC!r})")
+        raise ModelError(f"GGUF file {path}: not a GGUF file (starts with {head!r}, not {GGUF_MAGIC!r}) — "
+                         "a failed download (an HTML page?) or another format; download it again")
 
 
 def converted_dir(path: Path) -> Path:
@@ -91,7 +95,7 @@ def convert_gguf(path: Path, target: Path, sha256: str) -> None:
     from retain.io import atomic_directory, atomic_write_json
 
     if importlib.util.find_spec("gguf") is None:
-        raise ImportError(f"reading GGUF file {path} needs the `gguf` package: {INSTALL_GGUF}")
+        raise ModelError(f"GGUF file {path}: reading it needs the `gguf` package — {INSTALL_GGUF}")
     extra = {}
     if hasattr(transformers, "GgufConfig"):  # newer transformers can keep weights packed; training needs them plain
         extra["quantization_config"] = transformers.GgufConfig(dequantize=True)
@@ -99,7 +103,8 @@ def convert_gguf(path: Path, target: Path, sha256: str) -> None:
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32, **extra)
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     except Exception as e:  # transformers' messages rarely say which file was bad
-        raise ValueError(f"GGUF file {path}: could not be converted ({type(e).__name__}: {e})") from e
+        raise ModelError(f"GGUF file {path}: could not be converted ({type(e).__name__}: {e}) — a truncated "
+                         "download, or an architecture transformers cannot read from GGUF") from e
     # The weights are plain tensors now, but the model still carries the GGUF quantizer, and
     # save_pretrained refuses a model whose quantizer cannot be serialized.
     model.hf_quantizer = None

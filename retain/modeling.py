@@ -1,16 +1,48 @@
-"""Loading causal LMs and tokenizers by Hugging Face id, local path, GGUF file, or retain's own names."""
+"""Loading causal LMs and tokenizers by Hugging Face id, local path, GGUF file, or retain's own names.
+
+What the user named is checked before transformers sees it (its messages rarely say which file is
+wrong): a path that does not exist, an empty directory, a missing or truncated model.safetensors,
+a config.json that is not JSON, a hub id that is not cached while offline, a tokenizer that cannot
+pad. Each is a ModelError naming the directory (or id), what is wrong, and what to do.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
-from retain.config import MODEL_ALIASES, ModelConfig
+from retain.paths import MODEL_ALIASES
+from retain.errors import ModelError
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The `model:` section of a run config: which causal LM to start from."""
+
+
+    name: str  # Hugging Face id, local directory, or an alias: "retain-tiny", "smollm2-135m-instruct"
+    # A GGUF file in `name` (a directory or hub repo), e.g. "model.Q4_1.gguf": dequantized once into
+    # retain's cache ($RETAIN_CACHE, else ~/.cache/retain) and loaded from there. An alias may name its own.
+    gguf_file: str | None = None
+    revision: str | None = None
+    trust_remote_code: bool = False  # running a repo's own Python is opt-in
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
+SAVED_BY = "a model directory is what save_pretrained writes: config.json, model.safetensors, tokenizer files"
+
+
+def looks_like_path(name: str) -> bool:
+    """A name that can only mean a local path: absolute, ./, ../, ~, a backslash, or more than one /.
+    (`org/name` and `name` may be hub ids; when not local, the hub's error says both.)"""
+    return name.startswith(("/", "./", "../", "~")) or "\\" in name or name.count("/") > 1
 
 
 def model_source(cfg: ModelConfig) -> str:
@@ -18,45 +50,197 @@ def model_source(cfg: ModelConfig) -> str:
 
     An alias becomes its directory (and its GGUF file, unless `cfg.gguf_file` names another). A
     GGUF file becomes the directory it was converted into, converting it on first use. A name that
-    looks like a path (absolute, or starting with ./ or ~) must exist: otherwise transformers would
-    take it for a hub id and fail with a confusing message.
+    exists locally, or can only be a path (see looks_like_path), must be a directory: otherwise
+    transformers would take it for a hub id and fail with a confusing message.
     """
     name, gguf_file = cfg.name, cfg.gguf_file
     if name in MODEL_ALIASES:
         alias = MODEL_ALIASES[name]
         name, gguf_file = str(alias.location(name)), gguf_file or alias.gguf_file
-    elif name.startswith(("/", "./", "../", "~")):
-        if not Path(name).expanduser().exists():
-            raise FileNotFoundError(f"model {name}: no such directory")
-        name = str(Path(name).expanduser())
+    elif Path(name).expanduser().exists() or looks_like_path(name):
+        path = Path(name).expanduser()
+        if not path.exists():
+            where = "" if path.is_absolute() else f" (relative to the working directory {Path.cwd()})"
+            raise ModelError(f"model {name}: no such directory{where} — give a model directory, a hub id "
+                             "(org/name) or an alias (retain-tiny)")
+        name = str(path)
     if gguf_file is None:
         return name
     from retain.gguf import converted_dir, gguf_path
 
-    return str(converted_dir(gguf_path(name, gguf_file, cfg.revision)))
+    try:
+        return str(converted_dir(gguf_path(name, gguf_file, cfg.revision)))
+    except OSError as e:
+        if Path(name).is_dir() or isinstance(e, FileNotFoundError):
+            raise
+        raise hub_error(name, e, cfg.revision) from None
+
+
+def hub_error(name: str, error: Exception, revision: str | None = None) -> ModelError:
+    """What to say when `name` is not local and the hub did not deliver it."""
+    from huggingface_hub import constants
+
+    offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+    if offline:
+        return ModelError(f"model {name}: not a local directory, and not in the Hugging Face cache (HF_HUB_OFFLINE "
+                          f"is set, so nothing is downloaded) — download it once where there is network "
+                          f"(hf download {name}), or give a local model directory instead")
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    at = f" at revision {revision}" if revision else ""
+    return ModelError(f"model {name}: not a local directory, and the Hugging Face hub did not deliver it{at} "
+                      f"({reason}) — check the id and your network (for a gated model: hf auth login), or give "
+                      "a local model directory instead")
+
+
+def check_directory(path: Path) -> None:
+    """ModelError unless `path` is a non-empty directory."""
+    if not path.is_dir():
+        hint = (f"; for a GGUF file set model.name to {path.parent} and model.gguf_file to {path.name}"
+                if path.suffix == ".gguf" else "")
+        raise ModelError(f"{path}: a file, not a model directory — {SAVED_BY}{hint}")
+    if not any(path.iterdir()):
+        raise ModelError(f"{path}: empty directory, not a model — {SAVED_BY}")
+
+
+def check_model_dir(path: Path) -> None:
+    """ModelError naming the file unless `path` holds a loadable config.json and complete safetensors weights."""
+    check_directory(path)
+    config = path / "config.json"
+    if not config.is_file():
+        if is_adapter_dir(path):
+            raise ModelError(f"{path}: a PEFT adapter, not a full model — start from the base model its "
+                             "adapter_config.json names, or fold the adapter in first (retain merge BASE ADAPTER "
+                             "--method interpolate --alpha 1 --out DIR)")
+        found = ", ".join(sorted(p.name for p in path.iterdir())[:6])
+        raise ModelError(f"{path}: no config.json (found: {found}) — not a model directory; {SAVED_BY}")
+    check_json(config)
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        pickled = sorted(p.name for p in path.glob("*.bin"))
+        if pickled:
+            raise ModelError(f"{path}: weights only in {pickled[0]} (a pickle, which can run code; retain loads "
+                             "safetensors only) — convert once: AutoModelForCausalLM.from_pretrained(DIR)"
+                             ".save_pretrained(DIR)")
+        raise ModelError(f"{path}: no model.safetensors — {SAVED_BY}")
+    for file in weights:
+        check_safetensors(file)
+
+
+def check_json(path: Path) -> None:
+    """ModelError naming `path` unless it is a JSON file (config.json, tokenizer_config.json, ...)."""
+    try:
+        json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ModelError(f"{path}: not valid JSON ({e}) — a truncated or edited file? download or save the model "
+                         "again") from None
+
+
+def check_safetensors(path: Path) -> None:
+    """ModelError naming `path` unless its header parses and its tensors fit in the file.
+
+    A download or copy that stopped half way has a good header whose offsets run past the end.
+    """
+    def bad(why: str) -> ModelError:
+        return ModelError(f"{path}: not a readable safetensors file ({why}) — a truncated or corrupt download or "
+                          "copy? download or save the model again")
+
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise bad(f"{size} bytes, shorter than a header")
+        n = int.from_bytes(head, "little")
+        if n > min(size - 8, 1 << 28):
+            raise bad(f"its header claims {n:,} bytes of a {size:,}-byte file")
+        try:
+            header = json.loads(f.read(n))
+            end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, UnicodeDecodeError, KeyError, TypeError, IndexError, AttributeError):
+            raise bad("its header is not a safetensors header") from None
+    if 8 + n + end > size:
+        raise bad(f"cut short: its tensors need {8 + n + end:,} bytes, the file has {size:,}")
+
+
+def _local(source: str) -> Path | None:
+    path = Path(source)
+    return path if path.exists() else None
 
 
 def is_adapter_dir(path: str | Path) -> bool:
     return (Path(path) / "adapter_config.json").is_file()
 
 
-def load_tokenizer(cfg: ModelConfig):
+def load_tokenizer(cfg: ModelConfig, need_pad: bool = True):
+    """The tokenizer of `cfg`. With `need_pad` (training batches), one that can pad: its pad token, else its
+    EOS as the pad (padded positions never carry loss); a ModelError before any step if it has neither."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(
-        model_source(cfg), revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    source = model_source(cfg)
+    local = _local(source)
+    if local is not None:
+        check_directory(local)
+        if not any((local / f).is_file() for f in TOKENIZER_FILES):
+            if not (local / "config.json").is_file():
+                check_model_dir(local)  # not a model directory at all (or an adapter): say that
+            raise ModelError(f"{local}: no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}, ...) — save the "
+                             "tokenizer beside the model: tokenizer.save_pretrained(DIR)")
+        for name in ("config.json", "tokenizer_config.json"):  # transformers reads both, and says little if bad
+            if (local / name).is_file():
+                check_json(local / name)
+    try:
+        tok = AutoTokenizer.from_pretrained(source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    except OSError as e:
+        if local is not None:
+            raise
+        raise hub_error(source, e, cfg.revision) from None
+    except ValueError as e:  # transformers: "Couldn't instantiate the backend tokenizer ..."
+        if local is None:
+            raise
+        raise ModelError(f"{local}: its tokenizer could not be loaded ({str(e).splitlines()[0]}) — save the "
+                         "tokenizer beside the model again: tokenizer.save_pretrained(DIR)") from None
     if tok.pad_token is None:  # batching needs a pad id; padded positions never carry loss
+        if tok.eos_token is None and need_pad:
+            raise ModelError(f"{local or source}: the tokenizer has neither a pad token nor an EOS token, and "
+                             "training batches need a pad id — add \"pad_token\": \"TOKEN\" (a token of its "
+                             f"vocabulary) to {local or source}/tokenizer_config.json, or set tokenizer.pad_token "
+                             "and save it there")
         tok.pad_token = tok.eos_token
     return tok
 
 
 def load_model(cfg: ModelConfig):
     """The causal LM of `cfg`, on CPU, in `cfg.dtype`; safetensors weights only."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(
-        model_source(cfg), revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
-        dtype=DTYPES[cfg.dtype], use_safetensors=True)
+    source = model_source(cfg)
+    local = _local(source)
+    if local is not None:
+        check_model_dir(local)
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
+            dtype=DTYPES[cfg.dtype], use_safetensors=True)
+    except SafetensorError as e:
+        raise ModelError(f"{source}: its safetensors weights could not be read ({e}) — a truncated or corrupt "
+                         "download? download or save the model again") from None
+    except OSError as e:
+        if local is not None:
+            raise
+        raise hub_error(source, e, cfg.revision) from None
+
+
+def adapter_base(path: Path) -> str:
+    """The base model an adapter directory's adapter_config.json names; ModelError naming the file if none."""
+    config = path / "adapter_config.json"
+    try:
+        base = json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except (ValueError, UnicodeDecodeError, AttributeError) as e:
+        raise ModelError(f"{config}: not a valid adapter config ({e}) — save the adapter again "
+                         "(model.save_pretrained)") from None
+    if not isinstance(base, str) or not base:
+        raise ModelError(f"{config}: no base_model_name_or_path — set it to the base model's directory or hub id")
+    return base
 
 
 def load_for_eval(path: str, dtype: str = "float32", trust_remote_code: bool = False):
@@ -69,15 +253,22 @@ def load_for_eval(path: str, dtype: str = "float32", trust_remote_code: bool = F
     from peft import PeftModel
 
     if is_adapter_dir(path):
-        base_name = json.loads((Path(path) / "adapter_config.json").read_text())["base_model_name_or_path"]
+        base_name = adapter_base(Path(path))
         base_cfg = ModelConfig(name=base_name, dtype=dtype, trust_remote_code=trust_remote_code)
-        model = PeftModel.from_pretrained(load_model(base_cfg), path)
+        try:
+            base = load_model(base_cfg)
+        except ModelError as e:
+            raise ModelError(f"{path}: the base model its adapter_config.json names cannot be loaded: {e}") from None
+        for file in Path(path).glob("*.safetensors"):
+            check_safetensors(file)
+        model = PeftModel.from_pretrained(base, path)
         if not model.peft_config["default"].is_prompt_learning:  # soft prompts and prefixes can't be folded in
             model = model.merge_and_unload()
         saved_with_adapter = (Path(path) / "tokenizer_config.json").is_file()
-        tokenizer = load_tokenizer(dataclasses.replace(base_cfg, name=path) if saved_with_adapter else base_cfg)
+        tokenizer = load_tokenizer(dataclasses.replace(base_cfg, name=path) if saved_with_adapter else base_cfg,
+                                   need_pad=False)
     else:
         cfg = ModelConfig(name=path, dtype=dtype, trust_remote_code=trust_remote_code)
-        model, tokenizer = load_model(cfg), load_tokenizer(cfg)
+        model, tokenizer = load_model(cfg), load_tokenizer(cfg, need_pad=False)
     model.eval()
     return model, tokenizer

@@ -26,10 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from retain.config import config_from_dict, config_to_yaml
-from retain.configs import ConfigError, build
+from retain.configs import ConfigError, build, read_yaml
 from retain.io import atomic_write_json, atomic_write_text
 
 
@@ -80,7 +78,12 @@ def strategy_configs(sweep: SweepConfig, where: Path) -> dict:
 
     Every strategy is checked here, so a bad override fails before any training.
     """
-    base = yaml.safe_load(Path(sweep.base).read_text())
+    try:
+        base = read_yaml(sweep.base, "base config")
+    except ConfigError as e:
+        raise ConfigError(f"{where}: base: {e}") from None
+    if not isinstance(base, dict):
+        raise ConfigError(f"{where}: base: {sweep.base} is not a run config (expected a mapping of sections)")
     configs = {}
     for name, overrides in expand(sweep).items():
         data = copy.deepcopy(base)
@@ -102,8 +105,8 @@ def run_configs(sweep: SweepConfig, where: Path) -> dict[str, Path]:
 
 
 def load_sweep(path: Path) -> SweepConfig:
+    data = read_yaml(path, "sweep file")  # its errors name the file and line already
     try:
-        data = yaml.safe_load(Path(path).read_text())
         return build(SweepConfig, data)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None

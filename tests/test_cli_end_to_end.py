@@ -25,8 +25,9 @@ def test_eval_then_report(tiny_model, tmp_path):
     results = json.loads((tmp_path / "a.json").read_text())
     assert set(results["tasks"]) == {"capital_recall", "currency_choice", "english"}
     assert all(len(t["items"]) == 5 for t in results["tasks"].values())
-    proc = retain_cli("report", str(tmp_path / "a.json"), str(tmp_path / "a.json"), "--out", str(tmp_path / "r"))
-    assert "no capability changed significantly" in proc.stdout
+    (tmp_path / "b.json").write_text((tmp_path / "a.json").read_text())  # the same file twice is refused
+    proc = retain_cli("report", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out", str(tmp_path / "r"))
+    assert "no significant forgetting" in proc.stdout
     assert (tmp_path / "r" / "report.html").is_file()
 
 

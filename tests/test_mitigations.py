@@ -81,7 +81,8 @@ SMOKE = {
     "ewc": {"batches": 2},
     "si": {"steps": 2},
     "progressive_unfreeze": {"every": 100, "train_head": False},
-    "retention": {"suite": "english", "limit": 3, "every": 2, "max_drop": 1000.0},
+    "retention": {"suite": "english", "limit": 3, "every": 2, "max_drop_points": 100.0,
+                  "max_perplexity_increase": 1000.0},
     "interpolate": {"alpha": 0.5},
 }
 PEFT = {"lora", "loha", "lokr", "ia3", "oft", "prompt_tuning", "prefix_tuning"}
@@ -140,10 +141,14 @@ def test_interpolate_halfway_is_the_midpoint_of_base_and_finetune(make_config, t
 def test_retention_budget_acts_on_a_breach(action, make_config, tiny_model, tmp_path):
     # lr 0.3 wrecks the model at once, so English perplexity breaches a 0% budget at the first check
     config = make_config(training={"lr": 0.3, "max_steps": 8}, mitigations={
-        "retention": {"suite": "english", "limit": 8, "every": 2, "max_drop": 0.0, "action": action}})
+        "retention": {"suite": "english", "limit": 8, "every": 2, "max_perplexity_increase": 0.0, "action": action}})
     result = retain.train(config_from_dict(config), progress=False)
     record = json.loads((tmp_path / "run" / "retention.json").read_text())
     assert record["outcome"]["action"] == action and record["outcome"]["step"] == 2
+    assert record["max_perplexity_increase"] == 0.0 and record["max_drop_points"] == 1.0
+    assert record["outcome"]["reason"].startswith("english word_perplexity rose +")  # a relative rise, in %
+    assert record["outcome"]["reason"].endswith("% (budget +0%)") and record["checks"][0]["units"] == {
+        "english": "relative"}
     assert result.steps == 2  # stopped at the breach
     final = load_file(str(result.final_dir / "model.safetensors"))
     base = base_weights(tiny_model)
@@ -153,6 +158,35 @@ def test_retention_budget_acts_on_a_breach(action, make_config, tiny_model, tmp_
         assert 0 <= record["outcome"]["alpha"] < 1
     else:
         assert any(not torch.equal(final[k], base[k]) for k in base)
+
+
+def test_retention_budget_units_points_for_scores_relative_for_perplexity():
+    from retain.configs import ConfigError
+    from retain.mitigations.retention import RetentionBudget, RetentionOptions, task_drops
+
+    def res(acc, ppl):
+        return {"tasks": {
+            "facts": {"primary_metric": "acc", "lower_is_better": False, "metrics": {"acc": acc}},
+            "english": {"primary_metric": "word_perplexity", "lower_is_better": True,
+                        "metrics": {"word_perplexity": ppl}}}}
+
+    before, after = res(0.80, 20.0), res(0.77, 39.82)  # 3 points lost; perplexity +99.1%
+    assert task_drops(before, after) == pytest.approx({"facts": 3.0, "english": 0.991})
+    budget = RetentionBudget(RetentionOptions(max_drop_points=2.0, max_perplexity_increase=0.05))
+    budget.base = before
+    assert budget._breaches(task_drops(before, after)) == [
+        "facts acc dropped 3.0 points (budget 2 points)", "english word_perplexity rose +99.1% (budget +5%)"]
+    budget = RetentionBudget(RetentionOptions(max_drop_points=5.0, max_perplexity_increase=1.0))
+    budget.base = before
+    assert budget._breaches(task_drops(before, after)) == []
+    # the deprecated max_drop still reads, as before: 100x as points, as is for perplexity
+    config = config_from_dict({"model": {"name": "retain-tiny"}, "data": {"train": "lab:general.jsonl"},
+                               "output": {"dir": "x"}, "mitigations": {"retention": {"max_drop": 0.05}}})
+    assert config.mitigations["retention"].limits() == (5.0, 0.05)
+    with pytest.raises(ConfigError, match="max_drop: deprecated alias"):
+        config_from_dict({"model": {"name": "retain-tiny"}, "data": {"train": "lab:general.jsonl"},
+                          "output": {"dir": "x"},
+                          "mitigations": {"retention": {"max_drop": 0.05, "max_drop_points": 3.0}}})
 
 
 def test_self_distill_trains_on_the_base_models_own_words(make_config, tiny_model):

@@ -78,7 +78,7 @@ def looks_like_lm_eval_file(path: str | Path) -> bool:
     """looks_like_lm_eval_yaml for a file that yaml.safe_load may refuse (lm-eval YAMLs use `!function`)."""
     try:
         data = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_AnyTagLoader)  # noqa: S506 (safe subclass)
-    except (OSError, yaml.YAMLError):
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return False
     return looks_like_lm_eval_yaml(data)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from retain.configs import ConfigError
 from retain.evaluation.lm import LM
 from retain.evaluation.tasks import check_suite, load_suite
 from retain.io import atomic_write_json
@@ -47,6 +48,17 @@ def pick_device(device: str | None) -> torch.device:
     return torch.device(device)
 
 
+def check_output_file(out: Path) -> None:
+    """ConfigError now, not after the whole evaluation, if the results file cannot be written at `out`."""
+    if out.is_dir():
+        raise ConfigError(f"--out {out}: a directory — give the results file's path, e.g. {out / 'results.json'}")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"--out {out}: {parent} is a file, not a directory — choose another path")
+            break
+
+
 def evaluate_path(model_path: str, suite: str, split: str, out: Path | None = None, limit: int | None = None,
                   dtype: str = "float32", progress: bool = True, batch_size: int = DEFAULT_BATCH_SIZE,
                   device: str | None = None, rolling_bos: str = "lm-eval") -> dict:
@@ -57,6 +69,8 @@ def evaluate_path(model_path: str, suite: str, split: str, out: Path | None = No
     """
     from retain.modeling import load_for_eval
 
+    if out is not None:
+        check_output_file(Path(out))
     tasks = load_suite(suite)
     check_suite(tasks, split)
     model, tokenizer = load_for_eval(model_path, dtype=dtype)

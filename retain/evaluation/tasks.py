@@ -34,10 +34,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, Protocol
 
-import yaml
-
-from retain.config import PACKAGE_DIR, resolve_path
-from retain.configs import ConfigError, build
+from retain.paths import PACKAGE_DIR, resolve_path
+from retain.configs import ConfigError, build, decode_utf8, read_yaml
 from retain.data import DataError, read_jsonl
 from retain.evaluation import scoring
 
@@ -196,16 +194,9 @@ def _check_choice(item: dict, where: str, fields: dict) -> int:
 
 
 def _load_yaml(path: Path) -> dict:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: not found") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    data = read_yaml(path, "task or suite file")  # strict: UTF-8, no duplicate keys, errors name file and line
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping")
+        raise ConfigError(f"{path}: expected a mapping (a task: name, kind, data, ...; a suite: name, tasks)")
     return data
 
 
@@ -253,6 +244,8 @@ def _load_part(part: str, base: Path | None = None) -> list:
     path = base / part if base is not None and (base / part).suffix in (".yaml", ".yml") else _locate(part)
     from retain.evaluation.lm_eval_tasks import load_lm_eval_tasks, looks_like_lm_eval_file
 
+    if path.is_file():  # whatever its format, a byte that is not UTF-8 is named here, with its line
+        decode_utf8(path.read_bytes(), path)
     if looks_like_lm_eval_file(path):  # before safe_load: lm-eval's YAMLs may use `!function`
         return load_lm_eval_tasks(path)
     data = _load_yaml(path)

@@ -10,7 +10,7 @@ import math
 from collections import Counter
 from pathlib import Path
 
-from retain.config import LAB_DATA_DIR, LAB_MODEL_DIR
+from retain.paths import LAB_DATA_DIR, LAB_MODEL_DIR
 from retain.io import atomic_write_text
 
 SOURCES = [

@@ -1,7 +1,7 @@
 """`retain demo`: the lab end to end, on the bundled model and task.
 
     1. evaluate retain-tiny on its capabilities and on the task (test split)
-    2. fine-tune it twice on city -> country: unprotected and protected (configs/demo/*.yaml)
+    2. fine-tune it twice on city -> country: unprotected and protected (DEMO_CONFIGS/*.yaml)
     3. evaluate both, write the report comparing all three, print the headline
 """
 
@@ -12,7 +12,8 @@ from pathlib import Path
 
 from retain.config import PACKAGE_DIR, load_config
 
-DEMO_CONFIGS = PACKAGE_DIR.parent / "configs" / "demo"
+# package data, so that an installed retain runs the demo; configs/demo/ in the repository links here
+DEMO_CONFIGS = PACKAGE_DIR / "lab" / "configs"
 SUITE = "lab,city_country"
 
 

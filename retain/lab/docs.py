@@ -15,7 +15,7 @@ from pathlib import Path
 
 from retain.io import atomic_write_text
 from retain.report.build import load_results
-from retain.report.sweep_summary import markdown_table, retained_change
+from retain.report.sweep_summary import LEGEND, markdown_table, retained_change
 from retain.sweep import SweepConfig, expand, load_sweep
 
 BASELINE = "unprotected"
@@ -57,7 +57,7 @@ def sweep_section(sweep: SweepConfig, path: Path, summary: dict) -> list[str]:
              f"{summary['task']} (211 optimizer steps, batch 16, seed 0, unless a row changes it) and is scored on the "
              f"test split. Base model: task {100 * summary['base_task_score']:.1f}, retained capabilities "
              f"{100 * summary['base_retained_score']:.1f} (items pooled over {', '.join(summary['retained_tasks'])}).",
-             "", "### Against the base model", "", markdown_table(summary), "",
+             "", "### Against the base model", "", markdown_table(summary), "", LEGEND, "",
              "### Against the unprotected run of this sweep (same data and steps)", "",
              "Retained-capability score of the strategy minus that of the unprotected run, on the same items: "
              "positive means it forgot less.", "",

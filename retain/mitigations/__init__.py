@@ -6,6 +6,9 @@ table's order (freezing before the adapters that wrap the model; replay before a
 reads the data). Any combination composes, except that at most one PEFT method wraps the model.
 """
 
+from typing import Any
+
+from retain.configs import ConfigError, build
 from retain.mitigations.distill import KLOptions, KLToBase
 from retain.mitigations.freezing import Freeze, FreezeOptions, ProgressiveUnfreeze, ProgressiveUnfreezeOptions
 from retain.mitigations.interpolation import Interpolate, InterpolateOptions
@@ -47,3 +50,21 @@ PEFT_METHODS = ("lora", "loha", "lokr", "ia3", "oft", "prompt_tuning", "prefix_t
 def build_mitigations(options_by_name: dict) -> list:
     """Instances in table order, from a parsed `mitigations:` section."""
     return [cls(options_by_name[name]) for name, (_, cls) in MITIGATIONS.items() if name in options_by_name]
+
+
+def parse_mitigations(data: Any) -> dict[str, Any]:
+    """The `mitigations:` section of a run config: name -> its options dataclass, checked strictly."""
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"mitigations: expected a mapping of name -> options, got {data!r}")
+    parsed = {}
+    for name, options in data.items():
+        if name not in MITIGATIONS:
+            raise ConfigError(f"mitigations.{name}: unknown mitigation (known: {', '.join(MITIGATIONS)})")
+        options_cls, _ = MITIGATIONS[name]
+        parsed[name] = build(options_cls, {} if options is True else options, f"mitigations.{name}")
+    peft = [name for name in parsed if name in PEFT_METHODS]
+    if len(peft) > 1:
+        raise ConfigError(f"mitigations.{peft[1]}: only one PEFT method can wrap the model (also given: {peft[0]})")
+    return parsed

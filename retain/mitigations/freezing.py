@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from retain.errors import ConfigError
 from retain.mitigations.roles import Context
 
 # "model.layers.3.mlp..." (Llama, Mistral, Qwen), "transformer.h.3..." (GPT-2), "...blocks.3..."
@@ -66,7 +67,8 @@ class Freeze:
         o = self.options
         frozen = freeze_params(model, o.embeddings, o.first_n_blocks, o.patterns)
         if not frozen:
-            raise ValueError("mitigations.freeze: the options select no parameter of this model")
+            raise ConfigError("mitigations.freeze: the options select no parameter of this model — check the "
+                              "module names and block counts against the model")
         return model
 
 
@@ -99,7 +101,8 @@ class ProgressiveUnfreeze:
     """Top blocks first (those nearest the output), one more block every `every` steps (ULMFiT-style).
 
     Parameters stay requires_grad=True so DDP sees a fixed graph; those not yet unfrozen have their
-    gradients dropped before the optimizer step, so AdamW leaves them bit-identical.
+    gradients dropped before the optimizer step, so AdamW leaves them bit-identical. No runtime state:
+    the phase is a function of the step, so a resumed run is in the same phase without a state_dict.
     """
 
     def __init__(self, options: ProgressiveUnfreezeOptions):

@@ -8,12 +8,13 @@ All three are one penalty, Σ_k importance_k · (θ_k − θ*_k)², with a diffe
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
-from retain.config import resolve_path
+from retain.paths import resolve_path
+from retain.mitigations.replay import GENERAL_DATA_HELP
 from retain.mitigations.roles import Context
 
 
@@ -35,6 +36,18 @@ def trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
 def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Detached copies of the trainable weights: an anchor, or a state to restore later."""
     return {n: p.detach().clone() for n, p in trainable(model).items()}
+
+
+@torch.no_grad()
+def restore(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Copy a snapshot back into the trainable weights; strict: it must name exactly those tensors."""
+    params = trainable(model)
+    if weights.keys() != params.keys():
+        missing, unexpected = sorted(params.keys() - weights.keys()), sorted(weights.keys() - params.keys())
+        raise ValueError(f"weights to restore do not fit the model's trainable weights (missing: {missing[:3]}, "
+                         f"unexpected: {unexpected[:3]})")
+    for name, p in params.items():
+        p.copy_(weights[name])
 
 
 def general_batches(ctx: Context, file: str, n_batches: int, batch_size: int):
@@ -96,7 +109,7 @@ class L2SPOptions:
 @dataclass(frozen=True)
 class EWCOptions:
     weight: float = 0.01  # loss += weight/2 · Σ F (θ − θ0)²
-    file: str = "lab:general.jsonl"  # general data the Fisher is estimated on
+    file: str | None = None  # general data the Fisher is estimated on; required unless retain-tiny
     batches: int = 16
     batch_size: int = 8
     normalize: bool = True  # divide the Fisher by its mean, so `weight` means what it means for L2-SP
@@ -104,12 +117,14 @@ class EWCOptions:
     decay: float = 1.0  # online EWC's γ: F = γ·F_previous + F_new
     save_fisher: bool = True  # write <output>/fisher.pt for the next stage
 
+    LAB_DEFAULTS: ClassVar[dict] = {"file": ("lab:general.jsonl", GENERAL_DATA_HELP)}  # see config.fill_lab_defaults
+
     def validate(self):
         if self.weight <= 0:
             yield "weight", f"must be > 0, got {self.weight}"
         if self.batches < 1:
             yield "batches", f"must be >= 1, got {self.batches}"
-        if not resolve_path(self.file).is_file():
+        if self.file is not None and not resolve_path(self.file).is_file():
             yield "file", f"file not found: {resolve_path(self.file)}"
         if self.fisher_in is not None and not resolve_path(self.fisher_in).is_file():
             yield "fisher_in", f"file not found: {resolve_path(self.fisher_in)}"
@@ -118,28 +133,35 @@ class EWCOptions:
 @dataclass(frozen=True)
 class SIOptions:
     weight: float = 0.01
-    file: str = "lab:general.jsonl"
+    file: str | None = None  # general data SI's path integral runs on; required unless retain-tiny
     steps: int = 16  # SGD steps on general data whose path integral measures importance
     batch_size: int = 8
     step_lr: float = 1e-3
     damping: float = 1e-3
     normalize: bool = True  # divide Ω by its mean, so `weight` means what it means for L2-SP
 
+    LAB_DEFAULTS: ClassVar[dict] = {"file": ("lab:general.jsonl", GENERAL_DATA_HELP)}  # see config.fill_lab_defaults
+
     def validate(self):
         if self.weight <= 0:
             yield "weight", f"must be > 0, got {self.weight}"
-        if not resolve_path(self.file).is_file():
+        if self.file is not None and not resolve_path(self.file).is_file():
             yield "file", f"file not found: {resolve_path(self.file)}"
 
 
 class _AnchoredPenalty:
-    """Shared wiring: snapshot θ0 of the trainable weights at setup, add weight/2 · weighted_l2."""
+    """Shared wiring: snapshot θ0 of the trainable weights at setup, add weight/2 · weighted_l2.
+
+    θ0 and the importance are state (state_dict): a resumed run keeps the ones it started with.
+    """
 
     name = "penalty"
+    per_step = True  # a function of the weights alone: counted once per optimizer step, not per micro-batch
 
     def __init__(self, options):
         self.options = options
         self.anchor: dict[str, torch.Tensor] = {}
+        self.raw_importance: dict[str, torch.Tensor] | None = None  # as measured, before normalising
         self.importance: dict[str, torch.Tensor] | None = None
 
     def importance_for(self, model, params, ctx: Context):
@@ -148,10 +170,28 @@ class _AnchoredPenalty:
     def setup(self, model, ctx: Context) -> None:
         model = getattr(model, "module", model)
         self.anchor = snapshot(model)
-        self.importance = self.importance_for(model, trainable(model), ctx)
+        self.raw_importance = self.importance_for(model, trainable(model), ctx)
+        self._normalize()
+
+    def _normalize(self) -> None:
+        self.importance = self.raw_importance
         if self.importance is not None and self.options.normalize:
             mean = torch.cat([v.flatten() for v in self.importance.values()]).mean().clamp(min=1e-30)
             self.importance = {n: v / mean for n, v in self.importance.items()}
+
+    def state_dict(self) -> dict:
+        return {"anchor": self.anchor, "importance": self.raw_importance}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["anchor"].keys() != self.anchor.keys():
+            raise ValueError(f"{self.name}: the checkpoint's anchor is not this run's trainable weights")
+
+        def here(saved):  # onto the device and dtype of this run's weights
+            return {n: t.to(self.anchor[n].device, self.anchor[n].dtype) for n, t in saved.items()}
+
+        self.anchor = here(state["anchor"])
+        self.raw_importance = None if state["importance"] is None else here(state["importance"])
+        self._normalize()
 
     def loss_term(self, model, batch, outputs) -> torch.Tensor:
         params = trainable(getattr(model, "module", model))
@@ -169,16 +209,15 @@ class EWC(_AnchoredPenalty):
         o = self.options
         fisher = diagonal_fisher(model, general_batches(ctx, o.file, o.batches, o.batch_size), params)
         if o.fisher_in:
-            previous = torch.load(resolve_path(o.fisher_in), weights_only=True)
-            fisher = {n: o.decay * previous[n] + f if n in previous else f for n, f in fisher.items()}
-        if o.save_fisher:
-            from pathlib import Path
-
-            out = Path(ctx.config.output.dir)
-            out.mkdir(parents=True, exist_ok=True)
-            torch.save(fisher, out / ".fisher.pt.tmp")  # the raw Fisher, before normalisation
-            os.replace(out / ".fisher.pt.tmp", out / "fisher.pt")
+            previous = torch.load(resolve_path(o.fisher_in), map_location="cpu", weights_only=True)
+            fisher = {n: o.decay * previous[n].to(f.device) + f if n in previous else f for n, f in fisher.items()}
         return fisher
+
+    def files(self) -> dict:
+        """fisher.pt, the raw Fisher (before normalisation), for an online-EWC next stage."""
+        if not self.options.save_fisher or self.raw_importance is None:
+            return {}
+        return {"fisher.pt": {n: f.cpu() for n, f in self.raw_importance.items()}}
 
 
 class SI(_AnchoredPenalty):

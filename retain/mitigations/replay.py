@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, replace
+from typing import ClassVar
 
-from retain.config import resolve_path
+from retain.paths import resolve_path
 from retain.mitigations.roles import Context
+
+GENERAL_DATA_HELP = "a JSONL file of general text the model should keep (any shape retain reads)"
 
 
 def replay_count(n_task: int, ratio: float) -> int:
@@ -27,13 +30,16 @@ def mix_replay(task: list, pool: list, ratio: float, seed: int) -> list:
 @dataclass(frozen=True)
 class ReplayOptions:
     ratio: float = 0.15  # share of the training examples that are general data
-    file: str = "lab:general.jsonl"  # JSONL of general data, any shape retain reads
+    file: str | None = None  # JSONL of general data, any shape retain reads; required unless retain-tiny
     seed: int = 0
+
+    # what retain.config.fill_lab_defaults fills in for retain-tiny (and asks any other model for)
+    LAB_DEFAULTS: ClassVar[dict] = {"file": ("lab:general.jsonl", GENERAL_DATA_HELP)}
 
     def validate(self):
         if not 0 < self.ratio < 1:
             yield "ratio", f"must be in (0, 1), got {self.ratio}"
-        if not resolve_path(self.file).is_file():
+        if self.file is not None and not resolve_path(self.file).is_file():
             yield "file", f"file not found: {resolve_path(self.file)}"
 
 

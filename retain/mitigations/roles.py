@@ -13,7 +13,13 @@ The training loop (retain.training.loop) calls the roles in one fixed order:
                                         stop with other weights (retention budget)
     5. WeightTransform.transform_weights once, on the trained model (interpolation)
 
-Roles return values; they never reach into the loop's state.
+Beside the order, two duties:
+    Stateful.state_dict / load_state_dict   runtime state (retention history and last-good weights,
+                                            penalty anchors) saved in every checkpoint, restored on resume
+    WritesFiles.files                       the files a role leaves in the output dir (retention.json,
+                                            fisher.pt); the loop writes them, on the main process only
+
+Roles return values; they never reach into the loop's state, and never write files themselves.
 """
 
 from __future__ import annotations
@@ -50,6 +56,10 @@ class Setup(Protocol):
 
 @runtime_checkable
 class LossTerm(Protocol):
+    """A term added to the task loss. It is taken to be a mean over the micro-batch's target positions
+    and is weighted like the task loss (retain.training.step); a class whose term depends on the weights
+    alone sets `per_step = True` and the term counts once per optimizer step."""
+
     name: str  # logged as loss/<name>
 
     def loss_term(self, model: torch.nn.Module, batch: dict, outputs: Any) -> torch.Tensor: ...
@@ -77,3 +87,20 @@ class Monitor(Protocol):
 @runtime_checkable
 class WeightTransform(Protocol):
     def transform_weights(self, model: torch.nn.Module, ctx: Context) -> torch.nn.Module: ...
+
+
+@runtime_checkable
+class Stateful(Protocol):
+    """State that changes while training and must survive a resume (tensors, numbers, lists, dicts)."""
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore exactly what state_dict returned; raise ValueError if it does not fit this run."""
+
+
+@runtime_checkable
+class WritesFiles(Protocol):
+    def files(self) -> dict[str, Any]:
+        """name -> content of files for the output dir: a `.json` name is written as JSON, any other with
+        torch.save. Asked after setup (and resume) and after each check of a Monitor that decided."""

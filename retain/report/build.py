@@ -6,21 +6,16 @@ writes report.json (every number), report.md, and report.html (self-contained, p
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 
+from retain.configs import ConfigError
 from retain.io import atomic_write_json, atomic_write_text
 from retain.report import plots
-from retain.report.render import format_relative, render_html, render_markdown
-from retain.report.stats import Change, paired_bootstrap, verdict
-
-
-def load_results(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: results file not found (write one with `retain eval`)") from None
+from retain.report.render import format_change, metric_words, render_html, render_markdown
+from retain.report.results import check_comparable, load_results, load_run_file
+from retain.report.severity import rank, severity
+from retain.report.stats import NO_CHANGE, PERPLEXITY_DENOMINATOR, Change, paired_bootstrap, verdict
 
 
 def capability_groups(tasks: dict) -> dict[str, list[str]]:
@@ -30,69 +25,153 @@ def capability_groups(tasks: dict) -> dict[str, list[str]]:
     return groups
 
 
+def _row(change: Change, lower_is_better: bool, chance: float | None, **fields) -> dict:
+    row = {**fields, "lower_is_better": lower_is_better, "chance": chance, **asdict(change),
+           "verdict": verdict(change, lower_is_better)}
+    row["severity"] = severity(row)
+    return row
+
+
+def secondary_metrics(task: dict) -> list[str]:
+    """The task's other per-item mean metrics (contains beside exact_match, acc_norm beside acc)."""
+    return [m for m in task["metrics"] if m != task["primary_metric"] and m not in PERPLEXITY_DENOMINATOR
+            and all(isinstance(i.get(m), (int, float)) and not isinstance(i.get(m), bool) for i in task["items"])]
+
+
+def _pooled_chance(tasks: list[dict]) -> float | None:
+    """Chance of items pooled over tasks: the item-weighted mean of the tasks' chance (None if one lacks it)."""
+    if any(t.get("chance") is None for t in tasks):
+        return None
+    return sum(t["chance"] * len(t["items"]) for t in tasks) / sum(len(t["items"]) for t in tasks)
+
+
 def compare(before: dict, after: dict, seed: int = 0) -> dict:
-    """Rows per task and per capability for the tasks both results share."""
+    """Rows per task and per capability for the tasks both results share, and the run's forgetting grade.
+
+    A row is a paired Change of the primary metric with its verdict ('better' / 'worse' / 'no significant
+    change') and severity (see retain.report.severity). A task row also holds `other_metrics`, the same for
+    its other per-item metrics; a capability row holds `moved`, the significant changes hidden by its
+    unchanged primary metric (another metric of a task, or one task of a pooled capability).
+    """
     shared = [t for t in before["tasks"] if t in after["tasks"]]
     task_rows = {}
     for name in shared:
         b, a = before["tasks"][name], after["tasks"][name]
-        metric = b["primary_metric"]
-        change = paired_bootstrap(b["items"], a["items"], metric, seed=seed)
-        task_rows[name] = {"capability": b["capability"], "metric": metric, "lower_is_better": b["lower_is_better"],
-                           "chance": b.get("chance"), **asdict(change),
-                           "verdict": verdict(change, b["lower_is_better"])}
+        metric, lower = b["primary_metric"], b["lower_is_better"]
+        task_rows[name] = _row(paired_bootstrap(b["items"], a["items"], metric, seed=seed), lower, b.get("chance"),
+                               capability=b["capability"], metric=metric)
+        others = [m for m in secondary_metrics(b) if m in secondary_metrics(a)]
+        task_rows[name]["other_metrics"] = {
+            m: _row(paired_bootstrap(b["items"], a["items"], m, seed=seed), lower, None, metric=m) for m in others}
     capability_rows = {}
     for capability, names in capability_groups({t: before["tasks"][t] for t in shared}).items():
         metrics = {before["tasks"][t]["primary_metric"] for t in names}
         if len(names) == 1 or len(metrics) > 1 or metrics & {"word_perplexity", "byte_perplexity"}:
-            capability_rows[capability] = {**task_rows[names[0]], "tasks": names}
-            continue
-        # same mean-type metric: pool the items of all its tasks, still paired
-        metric = metrics.pop()
-        pooled_b = [{**i, "id": (t, i["id"])} for t in names for i in before["tasks"][t]["items"]]
-        pooled_a = [{**i, "id": (t, i["id"])} for t in names for i in after["tasks"][t]["items"]]
-        change = paired_bootstrap(pooled_b, pooled_a, metric, seed=seed)
-        lower = before["tasks"][names[0]]["lower_is_better"]
-        capability_rows[capability] = {"capability": capability, "metric": metric, "lower_is_better": lower,
-                                       **asdict(change), "verdict": verdict(change, lower), "tasks": names}
-    return {"tasks": task_rows, "capabilities": capability_rows}
+            row = {**task_rows[names[0]], "tasks": names}
+            row.pop("other_metrics")
+        else:  # same mean-type metric: pool the items of all its tasks, still paired
+            metric = metrics.pop()
+            tasks_b = [before["tasks"][t] for t in names]
+            pooled_b = [{**i, "id": (t, i["id"])} for t in names for i in before["tasks"][t]["items"]]
+            pooled_a = [{**i, "id": (t, i["id"])} for t in names for i in after["tasks"][t]["items"]]
+            row = _row(paired_bootstrap(pooled_b, pooled_a, metric, seed=seed), tasks_b[0]["lower_is_better"],
+                       _pooled_chance(tasks_b), capability=capability, metric=metric, tasks=names)
+        moved = [{"task": t, **task_rows[t]} for t in names if len(names) > 1]
+        moved += [{"task": t, **r} for t in names for r in task_rows[t]["other_metrics"].values()]
+        row["moved"] = [{k: v for k, v in m.items() if k != "other_metrics"} for m in moved
+                        if m["verdict"] != NO_CHANGE] if row["verdict"] == NO_CHANGE else []
+        capability_rows[capability] = row
+    return {"tasks": task_rows, "capabilities": capability_rows,
+            "forgetting": forgetting(task_rows, capability_rows)}
+
+
+def forgetting(task_rows: dict, capability_rows: dict) -> dict:
+    """The run's grade: the worst severity of any capability, task, or other metric of a task, and where
+    (between equal grades, as the headline orders them: a perplexity first, then the larger change)."""
+    graded = [(r, c) for c, r in capability_rows.items()]
+    graded += [(r, f"task {t}") for t, r in task_rows.items()]
+    graded += [(o, f"task {t}, {m}") for t, r in task_rows.items() for m, o in r["other_metrics"].items()]
+    if not graded:
+        return {"severity": "none", "worst": None}
+    row, where = max(graded, key=lambda g: (rank(g[0]["severity"]), g[0]["relative"], abs(g[0]["delta"])))
+    return {"severity": row["severity"], "worst": where if row["severity"] != "none" else None}
+
+
+def _points(row: dict) -> tuple[str, str]:
+    """('lost 60.0 pts', '(severe; 95% CI -72.0 to -48.0)') for a score row."""
+    change, low, high = format_change(row)
+    word = "gained" if row["verdict"] == "better" else "lost"
+    grade = f"{row['severity']}; " if row["verdict"] == "worse" else ""
+    return f"{word} {change.lstrip('+-')} pts", f"({grade}95% CI {low} to {high})"
 
 
 def describe(capability: str, row: dict) -> str:
-    """'lost 23.0 pts of country facts (95% CI -27.1 to -19.0)' and the like."""
-    if row["relative"]:
-        return (f"{capability} {row['metric'].replace('_', ' ')} {format_relative(row['delta'])} "
-                f"(95% CI {format_relative(row['ci_low'])} to {format_relative(row['ci_high'])})")
-    pts = 100 * row["delta"]
-    word = "gained" if row["verdict"] == "rose" else "lost"
-    return (f"{word} {abs(pts):.1f} pts of {capability} "
-            f"(95% CI {100 * row['ci_low']:+.1f} to {100 * row['ci_high']:+.1f})")
+    """One change in the direction that matters, in the table's unit, with its severity if a loss:
+    'lost 23.0 pts of country facts (severe; 95% CI -27.1 to -19.0)',
+    'English text: perplexity ×1,658 (worse, catastrophic; 95% CI ×1,201 to ×2,087)'."""
+    if not row["relative"]:
+        amount, ci = _points(row)
+        return f"{amount} of {capability} {ci}"
+    change, low, high = format_change(row)
+    grade = f", {row['severity']}" if row["verdict"] == "worse" else ""
+    return f"{capability}: {metric_words(row['metric'])} {change} ({row['verdict']}{grade}; 95% CI {low} to {high})"
+
+
+def describe_moved(capability: str, row: dict) -> str:
+    """'world capitals (chat): exact_match unchanged, but contains lost 60.0 pts (severe; 95% CI ...)'."""
+    pooled = len(row.get("tasks", ())) > 1
+    parts = []
+    for m in row["moved"]:
+        what = f"{m['task']} {m['metric']}" if pooled else m["metric"]
+        parts.append(describe(what, m) if m["relative"] else " ".join((what,) + _points(m)))
+    return f"{capability}: {row['metric']} unchanged, but " + " and ".join(parts)
 
 
 def headline(label: str, comparison: dict) -> str:
-    rows = [(c, r) for c, r in comparison["capabilities"].items() if r["verdict"] != "no significant change"]
-    if not rows:
-        return f"{label}: no capability changed significantly."
-    rows.sort(key=lambda cr: (cr[1]["verdict"] != "rose", -abs(cr[1]["delta"])))
-    steady = len(comparison["capabilities"]) - len(rows)
-    tail = f"; {steady} other capabilit{'y' if steady == 1 else 'ies'} unchanged" if steady else ""
-    return f"{label}: " + "; ".join(describe(c, r) for c, r in rows) + tail + "."
+    """The run's forgetting grade, then each significant change (gains first, then losses, worst first), then
+    capabilities whose primary metric held while something else in them moved, then the count unchanged."""
+    rows = comparison["capabilities"]
+    changed = [(c, r) for c, r in rows.items() if r["verdict"] != NO_CHANGE]
+    moved = [(c, r) for c, r in rows.items() if r["verdict"] == NO_CHANGE and r.get("moved")]
+    changed.sort(key=lambda cr: (cr[1]["verdict"] != "better", -rank(cr[1]["severity"]), not cr[1]["relative"],
+                                 -abs(cr[1]["delta"])))
+    steady = len(rows) - len(changed) - len(moved)
+    parts = [describe(c, r) for c, r in changed] + [describe_moved(c, r) for c, r in moved]
+    if steady:
+        parts.append(f"{steady} {'other ' if parts else ''}capabilit{'y' if steady == 1 else 'ies'} unchanged")
+    grade = comparison.get("forgetting", {}).get("severity", "none")
+    where = comparison.get("forgetting", {}).get("worst")
+    lead = "no significant forgetting" if grade == "none" else f"{grade} forgetting (worst: {where})"
+    return f"{label}: {lead} — " + ("; ".join(parts) or "no capability was compared") + "."
 
 
 def largest_drop(comparison: dict, exclude: tuple[str, ...] = ()) -> float:
-    """The largest fall, in points, among score-type capabilities not in `exclude` (0 if none fell)."""
-    return max((-r["delta"] for c, r in comparison["capabilities"].items()
-                if not r["relative"] and not r["lower_is_better"] and c not in exclude), default=0.0)
+    """The largest loss (as a fraction: 0.6 = 60 points) among score-type capabilities not in `exclude`, in the
+    direction that matters (0 if none got worse)."""
+    return max([r["delta"] if r["lower_is_better"] else -r["delta"] for c, r in comparison["capabilities"].items()
+                if not r["relative"] and c not in exclude] + [0.0])
+
+
+def check_labels(labels: list[str] | None, result_paths: list[Path]) -> None:
+    """One distinct label per results file (a ConfigError, which is a ValueError, says what to give)."""
+    if not labels:
+        return
+    if len(labels) != len(result_paths):
+        raise ConfigError(f"--label: {len(labels)} label{'' if len(labels) == 1 else 's'} for {len(result_paths)} "
+                          f"results files; give one per file, in order (the base first), or none")
+    duplicates = sorted({x for x in labels if labels.count(x) > 1})
+    if duplicates:
+        raise ConfigError(f"--label: {', '.join(duplicates)} given twice; each results file needs its own label")
 
 
 def write_report(result_paths: list[Path], out: Path, run_dirs: list[Path] = (), labels: list[str] | None = None,
                  seed: int = 0) -> dict:
     if len(result_paths) < 2:
-        raise ValueError("a report compares a base results file with at least one fine-tune's")
+        raise ConfigError("a report compares a base results file with at least one fine-tune's: give two or more")
+    check_labels(labels, result_paths)
     results = [load_results(p) for p in result_paths]
+    check_comparable(result_paths, results)  # the same items scored in every file, before anything is written
     labels = labels or [Path(p).stem for p in result_paths]
-    if len(labels) != len(results):
-        raise ValueError(f"{len(labels)} labels for {len(results)} results files")
     base_label = labels[0]
     comparisons = {label: compare(results[0], r, seed=seed) for label, r in zip(labels[1:], results[1:])}
     headlines = [headline(label, c) for label, c in comparisons.items()]
@@ -100,7 +179,7 @@ def write_report(result_paths: list[Path], out: Path, run_dirs: list[Path] = (),
     curves = plots.training_curves(run_dirs)
     if curves:
         figures["training"] = curves
-    budgets = {str(d): json.loads((Path(d) / "retention.json").read_text())
+    budgets = {str(d): load_run_file(Path(d) / "retention.json")
                for d in run_dirs if (Path(d) / "retention.json").is_file()}
     report = {"base": base_label, "results": [str(p) for p in result_paths], "split": results[0].get("split"),
               "headlines": headlines, "comparisons": comparisons, "retention_budgets": budgets,

@@ -1,25 +1,64 @@
-"""report.md and a self-contained report.html from the report dict."""
+"""report.md and a self-contained report.html from the report dict, and the number formats all views share.
+
+Units: a score's change is in points (percentage points, "pts"); a perplexity's change is relative,
+"+12%" while small and a ratio "×1,658" (after / before) once it more than doubles. A CI is printed
+with enough decimals that its two bounds differ (about two significant digits of its width).
+"""
 
 from __future__ import annotations
 
 import base64
 import html
+import math
+
+from retain.report.severity import LEGEND as SEVERITY_LEGEND
+
+
+def ci_decimals(low: float, high: float, least: int, most: int = 3) -> int:
+    """Decimals for numbers shown with a CI of these bounds (in display units): two significant digits
+    of the width, so that the bounds print differently ('-0.83% to -0.61%', not '-1% to -1%')."""
+    width = abs(high - low)
+    if not math.isfinite(width) or width == 0:
+        return least
+    return min(most, max(least, math.ceil(1 - math.log10(width))))
 
 
 def format_relative(x: float) -> str:
-    """A relative change: '+12%' while small, 'x463.1' once it more than doubles (+46212% reads badly)."""
-    return f"x{1 + x:.1f}" if x >= 1 else f"{x:+.0%}"
+    """A relative change on its own: '+4.3%', '-12%', or '×1,658' once it more than doubles."""
+    if x >= 1:
+        ratio = 1 + x
+        return f"×{ratio:,.1f}" if ratio < 10 else f"×{ratio:,.0f}"
+    return f"{100 * x:+.1f}%" if abs(x) < 0.1 else f"{100 * x:+,.0f}%"
+
+
+def format_change(row: dict) -> tuple[str, str, str]:
+    """(change, CI low, CI high) of a compare row, all three in one unit: points for scores ('-60.0'),
+    a relative change for perplexities ('+12.3%', or the ratio '×1,658' once the estimate more than
+    doubles), with decimals chosen from the CI's width."""
+    delta, low, high = row["delta"], row["ci_low"], row["ci_high"]
+    if not row["relative"]:
+        d = ci_decimals(100 * low, 100 * high, least=1)
+        return tuple(f"{100 * x:+.{d}f}" for x in (delta, low, high))
+    if delta >= 1:
+        d = ci_decimals(1 + low, 1 + high, least=0)
+        return tuple(f"×{1 + x:,.{d}f}" for x in (delta, low, high))
+    d = ci_decimals(100 * low, 100 * high, least=0)
+    return tuple(f"{100 * x:+,.{d}f}%" for x in (delta, low, high))
+
+
+def metric_words(metric: str) -> str:
+    """How a headline names a metric: word perplexity is 'perplexity', the others keep their names."""
+    return {"word_perplexity": "perplexity"}.get(metric, metric.replace("_", " "))
 
 
 def _fmt_value(row: dict, key: str) -> str:
     value = row[key]
-    return f"{value:.2f}" if row["relative"] else f"{100 * value:.1f}"
+    return f"{value:,.2f}" if row["relative"] else f"{100 * value:.1f}"
 
 
 def _fmt_delta(row: dict) -> str:
-    if row["relative"]:
-        return f"{row['delta']:+.1%} [{row['ci_low']:+.1%}, {row['ci_high']:+.1%}]"
-    return f"{100 * row['delta']:+.1f} [{100 * row['ci_low']:+.1f}, {100 * row['ci_high']:+.1f}]"
+    change, low, high = format_change(row)
+    return f"{change}{'' if row['relative'] else ' pts'} [{low}, {high}]"
 
 
 def _fmt_p(row: dict) -> str:
@@ -27,31 +66,69 @@ def _fmt_p(row: dict) -> str:
     return "" if p is None else (f"{p:.1e}" if p < 1e-3 else f"{p:.3f}")
 
 
+HEADER = ["metric", "before", "after", "change [95% CI]", "McNemar p", "n", "verdict", "severity"]
+
+
+def _table_row(name: str, r: dict, metric: str, note: str = "") -> list[str]:
+    metric += "" if r["relative"] else " (%)"
+    chance = r.get("chance")
+    if chance is not None and not r["relative"]:
+        metric += f", chance {100 * chance:.1f}"
+    metric += note
+    return [name, metric, _fmt_value(r, "before"), _fmt_value(r, "after"), _fmt_delta(r), _fmt_p(r), str(r["n"]),
+            r["verdict"], r.get("severity", "")]
+
+
 def _table_rows(rows: dict, first_col: str) -> tuple[list[str], list[list[str]]]:
-    header = [first_col, "metric", "before", "after", "change [95% CI]", "McNemar p", "n", "verdict"]
+    """One row per task or capability; below a task, each other metric of it that changed significantly and
+    tells a different story (another verdict or severity than the primary metric's)."""
     body = []
     for name, r in rows.items():
-        metric = r["metric"] + ("" if r["relative"] else " (%)")
-        chance = r.get("chance")
-        if chance is not None and not r["relative"]:
-            metric += f", chance {100 * chance:.1f}"
-        body.append([name, metric, _fmt_value(r, "before"), _fmt_value(r, "after"), _fmt_delta(r), _fmt_p(r),
-                     str(r["n"]), r["verdict"]])
-    return header, body
+        body.append(_table_row(name, r, r["metric"]))
+        for metric, other in r.get("other_metrics", {}).items():
+            if other["verdict"] != "no significant change" and \
+                    (other["verdict"], other["severity"]) != (r["verdict"], r["severity"]):
+                body.append(_table_row(name, {**other, "chance": None}, metric, ", secondary"))
+    return [first_col] + HEADER, body
+
+
+def forgetting_line(label: str, comparison: dict) -> str:
+    f = comparison.get("forgetting")
+    if not f:
+        return ""
+    return f"Forgetting of {label}: {f['severity']}" + (f" (worst: {f['worst']})." if f.get("worst") else ".")
+
+
+LEGEND = ("Changes are fine-tune minus base on the same items: points (pts) for scores; for perplexities the "
+          "relative change, +12% or a ratio ×1,658 (after / before) once it more than doubles; lower perplexity is "
+          "better, so a rise is 'worse'. Verdict: better or worse when the 95% CI excludes 0. CIs are paired "
+          "bootstrap percentiles (2,000 resamples); p is the exact McNemar test on the items whose outcome changed. "
+          "A secondary row is another metric of the task that changed significantly, and differently. "
+          + SEVERITY_LEGEND)
+
+
+def _budget_text(b: dict) -> str:
+    if "max_drop_points" in b:
+        return (f"no score may drop more than {b['max_drop_points']:g} points and no perplexity may rise more than "
+                f"{100 * b['max_perplexity_increase']:g}%")
+    # retention.json written before the budget had units: one number for both
+    return (f"no task may drop more than {b['max_drop']:g} (x100 points for scores, a relative rise for "
+            f"perplexities)")
 
 
 def budget_lines(report: dict) -> list[str]:
-    """One sentence per run that had a retention budget: the budget, what happened and when."""
+    """One sentence per run that had a retention budget: the budget, in its units, what happened and when."""
     lines = []
     for run, b in report.get("retention_budgets", {}).items():
         outcome = b["outcome"]
         checks = b["checks"]
         what = (f"breached at step {outcome['step']}: action {outcome['action']}"
                 + (f" (restored step {outcome['restored_step']})" if "restored_step" in outcome else "")
-                + (f" (alpha {outcome['alpha']:.3f})" if "alpha" in outcome else "")) if outcome else \
+                + (f" (alpha {outcome['alpha']:.3f})" if "alpha" in outcome else "")
+                + (f"; {outcome['reason']}" if outcome.get("reason") else "")) if outcome else \
             f"held at all {len(checks)} checks"
-        lines.append(f"Retention budget of {run}: no task may drop more than {b['max_drop']} on the dev split of "
-                     f"{b['suite']}, checked every {b['every']} steps; {what}.")
+        lines.append(f"Retention budget of {run}: {_budget_text(b)} on the dev split of {b['suite']}, checked every "
+                     f"{b['every']} steps; {what}.")
     return lines
 
 
@@ -60,20 +137,21 @@ def render_markdown(report: dict) -> str:
     lines += [f"- {h}" for h in report["headlines"]] + [""]
     lines += [f"> {line}" for line in budget_lines(report)] + ([""] if budget_lines(report) else [])
     for label, comparison in report["comparisons"].items():
+        lines += [f"**{forgetting_line(label, comparison)}**", ""] if comparison.get("forgetting") else []
         for title, key, col in (("capability", "capabilities", "capability"), ("task", "tasks", "task")):
             header, body = _table_rows(comparison[key], col)
             lines += [f"## {label}: per {title}", "", "| " + " | ".join(header) + " |",
                       "|" + "---|" * len(header)]
             lines += ["| " + " | ".join(row) + " |" for row in body] + [""]
-    lines += ["Changes are fine-tune minus base on the same items (points for accuracies, relative change for "
-              "perplexities); CIs are paired bootstrap percentiles (2,000 resamples); p is the exact McNemar test.", ""]
+    lines += [LEGEND, ""]
     return "\n".join(lines)
 
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222;padding:0 1em}
 table{border-collapse:collapse;margin:1em 0;font-size:14px}th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
-th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}.rose{color:#1a7f37;font-weight:600}
-.fell{color:#c62828;font-weight:600}.headline{font-size:18px;background:#f7f7fb;border-left:4px solid #4c72b0;
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}.better{color:#1a7f37;font-weight:600}
+.worse{color:#c62828;font-weight:600}.moderate{color:#b26a00;font-weight:600}.severe,.catastrophic{color:#fff;
+background:#c62828;font-weight:600}.headline{font-size:18px;background:#f7f7fb;border-left:4px solid #4c72b0;
 padding:.6em 1em;margin:.4em 0}img{max-width:100%}small{color:#666}"""
 
 
@@ -87,16 +165,16 @@ def render_html(report: dict, figures: dict[str, bytes]) -> str:
     for name, png in figures.items():
         parts.append(f"<img alt='{esc(name)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>")
     for label, comparison in report["comparisons"].items():
+        if comparison.get("forgetting"):
+            grade = comparison["forgetting"]["severity"]
+            parts.append(f"<p class='{esc(grade)}'>{esc(forgetting_line(label, comparison))}</p>")
         for title, key, col in (("capability", "capabilities", "capability"), ("task", "tasks", "task")):
             header, body = _table_rows(comparison[key], col)
             parts.append(f"<h2>{esc(label)}: per {title}</h2><table><tr>"
                          + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>")
-            for row in body:
-                css = {"rose": "rose", "fell": "fell"}.get(row[-1], "")
-                parts.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row[:-1])
-                             + f"<td class='{css}'>{esc(row[-1])}</td></tr>")
+            for row in body:  # the last two cells: verdict and severity, coloured by value
+                parts.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row[:-2])
+                             + "".join(f"<td class='{esc(c)}'>{esc(c)}</td>" for c in row[-2:]) + "</tr>")
             parts.append("</table>")
-    parts.append("<p><small>Changes are fine-tune minus base on the same items (points for accuracies, relative "
-                 "change for perplexities). CIs: paired bootstrap, 2,000 resamples, percentile 95%. p: exact "
-                 "McNemar test on the items whose outcome changed. Generated by retain.</small></p></body></html>")
+    parts.append(f"<p><small>{esc(LEGEND)} Generated by retain.</small></p></body></html>")
     return "\n".join(parts)

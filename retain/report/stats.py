@@ -74,9 +74,16 @@ def mcnemar_exact(before: list[float], after: list[float]) -> float:
     return min(1.0, 2 * tail)
 
 
+NO_CHANGE = "no significant change"
+
+
 def verdict(change: Change, lower_is_better: bool) -> str:
-    """'rose' / 'fell' for the capability (a perplexity going up means the capability fell)."""
+    """'better' / 'worse' for the capability, in the direction that matters, or NO_CHANGE.
+
+    A perplexity (lower is better) that rose is "worse"; one that fell is "better". NO_CHANGE when the
+    95% CI includes 0.
+    """
     if change.ci_low <= 0 <= change.ci_high:
-        return "no significant change"
+        return NO_CHANGE
     improved = (change.delta < 0) if lower_is_better else (change.delta > 0)
-    return "rose" if improved else "fell"
+    return "better" if improved else "worse"

@@ -7,6 +7,8 @@ from pathlib import Path
 from retain.io import atomic_write_text
 from retain.report.build import compare, largest_drop, load_results
 from retain.report.render import format_relative
+from retain.report.severity import LEGEND as SEVERITY_LEGEND
+from retain.report.severity import worst
 from retain.report.stats import paired_bootstrap
 
 
@@ -27,13 +29,15 @@ def summarize(base_path: Path, result_paths: dict[str, Path], task: str) -> dict
         comparison = compare(base, after)
         gain = comparison["tasks"][task]
         retained, pooled_tasks = retained_change(base, after, task)
-        english = comparison["tasks"].get("english")
+        others = {c: r for c, r in comparison["capabilities"].items() if c != gain["capability"]}
         rows[name] = {
             "gain": gain["delta"], "gain_ci": [gain["ci_low"], gain["ci_high"]], "task_after": gain["after"],
             "retained_change": retained.delta, "retained_ci": [retained.ci_low, retained.ci_high],
             "retained_after": retained.after,
             "max_drop": largest_drop(comparison, exclude=(gain["capability"],)),
-            "perplexity_change": english["delta"] if english else None,
+            "severity": worst(r["severity"] for r in others.values()),
+            "perplexity_changes": {t: {"delta": r["delta"], "ci": [r["ci_low"], r["ci_high"]], "verdict": r["verdict"]}
+                                   for t, r in comparison["tasks"].items() if r["relative"] and t != task},
             "verdicts": {c: r["verdict"] for c, r in comparison["capabilities"].items()},
             "deltas": {c: r["delta"] for c, r in comparison["capabilities"].items()},
         }
@@ -53,16 +57,46 @@ def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
     return sorted(front, key=lambda n: points[n][1])
 
 
+def _perplexity_changes(row: dict) -> dict[str, dict]:
+    """Task -> {delta, verdict} of every perplexity task; a summary.json written before these columns were
+    generic has one `perplexity_change`, of the lab's `english` task."""
+    if "perplexity_changes" in row:
+        return row["perplexity_changes"]
+    old = row.get("perplexity_change")
+    return {} if old is None else {"english": {"delta": old}}
+
+
+def _perplexity_cell(change: dict | None) -> str:
+    if change is None:
+        return ""
+    words = {"better": " (better)", "worse": " (worse)", "no significant change": " (n.s.)"}
+    return format_relative(change["delta"]) + words.get(change.get("verdict"), "")
+
+
 def markdown_table(summary: dict) -> str:
-    lines = ["| strategy | task gain (pts) [95% CI] | retained capabilities change (pts) [95% CI] | "
-             "largest capability drop (pts) | English perplexity | Pareto |", "|---|---|---|---|---|---|"]
+    """One row per strategy: task gain, pooled retained change, largest drop, forgetting grade, and one column
+    per perplexity task of the suite (whatever the suite: no task is assumed)."""
+    ppl_tasks = list(dict.fromkeys(t for r in summary["rows"].values() for t in _perplexity_changes(r)))
+    header = (["strategy", "task gain (pts) [95% CI]", "retained capabilities change (pts) [95% CI]",
+               "largest capability drop (pts)", "forgetting"] + [f"{t} perplexity" for t in ppl_tasks] + ["Pareto"])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, r in summary["rows"].items():
-        ppl = "" if r["perplexity_change"] is None else format_relative(r["perplexity_change"])
-        lines.append(
-            f"| {name} | {100 * r['gain']:+.1f} [{100 * r['gain_ci'][0]:+.1f}, {100 * r['gain_ci'][1]:+.1f}] | "
-            f"{100 * r['retained_change']:+.1f} [{100 * r['retained_ci'][0]:+.1f}, {100 * r['retained_ci'][1]:+.1f}] | "
-            f"{100 * r['max_drop']:.1f} | {ppl} | {'★' if name in summary['pareto_front'] else ''} |")
+        ppl = _perplexity_changes(r)
+        cells = [name,
+                 f"{100 * r['gain']:+.1f} [{100 * r['gain_ci'][0]:+.1f}, {100 * r['gain_ci'][1]:+.1f}]",
+                 f"{100 * r['retained_change']:+.1f} [{100 * r['retained_ci'][0]:+.1f}, "
+                 f"{100 * r['retained_ci'][1]:+.1f}]",
+                 f"{100 * r['max_drop']:.1f}", r.get("severity", "")]
+        cells += [_perplexity_cell(ppl.get(t)) for t in ppl_tasks]
+        cells.append("★" if name in summary["pareto_front"] else "")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+LEGEND = ("Points are percentage points; the retained capabilities pool the items of every score-type task except "
+          "the fine-tuning task. A perplexity column is the relative change (after / before: +12%, or ×1,658 once it "
+          "more than doubles; lower is better, n.s. = the 95% CI includes 0). Forgetting: the worst grade of any "
+          "capability other than the task's. " + SEVERITY_LEGEND)
 
 
 def pareto_plot(summary: dict) -> bytes:
@@ -83,7 +117,8 @@ def pareto_plot(summary: dict) -> bytes:
         ax.plot(*zip(*pts), "-", color=COLORS[0], alpha=0.5, label="Pareto front")
         ax.legend()
     ax.axvline(0, color="black", linewidth=0.6)
-    ax.set_xlabel("capability loss (pts, pooled over retained tasks; left is better)")
+    ax.set_xlabel(f"capability loss (pts, items pooled over {len(summary['retained_tasks'])} retained tasks; "
+                  "left is better)")
     ax.set_ylabel(f"gain on {summary['task']} (pts)")
     ax.set_title("New skill vs. forgetting, per strategy (95% CIs)")
     return _png(fig)
@@ -95,6 +130,6 @@ def write_sweep_report(summary: dict, out: Path) -> None:
     text = (f"# Sweep on {summary['task']}\n\nBase: task score {100 * summary['base_task_score']:.1f}, "
             f"retained capabilities {100 * summary['base_retained_score']:.1f} "
             f"(pooled: {', '.join(summary['retained_tasks'])}).\n\n"
-            + markdown_table(summary) + f"\n\nPareto front: {', '.join(summary['pareto_front'])}.\n\n"
+            + markdown_table(summary) + f"\n\n{LEGEND}\n\nPareto front: {', '.join(summary['pareto_front'])}.\n\n"
             "![Pareto plot](pareto.png)\n")
     atomic_write_text(out / "summary.md", text)

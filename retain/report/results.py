@@ -1,0 +1,124 @@
+"""Reading `retain eval` results files, and refusing to compare results that are not comparable.
+
+    load_results(path) -> dict                  the file, checked: every field the report reads is there
+    load_run_file(path) -> Any                  a JSON file a run wrote (retention.json), or a ResultsError
+    check_comparable(paths, results) -> None    the same tasks, split, limit and items in every file
+
+A report pairs item i of the base with item i of each fine-tune. That is only meaningful when
+every file scored the same items: the same tasks on the same split with the same --limit (and,
+for perplexity, the same BOS rule). Anything else is a ResultsError that names the file and
+says what differs, before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from retain.errors import ResultsError
+from retain.report.stats import PERPLEXITY_DENOMINATOR
+
+REWRITE = "write it again with `retain eval MODEL --suite SUITE --out FILE`"
+TASK_FIELDS = {"capability": str, "primary_metric": str, "lower_is_better": bool, "metrics": dict, "items": list}
+
+
+def load_results(path: Path) -> dict:
+    """A results file of `retain eval`; ResultsError naming the file (and line, key or item) if unusable."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ResultsError(f"{path}: results file not found — {REWRITE}") from None
+    except IsADirectoryError:
+        raise ResultsError(f"{path}: is a directory, not a results file — give the JSON file `retain eval --out` "
+                           "wrote") from None
+    try:
+        results = json.loads(raw.decode("utf-8-sig"))
+    except UnicodeDecodeError as e:
+        raise ResultsError(f"{path}: not a results file (byte {e.start} is not UTF-8) — {REWRITE}") from None
+    except json.JSONDecodeError as e:
+        cut = " (the file ends early: cut off while it was written or copied?)" if e.pos >= len(raw.rstrip()) else ""
+        raise ResultsError(f"{path}:{e.lineno}: not valid JSON: {e.msg}{cut} — {REWRITE}") from None
+    check_results(results, path)
+    return results
+
+
+def load_run_file(path: Path):
+    """A JSON file a training run wrote (e.g. its retention.json); ResultsError naming it if unreadable."""
+    try:
+        return json.loads(Path(path).read_bytes().decode("utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ResultsError(f"{path}: not valid JSON ({e}) — a run cut off while writing it? leave out its --run, "
+                           "or run it again") from None
+
+
+def check_results(results, path: Path) -> None:
+    """Every field the report reads, present and of the right type; ResultsError naming it if not."""
+    if not isinstance(results, dict) or not isinstance(results.get("tasks"), dict):
+        raise ResultsError(f"{path}: not a results file of `retain eval` (no 'tasks' mapping) — {REWRITE}")
+    if not results["tasks"]:
+        raise ResultsError(f"{path}: no tasks were scored — {REWRITE}")
+    for name, task in results["tasks"].items():
+        where = f"{path}: tasks.{name}"
+        if not isinstance(task, dict):
+            raise ResultsError(f"{where}: expected a mapping — {REWRITE}")
+        for key, kind in TASK_FIELDS.items():
+            if not isinstance(task.get(key), kind):
+                raise ResultsError(f"{where}.{key}: missing or not a {kind.__name__} (an incomplete or edited file?) "
+                                   f"— {REWRITE}")
+        items = task["items"]
+        if not items:
+            raise ResultsError(f"{where}.items: empty — {REWRITE}")
+        if isinstance(task.get("n"), int) and task["n"] != len(items):
+            raise ResultsError(f"{where}.items: {len(items)} items, but n says {task['n']} (an incomplete file?) "
+                               f"— {REWRITE}")
+        metric = task["primary_metric"]
+        needed = ("loglikelihood", PERPLEXITY_DENOMINATOR[metric]) if metric in PERPLEXITY_DENOMINATOR else (metric,)
+        for i, item in enumerate(items):
+            if not isinstance(item, dict) or "id" not in item:
+                raise ResultsError(f"{where}.items[{i}]: no 'id' — {REWRITE}")
+            for key in needed:
+                value = item.get(key)
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise ResultsError(f"{where}.items[{i}].{key}: missing or not a number — {REWRITE}")
+
+
+def _item_ids(task: dict) -> list:
+    return [json.dumps(item["id"]) for item in task["items"]]
+
+
+def check_comparable(paths: list[Path], results: list[dict]) -> None:
+    """ResultsError unless every results file scored exactly the items the first (the base) scored."""
+    base_path, base = Path(paths[0]), results[0]
+    seen = {}
+    for k, path in enumerate(paths):
+        key = Path(path).resolve()
+        if key in seen:
+            raise ResultsError(f"{path}: given twice (results {seen[key] + 1} and {k + 1}) — a report compares "
+                               "different results: the base model's first, then each fine-tune's")
+        seen[key] = k
+    for path, other in zip(paths[1:], results[1:]):
+        differ = f"{path}: not comparable with the base results {base_path}"
+        again = "evaluate both the same way (retain eval ... --suite S --split X --limit N)"
+        if other.get("split") != base.get("split"):
+            raise ResultsError(f"{differ}: scored on the {other.get('split')} split, the base on the "
+                               f"{base.get('split')} split — {again}")
+        if other.get("limit") != base.get("limit"):
+            raise ResultsError(f"{differ}: scored with --limit {other.get('limit')}, the base with --limit "
+                               f"{base.get('limit')} — {again}")
+        only_base = [t for t in base["tasks"] if t not in other["tasks"]]
+        only_other = [t for t in other["tasks"] if t not in base["tasks"]]
+        if only_base or only_other:
+            parts = ([f"only in the base: {', '.join(only_base)}"] if only_base else []) + \
+                    ([f"only here: {', '.join(only_other)}"] if only_other else [])
+            suites = f" (suites {base.get('suite')!r} and {other.get('suite')!r})" if base.get("suite") else ""
+            raise ResultsError(f"{differ}: different tasks{suites}; {'; '.join(parts)} — {again}")
+        for name, task in base["tasks"].items():
+            theirs = other["tasks"][name]
+            if _item_ids(theirs) != _item_ids(task):
+                raise ResultsError(f"{differ}: task {name} scored different items ({len(theirs['items'])} here, "
+                                   f"{len(task['items'])} in the base) — {again}, and the same task data")
+            if theirs["primary_metric"] != task["primary_metric"] or theirs.get("bos") != task.get("bos"):
+                what = ("metric" if theirs["primary_metric"] != task["primary_metric"]
+                        else "BOS rule (--rolling-bos)")
+                raise ResultsError(f"{differ}: task {name} was scored with a different {what} — {again}")
