@@ -22,7 +22,7 @@ import torch
 from retain.io import atomic_write_text
 from retain.report.build import compare, load_results, write_report
 from retain.report.render import format_relative
-from retain.report.sweep_summary import markdown_table
+from retain.report.sweep_summary import markdown_table, summarize, write_sweep_report
 from retain.sweep import expand, load_sweep
 
 
@@ -88,6 +88,25 @@ def not_significant(base: dict, results: dict[str, dict], task: str) -> list[str
     return lines
 
 
+def letter_choices(results: dict[str, dict]) -> list[str]:
+    """For letter-choice tasks (MMLU): how often each model's top choice is each letter — a model that
+    always answers "A" scores the share of A answers, whatever it knows."""
+    lines = []
+    for name, res in results.items():
+        for task, t in res["tasks"].items():
+            items = t["items"]
+            if t["kind"] != "multiple_choice" or not items or "loglikelihoods" not in items[0] or not task.startswith("mmlu"):
+                continue
+            counts = [0, 0, 0, 0]
+            for it in items:
+                lls = it["loglikelihoods"]
+                counts[max(range(len(lls)), key=lls.__getitem__)] += 1
+            lines.append(f"| {name} | {task} | " + " | ".join(str(c) for c in counts) + f" | {100 * t['metrics']['acc']:.1f} |")
+    if not lines:
+        return []
+    return ["| model | task | A | B | C | D | acc |", "|---|---|---|---|---|---|---|", *lines]
+
+
 def screenshot(html: Path, png: Path) -> bool:
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
@@ -105,9 +124,11 @@ def main() -> None:
     sweep_path = Path(args.sweep)
     sweep, docs = load_sweep(sweep_path), Path(args.out)
     out = Path(sweep.output)
-    summary = json.loads((out / "summary.json").read_text())
-    task = summary["task"]
     names = list(expand(sweep))
+    # The summary again, with this build's report code (the sweep may have run on an older one).
+    summary = summarize(out / "base.json", {n: out / "results" / f"{n}.json" for n in names}, Path(sweep.task).stem)
+    write_sweep_report(summary, out)
+    task = summary["task"]
     base = load_results(out / "base.json")
     results = {n: load_results(out / "results" / f"{n}.json") for n in names}
     shutil.copyfile(out / "pareto.png", docs / "real-model-pareto.png")
@@ -138,7 +159,7 @@ def main() -> None:
         "## The base model", "", *base_table(base), "",
         "Perplexity is word perplexity (lower is better); every other score is in percent.", "",
         "## Change per task (points; perplexity as a ratio), paired bootstrap 95% CI", "",
-        "Bold: the CI excludes 0 (a significant change). A perplexity above x1 is a loss.", "",
+        "Bold: the CI excludes 0 (a significant change). A perplexity change above ×1 (or +%) is worse.", "",
         *change_table(base, results), "",
         "## New skill against forgetting", "", markdown_table(summary), "",
         f"Pareto front: {', '.join(summary['pareto_front'])}.", "", "![Pareto plot](real-model-pareto.png)", "",
@@ -146,6 +167,8 @@ def main() -> None:
         f"With {sweep.limit} items a task, a CI spans roughly ±10-20 points; MMLU for a 135M model sits near chance "
         "(25%), so a change there is rarely significant. Per strategy, the tasks whose change is not significant:", "",
         *not_significant(base, results, task), "",
+        "Which letter each model picks on MMLU (its highest-loglikelihood choice):", "",
+        *letter_choices({"base": base, **results}), "",
         "## Training throughput", "", *run_table(out, names), "",
         "## The report", "",
         (f"`retain report` of base, unprotected and {best}:" + "\n\n![report](real-model-report.png)" if shot else
