@@ -52,7 +52,8 @@ def mmlu_task_dir(items: list[dict]) -> Path:
     template = Path(lm_eval.__file__).parent / "tasks" / "mmlu" / "default" / "_default_template_yaml"
     (d / "bench_mmlu.yaml").write_text(
         f"include: {json.dumps(str(template))}\ntask: bench_mmlu\ndataset_path: json\ndataset_name: null\n"
-        f"dataset_kwargs: {{data_files: {{test: {json.dumps(str(data))}}}}}\n"
+        # lm-eval's MMLU template builds its few-shot sampler from a dev split even at 0 shots
+        f"dataset_kwargs: {{data_files: {{test: {json.dumps(str(data))}, dev: {json.dumps(str(data))}}}}}\n"
         "description: \"The following are multiple choice questions (with answers) about "
         "{{subject.replace('_', ' ')}}.\\n\\n\"\n")
     return d
