@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -38,7 +39,8 @@ def cmd_train(args) -> int:
 
     result = retain.train(args.config, tuple(args.overrides), resume=args.resume, overwrite=args.overwrite,
                           allow_config_change=args.allow_config_change)
-    print(f"trained {result.steps} steps; final weights: {result.final_dir}; metrics: {result.metrics_path}")
+    if int(os.environ.get("RANK", "0")) == 0:  # under accelerate launch / torchrun: once, not per process
+        print(f"trained {result.steps} steps; final weights: {result.final_dir}; metrics: {result.metrics_path}")
     return 0
 
 

@@ -51,7 +51,7 @@ def test_every_shipped_task_and_suite_loads_with_its_data(path, tmp_path, monkey
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs" / "accelerate").glob("*.yaml")), ids=lambda p: p.name)
 def test_accelerate_configs_are_valid_yaml_with_a_distributed_type(path):
-    assert yaml.safe_load(path.read_text())["distributed_type"] in ("MULTI_CPU", "FSDP", "DEEPSPEED")
+    assert yaml.safe_load(path.read_text())["distributed_type"] in ("MULTI_GPU", "FSDP", "DEEPSPEED")
 
 
 def write(tmp_path, data) -> Path:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import yaml
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 def losses(out: Path) -> list[float]:
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -19,8 +21,9 @@ def test_two_process_ddp_matches_one_process_with_same_global_batch(make_config,
     runs = {}
     for name, per_process_batch, launcher in [
         ("one", 8, [sys.executable, "-m", "retain"]),
-        ("two", 4, [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "retain"]),
+        # README's command, with the shipped accelerate config
+        ("two", 4, [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                    str(REPO / "configs" / "accelerate" / "ddp_cpu.yaml"), "-m", "retain"]),
     ]:
         cfg = make_config(training={"batch_size": per_process_batch, "max_steps": 8, "lr": 3e-3},
                           output={"dir": str(tmp_path / name)})
@@ -30,6 +33,7 @@ def test_two_process_ddp_matches_one_process_with_same_global_batch(make_config,
         assert proc.returncode == 0, proc.stderr[-3000:]
         runs[name] = losses(tmp_path / name)
         assert f"{'2 processes' if name == 'two' else '1 process'}, global batch 8" in proc.stdout
+        assert proc.stdout.count("trained 8 steps") == 1  # the run summary once, not per rank
     assert len(runs["one"]) == len(runs["two"]) == 8
     # Same examples in every global batch; the curves differ only by how the token-mean is split
     # across processes (each rank averages its own tokens), a few percent at most.
