@@ -331,3 +331,12 @@ def test_a_kl_of_exactly_zero_draws_no_spike_on_the_log_axis(tmp_path, monkeypat
     ys = kl.get_ydata()
     assert math.isnan(ys[0]) and math.isnan(ys[2]) and all(y > 0 for y in ys if not math.isnan(y))
     assert not any("loss/l2sp" in line.get_label() for line in ax.lines)
+
+
+def test_filtered_lm_eval_metric_names_still_get_an_exact_mcnemar_p():
+    from retain.report.stats import paired_bootstrap
+
+    before = [{"id": i, "exact_match,strict-match": float(i < 10)} for i in range(20)]
+    after = [{"id": i, "exact_match,strict-match": 0.0} for i in range(20)]
+    change = paired_bootstrap(before, after, "exact_match,strict-match")
+    assert change.p_value is not None and change.p_value < 0.01

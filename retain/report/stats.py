@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-BINARY_METRICS = {"acc", "acc_norm", "exact_match", "contains"}
+BINARY_METRICS = {"acc", "acc_norm", "exact_match", "contains", "regex_match"}
 PERPLEXITY_DENOMINATOR = {"word_perplexity": "words", "byte_perplexity": "bytes", "token_perplexity": "tokens"}
 
 
@@ -59,7 +59,9 @@ def paired_bootstrap(before: list[dict], after: list[dict], metric: str, resampl
         idx = rng.integers(0, n, size=(resamples, n))
         deltas = (y[idx] - x[idx]).mean(axis=1)
     low, high = np.percentile(deltas, [2.5, 97.5])
-    p = mcnemar_exact([i[metric] for i in before], [i[metric] for i in after]) if metric in BINARY_METRICS else None
+    # lm-eval names a filtered metric "exact_match,strict-match": binary all the same
+    binary = metric.split(",")[0] in BINARY_METRICS
+    p = mcnemar_exact([i[metric] for i in before], [i[metric] for i in after]) if binary else None
     return Change(b, a, change(b, a), float(low), float(high), p, n, relative)
 
 
