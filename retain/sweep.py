@@ -6,6 +6,7 @@ A sweep YAML:
     suite: lab                              # the capabilities whose loss is measured
     output: runs/sweep
     limit: null                             # items per task (for quick sweeps)
+    batch_size: 64                          # evaluation requests per forward pass; device: cuda (default: auto)
     common: {training.lr: 1.0e-4}           # applied to every strategy before its own overrides
     strategies:                             # name -> dotted overrides of the base config
       full: {}
@@ -38,6 +39,8 @@ class SweepConfig:
     output: str
     suite: str = "lab"
     limit: int | None = None
+    batch_size: int = 64  # evaluation requests per forward pass
+    device: str | None = None  # evaluation device: None/auto picks the GPU when there is one
     common: dict[str, Any] = field(default_factory=dict)  # dotted overrides applied to every strategy first
     strategies: dict[str, Any] = field(default_factory=dict)
     grid: dict[str, Any] = field(default_factory=dict)
@@ -126,7 +129,8 @@ def run_sweep(path: Path, progress: bool = True) -> dict:
     base_model = load_config(next(iter(configs.values()))).model.name
     if not base_results.is_file():
         print(f"evaluating the base model {base_model}")
-        evaluate_path(base_model, suite, "test", base_results, limit=sweep.limit, progress=progress)
+        evaluate_path(base_model, suite, "test", base_results, limit=sweep.limit, progress=progress,
+                      batch_size=sweep.batch_size, device=sweep.device)
     results = {}
     for k, (name, config_path) in enumerate(configs.items(), 1):
         result_path = out / "results" / f"{name}.json"
@@ -135,7 +139,8 @@ def run_sweep(path: Path, progress: bool = True) -> dict:
         else:
             print(f"[{k}/{len(configs)}] {name}: retain train {config_path}")
             run = retain.train(config_path, overwrite=True, progress=progress)
-            evaluate_path(str(run.final_dir), suite, "test", result_path, limit=sweep.limit, progress=progress)
+            evaluate_path(str(run.final_dir), suite, "test", result_path, limit=sweep.limit, progress=progress,
+                          batch_size=sweep.batch_size, device=sweep.device)
         results[name] = result_path
     summary = summarize(base_results, results, task=Path(sweep.task).stem)
     atomic_write_json(out / "summary.json", summary)

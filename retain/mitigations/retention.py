@@ -54,6 +54,7 @@ class RetentionOptions:
     action: Literal["stop", "rollback", "repair"] = "stop"
     suite: str | None = None  # scored on its dev split, never test; required unless retain-tiny
     limit: int | None = None  # items per task, for speed
+    batch_size: int = 64  # evaluation requests per forward pass
     repair_iterations: int = 6  # bisection steps for `repair`
 
     LAB_DEFAULTS: ClassVar[dict] = {  # see retain.config.fill_lab_defaults
@@ -69,6 +70,8 @@ class RetentionOptions:
                 yield key, f"must be >= 0, got {getattr(self, key)}"
         if self.every < 1:
             yield "every", f"must be >= 1, got {self.every}"
+        if self.batch_size < 1:
+            yield "batch_size", f"must be >= 1, got {self.batch_size}"
 
     def limits(self) -> tuple[float, float]:
         """(points a score may fall, relative rise a perplexity may take), the deprecated max_drop resolved."""
@@ -97,7 +100,8 @@ class RetentionBudget:
         from retain.evaluation.runner import evaluate
 
         was_training = model.training
-        results = evaluate(model, self.tokenizer, self.tasks, split="dev", limit=self.options.limit, progress=False)
+        results = evaluate(model, self.tokenizer, self.tasks, split="dev", limit=self.options.limit, progress=False,
+                           batch_size=self.options.batch_size)
         model.train(was_training)
         return results
 
