@@ -208,3 +208,25 @@ def test_self_distill_trains_on_the_base_models_own_words(make_config, tiny_mode
     # a random model never repeats the sums, so the answer filter keeps every original
     strict = SelfDistill(SelfDistillOptions(max_new_tokens=3)).transform_data(examples, ctx)
     assert [s.input_ids for s in strict] == [e.input_ids for e in examples]
+
+
+def test_every_mitigation_plays_a_role_and_a_misspelled_role_method_is_an_error():
+    from retain.mitigations import MITIGATIONS
+    from retain.mitigations.roles import check_roles
+
+    for _, cls in MITIGATIONS.values():
+        check_roles(cls)  # the shipped table is clean
+
+    class Typo:
+        def transfrom_model(self, model, ctx):
+            return model
+
+    with pytest.raises(TypeError, match="did you mean transform_model"):
+        check_roles(Typo)
+
+    class Nothing:
+        def helper(self):
+            pass
+
+    with pytest.raises(TypeError, match="plays no role"):
+        check_roles(Nothing)

@@ -17,6 +17,7 @@ from retain.mitigations.peft_methods import (IA3, OFT, IA3Options, LoHa, LoKr, L
 from retain.mitigations.penalties import EWC, L2SP, SI, EWCOptions, L2SPOptions, SIOptions
 from retain.mitigations.replay import Replay, ReplayOptions
 from retain.mitigations.retention import RetentionBudget, RetentionOptions
+from retain.mitigations.roles import check_roles
 from retain.mitigations.self_distill import SelfDistill, SelfDistillOptions
 
 MITIGATIONS: dict[str, tuple[type, type]] = {
@@ -48,8 +49,11 @@ PEFT_METHODS = ("lora", "loha", "lokr", "ia3", "oft", "prompt_tuning", "prefix_t
 
 
 def build_mitigations(options_by_name: dict) -> list:
-    """Instances in table order, from a parsed `mitigations:` section."""
-    return [cls(options_by_name[name]) for name, (_, cls) in MITIGATIONS.items() if name in options_by_name]
+    """Instances in table order, from a parsed `mitigations:` section; each class's roles checked."""
+    chosen = [(name, cls) for name, (_, cls) in MITIGATIONS.items() if name in options_by_name]
+    for _, cls in chosen:
+        check_roles(cls)
+    return [cls(options_by_name[name]) for name, cls in chosen]
 
 
 def parse_mitigations(data: Any) -> dict[str, Any]:

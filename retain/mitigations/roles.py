@@ -104,3 +104,30 @@ class WritesFiles(Protocol):
     def files(self) -> dict[str, Any]:
         """name -> content of files for the output dir: a `.json` name is written as JSON, any other with
         torch.save. Asked after setup (and resume) and after each check of a Monitor that decided."""
+
+
+# The methods through which the loop calls a role, in the order above (plus the two duties).
+ROLES = (ModelTransform, DataTransform, Setup, LossTerm, GradientFilter, Monitor, WeightTransform, Stateful,
+         WritesFiles)
+ROLE_METHODS = ("transform_model", "transform_data", "setup", "loss_term", "filter_gradients", "check",
+                "transform_weights", "state_dict", "load_state_dict", "files")
+
+
+def check_roles(cls: type) -> None:
+    """A mitigation class plays at least one role, and no method of it is a near-miss of a role method.
+
+    Roles are matched by method name (the protocols above), so a typo — `transfrom_model` — would
+    otherwise skip the role without a word. TypeError names the class and the likely intended name.
+    """
+    import difflib
+
+    own = [name for name in dir(cls) if not name.startswith("_") and callable(getattr(cls, name))]
+    for name in own:
+        if name in ROLE_METHODS:
+            continue
+        close = difflib.get_close_matches(name, ROLE_METHODS, n=1, cutoff=0.8)
+        if close:
+            raise TypeError(f"{cls.__name__}.{name}: not a role method — did you mean {close[0]}? "
+                            "(roles are matched by name; see retain.mitigations.roles)")
+    if not any(name in own for name in ROLE_METHODS[:7]):
+        raise TypeError(f"{cls.__name__} plays no role: implement one of {', '.join(ROLE_METHODS[:7])}")
