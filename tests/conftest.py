@@ -84,3 +84,28 @@ def write_lm_eval_task(tasks_dir: Path, name: str, data: Path, kind: str) -> Pat
     path.write_text(f"task: {name}\ndataset_path: json\ndataset_kwargs: {{data_files: {{test: {json.dumps(str(data))}}}}}\n"
                     f"test_split: test\n{LM_EVAL_LOCAL_TASK[kind]}")
     return path
+
+
+def score_with_both(model, tokenizer, mc: Path, ppl: Path, tmp_path: Path) -> tuple[dict, dict]:
+    """The same multiple-choice and perplexity JSONL (retain's fields) scored by retain and by lm-eval.
+
+    Returns (retain's results per task, lm-eval's results per task), both keyed "mc" and "ppl".
+    """
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    from retain.evaluation.runner import evaluate
+    from retain.evaluation.tasks import load_task
+
+    tasks_dir = tmp_path / "lm_eval_tasks"
+    write_lm_eval_task(tasks_dir, "local_mc", mc, "multiple_choice")
+    write_lm_eval_task(tasks_dir, "local_ppl", ppl, "perplexity")
+    theirs = lm_eval.simple_evaluate(model=HFLM(pretrained=model, tokenizer=tokenizer, batch_size=4),
+                                     tasks=["local_mc", "local_ppl"],
+                                     task_manager=TaskManager(include_path=str(tasks_dir)), log_samples=False)["results"]
+    (tmp_path / "mc.yaml").write_text(f"name: mc\nkind: multiple_choice\ndata: {{test: {json.dumps(str(mc))}}}\n")
+    (tmp_path / "ppl.yaml").write_text(f"name: ppl\nkind: perplexity\ndata: {{test: {json.dumps(str(ppl))}}}\n")
+    ours = evaluate(model, tokenizer, [load_task(tmp_path / "mc.yaml"), load_task(tmp_path / "ppl.yaml")],
+                    progress=False)["tasks"]
+    return ours, {"mc": theirs["local_mc"], "ppl": theirs["local_ppl"]}

@@ -15,9 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from retain.data import load_dataset
 from retain.evaluation.lm import LM
-from retain.evaluation.runner import evaluate
-from retain.evaluation.tasks import load_task
-from conftest import write_jsonl, write_lm_eval_task
+from conftest import score_with_both, write_jsonl
 
 BOS = "<|system|>"  # a special token the fixture's vocabulary has, used as a BOS distinct from EOS
 BOS_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{{ '<|' + m['role'] + '|>\\n' + m['content'] }}"
@@ -73,10 +71,7 @@ def test_chat_training_data_has_exactly_one_bos(kind_dir, tmp_path):
 
 
 def test_scores_match_lm_eval_for_every_kind(kind_dir, tmp_path):
-    lm_eval = pytest.importorskip("lm_eval")
-    from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
-
+    pytest.importorskip("lm_eval")
     kind, path = kind_dir
     mc = write_jsonl(tmp_path / "mc.jsonl", [
         {"context": f"the capital of {c} is", "choices": ["paris", "tokyo", "blue river"], "gold": i % 3}
@@ -84,24 +79,13 @@ def test_scores_match_lm_eval_for_every_kind(kind_dir, tmp_path):
         + [{"context": "", "choices": ["red", "green"], "gold": 0}])
     words = "the capital of france is paris . one plus two is three . red green blue river".split()
     ppl = write_jsonl(tmp_path / "ppl.jsonl", [{"text": " ".join(words[i:] * (1 + 3 * i))} for i in range(6)])
-    tasks_dir = tmp_path / "lm_eval_tasks"
-    write_lm_eval_task(tasks_dir, "bos_mc", mc, "multiple_choice")
-    write_lm_eval_task(tasks_dir, "bos_ppl", ppl, "perplexity")
-    model = AutoModelForCausalLM.from_pretrained(path)
-    tok = AutoTokenizer.from_pretrained(path)
-    theirs = lm_eval.simple_evaluate(model=HFLM(pretrained=model, tokenizer=tok, batch_size=4),
-                                     tasks=["bos_mc", "bos_ppl"], task_manager=TaskManager(include_path=str(tasks_dir)),
-                                     log_samples=False)["results"]
-    (tmp_path / "mc.yaml").write_text(f"name: mc\nkind: multiple_choice\ndata: {{test: {json.dumps(str(mc))}}}\n")
-    (tmp_path / "ppl.yaml").write_text(f"name: ppl\nkind: perplexity\ndata: {{test: {json.dumps(str(ppl))}}}\n")
-    ours = evaluate(model, tok, [load_task(tmp_path / "mc.yaml"), load_task(tmp_path / "ppl.yaml")],
-                    progress=False)["tasks"]
+    ours, theirs = score_with_both(AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path),
+                                   mc, ppl, tmp_path)
     for metric in ("acc", "acc_norm"):
-        assert ours["mc"]["metrics"][metric] == pytest.approx(theirs["bos_mc"][f"{metric},none"], abs=1e-6)
+        assert ours["mc"]["metrics"][metric] == pytest.approx(theirs["mc"][f"{metric},none"], abs=1e-6)
     for metric in ("word_perplexity", "byte_perplexity"):
-        assert ours["ppl"]["metrics"][metric] == pytest.approx(theirs["bos_ppl"][f"{metric},none"], rel=1e-6)
-    # The per-item loglikelihoods agree too, not only the argmax.
-    assert "lm-eval" in ours["ppl"]["bos"]
+        assert ours["ppl"]["metrics"][metric] == pytest.approx(theirs["ppl"][f"{metric},none"], rel=1e-6)
+    assert "lm-eval" in ours["ppl"]["bos"]  # the result says which BOS rule it was scored with
 
 
 def test_single_bos_scores_each_document_after_one_bos(tiny_model, tmp_path):
