@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from retain.configs import ConfigError
 from retain.evaluation.lm import LM
-from retain.evaluation.tasks import check_suite, load_suite
+from retain.evaluation.tasks import CapabilityTask, check_suite, load_suite
 from retain.io import atomic_write_json
 
 DEFAULT_BATCH_SIZE = 64
@@ -20,7 +20,7 @@ ROLLING_BOS_NOTE = {
 }
 
 
-def evaluate(model, tokenizer, tasks: list, split: str = "test", limit: int | None = None,
+def evaluate(model, tokenizer, tasks: list[CapabilityTask], split: str = "test", limit: int | None = None,
              batch_size: int = DEFAULT_BATCH_SIZE, seed: int = 0, progress: bool = True,
              rolling_bos: str = "lm-eval") -> dict:
     """Score every task on `split` (the first `limit` items of each) with the model as it is."""

@@ -231,7 +231,7 @@ def _locate(name: str) -> Path:
     return bundled
 
 
-def _load_part(part: str, base: Path | None = None) -> list:
+def _load_part(part: str, base: Path | None = None) -> list[CapabilityTask]:
     """The tasks one suite part names (see the module docstring); `base` resolves relative task paths."""
     if part == "mmlu" or part.startswith(("mmlu:", "mmlu@")):
         from retain.evaluation.mmlu import load_mmlu
@@ -256,16 +256,16 @@ def _load_part(part: str, base: Path | None = None) -> list:
     return [_task_from(path, data)]
 
 
-def load_suite(spec: str) -> list:
+def load_suite(spec: str) -> list[CapabilityTask]:
     """Tasks of `spec`: comma-separated suite or task names/paths, in order, without duplicates."""
-    tasks: dict[str, object] = {}
+    tasks: dict[str, CapabilityTask] = {}
     for part in (p.strip() for p in spec.split(",") if p.strip()):
         for task in _load_part(part):
             tasks.setdefault(task.name, task)
     return list(tasks.values())
 
 
-def check_suite(tasks: list, split: str) -> None:
+def check_suite(tasks: list[CapabilityTask], split: str) -> None:
     """Every task can be scored on `split`: files exist and parse. Call before loading a model."""
     for task in tasks:
         task.check(split)
