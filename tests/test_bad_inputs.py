@@ -41,6 +41,10 @@ class Workspace:
     def __init__(self, root: Path, model: Path):
         self.root, self.model = root, model
         self.data = write_jsonl(root / "qa.jsonl", QA)
+        # MMLU's data is a separate wheel: every row's RETAIN_MMLU_FILE is this one question
+        self.mmlu = write_jsonl(root / "mmlu.jsonl", [{"question": "q", "answer_a": "a", "answer_b": "b",
+                                                        "answer_c": "c", "answer_d": "d", "correct_answer": "A",
+                                                        "topic": "astronomy"}])
         (root / "out").mkdir()
         (root / "out" / "notes.txt").write_text("a user's file in the output directory\n")
 
@@ -163,6 +167,15 @@ def task_chat_refusing_system(ws: Workspace) -> list[str]:
     (model / "chat_template.jinja").write_text(NO_SYSTEM_TEMPLATE)
     task = ws.task([{"context": "2+2=", "target": "4"}], "generation", "chat: true\nsystem: Be brief.\n")
     return ws.eval(task, str(model))
+
+
+def lm_eval_sampling(ws: Workspace) -> list[str]:
+    """An lm-eval task YAML that samples: retain's scorer decodes greedily only."""
+    data = ws.jsonl("task/d.jsonl", [{"q": "2+2=", "a": "4"}])
+    return ws.eval(ws.write("task/lm.yaml", f"task: sampled\ndataset_path: json\n"
+                            f"dataset_kwargs: {{data_files: {{test: {json.dumps(str(data))}}}}}\n"
+                            "test_split: test\noutput_type: generate_until\ndoc_to_text: '{{q}}'\n"
+                            "doc_to_target: '{{a}}'\ngeneration_kwargs: {until: ['\\n'], do_sample: true}\n"))
 
 
 def adapter_dir(ws: Workspace, config: str | None, base: str | None = None) -> list[str]:
@@ -378,6 +391,28 @@ CASES = [
     Case("task-data-not-utf8", task_data_not_utf8, 2, "d.jsonl:2: not UTF-8 text (byte 0xff"),
     Case("task-chat-template-rejects-system", task_chat_refusing_system, 2,
          "task t: the model's chat template rejected the prompt"),
+    Case("task-metric-of-another-kind", lambda ws: ws.eval(ws.task([{"context": "q", "target": "a"}], "generation",
+                                                                    "metric: acc\n")), 2,
+         "metric: 'acc' is not a generation metric"),
+    Case("task-regex-metric-without-regex", lambda ws: ws.eval(ws.task(
+        [{"context": "q", "target": "a"}], "generation", "metric: regex_match\n")), 2,
+         "answer_regex: required by metric: regex_match"),
+    Case("task-answer-regex-invalid", lambda ws: ws.eval(ws.task(
+        [{"context": "q", "target": "a"}], "generation", "answer_regex: '(unclosed'\n")), 2,
+         "answer_regex: not a valid regular expression"),
+    Case("task-system-without-chat", lambda ws: ws.eval(ws.task(
+        [{"context": "q", "target": "a"}], "generation", "system: Be brief.\n")), 2, "system: needs chat: true"),
+    Case("task-data-file-missing", lambda ws: ws.eval(ws.write(
+        "task/t.yaml", "name: t\nkind: generation\ndata: {test: gone.jsonl}\n")), 2, "test data file not found"),
+    Case("mmlu-unknown-subject", lambda ws: ws.eval("mmlu:geology"), 2, "unknown subject 'geology'"),
+    Case("mmlu-shots-not-a-number", lambda ws: ws.eval("mmlu@five"), 2, "K a number of shots"),
+    Case("mmlu-dev-split", lambda ws: ws.eval("mmlu") + ["--split", "dev"], 2, "MMLU has only a test split"),
+    Case("lm-eval-unknown-task", lambda ws: ws.eval("lm-eval:arc_eazy"), 2, "not a task, group or tag"),
+    Case("lm-eval-yaml-sampling", lm_eval_sampling, 2, "generation_kwargs.do_sample"),
+    Case("lm-eval-yaml-data-missing", lambda ws: ws.eval(ws.write(
+        "task/lm.yaml", "task: nodata\ndataset_path: json\ndataset_kwargs: {data_files: {test: gone.jsonl}}\n"
+        "output_type: loglikelihood_rolling\ndoc_to_text: ''\ndoc_to_target: '{{text}}'\n")), 2,
+         "lm-eval could not build the task"),
     Case("eval-limit-zero", lambda ws: ws.eval("english") + ["--limit", "0"], 2, "--limit: must be >= 1"),
     Case("eval-out-is-a-directory", lambda ws: ["eval", str(ws.model), "--suite", "english", "--out",
                                                 ws.path("out")], 2, "a directory — give the results file's path"),
@@ -482,6 +517,7 @@ def run(argv: list[str], capsys, in_subprocess: bool, cwd: Path) -> tuple[int, s
 def test_bad_input(case: Case, tiny_model, tmp_path, capsys, monkeypatch):
     ws = Workspace(tmp_path / "ws", tiny_model)
     monkeypatch.chdir(ws.root)  # relative paths in a row are relative to its workspace
+    monkeypatch.setenv("RETAIN_MMLU_FILE", str(ws.mmlu))
     argv = case.setup(ws)
     before = snapshot(ws.root, tiny_model)
     code, out, err = run(argv, capsys, case.subprocess, ws.root)
