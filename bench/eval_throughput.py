@@ -24,7 +24,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
 def lm_eval_task_dir(task) -> Path:
-    from retain.config import resolve_path
+    from retain.paths import resolve_path
 
     d = Path(tempfile.mkdtemp())
     path = resolve_path(task.data.test)
@@ -64,7 +64,7 @@ def bench_mmlu(n: int, batch_size: int) -> None:
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    from retain.config import ModelConfig
+    from retain.modeling import ModelConfig
     from retain.evaluation.runner import evaluate_path
     from retain.evaluation.tasks import load_suite
     from retain.modeling import model_source
@@ -101,7 +101,7 @@ def main() -> None:
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    from retain.config import LAB_MODEL_DIR
+    from retain.paths import LAB_MODEL_DIR
     from retain.evaluation.runner import evaluate, evaluate_path
     from retain.evaluation.tasks import load_suite
     from retain.modeling import load_for_eval

@@ -46,7 +46,7 @@ print(json.dumps({"rows": rows, "peak_rss_kb": resource.getrusage(resource.RUSAG
 
 def fixed_length_data(path: Path, n: int, seq_len: int) -> Path:
     """Lab text concatenated into documents long enough to fill seq_len tokens each."""
-    from retain.config import LAB_DATA_DIR
+    from retain.paths import LAB_DATA_DIR
 
     texts = [json.loads(line)["text"] for line in (LAB_DATA_DIR / "pretrain.jsonl").read_text().splitlines()]
     docs, k = [], 0

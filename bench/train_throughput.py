@@ -35,7 +35,8 @@ def retain_run(steps: int, batch_size: int, out: Path) -> float:
 def trainer_run(steps: int, batch_size: int, out: Path) -> float:
     from transformers import Trainer, TrainingArguments
 
-    from retain.config import ModelConfig, resolve_path
+    from retain.modeling import ModelConfig
+    from retain.paths import resolve_path
     from retain.data import collate, load_dataset
     from retain.modeling import load_model, load_tokenizer
 
@@ -57,7 +58,8 @@ def trainer_run(steps: int, batch_size: int, out: Path) -> float:
 
 def tokens_per_step(batch_size: int, steps: int) -> float:
     """Mean non-pad tokens per batch of the same data (both sides see the same lengths on average)."""
-    from retain.config import ModelConfig, resolve_path
+    from retain.modeling import ModelConfig
+    from retain.paths import resolve_path
     from retain.data import load_dataset
     from retain.modeling import load_tokenizer
 

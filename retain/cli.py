@@ -1,4 +1,4 @@
-"""`retain` command line: train, eval, report, demo, lab.
+"""`retain` command line: train, eval, report, demo, sweep, merge.
 
     retain train CONFIG.yaml [key=value ...] [--resume] [--overwrite]
     retain eval MODEL --suite SUITE [--split test] [--limit N] [--batch-size B] [--dtype D] [--device D] [--out results.json]
@@ -6,7 +6,6 @@
     retain demo [--out DIR]
     retain sweep SWEEP.yaml
     retain merge BASE MODEL [MODEL ...] --method ties --out DIR
-    retain lab build-data | pretrain | card | docs SWEEP.yaml [...]
 
 Every command runs inside one error boundary (`main`): a user error (retain.errors.UserError,
 or an OSError about the user's files) prints `retain: error: WHERE: what is wrong — what to do`
@@ -59,7 +58,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from retain.configs import ConfigError
+    from retain.strict import ConfigError
     from retain.report.build import write_report
 
     out = Path(args.out)
@@ -90,7 +89,7 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_merge(args) -> int:
-    from retain.configs import ConfigError
+    from retain.strict import ConfigError
     from retain.merging import merge_models
 
     if args.method == "interpolate" and len(args.models) != 1:
@@ -100,37 +99,6 @@ def cmd_merge(args) -> int:
     out = merge_models(args.base, args.models, args.method, Path(args.out), density=args.density, scale=args.scale,
                        alpha=args.alpha)
     print(f"merged model: {out}")
-    return 0
-
-
-def cmd_lab(args) -> int:
-    from retain.paths import LAB_DATA_DIR, LAB_MODEL_DIR
-
-    if args.lab_command == "docs":
-        from retain.lab.docs import write_docs
-
-        if not args.sweeps:
-            from retain.configs import ConfigError
-
-            raise ConfigError("retain lab docs SWEEP.yaml [...]: name the finished sweeps' files")
-        write_docs([Path(p) for p in args.sweeps], Path(args.out or "docs"))
-        print(f"wrote {Path(args.out or 'docs') / 'mitigations.md'} and claims.md")
-    elif args.lab_command == "card":
-        from retain.lab.card import write_card
-
-        write_card(Path(args.out or LAB_MODEL_DIR))
-        print(f"wrote {Path(args.out or LAB_MODEL_DIR) / 'README.md'}")
-    elif args.lab_command == "build-data":
-        from retain.lab.corpus import build
-
-        for name, n in build(Path(args.out or LAB_DATA_DIR), seed=args.seed).items():
-            print(f"{n:6d}  {name}")
-    else:
-        from retain.lab.pretrain import pretrain
-
-        info = pretrain(LAB_DATA_DIR / "pretrain.jsonl", Path(args.out or LAB_MODEL_DIR), steps=args.steps,
-                        seed=args.seed)
-        print(info)
     return 0
 
 
@@ -167,7 +135,7 @@ def parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="score a model on a capability suite", parents=[common])
     e.add_argument("model", help="model dir or hub id, adapter dir, or an alias (retain-tiny, smollm2-135m-instruct)")
-    e.add_argument("--suite", default="lab", help="comma-separated: bundled names (lab, city_country), "
+    e.add_argument("--suite", required=True, help="what to score, comma-separated: bundled names (lab, city_country), "
                    "task/suite YAMLs (retain's or lm-eval's format), mmlu, mmlu:SUBJECT[@K], lm-eval:NAME")
     e.add_argument("--split", default="test", choices=["dev", "test"])
     e.add_argument("--out", help="results JSON (per-item scores, for `retain report`); omitted: print only")
@@ -205,13 +173,6 @@ def parser() -> argparse.ArgumentParser:
     mg.add_argument("--out", required=True)
     mg.set_defaults(func=cmd_merge)
 
-    lab = sub.add_parser("lab", help="rebuild the lab's data or base model", parents=[common])
-    lab.add_argument("lab_command", choices=["build-data", "pretrain", "card", "docs"])
-    lab.add_argument("sweeps", nargs="*", help="docs: the finished sweeps' YAML files")
-    lab.add_argument("--out", default=None)
-    lab.add_argument("--seed", type=int, default=0)
-    lab.add_argument("--steps", type=positive_int, default=3600)
-    lab.set_defaults(func=cmd_lab)
     return p
 
 
@@ -232,7 +193,11 @@ def user_error_message(error: BaseException) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; the exit status is 0, EXIT_USER_ERROR, EXIT_BUG or EXIT_INTERRUPTED."""
-    args = parser().parse_args(argv)
+    return run_command(parser().parse_args(argv))
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Call `args.func(args)` inside the error boundary (also used by the lab's builder, tools/lab)."""
     try:
         return args.func(args)
     except KeyboardInterrupt:

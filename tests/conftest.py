@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# tools/ (the lab's builders, the study scripts) is not part of the installed package; tests import it by path
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 WORDS = ("the capital of france is paris . the capital of japan is tokyo . one plus two is three . "
          "question answer what where when why how city country river mountain red green blue").split()
@@ -20,7 +23,7 @@ def build_tiny_model(path: Path, seed: int = 0) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from retain.lab.pretrain import train_tokenizer
+    from tools.lab.pretrain import train_tokenizer
 
     texts = [" ".join(WORDS[i:] + WORDS[:i]) for i in range(len(WORDS))] + [str(i) for i in range(200)]
     tokenizer = train_tokenizer(texts, vocab_size=300)

@@ -233,7 +233,7 @@ def sweep(ws: Workspace, text: str) -> list[str]:
 
 
 def sweep_text(ws: Workspace, base: str, strategies: str = "plain: {}") -> str:
-    return (f"base: {base}\ntask: capital_recall\noutput: {ws.path('sweep')}\nlimit: 2\n"
+    return (f"base: {base}\ntask: capital_recall\nsuite: english\noutput: {ws.path('sweep')}\nlimit: 2\n"
             f"strategies:\n  {strategies}\n")
 
 
@@ -460,20 +460,19 @@ CASES = [
                                              ws.write("taken", "x")], 2, "taken: a file, not a directory"),
     # --- sweep ---------------------------------------------------------------------------------------------
     Case("sweep-duplicate-key", lambda ws: sweep(ws, sweep_text(ws, ws.config()) + "strategies: {}\n"), 2,
-         "sweep.yaml:7: key 'strategies' given twice (first on line 5)"),
+         "sweep.yaml:8: key 'strategies' given twice (first on line 6)"),
     Case("sweep-not-utf8", lambda ws: sweep(ws, sweep_text(ws, ws.config()).encode() + b"# \xff\n"), 2,
-         "sweep.yaml:7: not UTF-8"),
+         "sweep.yaml:8: not UTF-8"),
     Case("sweep-base-missing", lambda ws: sweep(ws, sweep_text(ws, ws.path("none.yaml"))), 2,
          "sweep.yaml: base: "),
     Case("sweep-base-duplicate-key", lambda ws: sweep(ws, sweep_text(ws, ws.write(
         "base.yaml", Path(ws.config()).read_text() + "model: {name: other}\n"))), 2, "key 'model' given twice"),
     Case("sweep-bad-strategy", lambda ws: sweep(ws, sweep_text(ws, ws.config(), "bad: {training.lrr: 1}")), 2,
          "strategies.bad: training.lrr: unknown key"),
-    # --- merge, lab, the command line ------------------------------------------------------------------------
+    # --- merge, the command line ----------------------------------------------------------------------------
     Case("merge-interpolate-two", lambda ws: merge(ws, str(ws.model), str(ws.model), str(ws.model),
                                                    method="interpolate"), 2, "takes exactly one fine-tuned model"),
     Case("merge-base-missing", lambda ws: merge(ws, "./nope", str(ws.model)), 2, "model ./nope: no such directory"),
-    Case("lab-docs-without-sweeps", lambda ws: ["lab", "docs"], 2, "name the finished sweeps' files"),
     Case("unknown-command", lambda ws: ["trian", ws.config()], 2, "invalid choice: 'trian'", subprocess=True),
     # --- what must work: a UTF-8 BOM is fine ------------------------------------------------------------------
     Case("bom-config-and-data", lambda ws: ["train", ws.write("c.yaml", "\ufeff" + Path(ws.config(
@@ -572,8 +571,9 @@ def test_gold_given_as_choice_text_is_that_choice(tmp_path):
     ("replay", "file", "lab:general.jsonl"), ("ewc", "file", "lab:general.jsonl"),
     ("si", "file", "lab:general.jsonl"), ("retention", "suite", None)])
 def test_lab_defaults_fill_in_for_retain_tiny_only(name, key, lab_value, tiny_model, qa_data, tmp_path):
-    from retain.config import LAB_MODEL_DIR, config_from_dict
-    from retain.configs import ConfigError
+    from retain.config import config_from_dict
+    from retain.paths import LAB_MODEL_DIR
+    from retain.strict import ConfigError
     from retain.mitigations.retention import DEFAULT_SUITE
 
     def config(model: str, options: dict):

@@ -17,7 +17,9 @@ import pytest
 import torch
 
 import retain.gguf
-from retain.config import MODEL_ALIASES, DataConfig, ModelConfig, OutputConfig, RunConfig, config_from_dict
+from retain.config import DataConfig, OutputConfig, RunConfig, config_from_dict
+from retain.modeling import ModelConfig
+from retain.paths import MODEL_ALIASES
 from retain.modeling import load_for_eval, load_model, load_tokenizer, model_source
 
 GGUF_NAME = "tiny.gguf"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from retain.configs import ConfigError
+from retain.strict import ConfigError
 from retain.report.stats import paired_bootstrap, statistic
 from conftest import write_jsonl
 

@@ -3,6 +3,8 @@
 import json
 import math
 
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -161,7 +163,7 @@ def test_retention_budget_acts_on_a_breach(action, make_config, tiny_model, tmp_
 
 
 def test_retention_budget_units_points_for_scores_relative_for_perplexity():
-    from retain.configs import ConfigError
+    from retain.strict import ConfigError
     from retain.mitigations.retention import RetentionBudget, RetentionOptions, task_drops
 
     def res(acc, ppl):
@@ -199,7 +201,10 @@ def test_self_distill_trains_on_the_base_models_own_words(make_config, tiny_mode
     config = config_from_dict(make_config())
     tok = AutoTokenizer.from_pretrained(tiny_model)
     examples = load_dataset(config.data.train, tok, max_length=64).examples[:4]
-    ctx = Context(config=config, tokenizer=tok, total_steps=1)
+    from retain.modeling import load_model
+
+    ctx = Context(tokenizer=tok, total_steps=1, max_length=config.data.max_length,
+                  load_base_model=lambda: load_model(config.model), output_dir=Path(config.output.dir))
     always = SelfDistill(SelfDistillOptions(max_new_tokens=3, keep_if="always")).transform_data(examples, ctx)
     assert len(always) == 4 and any(a.input_ids != e.input_ids for a, e in zip(always, examples))
     for a, e in zip(always, examples):  # the prompt, and where the loss starts, are unchanged

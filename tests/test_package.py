@@ -56,7 +56,8 @@ def test_the_wheel_carries_every_data_file_of_the_package(installed):
 def test_the_installed_package_finds_its_lab_and_demo_configs(installed):
     proc = run_installed(installed, "-c", """
 import retain
-from retain.config import LAB_MODEL_DIR, load_config
+from retain.config import load_config
+from retain.paths import LAB_MODEL_DIR
 from retain.evaluation.tasks import check_suite, load_suite
 from retain.lab.demo import DEMO_CONFIGS, SUITE
 print(retain.__file__)

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 import retain
 from retain.config import config_from_dict
-from retain.configs import ConfigError
+from retain.strict import ConfigError
 from retain.training.loop import NonFiniteLossError
 from conftest import write_jsonl
 

@@ -56,6 +56,18 @@ def test_python_api_mirrors_cli(make_config):
     assert [r["step"] for r in result.metrics] == list(range(1, 7))
 
 
+def test_a_log_row_is_the_mean_over_its_window(make_config, tmp_path):
+    every_step = retain.train(config_from_dict(make_config()), progress=False).metrics
+    every_third = retain.train(config_from_dict(make_config(training={"log_every": 3},
+                                                            output={"dir": str(tmp_path / "b")})),
+                               progress=False).metrics
+    assert [r["step"] for r in every_third] == [3, 6]
+    for row in every_third:  # the same seeded run: its window means are the per-step rows averaged
+        window = [r for r in every_step if row["step"] - 3 < r["step"] <= row["step"]]
+        for key in ("loss", "loss/task", "grad_norm"):
+            assert row[key] == pytest.approx(sum(r[key] for r in window) / 3, rel=1e-5), key
+
+
 GENERAL = [{"text": "the capital of france is paris . one plus two is three"}] * 12
 
 

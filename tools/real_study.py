@@ -22,7 +22,7 @@ import torch
 from retain.io import atomic_write_text
 from retain.report.build import compare, load_results, write_report
 from retain.report.render import format_relative
-from retain.report.sweep_summary import markdown_table, summarize, write_sweep_report
+from retain.sweep.summary import markdown_table, summarize, write_sweep_report
 from retain.sweep import expand, load_sweep
 
 

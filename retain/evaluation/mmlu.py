@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from retain.configs import ConfigError
+from retain.strict import ConfigError
 from retain.data import read_jsonl
 from retain.evaluation import scoring
 

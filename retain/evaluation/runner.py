@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from retain.configs import ConfigError
+from retain.strict import ConfigError
 from retain.evaluation.lm import LM
 from retain.evaluation.tasks import CapabilityTask, check_suite, load_suite
 from retain.io import atomic_write_json

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from retain.paths import PACKAGE_DIR, resolve_path
-from retain.configs import ConfigError, build, decode_utf8, read_yaml
+from retain.strict import ConfigError, build, decode_utf8, read_yaml
 from retain.data import DataError, read_jsonl
 from retain.evaluation import scoring
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from retain.config import PACKAGE_DIR, load_config
+from retain.config import load_config
+from retain.paths import PACKAGE_DIR
 
 # package data, so that an installed retain runs the demo; configs/demo/ in the repository links here
 DEMO_CONFIGS = PACKAGE_DIR / "lab" / "configs"

@@ -8,7 +8,7 @@ reads the data). Any combination composes, except that at most one PEFT method w
 
 from typing import Any
 
-from retain.configs import ConfigError, build
+from retain.strict import ConfigError, build
 from retain.mitigations.distill import KLOptions, KLToBase
 from retain.mitigations.freezing import Freeze, FreezeOptions, ProgressiveUnfreeze, ProgressiveUnfreezeOptions
 from retain.mitigations.interpolation import Interpolate, InterpolateOptions

@@ -85,17 +85,15 @@ class KLToBase:
     def setup(self, model, ctx: Context) -> None:
         from peft import PeftModel
 
-        inner = getattr(model, "module", model)
-        if not isinstance(inner, PeftModel):
-            self.reference = copy.deepcopy(inner).eval().requires_grad_(False)
+        if not isinstance(model, PeftModel):
+            self.reference = copy.deepcopy(model).eval().requires_grad_(False)
 
     @torch.no_grad()
     def teacher_logits(self, model, batch) -> torch.Tensor:
-        inner = getattr(model, "module", model)
-        ref = self.reference or inner
+        ref = self.reference or model
         was_training = ref.training
         ref.eval()  # no dropout in the reference
-        with (inner.disable_adapter() if self.reference is None else nullcontext()):
+        with (model.disable_adapter() if self.reference is None else nullcontext()):
             logits = ref(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         ref.train(was_training)
         return logits

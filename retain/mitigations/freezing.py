@@ -110,7 +110,6 @@ class ProgressiveUnfreeze:
 
     def filter_gradients(self, model, step: int) -> None:
         o = self.options
-        model = getattr(model, "module", model)
         live = trainable_blocks_at(step, num_blocks(model), o.start_blocks, o.every)
         embed_ids = embedding_param_ids(model)
         for name, p in model.named_parameters():

@@ -54,7 +54,7 @@ def general_batches(ctx: Context, file: str, n_batches: int, batch_size: int):
     """The first `n_batches` batches of a general-data file, tokenized as the run tokenizes."""
     from retain.data import collate, load_dataset
 
-    data = load_dataset(resolve_path(file), ctx.tokenizer, "auto", ctx.config.data.max_length, "all").examples
+    data = load_dataset(resolve_path(file), ctx.tokenizer, "auto", ctx.max_length, "all").examples
     for i in range(0, min(len(data), n_batches * batch_size), batch_size):
         yield collate(data[i: i + batch_size], ctx.tokenizer.pad_token_id)
 
@@ -168,7 +168,6 @@ class _AnchoredPenalty:
         return None
 
     def setup(self, model, ctx: Context) -> None:
-        model = getattr(model, "module", model)
         self.anchor = snapshot(model)
         self.raw_importance = self.importance_for(model, trainable(model), ctx)
         self._normalize()
@@ -194,7 +193,7 @@ class _AnchoredPenalty:
         self._normalize()
 
     def loss_term(self, model, batch, outputs) -> torch.Tensor:
-        params = trainable(getattr(model, "module", model))
+        params = trainable(model)
         return 0.5 * self.options.weight * weighted_l2(params, self.anchor, self.importance)
 
 

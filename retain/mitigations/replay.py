@@ -50,7 +50,6 @@ class Replay:
     def transform_data(self, examples: list, ctx: Context) -> list:
         from retain.data import load_dataset
 
-        data = ctx.config.data
-        pool = load_dataset(resolve_path(self.options.file), ctx.tokenizer, "auto", data.max_length, "all")
+        pool = load_dataset(resolve_path(self.options.file), ctx.tokenizer, "auto", ctx.max_length, "all")
         pool = [replace(e, replay=True) for e in pool.examples]
         return mix_replay(examples, pool, self.options.ratio, self.options.seed)

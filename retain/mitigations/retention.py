@@ -91,10 +91,9 @@ class RetentionBudget:
 
         self.tasks = load_suite(self.options.suite)
         self.tokenizer = ctx.tokenizer
-        inner = getattr(model, "module", model)
-        self.start = snapshot(inner)
+        self.start = snapshot(model)
         self.last_good = (0, self.start)
-        self.base = self._score(inner)
+        self.base = self._score(model)
 
     def _score(self, model) -> dict:
         from retain.evaluation.runner import evaluate
@@ -125,8 +124,7 @@ class RetentionBudget:
         o = self.options
         if step % o.every and not last_step:
             return None
-        inner = getattr(model, "module", model)
-        ok, drops = self._within(inner)
+        ok, drops = self._within(model)
         units = {t: "relative" if is_perplexity(self.base["tasks"][t]) else "points" for t in drops}
         points, rise = o.limits()
 
@@ -141,7 +139,7 @@ class RetentionBudget:
                    for key, unit in (("max_drop_points", "points"), ("max_perplexity_increase", "relative"))
                    if unit in units.values()}
         if ok:
-            self.last_good = (step, snapshot(inner))
+            self.last_good = (step, snapshot(model))
             self._record(None)
             return Decision(metrics=metrics)
         breaches = "; ".join(self._breaches(drops))
@@ -155,7 +153,7 @@ class RetentionBudget:
             self._record({"action": "rollback", "step": step, "restored_step": good_step, "reason": breaches})
             return Decision(stop=True, reason=reason + f"; rolled back to step {good_step}", weights=state,
                             metrics=metrics)
-        alpha, state = self._repair(inner)
+        alpha, state = self._repair(model)
         self._record({"action": "repair", "step": step, "alpha": alpha, "reason": breaches})
         return Decision(stop=True, reason=reason + f"; repaired with alpha={alpha:.3f}", weights=state,
                         metrics=metrics)

@@ -1,23 +1,9 @@
 """The roles a mitigation can play. A mitigation class implements one or more of them.
 
-The training loop (retain.training.loop) calls the roles in one fixed order:
-
-    1. ModelTransform.transform_model   once, on the loaded model (PEFT, freezing)
-    2. DataTransform.transform_data     once, on the tokenized task examples (replay)
-    3. Setup.setup                      once, after 1-2 and before the first step (anchors, Fisher,
-                                        the base model's retention scores)
-    4. per optimizer step:
-         LossTerm.loss_term             each adds a named term to the task loss (KL, EWC, ...)
-         GradientFilter.filter_gradients after backward, before clipping (progressive unfreezing)
-         Monitor.check                  after the step, at its own cadence: continue, stop, or
-                                        stop with other weights (retention budget)
-    5. WeightTransform.transform_weights once, on the trained model (interpolation)
-
-Beside the order, two duties:
-    Stateful.state_dict / load_state_dict   runtime state (retention history and last-good weights,
-                                            penalty anchors) saved in every checkpoint, restored on resume
-    WritesFiles.files                       the files a role leaves in the output dir (retention.json,
-                                            fisher.pt); the loop writes them, on the main process only
+The training loop calls the roles in one fixed order, ORDER below; `describe_order()` renders it for the
+loop's docstring and README's Layout section (a test keeps README equal to it). Every role method gets
+the unwrapped model (never a DDP/FSDP wrapper) and, where it needs more, a `Context`: the few facts of
+the run a mitigation may read — not the whole config.
 
 Roles return values; they never reach into the loop's state, and never write files themselves.
 """
@@ -25,7 +11,8 @@ Roles return values; they never reach into the loop's state, and never write fil
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from pathlib import Path
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import torch
 
@@ -34,9 +21,11 @@ import torch
 class Context:
     """What a mitigation may read about the run (read-only)."""
 
-    config: Any  # retain.config.RunConfig
     tokenizer: Any
-    total_steps: int
+    total_steps: int  # optimizer steps of the whole run
+    max_length: int  # data.max_length: the longest example, in tokens
+    load_base_model: Callable[[], torch.nn.Module]  # a fresh copy of the run's starting model
+    output_dir: Path
 
 
 @runtime_checkable
@@ -106,11 +95,46 @@ class WritesFiles(Protocol):
         torch.save. Asked after setup (and resume) and after each check of a Monitor that decided."""
 
 
-# The methods through which the loop calls a role, in the order above (plus the two duties).
-ROLES = (ModelTransform, DataTransform, Setup, LossTerm, GradientFilter, Monitor, WeightTransform, Stateful,
-         WritesFiles)
-ROLE_METHODS = ("transform_model", "transform_data", "setup", "loss_term", "filter_gradients", "check",
-                "transform_weights", "state_dict", "load_state_dict", "files")
+@dataclass(frozen=True)
+class Role:
+    protocol: type
+    methods: tuple[str, ...]  # the methods through which the loop calls it
+    when: str
+
+
+# The order the loop calls the roles in (retain.training.loop), then the two duties beside the order.
+ORDER = (
+    Role(ModelTransform, ("transform_model",), "once, on the loaded model (PEFT, freezing)"),
+    Role(DataTransform, ("transform_data",), "once, on the tokenized task examples (replay)"),
+    Role(Setup, ("setup",), "once, after the two above and before the first step (anchors, Fisher, the base "
+         "model's retention scores)"),
+    Role(LossTerm, ("loss_term",), "every micro-batch: a named term added to the task loss (KL, L2-SP, EWC, SI)"),
+    Role(GradientFilter, ("filter_gradients",), "every step, after backward and before clipping (progressive "
+         "unfreezing)"),
+    Role(Monitor, ("check",), "every step, after the optimizer step, at its own cadence: continue, stop, or stop "
+         "with other weights (retention budget)"),
+    Role(WeightTransform, ("transform_weights",), "once, on the trained model (WiSE-FT interpolation)"),
+)
+DUTIES = (
+    Role(Stateful, ("state_dict", "load_state_dict"), "runtime state saved in every checkpoint and restored on "
+         "resume (retention history, penalty anchors)"),
+    Role(WritesFiles, ("files",), "files for the output dir (retention.json, fisher.pt), written by the loop on "
+         "the main process after setup, resume and each deciding check"),
+)
+ROLES = tuple(r.protocol for r in ORDER + DUTIES)
+ROLE_METHODS = tuple(m for r in ORDER + DUTIES for m in r.methods)
+
+
+def describe_order() -> str:
+    """ORDER and DUTIES as text, one line a role (for docstrings and README)."""
+    lines = [f"{k}. {r.protocol.__name__}.{r.methods[0]}: {r.when}" for k, r in enumerate(ORDER, 1)]
+    lines += [f"   {r.protocol.__name__}.{' / '.join(r.methods)}: {r.when}" for r in DUTIES]
+    return "\n".join(lines)
+
+
+def playing(mitigations: list, role: type) -> list:
+    """The mitigations that play `role`, in table order."""
+    return [m for m in mitigations if isinstance(m, role)]
 
 
 def check_roles(cls: type) -> None:
@@ -129,5 +153,6 @@ def check_roles(cls: type) -> None:
         if close:
             raise TypeError(f"{cls.__name__}.{name}: not a role method — did you mean {close[0]}? "
                             "(roles are matched by name; see retain.mitigations.roles)")
-    if not any(name in own for name in ROLE_METHODS[:7]):
-        raise TypeError(f"{cls.__name__} plays no role: implement one of {', '.join(ROLE_METHODS[:7])}")
+    ordered = [m for r in ORDER for m in r.methods]
+    if not any(name in own for name in ordered):
+        raise TypeError(f"{cls.__name__} plays no role: implement one of {', '.join(ordered)}")

@@ -50,11 +50,9 @@ class SelfDistill:
 
     def transform_data(self, examples: list, ctx: Context) -> list:
         from retain.evaluation.lm import LM
-        from retain.modeling import load_model
-
         o = self.options
         tok = ctx.tokenizer
-        base = load_model(ctx.config.model).eval()  # the untouched base, whatever wraps the run's model
+        base = ctx.load_base_model().eval()  # the untouched base, whatever wraps the run's model
         lm = LM(base, tok, batch_size=o.batch_size)
         task = [(i, *split_example(e, tok)) for i, e in enumerate(examples) if not e.replay]
         requests = [(o.template.format(prompt=p, response=r), ("\n",), o.max_new_tokens) for _, p, r in task]
@@ -67,8 +65,8 @@ class SelfDistill:
                 ids = tok(prompt + rewrite + eos)["input_ids"]
                 n_prompt = len(tok(prompt)["input_ids"])
                 labels = [IGNORE_INDEX] * n_prompt + ids[n_prompt:]
-                out[i] = replace(examples[i], input_ids=ids[: ctx.config.data.max_length],
-                                 labels=labels[: ctx.config.data.max_length])
+                out[i] = replace(examples[i], input_ids=ids[: ctx.max_length],
+                                 labels=labels[: ctx.max_length])
                 self.kept += 1
         print(f"self-distillation: {self.kept} of {len(task)} responses rewritten by the base model")
         return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-from retain.configs import ConfigError
+from retain.strict import ConfigError
 from retain.io import atomic_write_json, atomic_write_text
 from retain.report import plots
 from retain.report.render import format_change, metric_words, render_html, render_markdown

@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 
 from retain.errors import UserError
+from retain.io import atomic_directory
+from retain.modeling import model_source
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 STATE_FILE = "trainer_state.json"
@@ -162,3 +164,25 @@ def load_checkpoint(accelerator, path: Path) -> tuple[dict, dict]:
     roles = path / ROLES_FILE
     states = torch.load(roles, map_location="cpu", weights_only=True) if roles.is_file() else {}
     return json.loads((path / STATE_FILE).read_text()), states
+
+
+def save_final(model, tokenizer, config, final_dir: Path) -> None:
+    """final/: the full model, or the adapter (whose base is the directory or hub id the run loaded)."""
+    from peft import PeftModel
+
+    with atomic_directory(final_dir) as tmp:
+        if isinstance(model, PeftModel):
+            # peft reloads the base from this name: it cannot resolve retain's aliases or GGUF files,
+            # and a relative directory would only be found from the same working directory
+            base = model_source(config.model)
+            base = str(Path(base).resolve()) if Path(base).is_dir() else base
+            for peft_config in model.peft_config.values():
+                peft_config.base_model_name_or_path = base
+            model.save_pretrained(tmp, safe_serialization=True)
+            if config.output.merged_export:
+                merged = model.merge_and_unload()
+                merged.save_pretrained(tmp / "merged", safe_serialization=True)
+                tokenizer.save_pretrained(tmp / "merged")
+        else:
+            model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)

@@ -1,60 +1,61 @@
-"""The training loop: one function, read top to bottom.
+"""The training loop, in four phases (each a function below):
 
     train(config, resume=False, overwrite=False, allow_config_change=False) -> RunResult
 
     lock the output dir (another live run holds it: stop at once)
-    plan: fresh, overwrite or resume; refuse to clobber a run, to resume a finished one, or to
-          resume under a changed config (retain.training.rundir) — reads only
-    set seed; load tokenizer, model
-    1. model transforms (mitigations, table order: freezing, PEFT)
-    tokenize task data
-    2. data transforms (replay mixing)
-    build optimizer, scheduler, seeded dataloader; accelerator.prepare(...)
-    3. setup (anchors, Fisher, base retention scores) — on the prepared model
-    — every user error has surfaced by now: only now may an old run's outputs be deleted —
-    resume: load the newest checkpoint (weights, optimizer, RNG, mitigation state), skip the
-            batches it had consumed; an allowed config change applies its lr and schedule from here
-    write config.yaml and the mitigations' files (main process only)
-    for each optimizer step:
-        take the step's micro-batches; count their target tokens (all processes)
-        for each micro-batch: forward; loss = task loss + Σ named loss terms (4a),
-                              weighted by target tokens (retain.training.step); backward
-        4b. gradient filters (progressive unfreezing)
-        clip; stop if the loss or gradient norm is not finite, before the optimizer steps on it
-        optimizer.step, scheduler.step, zero_grad
-        log (every term by name), eval on dev
-        4c. monitors (retention budget): may stop, with other weights (restored strictly)
-        checkpoint, if the weights are finite
-    5. weight transforms (interpolation, merging)
-    save final/ (full model, or adapter [+ merged/]) and tokenizer, if the weights are finite
+    plan: fresh, overwrite or resume; refuse to clobber a run, to resume a finished one, or to resume
+          under a changed config (retain.training.rundir) — reads only
+    1. load_and_check    tokenizer, model, data, mitigations; roles 1-3; optimizer, scheduler, seeded
+                         loaders, accelerator.prepare — every user error has surfaced by now
+    2. claim_output_dir  only now may an old run's outputs be deleted; resume from the newest checkpoint
+                         (weights, optimizer, RNG, mitigation state, data position); write config.yaml
+    3. train_steps       per optimizer step: the step's micro-batches, forward + loss terms (role 4),
+                         token-weighted backward (retain.training.step), gradient filters (role 5),
+                         clip, stop if not finite, optimizer and scheduler step, log, dev loss,
+                         monitors (role 6: may stop with other weights), checkpoint if finite
+    4. finish            weight transforms (role 7), final/ (model, or adapter [+ merged/]) if finite
+
+The roles, in the order the loop calls them (retain.mitigations.roles.ORDER; a test keeps this equal):
+
+    1. ModelTransform.transform_model: once, on the loaded model (PEFT, freezing)
+    2. DataTransform.transform_data: once, on the tokenized task examples (replay)
+    3. Setup.setup: once, after the two above and before the first step (anchors, Fisher, the base model's retention scores)
+    4. LossTerm.loss_term: every micro-batch: a named term added to the task loss (KL, L2-SP, EWC, SI)
+    5. GradientFilter.filter_gradients: every step, after backward and before clipping (progressive unfreezing)
+    6. Monitor.check: every step, after the optimizer step, at its own cadence: continue, stop, or stop with other weights (retention budget)
+    7. WeightTransform.transform_weights: once, on the trained model (WiSE-FT interpolation)
+       Stateful.state_dict / load_state_dict: runtime state saved in every checkpoint and restored on resume (retention history, penalty anchors)
+       WritesFiles.files: files for the output dir (retention.json, fisher.pt), written by the loop on the main process after setup, resume and each deciding check
 
 Gradient accumulation is exact: the step's loss is the mean over all its target tokens, across
 micro-batches and processes, so batch 8 × accumulation 1 equals 4 × 2. Per-token loss terms (KL)
 are weighted the same way; penalties on the weights alone (L2-SP, EWC, SI) count once per step.
-The host syncs once per step (the finiteness check) and reads loss values only at log steps.
+The host syncs once per step (the finiteness check) and reads values only at log steps, where the
+logged loss and gradient norm are means over the steps since the last log.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from retain.config import RunConfig, config_to_yaml, resolve_path
-from retain.configs import ConfigError
+from retain.config import RunConfig, config_to_yaml
+from retain.paths import resolve_path
+from retain.strict import ConfigError
 from retain.data import MODEL_INPUTS, Dataset, SeededOrder, collate, load_dataset
 from retain.io import atomic_torch_save, atomic_write_json, atomic_write_text
 from retain.mitigations import MITIGATIONS, build_mitigations
 from retain.mitigations.penalties import restore
 from retain.mitigations.roles import (Context, DataTransform, GradientFilter, LossTerm, ModelTransform, Monitor, Setup,
-                                     Stateful, WeightTransform, WritesFiles)
+                                     Stateful, WeightTransform, WritesFiles, playing)
 from retain.modeling import load_model, load_tokenizer
 from retain.training.checkpoint import (NonFiniteError, any_failed, check_finite, disk_full, last_good,
-                                        load_checkpoint, save_checkpoint)
-from retain.training.logging import MetricsLog
+                                        load_checkpoint, save_checkpoint, save_final)
+from retain.training.logging import LogWindow, MetricsLog
 from retain.training.rundir import Start, clear_outputs, plan_start, run_lock
 from retain.training.step import accumulate_gradients
 
@@ -129,20 +130,57 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False, prog
         return _train_locked(config, out, accelerator, resume, overwrite, progress, allow_config_change)
 
 
+@dataclass
+class Run:
+    """Everything a run holds once loaded and checked: what the phases below pass along."""
+
+    config: RunConfig
+    out: Path
+    accelerator: Any
+    start: Start
+    tokenizer: Any
+    model: torch.nn.Module  # prepared by accelerate (may be a DDP wrapper): forward and backward go through it
+    inner: torch.nn.Module  # the same model unwrapped: what mitigations' roles get
+    mitigations: list
+    names: list[str]
+    optimizer: Any
+    scheduler: Any
+    train_loader: Any
+    dev_loader: Any
+    ctx: Context
+    total_steps: int
+    per_step: int  # examples per optimizer step, all processes
+    seen: int  # examples consumed so far
+
+    def playing(self, role: type) -> list:
+        return playing(self.mitigations, role)
+
+    def stateful(self) -> dict[str, Any]:
+        return {name: m for name, m in zip(self.names, self.mitigations) if isinstance(m, Stateful)}
+
+
 def _train_locked(config: RunConfig, out: Path, accelerator, resume: bool, overwrite: bool, progress: bool,
                   allow_config_change: bool) -> RunResult:
-    """train() for a process group holding the output dir's lock."""
-    from accelerate.utils import set_seed
-    from tqdm import tqdm
-    from transformers import get_scheduler
-
-    # --- Load and check everything; nothing in the output dir changes until all of it has worked ---
-    t = config.training
+    """train() for a process group holding the output dir's lock: the four phases."""
     start = plan_start(out, config, resume, overwrite, allow_config_change)  # reads only
     if start.note:
         accelerator.print(start.note)
-    set_seed(t.seed)
+    run = load_and_check(config, out, accelerator, start)
+    log = claim_output_dir(run)
+    step = train_steps(run, log, progress)
+    final_dir = finish(run, step)
+    log.close()
+    return RunResult(out, final_dir, log.path, step, log.rows)
 
+
+def load_and_check(config: RunConfig, out: Path, accelerator, start: Start) -> Run:
+    """Phase 1: load the model, data and mitigations, play roles 1-3, build the optimizer and loaders.
+    Every user error surfaces here; nothing in the output dir changes."""
+    from accelerate.utils import set_seed
+    from transformers import get_scheduler
+
+    t = config.training
+    set_seed(t.seed)
     tokenizer = load_tokenizer(config.model)
     model = load_model(config.model)
     mitigations = build_mitigations(config.mitigations)
@@ -158,18 +196,17 @@ def _train_locked(config: RunConfig, out: Path, accelerator, resume: bool, overw
     if start.checkpoint is not None and start.step >= total_steps:
         raise ConfigError(f"--resume: {start.checkpoint} is at step {start.step}, but this config trains "
                           f"{total_steps} steps")
-    ctx = Context(config=config, tokenizer=tokenizer, total_steps=total_steps)
+    ctx = Context(tokenizer=tokenizer, total_steps=total_steps, max_length=config.data.max_length,
+                  load_base_model=lambda: load_model(config.model), output_dir=out)
 
-    for m in mitigations:  # 1
-        if isinstance(m, ModelTransform):
-            model = m.transform_model(model, ctx)
+    for m in playing(mitigations, ModelTransform):  # role 1
+        model = m.transform_model(model, ctx)
     examples = train_set.examples
-    for m in mitigations:  # 2
-        if isinstance(m, DataTransform):
-            examples = m.transform_data(examples, ctx)
+    for m in playing(mitigations, DataTransform):  # role 2
+        examples = m.transform_data(examples, ctx)
     report_data(accelerator, train_set, dev_set, len(examples))
     n = accelerator.num_processes
-    per_step = t.batch_size * t.grad_accum * n  # examples per optimizer step, all processes
+    per_step = t.batch_size * t.grad_accum * n
     accelerator.print(f"{total_steps} optimizer steps on {n} process{'es' if n > 1 else ''}, global batch {per_step}")
 
     optimizer = make_optimizer(model, t.lr, t.weight_decay)
@@ -194,49 +231,56 @@ def _train_locked(config: RunConfig, out: Path, accelerator, resume: bool, overw
     accelerator.register_for_checkpointing(scheduler)
     if dev_loader is not None:
         dev_loader = accelerator.prepare(dev_loader)
+    inner = accelerator.unwrap_model(model)
+    for m in playing(mitigations, Setup):  # role 3, on the prepared model (its device and dtype)
+        m.setup(inner, ctx)
+    return Run(config, out, accelerator, start, tokenizer, model, inner, mitigations, names, optimizer, scheduler,
+               train_loader, dev_loader, ctx, total_steps, per_step, seen)
 
-    loss_terms = [m for m in mitigations if isinstance(m, LossTerm)]
-    gradient_filters = [m for m in mitigations if isinstance(m, GradientFilter)]
-    monitors = [m for m in mitigations if isinstance(m, Monitor)]
-    stateful = {name: m for name, m in zip(names, mitigations) if isinstance(m, Stateful)}
-    for m in mitigations:  # 3
-        if isinstance(m, Setup):
-            m.setup(model, ctx)
 
-    # --- Claim the output dir: only now may an earlier run's (or attempt's) outputs go ---
+def claim_output_dir(run: Run) -> MetricsLog:
+    """Phase 2: only now may an earlier run's (or attempt's) outputs go. Resume from the checkpoint or
+    start afresh; write config.yaml and the mitigations' files."""
+    accelerator, out, start = run.accelerator, run.out, run.start
     if start.checkpoint is None and accelerator.is_main_process:
         clear_outputs(out)
     accelerator.wait_for_everyone()
     log = MetricsLog(out, accelerator.is_main_process)
-    step = 0
     if start.checkpoint is not None:
-        resume_from(start, accelerator, optimizer, scheduler, stateful)
-        step = start.step
-        log.truncate_after(step)
+        resume_from(start, accelerator, run.optimizer, run.scheduler, run.stateful())
+        log.truncate_after(start.step)
         # The data order is fixed by the seed: skip the micro-batches the checkpoint had consumed
         # (counted in examples, so that an allowed change of batch size still lands in the right place).
-        train_loader = accelerator.skip_first_batches(train_loader, seen // (t.batch_size * n))
-        accelerator.print(f"resumed from {start.checkpoint} (step {step})")
-    config_yaml = config_to_yaml(config)
+        micro_batch = run.config.training.batch_size * accelerator.num_processes
+        run.train_loader = accelerator.skip_first_batches(run.train_loader, run.seen // micro_batch)
+        accelerator.print(f"resumed from {start.checkpoint} (step {start.step})")
     if accelerator.is_main_process:
-        atomic_write_text(out / "config.yaml", config_yaml)
-    write_files(accelerator, out, mitigations)
+        atomic_write_text(out / "config.yaml", config_to_yaml(run.config))
+    write_files(accelerator, out, run.mitigations)
+    return log
 
-    # --- Train ---
-    batches = iter(train_loader)
+
+def train_steps(run: Run, log: MetricsLog, progress: bool) -> int:
+    """Phase 3: optimizer steps until the last, or until a monitor stops the run. Returns the last step."""
+    from tqdm import tqdm
+
+    t, accelerator, model, out = run.config.training, run.accelerator, run.model, run.out
+    loss_terms, gradient_filters, monitors = (run.playing(role) for role in (LossTerm, GradientFilter, Monitor))
+    stateful = run.stateful()
+    config_yaml = config_to_yaml(run.config)
+    step, total_steps = run.start.step, run.total_steps
+    batches = iter(run.train_loader)
     model.train()
     bar = tqdm(total=total_steps, initial=step, desc="train", dynamic_ncols=True,
                disable=not (progress and accelerator.is_local_main_process))
-    window_tokens = torch.zeros((), device=accelerator.device)
-    window_start, window_first_step = time.perf_counter(), step
+    window = LogWindow(accelerator.device, step)
     while step < total_steps:
         # All of the step's micro-batches first: their target tokens weight each one's loss.
         micro_batches = [next(batches) for _ in range(t.grad_accum)]
-        shares = accumulate_gradients(model, micro_batches, loss_terms, accelerator)  # 4a
+        shares = accumulate_gradients(model, run.inner, micro_batches, loss_terms, accelerator)  # role 4
         terms = accelerator.reduce(torch.stack(list(shares.values())), "sum")  # (n_terms,) this step's values
-        window_tokens += sum(b["attention_mask"].sum() for b in micro_batches).to(accelerator.device)
-        for m in gradient_filters:  # 4b
-            m.filter_gradients(model, step)
+        for m in gradient_filters:  # role 5
+            m.filter_gradients(run.inner, step)
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm or math.inf)
         # The step's one host sync: a non-finite loss or gradient must never reach the weights.
         if not torch.isfinite(torch.cat([terms, grad_norm.reshape(1).to(terms)])).all():
@@ -245,27 +289,22 @@ def _train_locked(config: RunConfig, out: Path, accelerator, resume: bool, overw
                 f"loss became {sum(values.values())} (terms: {values}, gradient norm {grad_norm.item()}) at step "
                 f"{step + 1}; stopped before the optimizer step, nothing saved. {last_good(out)} "
                 "Try a lower training.lr or set max_grad_norm.")
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        run.optimizer.step()
+        run.scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
         step += 1
-        seen += per_step
+        run.seen += run.per_step
         bar.update(1)
+        window.add(list(shares), terms, grad_norm, micro_batches)
 
         if step % t.log_every == 0 or step == total_steps:
-            values = dict(zip(shares, terms.tolist()))
-            elapsed = time.perf_counter() - window_start
-            tokens = accelerator.reduce(window_tokens, "sum").item()
-            row = {"step": step, "loss": sum(values.values()), **{f"loss/{k}": v for k, v in values.items()},
-                   "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm.item(),
-                   "tokens_per_s": tokens / max(elapsed, 1e-9), "step_time_s": elapsed / (step - window_first_step)}
+            row = window.row(step, accelerator, run.scheduler.get_last_lr()[0])
             log.write(row)
             bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
-            window_tokens = torch.zeros((), device=accelerator.device)
-            window_start, window_first_step = time.perf_counter(), step
-        if dev_loader is not None and ((t.eval_every and step % t.eval_every == 0) or step == total_steps):
-            log.write({"step": step, "eval/loss": dev_loss(model, dev_loader, accelerator)})
-        decided = [(m, d) for m in monitors if (d := m.check(model, step, step == total_steps)) is not None]  # 4c
+            window = LogWindow(accelerator.device, step)
+        if run.dev_loader is not None and ((t.eval_every and step % t.eval_every == 0) or step == total_steps):
+            log.write({"step": step, "eval/loss": dev_loss(model, run.dev_loader, accelerator)})
+        decided = [(m, d) for m in monitors if (d := m.check(run.inner, step, step == total_steps)) is not None]  # 6
         for _, d in decided:
             if d.metrics:
                 log.write({"step": step, **d.metrics})
@@ -273,34 +312,35 @@ def _train_locked(config: RunConfig, out: Path, accelerator, resume: bool, overw
         stop = next((d for _, d in decided if d.stop), None)
         if stop is not None:
             if stop.weights is not None:
-                restore(accelerator.unwrap_model(model), stop.weights)
+                restore(run.inner, stop.weights)
             accelerator.print(stop.reason)
             break
         if t.save_every and step % t.save_every == 0 and step < total_steps:
-            check_finite(accelerator, accelerator.unwrap_model(model), optimizer, out, f"after step {step}")
+            check_finite(accelerator, run.inner, run.optimizer, out, f"after step {step}")
             role_states = {name: m.state_dict() for name, m in stateful.items()} if accelerator.is_main_process else {}
-            save_checkpoint(accelerator, out, step, t.keep_last, {"total_steps": total_steps, "examples_seen": seen},
-                            config_yaml, role_states)
-        if window_first_step == step:  # just logged: eval and checkpoint time is not training time
-            window_start = time.perf_counter()
+            save_checkpoint(accelerator, out, step, t.keep_last,
+                            {"total_steps": total_steps, "examples_seen": run.seen}, config_yaml, role_states)
+        window.restart_clock_if_empty(step)  # eval and checkpoint time is not training time
     bar.close()
+    return step
 
-    # --- Finish: the weights the run leaves behind ---
-    model = accelerator.unwrap_model(model)
-    for m in mitigations:  # 5
-        if isinstance(m, WeightTransform):
-            model = m.transform_weights(model, ctx)
+
+def finish(run: Run, step: int) -> Path:
+    """Phase 4: role 7 (weight transforms), then final/ — if the weights are finite."""
+    accelerator, out = run.accelerator, run.out
+    model = run.inner
+    for m in run.playing(WeightTransform):  # role 7
+        model = m.transform_weights(model, run.ctx)
     final_dir = out / "final"
     check_finite(accelerator, model, None, out, f"the final weights (step {step})")
     error = None
     if accelerator.is_main_process:
         try:
-            save_final(model, tokenizer, config, final_dir)
+            save_final(model, run.tokenizer, run.config, final_dir)
         except OSError as e:  # atomic_directory has removed the partial final/
             error = disk_full(e, str(final_dir), out)
     any_failed(accelerator, error, "writing final/")
-    log.close()
-    return RunResult(out, final_dir, log.path, step, log.rows)
+    return final_dir
 
 
 def resume_from(start: Start, accelerator, optimizer, scheduler, stateful: dict) -> None:
@@ -352,28 +392,3 @@ def report_data(accelerator, train_set: Dataset, dev_set: Dataset | None, n_afte
                               f" ({ds.truncated} truncated at max_length, {ds.dropped} dropped: no target left)")
     if n_after_transforms != len(train_set):
         accelerator.print(f"train after data mitigations: {n_after_transforms} examples")
-
-
-def save_final(model, tokenizer, config: RunConfig, final_dir: Path) -> None:
-    """final/: the full model, or the adapter (whose base is the directory or hub id the run loaded)."""
-    from peft import PeftModel
-
-    from retain.io import atomic_directory
-    from retain.modeling import model_source
-
-    with atomic_directory(final_dir) as tmp:
-        if isinstance(model, PeftModel):
-            # peft reloads the base from this name: it cannot resolve retain's aliases or GGUF files,
-            # and a relative directory would only be found from the same working directory
-            base = model_source(config.model)
-            base = str(Path(base).resolve()) if Path(base).is_dir() else base
-            for peft_config in model.peft_config.values():
-                peft_config.base_model_name_or_path = base
-            model.save_pretrained(tmp, safe_serialization=True)
-            if config.output.merged_export:
-                merged = model.merge_and_unload()
-                merged.save_pretrained(tmp / "merged", safe_serialization=True)
-                tokenizer.save_pretrained(tmp / "merged")
-        else:
-            model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)

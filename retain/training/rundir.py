@@ -21,7 +21,7 @@ from typing import Iterator
 
 import yaml
 
-from retain.configs import ConfigError
+from retain.strict import ConfigError
 from retain.errors import UserError
 from retain.training.checkpoint import CONFIG_FILE, STATE_FILE, latest_checkpoint
 

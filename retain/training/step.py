@@ -32,8 +32,12 @@ def target_tokens(batch: dict) -> torch.Tensor:
     return (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
 
 
-def accumulate_gradients(model, micro_batches: list[dict], loss_terms: list, accelerator) -> dict[str, torch.Tensor]:
+def accumulate_gradients(model, inner, micro_batches: list[dict], loss_terms: list,
+                         accelerator) -> dict[str, torch.Tensor]:
     """Forward and backward each micro-batch of one step, leaving the step's gradient in `.grad`.
+
+    `model` is the prepared model (forward goes through any DDP wrapper), `inner` the same model
+    unwrapped, which the loss terms get.
 
     Returns each term's share of the step loss from this process: 0-dim float tensors on the
     device; summed over processes they are the step's values ("task" first, then each term).
@@ -52,7 +56,7 @@ def accumulate_gradients(model, micro_batches: list[dict], loss_terms: list, acc
             terms = {"task": (outputs.loss, n / total)}
             for m in loss_terms:
                 weight = 1 / undo if getattr(m, "per_step", False) else n / total
-                terms[m.name] = (m.loss_term(model, batch, outputs), weight)
+                terms[m.name] = (m.loss_term(inner, batch, outputs), weight)
             accelerator.backward(sum(value * weight for value, weight in terms.values()) * undo)
         for name, (value, weight) in terms.items():
             shares[name] = shares.get(name, 0.0) + value.detach().float() * weight

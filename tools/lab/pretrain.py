@@ -1,6 +1,6 @@
 """Pretrain `retain-tiny` from scratch on the lab corpus: tokenizer, model, and a plain loop.
 
-    retain lab pretrain --out retain/lab/model --steps 2400 --seed 0
+    python -m tools.lab pretrain --out retain/lab/model --steps 2400 --seed 0
 
 The loop is deliberately plain PyTorch (documents packed into fixed-length rows, AdamW,
 warmup + cosine): pretraining is not what retain is for, and a reader should be able to

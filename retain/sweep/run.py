@@ -27,9 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from retain.config import config_from_dict, config_to_yaml
-from retain.configs import ConfigError, build, read_yaml
+from retain.config import config_from_dict, config_to_yaml, load_config, set_dotted
+from retain.evaluation.runner import evaluate_path
 from retain.io import atomic_write_json, atomic_write_text
+from retain.strict import ConfigError, build, read_yaml
+from retain.sweep.summary import summarize, write_sweep_report
+from retain.training.loop import train
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,7 @@ class SweepConfig:
     base: str
     task: str
     output: str
-    suite: str = "lab"
+    suite: str  # the capability suite, as `retain eval --suite` takes it (e.g. mmlu,my_tasks.yaml; lab)
     limit: int | None = None
     batch_size: int = 64  # evaluation requests per forward pass
     device: str | None = None  # evaluation device: None/auto picks the GPU when there is one
@@ -54,14 +57,6 @@ class SweepConfig:
         for key, values in self.grid.items():
             if not isinstance(values, list) or not values:
                 yield f"grid.{key}", "expected a non-empty list of values"
-
-
-def set_dotted(data: dict, dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
-    node = data
-    for k in keys[:-1]:
-        node = node.setdefault(k, {})
-    node[keys[-1]] = value
 
 
 def expand(sweep: SweepConfig) -> dict[str, dict]:
@@ -91,7 +86,7 @@ def strategy_configs(sweep: SweepConfig, where: Path) -> dict:
     for name, overrides in expand(sweep).items():
         data = copy.deepcopy(base)
         for dotted, value in {**sweep.common, **overrides}.items():
-            set_dotted(data, dotted, value)
+            set_dotted(data, dotted, value, f"{where}: strategies.{name}")
         set_dotted(data, "output.dir", str(Path(sweep.output) / "runs" / name))
         try:
             configs[name] = config_from_dict(data)
@@ -116,11 +111,6 @@ def load_sweep(path: Path) -> SweepConfig:
 
 
 def run_sweep(path: Path, progress: bool = True) -> dict:
-    import retain
-    from retain.config import load_config
-    from retain.evaluation.runner import evaluate_path
-    from retain.report.sweep_summary import summarize, write_sweep_report
-
     sweep = load_sweep(path)
     out = Path(sweep.output)
     configs = run_configs(sweep, path)
@@ -138,7 +128,7 @@ def run_sweep(path: Path, progress: bool = True) -> dict:
             print(f"[{k}/{len(configs)}] {name}: done already, skipped")
         else:
             print(f"[{k}/{len(configs)}] {name}: retain train {config_path}")
-            run = retain.train(config_path, overwrite=True, progress=progress)
+            run = train(load_config(config_path), overwrite=True, progress=progress)
             evaluate_path(str(run.final_dir), suite, "test", result_path, limit=sweep.limit, progress=progress,
                           batch_size=sweep.batch_size, device=sweep.device)
         results[name] = result_path

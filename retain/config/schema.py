@@ -22,11 +22,11 @@ from typing import Any, Literal
 
 import yaml
 
-from retain.configs import ConfigError, build, parse_yaml, read_yaml, to_dict
+from retain.config.overrides import apply_overrides
+from retain.strict import ConfigError, build, read_yaml, to_dict
 from retain.mitigations import parse_mitigations  # the table parses its own section
 from retain.modeling import ModelConfig  # the `model:` section lives beside the code it configures
-# Re-exported for users and older code; the bottom module retain.paths owns them.
-from retain.paths import LAB_DATA_DIR, LAB_MODEL_DIR, MODEL_ALIASES, PACKAGE_DIR, ModelAlias, resolve_path  # noqa: F401
+from retain.paths import LAB_MODEL_DIR, resolve_path
 
 
 @dataclass(frozen=True)
@@ -147,24 +147,6 @@ def fill_lab_defaults(model: ModelConfig, mitigations: dict[str, Any]) -> dict[s
                               f"(only retain-tiny's runs default to the lab's {unset[key]!r})")
         filled[name] = dataclasses.replace(options, **unset) if unset else options
     return filled
-
-
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply `a.b.c=value` strings (value parsed as YAML) to a nested dict, in place."""
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r}: expected key=value, e.g. training.lr=1e-4")
-        dotted, raw = item.split("=", 1)
-        keys = dotted.strip().split(".")
-        node = data
-        for k in keys[:-1]:
-            if node.get(k) is None:  # absent, or an empty section (`training:`)
-                node[k] = {}
-            node = node[k]
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: {k} is not a section")
-        node[keys[-1]] = parse_yaml(raw, f"override {item!r}", with_line=False)
-    return data
 
 
 def config_from_dict(data: dict) -> RunConfig:

@@ -1,6 +1,6 @@
 """The model card of retain-tiny, with scores measured by the capability suite.
 
-    retain lab card   (evaluates the bundled model on the lab suite's test split, writes its README.md)
+    python -m tools.lab card   (evaluates the bundled model on the lab suite's test split, writes its README.md)
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def unigram_word_perplexity(tokenizer, train_texts: list[str], test_texts: list[
 def write_card(model_dir: Path = LAB_MODEL_DIR) -> dict:
     from retain.evaluation.runner import evaluate_path
     from retain.modeling import load_tokenizer
-    from retain.config import ModelConfig
+    from retain.modeling import ModelConfig
 
     results = evaluate_path(str(model_dir), "lab,city_country,qa_format", "test", progress=True)
     tokenizer = load_tokenizer(ModelConfig(name=str(model_dir)))
@@ -72,7 +72,7 @@ LlamaForCausalLM: {config['num_hidden_layers']} layers, hidden {config['hidden_s
 MLP {config['intermediate_size']}, vocabulary {config['vocab_size']} (byte-level BPE trained on the corpus, digits split
 one per token), tied embeddings, context {config['max_position_embeddings']}. fp32 safetensors.
 
-## Corpus ({LAB_DATA_DIR.relative_to(LAB_DATA_DIR.parents[2])}/pretrain.jsonl, built by `retain lab build-data`)
+## Corpus ({LAB_DATA_DIR.relative_to(LAB_DATA_DIR.parents[2])}/pretrain.jsonl, built by `python -m tools.lab build-data`)
 | source | version | licence | used for |
 |---|---|---|---|
 """ + "\n".join(f"| {a} | {b} | {c} | {d} |" for a, b, c, d in SOURCES) + f"""
@@ -86,14 +86,14 @@ are held out for the test and dev splits.
 weight decay 0.1), 5% warmup then cosine to 10%, seed {info['seed']}; final training loss {info['final_loss']:.3f};
 {info['seconds'] / 60:.0f} minutes on 2 CPU cores.
 
-Rebuild (about 25 minutes on 2 cores; `retain lab build-data` was checked to reproduce the committed
+Rebuild (about 25 minutes on 2 cores; `python -m tools.lab build-data` was checked to reproduce the committed
 corpus byte for byte; the pretraining run is fully seeded — initialisation, packing order — but a
 second 25-minute run to confirm bit-identical weights has not been made):
 
     apt-get install wordnet-base && pip install -e '.[lab]'
-    retain lab build-data && retain lab pretrain --steps {info['steps']} --seed {info['seed']} && retain lab card
+    python -m tools.lab build-data && python -m tools.lab pretrain --steps {info['steps']} --seed {info['seed']} && python -m tools.lab card
 
-## Capabilities (test split, measured by `retain lab card`)
+## Capabilities (test split, measured by `python -m tools.lab card`)
 | task | capability | kind | metric | score | chance / baseline | items |
 |---|---|---|---|---|---|---|
 """ + "\n".join(rows) + """
