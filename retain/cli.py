@@ -1,11 +1,13 @@
-"""`retain` command line: train, eval, report, demo, sweep, merge.
+"""`retain` command line: train, eval, report, demo, sweep, merge, config.
 
     retain train CONFIG.yaml [key=value ...] [--resume] [--overwrite]
     retain eval MODEL --suite SUITE [--split test] [--limit N] [--batch-size B] [--dtype D] [--device D] [--out results.json]
     retain report BEFORE.json AFTER.json [AFTER2.json ...] --out DIR [--run RUN_DIR]
     retain demo [--out DIR]
     retain sweep SWEEP.yaml
+    retain tune TUNE.yaml [--backend optuna|ray]
     retain merge BASE MODEL [MODEL ...] --method ties --out DIR
+    retain config --explain [KEY]          what a config key means (training.lr, mitigations.lora.r, a section)
 
 Every command runs inside one error boundary (`main`): a user error (retain.errors.UserError,
 or an OSError about the user's files) prints `retain: error: WHERE: what is wrong — what to do`
@@ -88,6 +90,16 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    from retain.tune import run_tune
+
+    summary = run_tune(Path(args.config), backend=args.backend)
+    out = Path(summary["tune"]["report_dir"])
+    print(f"dev Pareto front: {', '.join(summary['pareto_front'])}; recommended: {summary['tune']['recommended']} "
+          f"({out / 'recommended.yaml'}); report: {out / 'report.md'}")
+    return 0
+
+
 def cmd_merge(args) -> int:
     from retain.strict import ConfigError
     from retain.merging import merge_models
@@ -99,6 +111,13 @@ def cmd_merge(args) -> int:
     out = merge_models(args.base, args.models, args.method, Path(args.out), density=args.density, scale=args.scale,
                        alpha=args.alpha)
     print(f"merged model: {out}")
+    return 0
+
+
+def cmd_config(args) -> int:
+    from retain.config.explain import explain
+
+    print(explain(args.explain))
     return 0
 
 
@@ -123,7 +142,13 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="fine-tune from a YAML config", parents=[common])
+    # the section descriptions are the run config's own help (importing retain has loaded it already)
+    from retain.config.explain import sections_text
+
+    t = sub.add_parser("train", help="fine-tune from a YAML config", parents=[common],
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog=f"config sections:\n{sections_text()}\n\n"
+                              "retain config --explain KEY says what a key does, e.g. training.lr")
     t.add_argument("config")
     t.add_argument("overrides", nargs="*", help="dotted key=value, e.g. training.lr=1e-4")
     t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in output.dir")
@@ -163,6 +188,13 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument("config")
     sw.set_defaults(func=cmd_sweep)
 
+    tu = sub.add_parser("tune", help="search recipes (Optuna) for the Pareto front of gain vs forgetting",
+                        parents=[common])
+    tu.add_argument("config", help="a TUNE.yaml: base config, task, suite, search space, trials")
+    tu.add_argument("--backend", choices=["optuna", "ray"], default="optuna",
+                    help="optuna: trials one after another here; ray: on a Ray cluster through Ray Tune")
+    tu.set_defaults(func=cmd_tune)
+
     mg = sub.add_parser("merge", help="interpolate or merge fine-tunes of one base", parents=[common])
     mg.add_argument("base", help="the base model (id, dir, or retain-tiny)")
     mg.add_argument("models", nargs="+", help="fine-tuned model or adapter dirs")
@@ -172,6 +204,12 @@ def parser() -> argparse.ArgumentParser:
     mg.add_argument("--density", type=float, default=0.2, help="ties: share of each task vector kept")
     mg.add_argument("--out", required=True)
     mg.set_defaults(func=cmd_merge)
+
+    c = sub.add_parser("config", help="explain the keys of a run config", parents=[common])
+    # no KEY: the sections; `required` so that a bare `retain config` says what it needs
+    c.add_argument("--explain", metavar="KEY", nargs="?", const="", required=True,
+                   help="a section (training), key (training.lr, mitigations.lora.r) or mitigations")
+    c.set_defaults(func=cmd_config)
 
     return p
 

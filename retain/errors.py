@@ -7,7 +7,7 @@ config key), so the CLI prints it alone and exits 2 (`--debug` adds the tracebac
 
     UserError
       ConfigError   a config, sweep, task or suite YAML (or a command-line value)
-      DataError     a JSONL file or line
+      DataError     a data source (file, folder, hub dataset, Python rows) or one of its records
       ModelError    a model or tokenizer that cannot be loaded or used as it is
       ResultsError  a results file `retain report` cannot use, or results that are not comparable
 
@@ -30,7 +30,7 @@ class ConfigError(UserError, ValueError):
 
 
 class DataError(UserError, ValueError):
-    """Malformed data, phrased as `FILE:LINE: field: what is wrong`."""
+    """Malformed data, phrased as `FILE:LINE: field 'x': what is wrong` (`SOURCE:row N:` for tables)."""
 
 
 class ModelError(UserError, ValueError):

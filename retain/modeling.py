@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -24,14 +24,17 @@ from retain.errors import ModelError
 class ModelConfig:
     """The `model:` section of a run config: which causal LM to start from."""
 
-
-    name: str  # Hugging Face id, local directory, or an alias: "retain-tiny", "smollm2-135m-instruct"
-    # A GGUF file in `name` (a directory or hub repo), e.g. "model.Q4_1.gguf": dequantized once into
-    # retain's cache ($RETAIN_CACHE, else ~/.cache/retain) and loaded from there. An alias may name its own.
-    gguf_file: str | None = None
-    revision: str | None = None
-    trust_remote_code: bool = False  # running a repo's own Python is opt-in
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    name: str = field(metadata={
+        "help": "Hugging Face id, local directory, or an alias: retain-tiny, smollm2-135m-instruct"})
+    # Dequantized once into retain's cache ($RETAIN_CACHE, else ~/.cache/retain) and loaded from there.
+    gguf_file: str | None = field(default=None, metadata={
+        "help": "a GGUF file in `name` (a directory or hub repo), e.g. model.Q4_1.gguf; an alias may name its own"})
+    revision: str | None = field(default=None, metadata={
+        "help": "hub branch, tag or commit to load; null: the default branch"})
+    # opt-in: it executes code from the model's repository
+    trust_remote_code: bool = field(default=False, metadata={"help": "run the model repo's own Python code"})
+    dtype: Literal["float32", "bfloat16", "float16"] = field(default="float32", metadata={
+        "help": "dtype the weights are loaded and trained in (training.bf16 autocasts on top)"})
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

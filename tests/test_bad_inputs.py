@@ -198,6 +198,22 @@ def task_data_not_utf8(ws: Workspace) -> list[str]:
     return ws.eval(ws.write("task/t.yaml", "name: t\nkind: perplexity\ndata: {test: d.jsonl}\n"))
 
 
+def parquet(ws: Workspace, rel: str, rows: list[dict]) -> str:
+    import datasets
+
+    path = ws.root / rel
+    datasets.Dataset.from_list(rows).to_parquet(str(path))
+    return str(path)
+
+
+def dataset_info(ws: Workspace, entry: str) -> str:
+    """A LLaMA-Factory data folder with one entry, `qa`, and data.train naming the entry `entry`."""
+    ws.write("lf/qa.json", json.dumps(QA, indent=2))
+    info = ws.write("lf/dataset_info.json", json.dumps({"qa": {"file_name": "qa.json",
+                                                              "columns": {"prompt": "prompt", "response": "response"}}}))
+    return f"{info}#{entry}"
+
+
 def existing_run(ws: Workspace) -> list[str]:
     ws.write("out/metrics.jsonl", '{"step": 1, "loss": 2.0}\n')
     ws.write("out/final/model.safetensors", b"weights of an earlier run")
@@ -354,6 +370,30 @@ CASES = [
     Case("chat-template-rejects-system", chat_template_refusing_system, 2,
          "chat.jsonl:2: the tokenizer's chat template rejected this conversation (system/user/assistant)"),
     Case("data-chat-without-template", chat_without_template, 2, "data.chat is set, but the tokenizer has no chat"),
+    Case("data-parquet-missing-field", lambda ws: ws.train(data={"train": parquet(
+        ws, "d.parquet", [QA[0], {"prompt": "a", "response": None}])}), 2, "d.parquet:row 2: field 'response': missing"),
+    Case("data-parquet-not-parquet", lambda ws: ws.train(data={"train": ws.write("d.parquet", "prompt,response\n")}), 2,
+         "d.parquet: could not be read as parquet"),
+    Case("data-json-array-missing-field", lambda ws: ws.train(data={"train": ws.write(
+        "d.json", '[\n  {"prompt": "a", "response": "b"},\n  {"prompt": "a"}\n]\n')}), 2,
+         "d.json:3: field 'response': missing"),
+    Case("sharegpt-unknown-role", lambda ws: ws.train(data={"train": ws.jsonl("d.jsonl", [{"conversations": [
+        {"from": "human", "value": "a"}, {"from": "bot", "value": "b"}]}])}), 2,
+         "d.jsonl:1: field 'conversations[1].from': unknown role 'bot' (known: human, user, gpt, assistant, system)"),
+    Case("dataset-info-missing-entry", lambda ws: ws.train(data={"train": dataset_info(ws, "q_a")}), 2,
+         "dataset_info.json#q_a: no dataset named 'q_a' in dataset_info.json (it has: qa)"),
+    Case("hub-dataset-offline", lambda ws: ws.train(data={"train": "hub:retain-test-org/no-such-data:train"}), 2,
+         "hub:retain-test-org/no-such-data:train: not in the Hugging Face datasets cache, and downloads are off"),
+    Case("hub-dataset-without-split", lambda ws: ws.train(data={"train": "hub:retain-test-org/data"}), 2,
+         "data.train: hub:retain-test-org/data: expected hub:ORG/NAME:SPLIT"),
+    Case("python-rows-from-the-cli", lambda ws: ws.train(data={"train": "python:0123abcd"}), 2,
+         "data.train: python:0123abcd: rows that were passed from Python"),
+    Case("preference-pairs-for-sft", lambda ws: ws.train(data={"train": ws.jsonl("p.jsonl", [
+        {"prompt": "a", "chosen": "b", "rejected": "c"}])}), 2, "p.jsonl:1: a preference pair (prompt, chosen, rejected)"),
+    Case("chat-template-file-missing", lambda ws: ws.train(data={"chat_template": ws.path("t.jinja")}), 2,
+         "data.chat_template: file not found"),
+    Case("chat-template-file-syntax", lambda ws: ws.train(data={"chat": True, "chat_template": ws.write(
+        "t.jinja", "{% for m in messages %}\n{{ m['content'] }\n")}), 2, "t.jinja:2: not a valid Jinja template"),
     Case("everything-truncated", lambda ws: ws.train(data={"max_length": 2}), 2, "no example has a target token"),
     Case("dev-bad-line", lambda ws: ws.train(data={"dev": ws.jsonl("dev.jsonl", ["{"])}), 2,
          "dev.jsonl:1: not valid JSON"),

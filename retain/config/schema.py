@@ -1,7 +1,7 @@
 """The run config: one frozen dataclass per YAML section, loaded strictly.
 
     model:        which causal LM to start from
-    data:         the task data (JSONL) and how it becomes tokens
+    data:         the task data (a file, folder, hub dataset or dataset_info.json entry) and how it becomes tokens
     training:     optimiser, schedule, batch, logging and checkpoint cadence
     mitigations:  name -> options, e.g. {lora: {r: 8}, freeze: {embeddings: true}};
                   the names are the keys of retain.mitigations.MITIGATIONS
@@ -23,6 +23,7 @@ from typing import Any, Literal
 import yaml
 
 from retain.config.overrides import apply_overrides
+from retain.data.sources import source_problem  # what a data.train string may name
 from retain.strict import ConfigError, build, read_yaml, to_dict
 from retain.mitigations import parse_mitigations  # the table parses its own section
 from retain.modeling import ModelConfig  # the `model:` section lives beside the code it configures
@@ -31,41 +32,85 @@ from retain.paths import LAB_MODEL_DIR, resolve_path
 
 @dataclass(frozen=True)
 class DataConfig:
-    train: str  # JSONL file; "lab:tasks/city_country/train.jsonl" names a bundled one
-    dev: str | None = None  # eval loss every training.eval_every steps
-    format: Literal["auto", "prompt_response", "alpaca", "chat", "text"] = "auto"
-    max_length: int = 512  # longer examples are truncated, and counted
-    loss_on: Literal["response", "all"] = "response"  # which tokens carry the loss
-    # Render prompt/response and Alpaca records as one user/assistant exchange through the
-    # tokenizer's chat template (what an instruct model sees when it is used).
-    chat: bool = False
+    # The forms a source may take are retain.data.sources'. From Python, retain.train(..., train_data=dataset)
+    # fills `train` in.
+    train: str = field(metadata={
+        "help": "the task data: a file (.jsonl .json .parquet .csv .tsv .arrow .txt), a save_to_disk folder, "
+                "DIR/dataset_info.json#NAME, hub:ORG/NAME:SPLIT, or lab:PATH for a bundled file"})
+    dev: str | None = field(default=None, metadata={
+        "help": "held-out data whose loss is logged every training.eval_every steps; the same forms as train"})
+    format: Literal["auto", "prompt_response", "alpaca", "chat", "sharegpt", "text"] = field(
+        default="auto", metadata={"help": "the records' shape; auto picks one per record by its keys"})
+    max_length: int = field(default=512, metadata={
+        "help": "tokens per example; longer examples are truncated, and counted"})
+    loss_on: Literal["response", "all"] = field(default="response", metadata={
+        "help": "which tokens carry the loss: the response (assistant turns) only, or all of them"})
+    # what an instruct model sees when it is used, so the fine-tune trains on the same rendering
+    chat: bool = field(default=False, metadata={
+        "help": "render prompt/response and Alpaca records as a user/assistant exchange via the chat template"})
+    chat_template: str | None = field(default=None, metadata={
+        "help": "a Jinja file that renders conversations, instead of the tokenizer's own chat template"})
 
     def validate(self):
         for key in ("train", "dev"):
             value = getattr(self, key)
-            if value is not None and not resolve_path(value).is_file():
-                yield key, f"file not found: {resolve_path(value)}"
+            problem = source_problem(value) if value is not None else None
+            if problem:
+                yield key, problem
+        if self.chat_template is not None and not resolve_path(self.chat_template).is_file():
+            yield "chat_template", f"file not found: {resolve_path(self.chat_template)}"
         if self.max_length < 2:
             yield "max_length", f"must be >= 2, got {self.max_length}"
 
 
+TRACKERS = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}  # name -> the module it needs
+
+
+def tracker_problems(report_to: list[str]):
+    """Unknown tracker names, and trackers whose package is not installed (before any model loads)."""
+    import importlib.util
+
+    for name in report_to:
+        if name not in TRACKERS:
+            yield "report_to", f"unknown tracker {name!r}: choose from {', '.join(TRACKERS)}"
+        elif importlib.util.find_spec(TRACKERS[name]) is None:
+            package = {"mlflow": "mlflow (or mlflow-skinny)"}.get(name, name)
+            yield "report_to", f"{name} is not installed — pip install {package}, or drop it from training.report_to"
+    if len(set(report_to)) != len(report_to):
+        yield "report_to", f"a tracker is named twice: {report_to}"
+
+
 @dataclass(frozen=True)
 class TrainingConfig:
-    lr: float = 2e-5
-    epochs: float = 1.0
-    max_steps: int | None = None  # optimizer steps; overrides epochs when set
-    batch_size: int = 8  # per process, per micro-batch
-    grad_accum: int = 1
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
-    max_grad_norm: float | None = 1.0
-    log_every: int = 10
-    eval_every: int = 0  # 0: only at the end (when data.dev is set)
-    save_every: int = 0  # 0: no intermediate checkpoints
-    keep_last: int = 2  # checkpoints kept on disk
-    seed: int = 0
-    bf16: bool = False  # autocast; weights stay in model.dtype
+    lr: float = field(default=2e-5, metadata={"help": "peak learning rate (AdamW), after warmup"})
+    epochs: float = field(default=1.0, metadata={
+        "help": "passes over the training data (fractions allowed); max_steps overrides it"})
+    max_steps: int | None = field(default=None, metadata={
+        "help": "optimizer steps to run; overrides epochs when set"})
+    batch_size: int = field(default=8, metadata={"help": "examples per micro-batch, per process"})
+    grad_accum: int = field(default=1, metadata={
+        "help": "micro-batches per optimizer step (an optimizer step sees batch_size × grad_accum × processes)"})
+    weight_decay: float = field(default=0.0, metadata={
+        "help": "AdamW's decay toward 0 of matrices (not biases or norms), in [0, 1); toward the base: l2sp"})
+    warmup_steps: int = field(default=0, metadata={"help": "optimizer steps of linear warmup from 0 to lr"})
+    scheduler: Literal["cosine", "linear", "constant"] = field(default="cosine", metadata={
+        "help": "the learning rate after warmup: cosine or linear decay to 0, or constant"})
+    max_grad_norm: float | None = field(default=1.0, metadata={
+        "help": "clip the gradient's global norm to this before each step; null: no clipping"})
+    log_every: int = field(default=10, metadata={
+        "help": "log the loss (and each mitigation's term) every N optimizer steps"})
+    eval_every: int = field(default=0, metadata={
+        "help": "loss on data.dev every N optimizer steps; 0: only at the end (when data.dev is set)"})
+    save_every: int = field(default=0, metadata={
+        "help": "checkpoint every N optimizer steps, for --resume; 0: no intermediate checkpoints"})
+    keep_last: int = field(default=2, metadata={"help": "checkpoints kept on disk; older ones are deleted"})
+    seed: int = field(default=0, metadata={"help": "seeds the data order, dropout and the initialisation of adapters"})
+    bf16: bool = field(default=False, metadata={"help": "bfloat16 autocast; the weights stay in model.dtype"})
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"], metadata={
+        "help": "experiment trackers, through accelerate: any of tensorboard, mlflow, wandb ([] for none); "
+                "metrics.jsonl is always written"})
+    project: str = field(default="retain", metadata={
+        "help": "the tracker's project (W&B project, MLflow experiment); the run is named after output.dir"})
 
     def validate(self):
         # nan passes every comparison below and inf "works" until the first step: reject both here
@@ -90,12 +135,15 @@ class TrainingConfig:
             yield "weight_decay", f"must be in [0, 1), got {self.weight_decay}"
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:
             yield "max_grad_norm", f"must be > 0 or null, got {self.max_grad_norm}"
+        yield from tracker_problems(self.report_to)
 
 
 @dataclass(frozen=True)
 class OutputConfig:
-    dir: str
-    merged_export: bool = False  # also write final/merged/ (adapter folded into the weights)
+    dir: str = field(metadata={
+        "help": "the run's directory: config.yaml, metrics.jsonl, checkpoints/, final/ (the model or adapter)"})
+    merged_export: bool = field(default=False, metadata={
+        "help": "with a PEFT method: also write final/merged/, the adapter folded into the weights"})
 
     def validate(self):
         path = Path(self.dir).expanduser()
@@ -112,11 +160,14 @@ class OutputConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    model: ModelConfig
-    data: DataConfig
-    output: OutputConfig
-    training: TrainingConfig = TrainingConfig()
-    mitigations: dict[str, Any] = field(default_factory=dict)  # name -> options dataclass
+    # The help of each section is what `retain train --help` and `retain config --explain` say about it.
+    model: ModelConfig = field(metadata={"help": "which causal LM to start from"})
+    data: DataConfig = field(metadata={"help": "the task data and how it becomes tokens"})
+    output: OutputConfig = field(metadata={"help": "where the run writes"})
+    training: TrainingConfig = field(default=TrainingConfig(), metadata={
+        "help": "optimiser, schedule, batch, logging and checkpoint cadence"})
+    mitigations: dict[str, Any] = field(default_factory=dict, metadata={  # name -> options dataclass
+        "help": "what protects old capabilities: name -> options, e.g. lora: {r: 8}"})
 
 
 LAB_MODEL = "retain-tiny"

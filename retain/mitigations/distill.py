@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -59,11 +59,15 @@ def positions(batch: dict, on: str) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class KLOptions:
-    weight: float = 0.5
-    temperature: float = 1.0
-    direction: Literal["forward", "reverse"] = "forward"
-    apply_to: Literal["task", "replay", "all"] = "all"  # which examples' positions count
-    cache_top_k: int = 0  # > 0: cache the base's top-k log-probs per example (forward KL only)
+    weight: float = field(default=0.5, metadata={"help": "loss += weight · KL, the KL a mean over target positions"})
+    temperature: float = field(default=1.0, metadata={
+        "help": "softens both distributions before the KL; the term is scaled by T² so its gradient keeps its size"})
+    direction: Literal["forward", "reverse"] = field(default="forward", metadata={
+        "help": "forward: KL(base‖fine-tune), covers the base's modes; reverse: KL(fine-tune‖base)"})
+    apply_to: Literal["task", "replay", "all"] = field(default="all", metadata={
+        "help": "whose target positions count: task examples, replay examples, or all"})
+    cache_top_k: int = field(default=0, metadata={
+        "help": "> 0: cache the base's top-k log-probs per example; later epochs skip its forward (forward KL only)"})
 
     def validate(self):
         if self.weight <= 0:
@@ -75,6 +79,8 @@ class KLOptions:
 
 
 class KLToBase:
+    """KL divergence to the frozen base model's next-token distribution, added to the loss."""
+
     name = "kl"
 
     def __init__(self, options: KLOptions):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -45,9 +45,12 @@ def freeze_params(model: torch.nn.Module, embeddings: bool, first_n_blocks: int,
 
 @dataclass(frozen=True)
 class FreezeOptions:
-    embeddings: bool = False
-    first_n_blocks: int = 0  # blocks 0 .. n-1 (closest to the input) stay fixed
-    patterns: tuple[str, ...] = ()  # regexes on parameter names
+    embeddings: bool = field(default=False, metadata={
+        "help": "freeze the input embeddings (and the output head when it is tied to them)"})
+    first_n_blocks: int = field(default=0, metadata={
+        "help": "freeze transformer blocks 0 .. n-1, the ones closest to the input"})
+    patterns: tuple[str, ...] = field(default=(), metadata={
+        "help": "regexes on parameter names (re.search); every parameter one matches is frozen too"})
 
     def validate(self):
         if self.first_n_blocks < 0:
@@ -60,6 +63,8 @@ class FreezeOptions:
 
 
 class Freeze:
+    """Chosen parameters (embeddings, the first blocks, names by regex) never move."""
+
     def __init__(self, options: FreezeOptions):
         self.options = options
 
@@ -79,10 +84,12 @@ def num_blocks(model: torch.nn.Module) -> int:
 
 @dataclass(frozen=True)
 class ProgressiveUnfreezeOptions:
-    every: int = 50  # steps between unfreezing one more block
-    start_blocks: int = 1  # top blocks trainable from step 0
-    train_head: bool = True  # the output head (and final norm) train from step 0
-    train_embeddings: bool = False  # input embeddings never unfreeze unless set
+    every: int = field(default=50, metadata={"help": "optimizer steps between unfreezing one more block"})
+    start_blocks: int = field(default=1, metadata={"help": "blocks (nearest the output) trainable from step 0"})
+    train_head: bool = field(default=True, metadata={
+        "help": "the output head and the final norm train from step 0"})
+    train_embeddings: bool = field(default=False, metadata={
+        "help": "the input embeddings train too; otherwise they never unfreeze"})
 
     def validate(self):
         if self.every < 1:

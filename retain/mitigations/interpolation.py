@@ -4,7 +4,7 @@ Merging several fine-tunes (task arithmetic, TIES) is `retain merge`, in retain.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -27,7 +27,8 @@ def merged_state(model) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
 
 @dataclass(frozen=True)
 class InterpolateOptions:
-    alpha: float = 0.5  # weight of the fine-tune
+    alpha: float = field(default=0.5, metadata={
+        "help": "weight of the fine-tune: (1 − alpha)·base + alpha·tuned; 0 is the base, 1 the fine-tune"})
 
     def validate(self):
         if not 0 <= self.alpha <= 1:

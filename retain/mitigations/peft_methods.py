@@ -7,7 +7,7 @@ can be exported merged; prompt and prefix tuning stay adapters.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from retain.mitigations.roles import Context
 
@@ -24,12 +24,14 @@ def _targets(value):
 
 @dataclass(frozen=True)
 class LoraOptions:
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.0
-    target_modules: tuple[str, ...] | str = "all-linear"  # names, or "all-linear"
-    use_dora: bool = False  # weight-decomposed LoRA
-    use_rslora: bool = False  # alpha / sqrt(r) scaling
+    r: int = field(default=8, metadata={"help": "rank of each adapter's two low-rank matrices"})
+    alpha: int = field(default=16, metadata={"help": "scaling: the update is multiplied by alpha / r"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout on the adapter's input, in [0, 1)"})
+    target_modules: tuple[str, ...] | str = field(default="all-linear", metadata={
+        "help": "module names to adapt (e.g. [q_proj, v_proj]), or \"all-linear\" for every linear layer"})
+    use_dora: bool = field(default=False, metadata={
+        "help": "DoRA: weight-decomposed LoRA (a learned magnitude per output, LoRA on the direction)"})
+    use_rslora: bool = field(default=False, metadata={"help": "rsLoRA: scale by alpha / sqrt(r) instead of alpha / r"})
 
     def validate(self):
         if self.r < 1:
@@ -55,9 +57,10 @@ class Lora:
 
 @dataclass(frozen=True)
 class LowRankOptions:
-    r: int = 8
-    alpha: int = 16
-    target_modules: tuple[str, ...] | str = "all-linear"
+    r: int = field(default=8, metadata={"help": "rank of the low-rank factors"})
+    alpha: int = field(default=16, metadata={"help": "scaling: the update is multiplied by alpha / r"})
+    target_modules: tuple[str, ...] | str = field(default="all-linear", metadata={
+        "help": "module names to adapt (e.g. [q_proj, v_proj]), or \"all-linear\" for every linear layer"})
 
     def validate(self):
         if self.r < 1:
@@ -92,8 +95,10 @@ class LoKr:
 
 @dataclass(frozen=True)
 class IA3Options:
-    target_modules: tuple[str, ...] = ("k_proj", "v_proj", "down_proj")
-    feedforward_modules: tuple[str, ...] = ("down_proj",)  # scaled on their input, the others on output
+    target_modules: tuple[str, ...] = field(default=("k_proj", "v_proj", "down_proj"), metadata={
+        "help": "module names that get a learned scaling vector"})
+    feedforward_modules: tuple[str, ...] = field(default=("down_proj",), metadata={
+        "help": "those of target_modules scaled on their input; the others are scaled on their output"})
 
 
 class IA3:
@@ -112,8 +117,10 @@ class IA3:
 
 @dataclass(frozen=True)
 class OFTOptions:
-    block_size: int = 32  # orthogonal blocks; must divide the layers' input width
-    target_modules: tuple[str, ...] | str = "all-linear"
+    block_size: int = field(default=32, metadata={
+        "help": "size of each orthogonal block; must divide the adapted layers' input width"})
+    target_modules: tuple[str, ...] | str = field(default="all-linear", metadata={
+        "help": "module names to adapt (e.g. [q_proj, v_proj]), or \"all-linear\" for every linear layer"})
 
 
 class OFT:
@@ -132,7 +139,8 @@ class OFT:
 
 @dataclass(frozen=True)
 class VirtualTokensOptions:
-    num_virtual_tokens: int = 16
+    num_virtual_tokens: int = field(default=16, metadata={
+        "help": "trainable virtual tokens: the length of the soft prompt or of each prefix"})
 
     def validate(self):
         if self.num_virtual_tokens < 1:

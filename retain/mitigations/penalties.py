@@ -8,7 +8,7 @@ All three are one penalty, Σ_k importance_k · (θ_k − θ*_k)², with a diffe
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -99,7 +99,8 @@ def synaptic_importance(model: torch.nn.Module, batches, params: dict[str, torch
 
 @dataclass(frozen=True)
 class L2SPOptions:
-    weight: float = 0.01  # loss += weight/2 · Σ (θ − θ0)²
+    weight: float = field(default=0.01, metadata={
+        "help": "loss += weight/2 · Σ (θ − θ0)² over the trainable weights"})
 
     def validate(self):
         if self.weight <= 0:
@@ -108,14 +109,19 @@ class L2SPOptions:
 
 @dataclass(frozen=True)
 class EWCOptions:
-    weight: float = 0.01  # loss += weight/2 · Σ F (θ − θ0)²
-    file: str | None = None  # general data the Fisher is estimated on; required unless retain-tiny
-    batches: int = 16
-    batch_size: int = 8
-    normalize: bool = True  # divide the Fisher by its mean, so `weight` means what it means for L2-SP
-    fisher_in: str | None = None  # online EWC: a fisher.pt from an earlier stage, accumulated with decay
-    decay: float = 1.0  # online EWC's γ: F = γ·F_previous + F_new
-    save_fisher: bool = True  # write <output>/fisher.pt for the next stage
+    weight: float = field(default=0.01, metadata={
+        "help": "loss += weight/2 · Σ F (θ − θ0)², F the diagonal Fisher"})
+    file: str | None = field(default=None, metadata={
+        "help": "general data the Fisher is estimated on (JSONL); required unless the model is retain-tiny"})
+    batches: int = field(default=16, metadata={"help": "batches of `file` the Fisher is averaged over"})
+    batch_size: int = field(default=8, metadata={"help": "examples per Fisher batch"})
+    normalize: bool = field(default=True, metadata={
+        "help": "divide the Fisher by its mean, so `weight` means what it means for L2-SP"})
+    fisher_in: str | None = field(default=None, metadata={
+        "help": "online EWC: the fisher.pt of an earlier stage, accumulated with `decay`"})
+    decay: float = field(default=1.0, metadata={"help": "online EWC's γ: F = γ·F_previous + F_new"})
+    save_fisher: bool = field(default=True, metadata={
+        "help": "write <output.dir>/fisher.pt (before normalising), for the next stage's fisher_in"})
 
     LAB_DEFAULTS: ClassVar[dict] = {"file": ("lab:general.jsonl", GENERAL_DATA_HELP)}  # see config.fill_lab_defaults
 
@@ -132,13 +138,23 @@ class EWCOptions:
 
 @dataclass(frozen=True)
 class SIOptions:
-    weight: float = 0.01
-    file: str | None = None  # general data SI's path integral runs on; required unless retain-tiny
-    steps: int = 16  # SGD steps on general data whose path integral measures importance
-    batch_size: int = 8
-    step_lr: float = 1e-3
-    damping: float = 1e-3
-    normalize: bool = True  # divide Ω by its mean, so `weight` means what it means for L2-SP
+    weight: float = field(default=0.01, metadata={
+        "help": "loss += weight/2 · Σ Ω (θ − θ0)², Ω SI's importance"})
+    file: str | None = field(default=None, metadata={
+        "help": "general data SI's path integral runs on (JSONL); required unless the model is retain-tiny"})
+    steps: int = field(default=16, metadata={
+        "help": "plain SGD steps on `file` whose path integral measures importance (the weights are restored after)"})
+    batch_size: int = field(default=8, metadata={"help": "examples per SGD step"})
+    step_lr: float = field(default=1e-3, metadata={"help": "learning rate of those SGD steps"})
+    damping: float = field(default=1e-3, metadata={
+        "help": "ξ in Ω = Σ −g·Δθ / (Δθ_total² + ξ): keeps weights that barely moved from dominating"})
+    normalize: bool = field(default=True, metadata={
+        "help": "divide Ω by its mean, so `weight` means what it means for L2-SP"})
+    importance_in: str | None = field(default=None, metadata={
+        "help": "SI across stages: the si_importance.pt of an earlier stage, accumulated with `decay`"})
+    decay: float = field(default=1.0, metadata={"help": "across stages: Ω = γ·Ω_previous + Ω_new"})
+    save_importance: bool = field(default=True, metadata={
+        "help": "write <output.dir>/si_importance.pt (before normalising), for the next stage's importance_in"})
 
     LAB_DEFAULTS: ClassVar[dict] = {"file": ("lab:general.jsonl", GENERAL_DATA_HELP)}  # see config.fill_lab_defaults
 
@@ -147,6 +163,16 @@ class SIOptions:
             yield "weight", f"must be > 0, got {self.weight}"
         if self.file is not None and not resolve_path(self.file).is_file():
             yield "file", f"file not found: {resolve_path(self.file)}"
+        if self.importance_in is not None and not resolve_path(self.importance_in).is_file():
+            yield "importance_in", f"file not found: {resolve_path(self.importance_in)}"
+
+
+def accumulate(new: dict[str, torch.Tensor], previous_file: str | None, decay: float) -> dict[str, torch.Tensor]:
+    """decay · previous + new, per weight (a weight the file lacks keeps `new`): online importance."""
+    if not previous_file:
+        return new
+    previous = torch.load(resolve_path(previous_file), map_location="cpu", weights_only=True)
+    return {n: decay * previous[n].to(v.device) + v if n in previous else v for n, v in new.items()}
 
 
 class _AnchoredPenalty:
@@ -198,19 +224,20 @@ class _AnchoredPenalty:
 
 
 class L2SP(_AnchoredPenalty):
+    """L2-SP: pull every trainable weight back toward its starting value."""
+
     name = "l2sp"
 
 
 class EWC(_AnchoredPenalty):
+    """EWC: pull weights back toward the start, each by its Fisher importance on general data."""
+
     name = "ewc"
 
     def importance_for(self, model, params, ctx: Context):
         o = self.options
         fisher = diagonal_fisher(model, general_batches(ctx, o.file, o.batches, o.batch_size), params)
-        if o.fisher_in:
-            previous = torch.load(resolve_path(o.fisher_in), map_location="cpu", weights_only=True)
-            fisher = {n: o.decay * previous[n].to(f.device) + f if n in previous else f for n, f in fisher.items()}
-        return fisher
+        return accumulate(fisher, o.fisher_in, o.decay)
 
     def files(self) -> dict:
         """fisher.pt, the raw Fisher (before normalisation), for an online-EWC next stage."""
@@ -220,9 +247,18 @@ class EWC(_AnchoredPenalty):
 
 
 class SI(_AnchoredPenalty):
+    """Synaptic intelligence: pull weights back toward the start, each by its path-integral importance."""
+
     name = "si"
 
     def importance_for(self, model, params, ctx: Context):
         o = self.options
-        return synaptic_importance(model, general_batches(ctx, o.file, o.steps, o.batch_size), params, o.step_lr,
-                                   o.damping)
+        omega = synaptic_importance(model, general_batches(ctx, o.file, o.steps, o.batch_size), params, o.step_lr,
+                                    o.damping)
+        return accumulate(omega, o.importance_in, o.decay)
+
+    def files(self) -> dict:
+        """si_importance.pt, the raw Ω (before normalisation), for a next stage's importance_in."""
+        if not self.options.save_importance or self.raw_importance is None:
+            return {}
+        return {"si_importance.pt": {n: v.cpu() for n, v in self.raw_importance.items()}}

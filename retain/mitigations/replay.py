@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 from retain.paths import resolve_path
@@ -29,9 +29,11 @@ def mix_replay(task: list, pool: list, ratio: float, seed: int) -> list:
 
 @dataclass(frozen=True)
 class ReplayOptions:
-    ratio: float = 0.15  # share of the training examples that are general data
-    file: str | None = None  # JSONL of general data, any shape retain reads; required unless retain-tiny
-    seed: int = 0
+    ratio: float = field(default=0.15, metadata={
+        "help": "share of the mixed training examples that are general data, in (0, 1)"})
+    file: str | None = field(default=None, metadata={
+        "help": "JSONL of general data, any shape retain reads; required unless the model is retain-tiny"})
+    seed: int = field(default=0, metadata={"help": "seed for drawing the replay examples from the file"})
 
     # what retain.config.fill_lab_defaults fills in for retain-tiny (and asks any other model for)
     LAB_DEFAULTS: ClassVar[dict] = {"file": ("lab:general.jsonl", GENERAL_DATA_HELP)}
@@ -44,6 +46,8 @@ class ReplayOptions:
 
 
 class Replay:
+    """General data mixed back into the task data, at an exact share of the examples."""
+
     def __init__(self, options: ReplayOptions):
         self.options = options
 

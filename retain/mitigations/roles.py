@@ -26,6 +26,7 @@ class Context:
     max_length: int  # data.max_length: the longest example, in tokens
     load_base_model: Callable[[], torch.nn.Module]  # a fresh copy of the run's starting model
     output_dir: Path
+    dev_examples: list | None = None  # the tokenized data.dev examples, if the run has a dev set
 
 
 @runtime_checkable

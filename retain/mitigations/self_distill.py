@@ -8,7 +8,7 @@ the run learns the task in a distribution close to the model's own, which change
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import torch
@@ -19,11 +19,14 @@ from retain.mitigations.roles import Context
 
 @dataclass(frozen=True)
 class SelfDistillOptions:
-    template: str = "{prompt}{response}\n{prompt}"  # what the base model continues
-    keep_if: Literal["contains_answer", "always"] = "contains_answer"
-    answer: Literal["last_word", "whole"] = "last_word"  # what of the original must survive
-    max_new_tokens: int = 32
-    batch_size: int = 32
+    template: str = field(default="{prompt}{response}\n{prompt}", metadata={
+        "help": "what the base model continues: the example as a demonstration, then the prompt; needs {prompt}"})
+    keep_if: Literal["contains_answer", "always"] = field(default="contains_answer", metadata={
+        "help": "contains_answer: keep a rewrite only if it still holds the original's answer; always: keep all"})
+    answer: Literal["last_word", "whole"] = field(default="last_word", metadata={
+        "help": "what of the original response must survive in the rewrite: its last word, or all of it"})
+    max_new_tokens: int = field(default=32, metadata={"help": "longest rewrite the base model may generate, in tokens"})
+    batch_size: int = field(default=32, metadata={"help": "prompts per generation batch"})
 
     def validate(self):
         if "{prompt}" not in self.template:
@@ -44,6 +47,8 @@ def split_example(example, tokenizer) -> tuple[str, str]:
 
 
 class SelfDistill:
+    """Train on the base model's own rewording of each task response (SDFT)."""
+
     def __init__(self, options: SelfDistillOptions):
         self.options = options
         self.kept = 0

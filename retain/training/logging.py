@@ -1,5 +1,5 @@
-"""metrics.jsonl (one row per logged step, rewritten atomically), TensorBoard events, and the window of
-steps a log row averages over."""
+"""metrics.jsonl (one row per logged step, rewritten atomically), the experiment trackers, and the window
+of steps a log row averages over."""
 
 from __future__ import annotations
 
@@ -10,20 +10,21 @@ from pathlib import Path
 import torch
 
 from retain.io import atomic_write_text
+from retain.strict import to_dict
 
 
 class MetricsLog:
-    def __init__(self, output_dir: Path, enabled: bool):
-        self.path = output_dir / "metrics.jsonl"
-        self.enabled = enabled
-        self.rows: list[dict] = []
-        self._writer = None
-        if enabled and self.path.exists():
-            self.rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
-        if enabled:
-            from torch.utils.tensorboard import SummaryWriter
+    """metrics.jsonl on the main process, and every row to the run's trackers (accelerate's: TensorBoard,
+    MLflow, W&B), started here — after the output dir is claimed — with the run's config as parameters."""
 
-            self._writer = SummaryWriter(log_dir=str(output_dir / "tensorboard"))
+    def __init__(self, output_dir: Path, accelerator, config: dict):
+        self.path = output_dir / "metrics.jsonl"
+        self.enabled = accelerator.is_main_process
+        self.accelerator = accelerator
+        self.rows: list[dict] = []
+        if self.enabled and self.path.exists():
+            self.rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        accelerator.init_trackers(output_dir.name, config=config)
 
     def truncate_after(self, step: int) -> None:
         """On resume: forget rows from steps the checkpoint had not reached."""
@@ -34,9 +35,8 @@ class MetricsLog:
         if not self.enabled:
             return
         self.rows.append(row)
-        for key, value in row.items():
-            if key != "step" and isinstance(value, (int, float)):
-                self._writer.add_scalar(key, value, row["step"])
+        scalars = {k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float))}
+        self.accelerator.log(scalars, step=row["step"])
         self._flush()
 
     def _flush(self) -> None:
@@ -45,8 +45,35 @@ class MetricsLog:
             atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.rows))
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
+        self.accelerator.end_training()
+
+
+def make_trackers(training, output_dir: Path) -> list:
+    """accelerate trackers for `training.report_to`, each named for the run (its output dir's name):
+    TensorBoard events in <output>/tensorboard, an MLflow run in experiment `training.project` (where
+    MLFLOW_TRACKING_URI points; mlflow's default is ./mlruns), a W&B run in project `training.project`."""
+    from accelerate.tracking import MLflowTracker, TensorBoardTracker, WandBTracker
+
+    run_name = output_dir.resolve().name
+    made = {"tensorboard": lambda: TensorBoardTracker("tensorboard", output_dir),
+            "mlflow": lambda: MLflowTracker(experiment_name=training.project, run_name=run_name),
+            "wandb": lambda: WandBTracker(training.project, name=run_name)}
+    return [made[name]() for name in training.report_to]
+
+
+def tracker_config(config) -> dict:
+    """The run config as flat `section.key` parameters of scalar types (what every tracker accepts)."""
+    flat: dict = {}
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict) and value:
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), inner)
+        else:
+            flat[prefix] = value if isinstance(value, (int, float, str, bool)) else str(value)
+
+    walk("", to_dict(config))
+    return flat
 
 
 class LogWindow:

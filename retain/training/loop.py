@@ -53,9 +53,11 @@ from retain.mitigations.penalties import restore
 from retain.mitigations.roles import (Context, DataTransform, GradientFilter, LossTerm, ModelTransform, Monitor, Setup,
                                      Stateful, WeightTransform, WritesFiles, playing)
 from retain.modeling import load_model, load_tokenizer
+from retain.training.carryover import load_optimizer_moments
+from retain.training.carryover import save_optimizer_state as save_optimizer_state_file
 from retain.training.checkpoint import (NonFiniteError, any_failed, check_finite, disk_full, last_good,
                                         load_checkpoint, save_checkpoint, save_final)
-from retain.training.logging import LogWindow, MetricsLog
+from retain.training.logging import LogWindow, MetricsLog, make_trackers, tracker_config
 from retain.training.rundir import Start, clear_outputs, plan_start, run_lock
 from retain.training.step import accumulate_gradients
 
@@ -97,7 +99,8 @@ def make_accelerator(config: RunConfig):
     from accelerate import Accelerator
 
     return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if config.training.bf16 else "no",
-                       gradient_accumulation_steps=config.training.grad_accum)
+                       gradient_accumulation_steps=config.training.grad_accum,
+                       log_with=make_trackers(config.training, Path(config.output.dir)) or None)
 
 
 @torch.no_grad()
@@ -115,19 +118,24 @@ def dev_loss(model, dataloader, accelerator) -> float:
 
 
 def train(config: RunConfig, resume: bool = False, overwrite: bool = False, progress: bool = True,
-          allow_config_change: bool = False) -> RunResult:
+          allow_config_change: bool = False, monitors: tuple = (), optimizer_state_in: Path | None = None,
+          save_optimizer_state: bool = False) -> RunResult:
     """Run the whole fine-tune of `config`; with `resume`, continue from the newest checkpoint.
 
     A fresh run refuses an output directory that already holds a run (nothing is lost by
     accident); `overwrite` replaces it, but only once the new run's data, model and mitigations
     have loaded. `resume` refuses a finished run, and a config that differs from the
     checkpoint's unless `allow_config_change` (then the new values apply from the resumed step).
-    The output directory is locked for the run's duration.
+    The output directory is locked for the run's duration. `monitors`: Monitor objects (role 6) checked
+    after the config's own, not part of the config (the tuner's dev check that prunes a trial).
+    `optimizer_state_in`: a fresh (not resumed) run starts from this optimizer.pt's per-weight state instead
+    of zeros; `save_optimizer_state`: write <output.dir>/optimizer.pt at the end (retain.training.carryover).
     """
     out = Path(config.output.dir)
     accelerator = make_accelerator(config)
     with run_lock(out, accelerator):
-        return _train_locked(config, out, accelerator, resume, overwrite, progress, allow_config_change)
+        return _train_locked(config, out, accelerator, resume, overwrite, progress, allow_config_change, monitors,
+                             optimizer_state_in, save_optimizer_state)
 
 
 @dataclass
@@ -160,15 +168,20 @@ class Run:
 
 
 def _train_locked(config: RunConfig, out: Path, accelerator, resume: bool, overwrite: bool, progress: bool,
-                  allow_config_change: bool) -> RunResult:
+                  allow_config_change: bool, monitors: tuple = (), optimizer_state_in: Path | None = None,
+                  save_optimizer_state: bool = False) -> RunResult:
     """train() for a process group holding the output dir's lock: the four phases."""
     start = plan_start(out, config, resume, overwrite, allow_config_change)  # reads only
     if start.note:
         accelerator.print(start.note)
     run = load_and_check(config, out, accelerator, start)
+    if optimizer_state_in is not None and start.checkpoint is None:  # a resumed run has its own in the checkpoint
+        load_optimizer_moments(run.optimizer, optimizer_state_in)  # before claiming: a bad file changes nothing
     log = claim_output_dir(run)
-    step = train_steps(run, log, progress)
+    step = train_steps(run, log, progress, monitors)
     final_dir = finish(run, step)
+    if save_optimizer_state and accelerator.is_main_process:
+        save_optimizer_state_file(run.optimizer, out)
     log.close()
     return RunResult(out, final_dir, log.path, step, log.rows)
 
@@ -182,22 +195,28 @@ def load_and_check(config: RunConfig, out: Path, accelerator, start: Start) -> R
     t = config.training
     set_seed(t.seed)
     tokenizer = load_tokenizer(config.model)
+    if config.data.chat_template:
+        # The override is the model's template from now on: general data (replay, Fisher) renders with it,
+        # and final/ saves it, so the fine-tune is used the way it was trained.
+        tokenizer.chat_template = resolve_path(config.data.chat_template).read_text(encoding="utf-8")
+
+    def load(path):
+        return load_dataset(path, tokenizer, config.data.format, config.data.max_length, config.data.loss_on,
+                            config.data.chat, config.data.chat_template)
+
+    # The data first: a bad row is an error before the model takes time and memory to load.
+    train_set = load(config.data.train)
+    dev_set = load(config.data.dev) if config.data.dev else None
     model = load_model(config.model)
     mitigations = build_mitigations(config.mitigations)
     names = [name for name in MITIGATIONS if name in config.mitigations]  # build_mitigations' order
-
-    def load(path):
-        return load_dataset(resolve_path(path), tokenizer, config.data.format, config.data.max_length,
-                            config.data.loss_on, config.data.chat)
-
-    train_set = load(config.data.train)
-    dev_set = load(config.data.dev) if config.data.dev else None
     total_steps = total_steps_for(config, len(train_set), accelerator.num_processes)
     if start.checkpoint is not None and start.step >= total_steps:
         raise ConfigError(f"--resume: {start.checkpoint} is at step {start.step}, but this config trains "
                           f"{total_steps} steps")
     ctx = Context(tokenizer=tokenizer, total_steps=total_steps, max_length=config.data.max_length,
-                  load_base_model=lambda: load_model(config.model), output_dir=out)
+                  load_base_model=lambda: load_model(config.model), output_dir=out,
+                  dev_examples=dev_set.examples if dev_set else None)
 
     for m in playing(mitigations, ModelTransform):  # role 1
         model = m.transform_model(model, ctx)
@@ -245,7 +264,7 @@ def claim_output_dir(run: Run) -> MetricsLog:
     if start.checkpoint is None and accelerator.is_main_process:
         clear_outputs(out)
     accelerator.wait_for_everyone()
-    log = MetricsLog(out, accelerator.is_main_process)
+    log = MetricsLog(out, accelerator, tracker_config(run.config))
     if start.checkpoint is not None:
         resume_from(start, accelerator, run.optimizer, run.scheduler, run.stateful())
         log.truncate_after(start.step)
@@ -260,12 +279,13 @@ def claim_output_dir(run: Run) -> MetricsLog:
     return log
 
 
-def train_steps(run: Run, log: MetricsLog, progress: bool) -> int:
+def train_steps(run: Run, log: MetricsLog, progress: bool, extra_monitors: tuple = ()) -> int:
     """Phase 3: optimizer steps until the last, or until a monitor stops the run. Returns the last step."""
     from tqdm import tqdm
 
     t, accelerator, model, out = run.config.training, run.accelerator, run.model, run.out
     loss_terms, gradient_filters, monitors = (run.playing(role) for role in (LossTerm, GradientFilter, Monitor))
+    monitors = [*monitors, *extra_monitors]
     stateful = run.stateful()
     config_yaml = config_to_yaml(run.config)
     step, total_steps = run.start.step, run.total_steps

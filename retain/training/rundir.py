@@ -33,7 +33,8 @@ except ImportError:  # not POSIX: runs are not locked against each other
 LOCK_FILE = "run.lock"
 # What a run writes (the lock aside). `--overwrite` deletes exactly these, so that no file of the
 # old run (a retention.json, a fisher.pt) is later read as the new run's.
-RUN_OUTPUTS = ("final", "checkpoints", "metrics.jsonl", "tensorboard", "config.yaml", "retention.json", "fisher.pt")
+RUN_OUTPUTS = ("final", "checkpoints", "metrics.jsonl", "tensorboard", "config.yaml", "retention.json", "fisher.pt",
+               "si_importance.pt", "optimizer.pt")
 # A directory holding any of these holds a run that a fresh start would destroy.
 RUN_MARKERS = ("metrics.jsonl", "checkpoints", "final")
 # Keys that change only what is logged or saved, never what is trained: free to change on resume.

@@ -1,0 +1,209 @@
+"""What a study found, decided on the dev split and reported on the test split.
+
+    trials/*.json       every trial's dev gain and forgetting (whichever backend ran it)
+    -> the dev Pareto front (gain up, forgetting down) and the recommended recipe: the most dev gain within the
+       budget (none within it: the best penalised; no budget: the most gain minus forgetting)
+    -> the front, the reference run and the base scored on the test split; retain.sweep.summary gives the
+       paired CIs (no choice is made on test: its numbers only report the dev-chosen recipes)
+    -> summary.json, summary.md + pareto.png (test), report.md, trials.png (dev), importance.json,
+       recommended.yaml (a run config, ready for `retain train`)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from retain.evaluation.runner import evaluate_path
+from retain.io import atomic_write_json, atomic_write_text
+from retain.report.stats import paired_bootstrap
+from retain.sweep.summary import markdown_table, pareto_front, retained_change, summarize, write_sweep_report
+from retain.tune.trial import REFERENCE, Tuning, measure, read_json
+
+
+def load_records(out: Path) -> list[dict]:
+    """Every trial's record but the reference's, in the order they finished."""
+    paths = sorted((out / "trials").glob("*.json"), key=lambda p: p.stat().st_mtime)
+    return [read_json(p) for p in paths if p.stem != REFERENCE]
+
+
+def recommend(records: list[dict], budget: float | None, penalty: float) -> str | None:
+    """The recipe to use, on dev numbers only. Ties go to less forgetting, so the choice is on the front."""
+    done = [r for r in records if r["state"] == "complete"]
+    if not done:
+        return None
+    if budget is None:
+        return max(done, key=lambda r: (r["gain"] - r["forgetting"], -r["forgetting"]))["name"]
+    within = [r for r in done if r["forgetting"] <= budget]
+    if within:
+        return max(within, key=lambda r: (r["gain"], -r["forgetting"]))["name"]
+    return max(done, key=lambda r: (r["gain"] - penalty * (r["forgetting"] - budget), -r["forgetting"]))["name"]
+
+
+def importances(tuning: Tuning, records: list[dict]) -> dict:
+    """Optuna's importance of each searched key for the dev gain, the dev forgetting (and the objective), from the
+    finished trials (fANOVA, seeded, when scikit-learn is there; else Optuna's default evaluator)."""
+    import optuna
+
+    done = [r for r in records if r["state"] == "complete"]
+    targets = {"dev gain": lambda r: r["gain"], "dev forgetting": lambda r: r["forgetting"]}
+    if tuning.tune.objective.kind == "constrained":
+        targets["objective"] = lambda r: r["value"]
+    by_key = {p.key: p for p in tuning.space.params}
+    try:
+        import sklearn  # noqa: F401
+
+        evaluator, name = optuna.importance.FanovaImportanceEvaluator(seed=tuning.tune.seed), "fANOVA"
+    except ImportError:
+        evaluator, name = None, "Optuna's default"
+    out: dict = {"evaluator": name, "trials": len(done)}
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for target, get in targets.items():
+        study = optuna.create_study(direction="maximize")
+        for r in done:
+            study.add_trial(optuna.trial.create_trial(
+                params=r["params"], value=get(r),
+                distributions={k: by_key[k].distribution() for k in r["params"]}))
+        try:
+            out[target] = optuna.importance.get_param_importances(study, evaluator=evaluator)
+        except (ValueError, RuntimeError) as e:  # too few trials, or none that vary
+            out[target] = {"error": str(e)}
+    return out
+
+
+def score_on_test(tuning: Tuning, names: list[str]) -> dict[str, Path]:
+    """Test results of the base model and of each run in `names` (cached: a rerun scores nothing twice)."""
+    t, out = tuning.tune, tuning.out
+    paths = {}
+    for name in ["base", *names]:
+        path = out / "test" / f"{name}.json"
+        if not path.is_file():
+            model = (read_json(out / "dev" / "base.json")["model"] if name == "base"
+                     else str(out / "runs" / name / "final"))
+            print(f"scoring {name} on the test split")
+            evaluate_path(model, tuning.suite, "test", path, limit=t.limit, progress=tuning.progress,
+                          batch_size=t.batch_size, device=t.device)
+        paths[name] = path
+    return paths
+
+
+def against_reference(tuning: Tuning, paths: dict[str, Path], name: str) -> dict:
+    """The recipe vs the reference run on the same test items: shares of its gain and forgetting, and the
+    paired differences (bootstrap 95% CIs) of task score and pooled retained score."""
+    task = tuning.task
+    ref, rec, base = (read_json(paths[n]) for n in (REFERENCE, name, "base"))
+    metric = ref["tasks"][task]["primary_metric"]
+    task_diff = paired_bootstrap(ref["tasks"][task]["items"], rec["tasks"][task]["items"], metric)
+    retained_diff, _ = retained_change(ref, rec, task)
+    (ref_gain, ref_loss), (gain, loss) = measure(base, ref, task), measure(base, rec, task)
+    gains, losses = [ref_gain, gain], [ref_loss, loss]
+    return {"reference_gain": gains[0], "gain": gains[1], "gain_share": gains[1] / gains[0] if gains[0] else None,
+            "reference_forgetting": losses[0], "forgetting": losses[1],
+            "forgetting_share": losses[1] / losses[0] if losses[0] > 0 else None,
+            "task_vs_reference": [100 * task_diff.delta, 100 * task_diff.ci_low, 100 * task_diff.ci_high],
+            "retained_vs_reference": [100 * retained_diff.delta, 100 * retained_diff.ci_low,
+                                      100 * retained_diff.ci_high]}
+
+
+def write_report(tuning: Tuning) -> dict:
+    out, t = tuning.out, tuning.tune
+    records = load_records(out)
+    done = {r["name"]: r for r in records if r["state"] == "complete"}
+    front = pareto_front({n: (r["gain"], r["forgetting"]) for n, r in done.items()})
+    chosen = recommend(records, tuning.budget, t.objective.penalty)
+    shown = [REFERENCE, *front, *([chosen] if chosen and chosen not in front else [])]
+    paths = score_on_test(tuning, shown)
+    summary = summarize(paths["base"], {n: paths[n] for n in shown}, task=tuning.task)
+    summary["pareto_front"] = front  # the dev front: test numbers report it, they do not choose it
+    reference = read_json(out / "trials" / f"{REFERENCE}.json")
+    summary["tune"] = {
+        "recommended": chosen, "budget_points": tuning.budget, "objective": t.objective.kind, "report_dir": str(out),
+        "reference_dev": {"gain": reference["gain"], "forgetting": reference["forgetting"]},
+        "trials": {r["name"]: {k: r.get(k) for k in ("state", "reason", "gain", "forgetting", "value", "overrides")}
+                   for r in records},
+        "importance": importances(tuning, records),
+        "against_reference": against_reference(tuning, paths, chosen) if chosen else None}
+    atomic_write_json(out / "summary.json", summary)
+    write_sweep_report(summary, out)
+    atomic_write_json(out / "importance.json", summary["tune"]["importance"])
+    if chosen:
+        write_recommended(tuning, done[chosen])
+    (out / "trials.png").write_bytes(trials_plot(tuning, records, front, chosen, reference))
+    atomic_write_text(out / "report.md", report_markdown(tuning, summary, records))
+    return summary
+
+
+def write_recommended(tuning: Tuning, record: dict) -> Path:
+    text = Path(record["config"]).read_text().replace(str(tuning.out / "runs" / record["name"]),
+                                                      str(tuning.out / "recommended"))
+    header = (f"# Recommended by `retain tune` ({tuning.out}): trial {record['name']}, dev gain "
+              f"{record['gain']:+.1f} points, dev forgetting {record['forgetting']:.1f} points.\n"
+              f"# Searched: {json.dumps(record['overrides'])}\n")
+    return atomic_write_text(tuning.out / "recommended.yaml", header + text)
+
+
+def _points(share: float | None) -> str:
+    return "n/a" if share is None else f"{100 * share:.0f}%"
+
+
+def report_markdown(tuning: Tuning, summary: dict, records: list[dict]) -> str:
+    tune = summary["tune"]
+    lines = [f"# Tuning on {summary['task']}", "",
+             f"{len(records)} trials ({sum(r['state'] == 'complete' for r in records)} complete, "
+             f"{sum(r['state'] == 'pruned' for r in records)} pruned), decided on the dev split; objective "
+             f"{tune['objective']}, dev forgetting budget "
+             + ("none" if tune["budget_points"] is None else f"{tune['budget_points']:.1f} points")
+             + f" (the reference run forgot {tune['reference_dev']['forgetting']:.1f}, gained "
+             f"{tune['reference_dev']['gain']:+.1f} on dev).", "",
+             "## The dev front and the reference, on the test split", "", markdown_table(summary), ""]
+    rec = tune["recommended"]
+    if rec:
+        a = tune["against_reference"]
+        lines += [f"Recommended: **{rec}** (`recommended.yaml`), searched values "
+                  f"`{json.dumps(tune['trials'][rec]['overrides'])}`.", "",
+                  f"Against the reference run on test: keeps {_points(a['gain_share'])} of its task gain "
+                  f"({a['gain']:+.1f} of {a['reference_gain']:+.1f} points; paired difference "
+                  f"{a['task_vs_reference'][0]:+.1f} [{a['task_vs_reference'][1]:+.1f}, {a['task_vs_reference'][2]:+.1f}]) "
+                  f"and forgets {_points(a['forgetting_share'])} as much ({a['forgetting']:.1f} of "
+                  f"{a['reference_forgetting']:.1f} points; retained score vs the reference "
+                  f"{a['retained_vs_reference'][0]:+.1f} [{a['retained_vs_reference'][1]:+.1f}, "
+                  f"{a['retained_vs_reference'][2]:+.1f}]).", ""]
+    lines += ["## Every trial (dev split)", "", "| trial | state | dev gain | dev forgetting | searched values |",
+              "|---|---|---|---|---|"]
+    for r in sorted(records, key=lambda r: -(r.get("gain") or -1e9)):
+        gain = "" if r.get("gain") is None else f"{r['gain']:+.1f}"
+        loss = "" if r.get("forgetting") is None else f"{r['forgetting']:.1f}"
+        state = r["state"] + (f" ({r['reason']})" if r["state"] != "complete" else "")
+        lines.append(f"| {r['name']} | {state} | {gain} | {loss} | `{json.dumps(r['overrides'])}` |")
+    imp = tune["importance"]
+    lines += ["", f"## Importance of each knob ({imp['evaluator']}, {imp['trials']} complete trials)", ""]
+    for target in ("dev gain", "dev forgetting", "objective"):
+        if target in imp:
+            shown = (imp[target]["error"] if "error" in imp[target]
+                     else ", ".join(f"{k} {v:.2f}" for k, v in imp[target].items()))
+            lines.append(f"- {target}: {shown}")
+    lines += ["", "![test split: the front and the reference](pareto.png)", "",
+              "![dev split: every trial](trials.png)", ""]
+    return "\n".join(lines)
+
+
+def trials_plot(tuning: Tuning, records: list[dict], front: list[str], chosen: str | None, reference: dict) -> bytes:
+    from retain.report.plots import COLORS, _png, plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    done = [r for r in records if r["state"] == "complete"]
+    ax.scatter([r["forgetting"] for r in done], [r["gain"] for r in done], color=COLORS[7], label="trial")
+    pts = sorted((r["forgetting"], r["gain"]) for r in done if r["name"] in front)
+    if pts:
+        ax.plot(*zip(*pts), "o-", color=COLORS[0], label="Pareto front")
+    ax.scatter([reference["forgetting"]], [reference["gain"]], marker="s", color=COLORS[3], label="reference")
+    if chosen:
+        r = next(r for r in done if r["name"] == chosen)
+        ax.scatter([r["forgetting"]], [r["gain"]], marker="*", s=200, color=COLORS[2], label="recommended", zorder=3)
+    if tuning.budget is not None:
+        ax.axvline(tuning.budget, color="black", linestyle="--", linewidth=0.8, label="budget")
+    ax.set_xlabel("dev forgetting (pts of the pooled retained score; left is better)")
+    ax.set_ylabel(f"dev gain on {tuning.task} (pts)")
+    ax.set_title("Every finished trial, dev split")
+    ax.legend()
+    return _png(fig)
