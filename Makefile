@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # torch is installed in the same pip command as the rest so the CPU build on disk is chosen.
 PIP_INSTALL := $(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
 
-.PHONY: demo test bench clean real-model real-study
+.PHONY: demo test bench clean real-model real-study tune-study
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,17 @@ real-study: $(VENV)/.installed-real
 	start=$$(date +%s) && HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/retain sweep configs/sweeps/real-smollm2.yaml \
 		&& echo $$(( $$(date +%s) - $$start )) > runs/real-study/wall_seconds
 	$(BIN)/python tools/real_study.py configs/sweeps/real-smollm2.yaml --out docs
+
+$(VENV)/.installed-tune: pyproject.toml | $(BIN)/python
+	$(PIP_INSTALL) -e '.[tune]'
+	touch $@ $(VENV)/.installed-base
+
+# The tuning study of docs/tune.md (about 25 minutes on 2 CPU cores; not part of `make test`): `retain tune`
+# searches recipes for the lab (configs/tune/lab.yaml) and writes runs/tune-lab/report.md. Resumable.
+tune-study: $(VENV)/.installed-tune
+	mkdir -p runs/tune-lab
+	start=$$(date +%s) && HF_HUB_OFFLINE=1 $(BIN)/retain tune configs/tune/lab.yaml \
+		&& echo $$(( $$(date +%s) - $$start )) > runs/tune-lab/wall_seconds
 
 demo: $(VENV)/.installed-base
 	HF_HUB_OFFLINE=1 $(BIN)/retain demo

@@ -5,9 +5,11 @@
     retain report BEFORE.json AFTER.json [AFTER2.json ...] --out DIR [--run RUN_DIR]
     retain demo [--out DIR]
     retain sweep SWEEP.yaml
+    retain sequence SEQ.yaml [key=value ...]
     retain tune TUNE.yaml [--backend optuna|ray]
     retain merge BASE MODEL [MODEL ...] --method ties --out DIR
     retain config --explain [KEY]          what a config key means (training.lr, mitigations.lora.r, a section)
+    retain doctor CONFIG.yaml [key=value ...] [--json] [--probe N]   causes of forgetting, before training
 
 Every command runs inside one error boundary (`main`): a user error (retain.errors.UserError,
 or an OSError about the user's files) prints `retain: error: WHERE: what is wrong — what to do`
@@ -90,6 +92,16 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def cmd_sequence(args) -> int:
+    from retain.continual import run_sequence
+    from retain.continual.summary import estimate
+
+    summary = run_sequence(Path(args.config), tuple(args.overrides))
+    print(f"ACC {estimate(summary['acc'], signed=False)}  BWT {estimate(summary['bwt'])}  FWT {estimate(summary['fwt'])}  "
+          f"forgetting {estimate(summary['forgetting'])}  (points, 95% CI)")
+    return 0
+
+
 def cmd_tune(args) -> int:
     from retain.tune import run_tune
 
@@ -119,6 +131,17 @@ def cmd_config(args) -> int:
 
     print(explain(args.explain))
     return 0
+
+
+def cmd_doctor(args) -> int:
+    import json
+
+    from retain.config import load_config
+    from retain.doctor import diagnose, render
+
+    diagnosis = diagnose(load_config(args.config, tuple(args.overrides)), probe=args.probe)
+    print(json.dumps(diagnosis.to_json(), indent=2) if args.json else render(diagnosis, args.config))
+    return 0  # findings are advice: a config that loads is never an error here
 
 
 def positive_int(text: str) -> int:
@@ -188,6 +211,12 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument("config")
     sw.set_defaults(func=cmd_sweep)
 
+    sq = sub.add_parser("sequence", help="a sequence of tasks, stage by stage; accuracy matrix, ACC/BWT/FWT",
+                        parents=[common])
+    sq.add_argument("config", help="the sequence file (SEQ.yaml)")
+    sq.add_argument("overrides", nargs="*", help="key=value for the sequence file, e.g. optimizer=reuse")
+    sq.set_defaults(func=cmd_sequence)
+
     tu = sub.add_parser("tune", help="search recipes (Optuna) for the Pareto front of gain vs forgetting",
                         parents=[common])
     tu.add_argument("config", help="a TUNE.yaml: base config, task, suite, search space, trials")
@@ -210,6 +239,15 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--explain", metavar="KEY", nargs="?", const="", required=True,
                    help="a section (training), key (training.lr, mitigations.lora.r) or mitigations")
     c.set_defaults(func=cmd_config)
+
+    dr = sub.add_parser("doctor", help="before training: the causes of forgetting in a run config, and a recipe",
+                        parents=[common])
+    dr.add_argument("config")
+    dr.add_argument("overrides", nargs="*", help="dotted key=value, as for train")
+    dr.add_argument("--json", action="store_true", help="print the findings as JSON")
+    dr.add_argument("--probe", type=int, default=32,
+                    help="task examples the base model answers, to find data that contradicts it (0: none)")
+    dr.set_defaults(func=cmd_doctor)
 
     return p
 

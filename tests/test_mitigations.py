@@ -86,6 +86,7 @@ SMOKE = {
     "retention": {"suite": "english", "limit": 3, "every": 2, "max_drop_points": 100.0,
                   "max_perplexity_increase": 1000.0},
     "interpolate": {"alpha": 0.5},
+    "early_warnings": {"every": 2, "examples": 4},
 }
 PEFT = {"lora", "loha", "lokr", "ia3", "oft", "prompt_tuning", "prefix_tuning"}
 
@@ -104,6 +105,8 @@ def test_every_mitigation_trains_a_few_steps(name, make_config, tiny_model, tmp_
     options = dict(SMOKE[name])
     if name in ("replay", "ewc", "si"):
         options["file"] = str(general)
+    if name == "early_warnings":
+        options["general"] = str(general)
     result = retain.train(config_from_dict(make_config(mitigations={name: options},
                                                        training={"max_steps": 4, "lr": 1e-2})), progress=False)
     rows = [r for r in result.metrics if "loss" in r]

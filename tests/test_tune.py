@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -20,6 +21,7 @@ from retain.config import load_config  # noqa: E402
 from retain.strict import ConfigError  # noqa: E402
 from retain.tune import load_tune, run_tune, trial_name  # noqa: E402
 
+REPO = Path(__file__).resolve().parents[1]
 SUITE = "capital_recall,currency_choice"  # lab tasks with a dev split; the tiny model scores near chance
 
 
@@ -56,7 +58,7 @@ def study(make_config, tmp_path):
     ({"trials": "many"}, "trials: expected an integer"),
     ({"space": {"training.lr": {"float": [1e-3, 1e-4]}}}, "space.training.lr.float: low must be below high"),
     ({"space": {"training.lr": {"float": [0, 1e-3], "log": True}}}, "space.training.lr.log: a log scale needs low > 0"),
-    ({"space": {"training.lr": {"uniform": [1e-4, 1e-3]}}}, "space.training.lr: give exactly one of float, int, choice"),
+    ({"space": {"training.lr": {"uniform": [1e-4, 1e-3]}}}, "space.training.lr: give exactly one of float, int"),
     ({"space": {"training.lr": {"float": [1e-4, 1e-3], "base": 10}}}, "space.training.lr.base: unknown key"),
     ({"space": {"training.lrr": {"float": [1e-4, 1e-3]}}}, "space.training.lrr: 0.0001 makes an invalid run config"),
     ({"space": {"training.warmup_steps": {"float": [0.5, 10.0]}}}, "training.warmup_steps: expected an integer"),
@@ -72,6 +74,17 @@ def test_a_bad_tune_file_is_an_error_naming_the_file_and_key(study, change, mess
     with pytest.raises(ConfigError) as error:
         load_tune(path)
     assert str(error.value).startswith(f"{path}: ") and message in str(error.value)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "tune").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_tune_file_loads_with_valid_trial_configs(path, monkeypatch):
+    from retain.config import config_from_dict
+    from retain.tune.space import trial_config
+
+    monkeypatch.chdir(REPO)  # tune files name their base config relative to the repository
+    tune, space, base, enqueued = load_tune(path)
+    for params in enqueued:
+        config_from_dict(trial_config(base, space, params, REPO / "runs" / "x"))
 
 
 def test_the_cli_exits_2_on_a_bad_tune_file(study):
@@ -184,7 +197,8 @@ def test_the_pruner_stops_a_trial_clearly_worse_at_a_dev_check(study, tmp_path):
     assert done[trial_name(good)]["intermediate"].keys() == {"4", "8"}
     assert done[trial_name(hopeless)]["state"] == "pruned", done[trial_name(hopeless)]
     pruned_at = int(done[trial_name(hopeless)]["reason"].removeprefix("pruned at step "))
-    assert pruned_at < 12 and done[trial_name(hopeless)]["value"] < done[trial_name(good)]["intermediate"][str(pruned_at)]
+    good_then = done[trial_name(good)]["intermediate"][str(pruned_at)]
+    assert pruned_at < 12 and done[trial_name(hopeless)]["value"] < good_then
     metrics = [json.loads(line) for line in (tmp_path / "out" / "runs" / trial_name(hopeless) / "metrics.jsonl")
                .read_text().splitlines()]
     assert max(m["step"] for m in metrics) == pruned_at and any("tune/objective" in m for m in metrics)
@@ -198,7 +212,8 @@ def test_the_pruner_stops_a_trial_clearly_worse_at_a_dev_check(study, tmp_path):
 
 def test_ray_runs_the_same_trials_with_the_same_results(study, tmp_path):
     ray = pytest.importorskip("ray")
-    trials = [{"training.lr": 3e-2, "mitigations.lora": "absent"}, {"training.lr": 1e-3, "mitigations.lora": "{\"alpha\": 4, \"r\": 2}"}]
+    trials = [{"training.lr": 3e-2, "mitigations.lora": "absent"},
+              {"training.lr": 1e-3, "mitigations.lora": {"r": 2, "alpha": 4}}]
     sequential = study("seq.yaml", output=str(tmp_path / "seq"), enqueue=trials)
     on_ray = study("ray.yaml", output=str(tmp_path / "ray"), enqueue=trials, resources={"cpu": 1, "gpu": 0})
     run_tune(sequential, progress=False)
@@ -207,8 +222,12 @@ def test_ray_runs_the_same_trials_with_the_same_results(study, tmp_path):
         run_tune(on_ray, backend="ray", progress=False)
     finally:
         ray.shutdown()
+    from ray.tune import Tuner
+
+    assert Tuner.can_restore(str(tmp_path / "ray" / "ray" / "tune"))  # Ray Tune ran them (and could resume)
     seq, par = records(tmp_path / "seq"), records(tmp_path / "ray")
-    assert set(seq) == set(par) == {"reference", *map(trial_name, trials)}
+    names = [trial_name(params) for params in load_tune(sequential)[3]]  # from the choices' labels
+    assert set(seq) == set(par) == {"reference", *names}
     for name in seq:
         assert par[name]["state"] == seq[name]["state"] == "complete"
         assert (par[name]["gain"], par[name]["forgetting"]) == (seq[name]["gain"], seq[name]["forgetting"])

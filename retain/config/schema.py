@@ -28,6 +28,7 @@ from retain.strict import ConfigError, build, read_yaml, to_dict
 from retain.mitigations import parse_mitigations  # the table parses its own section
 from retain.modeling import ModelConfig  # the `model:` section lives beside the code it configures
 from retain.paths import LAB_MODEL_DIR, resolve_path
+from retain.preference.options import DPOOptions, GRPOOptions  # the objectives' options live beside their code
 
 
 @dataclass(frozen=True)
@@ -105,12 +106,22 @@ class TrainingConfig:
         "help": "checkpoint every N optimizer steps, for --resume; 0: no intermediate checkpoints"})
     keep_last: int = field(default=2, metadata={"help": "checkpoints kept on disk; older ones are deleted"})
     seed: int = field(default=0, metadata={"help": "seeds the data order, dropout and the initialisation of adapters"})
-    bf16: bool = field(default=False, metadata={"help": "bfloat16 autocast; the weights stay in model.dtype"})
+    bf16: bool | Literal["auto"] = field(default="auto", metadata={
+        "help": "bfloat16 autocast (the weights stay in model.dtype); auto: only where the hardware does bf16 "
+                "natively (a CUDA GPU that supports it, a CPU with AVX512_BF16 or AMX), else float32"})
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"], metadata={
         "help": "experiment trackers, through accelerate: any of tensorboard, mlflow, wandb ([] for none); "
                 "metrics.jsonl is always written"})
     project: str = field(default="retain", metadata={
         "help": "the tracker's project (W&B project, MLflow experiment); the run is named after output.dir"})
+    # what the step optimises (retain.preference): data.train holds {prompt, response} records for sft,
+    # {prompt, chosen, rejected} pairs for dpo, {prompt} records for grpo
+    objective: Literal["sft", "dpo", "grpo"] = field(default="sft", metadata={
+        "help": "sft: next-token loss on the responses; dpo: preference pairs; grpo: rewards of sampled completions"})
+    dpo: DPOOptions = field(default=DPOOptions(), metadata={
+        "help": "DPO's options (objective: dpo): beta, loss_type, precompute_reference"})
+    grpo: GRPOOptions = field(default=GRPOOptions(), metadata={
+        "help": "GRPO's options (objective: grpo): group_size, max_new_tokens, temperature, kl_coef, target_kl, rewards"})
 
     def validate(self):
         # nan passes every comparison below and inf "works" until the first step: reject both here
@@ -136,6 +147,8 @@ class TrainingConfig:
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:
             yield "max_grad_norm", f"must be > 0 or null, got {self.max_grad_norm}"
         yield from tracker_problems(self.report_to)
+        if self.objective == "grpo" and not self.grpo.rewards:
+            yield "grpo.rewards", "objective grpo needs a reward: NAME: {kind, weight, ...} (see retain.preference.rewards)"
 
 
 @dataclass(frozen=True)

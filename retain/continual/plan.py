@@ -11,6 +11,7 @@
     replay_buffer: {size: 200, ratio: 0.2, seed: 0}   # replay a reservoir of earlier stages' examples
     isolation: {lora: {r: 8, alpha: 16}}  # one adapter per task, each trained from the base; routed
     multitask: true                       # also train once on the union of the stages' data (reference)
+    importance_on: previous_task          # online EWC/SI: importance of the task just learned (or: file)
     split: test, limit: null, batch_size: 64, device: null, resamples: 2000, seed: 0
 
 What the runner changes in a stage's config, and nothing else (each stage's final config is written
@@ -18,9 +19,10 @@ to <output>/configs/<k>-<name>.yaml and can be trained alone with `retain train`
     output.dir                  <output>/stages/<k>-<name>
     model.name                  the previous stage's final/ (final/merged/ after a PEFT stage, which then
                                 sets output.merged_export); with isolation: always the base model
-    mitigations.ewc.fisher_in   the previous stage's fisher.pt (online EWC), and .file the previous stage's
-    mitigations.si.importance_in    training data unless the stage names one: the importance is then that
-                                of the task just learned, added (with `decay`) to what was accumulated
+    mitigations.ewc.fisher_in   the previous stage's fisher.pt / si_importance.pt (online EWC and SI), and
+    mitigations.si.importance_in    their .file the previous stage's training data (importance_on:
+                                previous_task): the importance of the task just learned is added (with
+                                `decay`) to what earlier stages accumulated
     mitigations.replay          the replay buffer's file and ratio (replay_buffer set)
     mitigations.lora            isolation's options, unless the stage already names a PEFT method
 """
@@ -86,6 +88,9 @@ class SequenceConfig:
     replay_buffer: ReplayBufferConfig | None = None
     isolation: IsolationConfig | None = None
     multitask: bool = False
+    # Online EWC/SI from stage 2 on: measure the importance on the previous stage's training data (the
+    # task just learned), or on the configured `file` (general data) at every stage.
+    importance_on: Literal["previous_task", "file"] = "previous_task"
     resamples: int = 2000  # bootstrap resamples for the CIs
     seed: int = 0  # of the bootstrap
 

@@ -78,8 +78,6 @@ def stage_config(seq: SequenceConfig, k: int, raws: list[dict], checked: list[Ru
     data = explicit_lab_defaults(checked[k - 1])
     mitigations = data.setdefault("mitigations", {}) or {}
     data["mitigations"] = mitigations
-    user_set = {name: opts if isinstance(opts, dict) else {}  # `ewc: true` sets nothing
-                for name, opts in (raws[k - 1].get("mitigations") or {}).items()}
     if seq.isolation is not None:
         if not uses_peft(data):
             mitigations["lora"] = dict(seq.isolation.lora)
@@ -93,9 +91,9 @@ def stage_config(seq: SequenceConfig, k: int, raws: list[dict], checked: list[Ru
         for name, (key_in, file_name) in EWC_FILES.items():
             if name not in mitigations:
                 continue
-            if (previous / file_name).is_file() and not user_set.get(name, {}).get(key_in):
+            if (previous / file_name).is_file():  # online: what earlier stages found important, carried on
                 mitigations[name][key_in] = str(previous / file_name)
-            if not user_set.get(name, {}).get("file"):  # importance of the task just learned
+            if seq.importance_on == "previous_task":  # ... plus the importance for the task just learned
                 mitigations[name]["file"] = raws[k - 2]["data"]["train"]
         if seq.replay_buffer is not None:
             buffer = seq.replay_buffer

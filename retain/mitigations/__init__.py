@@ -10,6 +10,7 @@ from typing import Any
 
 from retain.strict import ConfigError, build
 from retain.mitigations.distill import KLOptions, KLToBase
+from retain.mitigations.early_warnings import EarlyWarnings, EarlyWarningsOptions
 from retain.mitigations.freezing import Freeze, FreezeOptions, ProgressiveUnfreeze, ProgressiveUnfreezeOptions
 from retain.mitigations.interpolation import Interpolate, InterpolateOptions
 from retain.mitigations.peft_methods import (IA3, OFT, IA3Options, LoHa, LoKr, Lora, LoraOptions, LowRankOptions,
@@ -42,6 +43,8 @@ MITIGATIONS: dict[str, tuple[type, type]] = {
     "progressive_unfreeze": (ProgressiveUnfreezeOptions, ProgressiveUnfreeze),
     # decide to stop or roll back
     "retention": (RetentionOptions, RetentionBudget),
+    # log signals that forecast forgetting (KL to the base, weight drift); never stops the run
+    "early_warnings": (EarlyWarningsOptions, EarlyWarnings),
     # transform the weights after training
     "interpolate": (InterpolateOptions, Interpolate),
 }

@@ -3,6 +3,22 @@
 Under PEFT the reference is the same model with its adapters disabled (no second copy); for full
 fine-tuning, a frozen copy made before the first step. `cache_top_k` stores the base's top-k
 log-probs of each example the first time it is seen, so later epochs skip the reference forward.
+
+Why a step with KL costs little more than the base's forward:
+- Positions first. The KL is needed only where a target is (N of the batch's B·T positions). Both
+  sides are gathered there before any softmax over the V-word vocabulary, and the base's LM head runs
+  on those N hidden states only (a pre-hook on its output embedding selects them): the base never
+  makes (B, T, V) logits.
+- One pass, bounded memory. `_RowKL` computes each chunk of rows' KL and its gradient with respect to
+  the student's logits together (float32 temporaries of chunk × V) and keeps only that (N, V)
+  gradient for backward, where autograd through log-softmaxes would keep several float32 (N, V)
+  tensors and recompute.
+- No host sync once an example has been seen. The gathers need N on the host; the loop's batches
+  carry their examples' indices (`batch["index"]`, host ints), each example's number of KL positions
+  is remembered the first time (one `nonzero`, which syncs), and later batches gather with
+  `nonzero_static` of the known size. The cached teacher's rows are found from the same indices.
+- The base runs under inference_mode, in the run's compute dtype (accelerate's autocast wraps the
+  model's forward, and the frozen copy's).
 """
 
 from __future__ import annotations
@@ -17,6 +33,76 @@ import torch.nn.functional as F
 
 from retain.mitigations.roles import Context
 
+CHUNK_ELEMENTS = 1 << 24  # rows × V per chunk of the KL: 64 MB per float32 temporary
+
+
+class _RowKL(torch.autograd.Function):
+    """T² · Σ over rows of KL(teacher‖student) ("forward") or KL(student‖teacher) ("reverse") of softmax(·/T).
+
+    student: (R, V) logits, of which the rows `index` (N,) count; teacher: (N, V) logits at those
+    positions, or (R', V) with `teacher_index` (N,). The gradient goes to the student only (the
+    teacher is a fixed target); it is computed in the forward, chunk by chunk:
+        forward KL:  d/dz = T · (q − p)                       p = softmax(teacher/T), q = softmax(z/T)
+        reverse KL:  d/dz = T · q ⊙ (log q − log p − KL_row)
+    """
+
+    @staticmethod
+    def forward(ctx, student, index, teacher, teacher_index, temperature, direction):
+        n, vocab = index.numel(), student.shape[-1]
+        wants_grad = ctx.needs_input_grad[0]
+        grad = torch.empty((n, vocab), dtype=student.dtype, device=student.device) if wants_grad else None
+        total = torch.zeros((), dtype=torch.float32, device=student.device)
+        chunk = max(1, CHUNK_ELEMENTS // vocab)
+        for a in range(0, n, chunk):
+            rows = index[a:a + chunk]
+            t_rows = teacher[a:a + chunk] if teacher_index is None else teacher.index_select(0, teacher_index[a:a + chunk])
+            s = F.log_softmax(student.index_select(0, rows).float() / temperature, dim=-1)  # (c, V) log q
+            t = F.log_softmax(t_rows.float() / temperature, dim=-1)  # (c, V) log p
+            q = s.exp()
+            if direction == "forward":
+                p = t.exp()
+                total += torch.vdot(p.flatten(), t.sub_(s).flatten())  # Σ p (log p − log q)
+                if wants_grad:
+                    grad[a:a + chunk] = q.sub_(p).mul_(temperature)
+            else:
+                log_ratio = s.sub_(t)  # (c, V) log q − log p
+                per_row = (q * log_ratio).sum(-1, keepdim=True)  # (c, 1)
+                total += per_row.sum()
+                if wants_grad:
+                    grad[a:a + chunk] = q.mul_(log_ratio.sub_(per_row)).mul_(temperature)
+        ctx.save_for_backward(index, grad)
+        ctx.rows = student.shape[0]
+        return total * temperature ** 2
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        index, grad = ctx.saved_tensors
+        full = torch.zeros((ctx.rows, grad.shape[-1]), dtype=grad.dtype, device=grad.device)  # (R, V)
+        full.index_copy_(0, index, grad * grad_output.to(grad.dtype))
+        return full, None, None, None, None, None
+
+
+def kl_rows(student: torch.Tensor, index: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0,
+            direction: str = "forward", teacher_index: torch.Tensor | None = None) -> torch.Tensor:
+    """Sum (not mean) over N positions of the T²-scaled KL; 0-dim float32, gradient to `student` only.
+
+    student: (R, V) logits (e.g. a batch's (B·T, V)), index: (N,) the rows that count; teacher: (N, V)
+    logits at the same positions, or (R', V) rows picked by teacher_index (N,).
+    """
+    return _RowKL.apply(student, index, teacher, teacher_index, float(temperature), direction)
+
+
+def top_k_rows_kl(student: torch.Tensor, index: torch.Tensor, teacher_ids: torch.Tensor,
+                  teacher_logprobs: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Sum over N positions of the forward KL over the teacher's top-k tokens, both renormalised there.
+
+    student: (R, V) logits, index: (N,) its rows that count; teacher_ids, teacher_logprobs: (N, k).
+    Only the (N, k) student logits are read: nothing of size V is computed.
+    """
+    s = F.log_softmax(student[index[:, None], teacher_ids.long()].float() / temperature, dim=-1)  # (N, k)
+    t = F.log_softmax(teacher_logprobs.float() / temperature, dim=-1)
+    return (t.exp() * (t - s)).sum() * temperature ** 2
+
 
 def kl_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor,
                   temperature: float = 1.0, direction: str = "forward") -> torch.Tensor:
@@ -24,14 +110,18 @@ def kl_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, ma
 
     logits: (B, T, V); mask: (B, T) bool. Scaled by T² so the gradient size does not depend on T.
     """
-    # Only the masked positions are normalised: with response-only targets that is a fraction of
-    # B*T rows of V logits, where a small model spends most of the KL's time.
     mask = mask.to(student_logits.device)
-    s = F.log_softmax(student_logits[mask].float() / temperature, dim=-1)  # (N, V)
-    t = F.log_softmax(teacher_logits[mask].float() / temperature, dim=-1)
-    p, q = (t, s) if direction == "forward" else (s, t)
-    per_position = (p.exp() * (p - q)).sum(-1)  # (N,)
-    return per_position.sum() / max(int(mask.sum()), 1) * temperature ** 2
+    index = mask.flatten().nonzero().squeeze(1)  # (N,) only these rows are normalised over V
+    vocab = student_logits.shape[-1]
+    if teacher_logits.requires_grad:  # a teacher that learns too: autograd through both sides
+        s = F.log_softmax(student_logits.reshape(-1, vocab)[index].float() / temperature, dim=-1)
+        t = F.log_softmax(teacher_logits.reshape(-1, vocab)[index].float() / temperature, dim=-1)
+        p, q = (t, s) if direction == "forward" else (s, t)
+        total = (p.exp() * (p - q)).sum() * temperature ** 2
+    else:
+        total = kl_rows(student_logits.reshape(-1, vocab), index, teacher_logits.reshape(-1, vocab), temperature,
+                        direction, teacher_index=index)
+    return total / max(index.numel(), 1)
 
 
 def top_k_kl(student_logits: torch.Tensor, teacher_ids: torch.Tensor, teacher_logprobs: torch.Tensor,
@@ -41,10 +131,11 @@ def top_k_kl(student_logits: torch.Tensor, teacher_ids: torch.Tensor, teacher_lo
     student_logits: (B, T, V); teacher_ids, teacher_logprobs: (B, T, k); mask: (B, T).
     """
     mask = mask.to(student_logits.device)
-    s = F.log_softmax(student_logits[mask].float().gather(-1, teacher_ids[mask]) / temperature, dim=-1)  # (N, k)
-    t = F.log_softmax(teacher_logprobs[mask] / temperature, dim=-1)
-    per_position = (t.exp() * (t - s)).sum(-1)
-    return per_position.sum() / max(int(mask.sum()), 1) * temperature ** 2
+    index = mask.flatten().nonzero().squeeze(1)
+    k = teacher_ids.shape[-1]
+    total = top_k_rows_kl(student_logits.reshape(-1, student_logits.shape[-1]), index,
+                          teacher_ids.reshape(-1, k)[index], teacher_logprobs.reshape(-1, k)[index], temperature)
+    return total / max(index.numel(), 1)
 
 
 def positions(batch: dict, on: str) -> torch.Tensor:
@@ -55,6 +146,58 @@ def positions(batch: dict, on: str) -> torch.Tensor:
         chosen = batch["replay"] if on == "replay" else ~batch["replay"]
         mask &= chosen[:, None].to(mask.device)
     return mask
+
+
+def _student_rows(rows: torch.Tensor, width: int, logits: torch.Tensor) -> torch.Tensor:
+    """The rows of the student's (B·T', V) logits at the batch's flat positions `rows` (of B × width).
+
+    T' = width, except under prompt tuning, whose virtual tokens come before the text: there the
+    batch's position t is t + T' − width.
+    """
+    shifted = logits.shape[1] - width
+    return rows if shifted == 0 else rows // width * logits.shape[1] + shifted + rows % width
+
+
+class TopKCache:
+    """The base's top-k (token ids, log-probs) at each seen example's KL positions, in flat tensors.
+
+    Example i's rows are start[i] ... start[i] + count[i] − 1, in position order, so a batch's rows
+    are its examples' ranges one after another: found from the indices alone, no key built from the
+    tokens. 8·k bytes per position (ids as int32), on the model's device; grown by doubling.
+    """
+
+    def __init__(self, k: int):
+        self.k = k
+        self.start: dict[int, int] = {}
+        self.count: dict[int, int] = {}
+        self.ids: torch.Tensor | None = None  # (capacity, k) int32
+        self.logprobs: torch.Tensor | None = None  # (capacity, k) float32
+        self.used = 0
+
+    def __contains__(self, example: int) -> bool:
+        return example in self.start
+
+    def add(self, examples: list[int], counts: list[int], ids: torch.Tensor, logprobs: torch.Tensor) -> None:
+        """Store the rows of `examples` (their counts summing to M): ids, logprobs (M, k), in example order."""
+        m = ids.shape[0]
+        if self.ids is None or self.used + m > self.ids.shape[0]:
+            capacity = max(2 * (0 if self.ids is None else self.ids.shape[0]), self.used + m, 1024)
+            grown_ids = torch.empty((capacity, self.k), dtype=torch.int32, device=ids.device)
+            grown_logprobs = torch.empty((capacity, self.k), dtype=torch.float32, device=ids.device)
+            if self.ids is not None:
+                grown_ids[:self.used], grown_logprobs[:self.used] = self.ids[:self.used], self.logprobs[:self.used]
+            self.ids, self.logprobs = grown_ids, grown_logprobs
+        self.ids[self.used:self.used + m] = ids
+        self.logprobs[self.used:self.used + m] = logprobs
+        for example, n in zip(examples, counts):
+            self.start[example], self.count[example] = self.used, n
+            self.used += n
+
+    def rows(self, examples: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids, logprobs), each (N, k), at the KL positions of `examples`, in the batch's order."""
+        at = torch.cat([torch.arange(self.start[i], self.start[i] + self.count[i]) for i in examples])
+        at = at.to(self.ids.device, non_blocking=True)
+        return self.ids[at], self.logprobs[at]
 
 
 @dataclass(frozen=True)
@@ -86,7 +229,8 @@ class KLToBase:
     def __init__(self, options: KLOptions):
         self.options = options
         self.reference = None  # frozen copy (full fine-tuning) or None (PEFT: adapters disabled)
-        self.cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.cache = TopKCache(options.cache_top_k)
+        self.counts: dict[int, int] = {}  # example index -> its number of KL positions (host)
 
     def setup(self, model, ctx: Context) -> None:
         from peft import PeftModel
@@ -94,42 +238,82 @@ class KLToBase:
         if not isinstance(model, PeftModel):
             self.reference = copy.deepcopy(model).eval().requires_grad_(False)
 
-    @torch.no_grad()
-    def teacher_logits(self, model, batch) -> torch.Tensor:
+    def rows(self, batch: dict, mask: torch.Tensor) -> torch.Tensor:
+        """(N,) long: the flat positions (of B·T) where `mask` (B, T) is set, in order.
+
+        Without a host sync when every example of the batch has been seen before (its count is
+        known on the host); a batch without `index` (not from retain's loop) always syncs once.
+        """
+        examples = batch.get("index")
+        flat = mask.flatten()
+        if examples is not None and all(i in self.counts for i in examples):
+            return torch.nonzero_static(flat, size=sum(self.counts[i] for i in examples)).squeeze(1)
+        rows = flat.nonzero().squeeze(1)  # syncs: N decides the shape
+        if examples is not None:
+            self.counts.update(zip(examples, mask.sum(1).tolist()))
+        return rows
+
+    def teacher_logits_at(self, model, batch: dict, rows: torch.Tensor) -> torch.Tensor:
+        """(N, V) logits of the base model at the batch's flat positions `rows`, under inference_mode."""
         ref = self.reference or model
-        was_training = ref.training
-        ref.eval()  # no dropout in the reference
-        with (model.disable_adapter() if self.reference is None else nullcontext()):
-            logits = ref(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        ref.train(was_training)
+        head = ref.get_output_embeddings() if hasattr(ref, "get_output_embeddings") else None
+
+        def keep_rows(module, args):
+            # (B, T, H) final hidden states -> (N, H): the LM head's matmul runs on the N rows only
+            hidden = args[0]
+            return (hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows), *args[1:])
+
+        handle = head.register_forward_pre_hook(keep_rows) if head is not None else None
+        was_training = ref.training  # the frozen copy is in eval mode already; the PEFT model is training
+        if was_training:
+            ref.eval()  # no dropout in the reference
+        try:
+            with torch.inference_mode(), (model.disable_adapter() if self.reference is None else nullcontext()):
+                logits = ref(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                             use_cache=False).logits
+        finally:
+            if handle is not None:
+                handle.remove()
+            if was_training:
+                ref.train()
+        if logits.dim() == 3:  # the head is not called as a module here (or there is none): gather afterwards
+            logits = logits.reshape(-1, logits.shape[-1]).index_select(0, rows)
         return logits
 
-    def cached_teacher(self, model, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(ids, logprobs) of the base's top-k per position, computed once per distinct example."""
-        k = self.options.cache_top_k
-        keys = [tuple(row[m.bool()].tolist()) for row, m in zip(batch["input_ids"], batch["attention_mask"])]
-        missing = [i for i, key in enumerate(keys) if key not in self.cache]
-        if missing:
-            logits = self.teacher_logits(model, {n: batch[n][missing] for n in ("input_ids", "attention_mask")})
-            top = F.log_softmax(logits.float(), -1).topk(k, dim=-1)
-            for j, i in enumerate(missing):
-                n = len(keys[i])
-                self.cache[keys[i]] = (top.indices[j, :n].cpu(), top.values[j, :n].cpu())
-        B, T = batch["input_ids"].shape
-        ids = torch.zeros((B, T, k), dtype=torch.long)
-        values = torch.zeros((B, T, k))
-        for i, key in enumerate(keys):
-            cached_ids, cached_values = self.cache[key]
-            ids[i, : len(key)], values[i, : len(key)] = cached_ids, cached_values
-        device = batch["input_ids"].device
-        return ids.to(device), values.to(device)
+    def cached_teacher(self, model, batch: dict, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids, logprobs), each (N, k): the base's top-k at the batch's KL positions, computed once per example."""
+        k, examples = self.options.cache_top_k, batch.get("index")
+        if examples is None:  # no identity to cache by (a batch from outside retain's loop): compute now
+            return self.top_k_at(model, batch, self.rows(batch, mask))
+        first = {}
+        for j, i in enumerate(examples):
+            if i not in self.cache:
+                first.setdefault(i, j)  # an example twice in one batch (an epoch boundary) is stored once
+        if first:
+            missing = list(first.values())
+            at = torch.tensor(missing, device=mask.device)
+            sub = {"input_ids": batch["input_ids"][at], "attention_mask": batch["attention_mask"][at],
+                   "index": tuple(first)}
+            sub_mask = mask[at]
+            ids, logprobs = self.top_k_at(model, sub, self.rows(sub, sub_mask))
+            self.cache.add(list(first), [self.counts[i] for i in first], ids, logprobs)
+        return self.cache.rows(examples)
+
+    def top_k_at(self, model, batch: dict, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        top = F.log_softmax(self.teacher_logits_at(model, batch, rows).float(), dim=-1).topk(self.options.cache_top_k)
+        return top.indices, top.values
 
     def loss_term(self, model, batch, outputs) -> torch.Tensor:
         o = self.options
         mask = positions(batch, o.apply_to)
+        logits = outputs.logits  # (B, T', V), T' = T except under prompt tuning
+        student = logits.reshape(-1, logits.shape[-1])
         if o.cache_top_k:
-            ids, logprobs = self.cached_teacher(model, batch)
-            kl = top_k_kl(outputs.logits, ids, logprobs, mask, o.temperature)
+            ids, logprobs = self.cached_teacher(model, batch, mask)
+            rows = self.rows(batch, mask)
+            total = top_k_rows_kl(student, _student_rows(rows, mask.shape[1], logits), ids, logprobs, o.temperature)
         else:
-            kl = kl_divergence(outputs.logits, self.teacher_logits(model, batch), mask, o.temperature, o.direction)
-        return o.weight * kl
+            rows = self.rows(batch, mask)
+            teacher = self.teacher_logits_at(model, batch, rows)
+            total = kl_rows(student, _student_rows(rows, mask.shape[1], logits), teacher, o.temperature, o.direction)
+        return o.weight * total / max(rows.numel(), 1)

@@ -61,8 +61,10 @@ class Point:
     alpha: float
 
     def describe(self) -> str:
+        if self.end == 0 or (self.origin == 0 and self.alpha == 0.0):
+            return "the start"
         if self.alpha == 1.0:
-            return f"the weights of step {self.end}" if self.end else "the start"
+            return f"the weights of step {self.end}"
         where = "the start" if self.origin == 0 else f"step {self.origin}"
         return f"{1 - self.alpha:.3f}·({where}) + {self.alpha:.3f}·(step {self.end})"
 
@@ -115,7 +117,7 @@ def repair(checks: list[dict], kept: set[int], measure: Callable[[Point], dict],
             continue
         found = search_line(origin, end, measure, iterations)
         candidates.append({"origin": origin, "end": end, "alpha": found["point"].alpha if found else 0.0,
-                           "task_score": found.get("task_score") if found else None})
+                           **{k: found.get(k) if found else None for k in ("task_score", "task_value")}})
         if found is not None and merit({**found, "step": end}) > merit(chosen):
             chosen = {**found, "step": end}
     return {**chosen, "candidates": candidates}

@@ -179,6 +179,9 @@ def write_report(result_paths: list[Path], out: Path, run_dirs: list[Path] = (),
     curves = plots.training_curves(run_dirs)
     if curves:
         figures["training"] = curves
+    warnings = plots.warning_curves(run_dirs)
+    if warnings:
+        figures["early warnings"] = warnings
     budgets = {str(d): load_run_file(Path(d) / "retention.json")
                for d in run_dirs if (Path(d) / "retention.json").is_file()}
     report = {"base": base_label, "results": [str(p) for p in result_paths], "split": results[0].get("split"),

@@ -129,3 +129,45 @@ def training_curves(run_dirs: list[Path]) -> bytes | None:
     ax.legend(fontsize=7)
     ax.set_title("Training curves")
     return _png(fig)
+
+
+def _metric_rows(path: Path) -> list[dict]:
+    rows = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a half-written last line after a kill
+            continue
+    return rows
+
+
+def warning_curves(run_dirs: list[Path]) -> bytes | None:
+    """The early warnings (retain.mitigations.early_warnings) against step: KL to the base on general and task
+    data (left), the relative weight drift per layer (right); one colour per run. None if no run logged them."""
+    runs = [(Path(d), _metric_rows(Path(d) / "metrics.jsonl")) for d in run_dirs if (Path(d) / "metrics.jsonl").is_file()]
+    runs = [(d, rows) for d, rows in runs if any(k.startswith("warn/") for r in rows for k in r)]
+    if not runs:
+        return None
+    fig, (kl_ax, drift_ax) = plt.subplots(1, 2, figsize=(12, 4))
+    for k, (run, rows) in enumerate(runs):
+        color = COLORS[(k + 1) % len(COLORS)]
+        keys = sorted({key for r in rows for key in r if key.startswith("warn/")})
+        for key in keys:
+            pts = [(r["step"], r[key]) for r in rows if key in r]
+            if key.startswith("warn/kl_"):
+                kl_ax.plot(*zip(*pts), "-" if key.endswith("general") else "--", color=color, marker="o",
+                           markersize=3, label=f"{run.name}: {key.removeprefix('warn/')}")
+            else:
+                layer = key.removeprefix("warn/drift/")
+                drift_ax.plot(*zip(*pts), "-", color=color, linewidth=2.5 if layer == "all" else 1,
+                              alpha=1.0 if layer == "all" else 0.5, label=f"{run.name}: {layer}")
+                drift_ax.annotate(layer, pts[-1], fontsize=6, color=color)
+    kl_ax.set_xlabel("optimizer step")
+    kl_ax.set_ylabel("KL(base ‖ model), nats per token")
+    kl_ax.set_title("Early warnings: distance from the base's predictions")
+    kl_ax.legend(fontsize=7)
+    drift_ax.set_xlabel("optimizer step")
+    drift_ax.set_ylabel("‖θ − θ0‖ / ‖θ0‖")
+    drift_ax.set_title("Weight drift per layer")
+    drift_ax.legend(fontsize=6, ncol=2)
+    return _png(fig)

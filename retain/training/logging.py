@@ -1,9 +1,10 @@
-"""metrics.jsonl (one row per logged step, rewritten atomically), the experiment trackers, and the window
-of steps a log row averages over."""
+"""metrics.jsonl (one row per logged step, appended whole), the experiment trackers, and the window of steps
+a log row averages over."""
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -23,7 +24,7 @@ class MetricsLog:
         self.accelerator = accelerator
         self.rows: list[dict] = []
         if self.enabled and self.path.exists():
-            self.rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+            self.rows = read_rows(self.path)
         accelerator.init_trackers(output_dir.name, config=config)
 
     def truncate_after(self, step: int) -> None:
@@ -37,15 +38,46 @@ class MetricsLog:
         self.rows.append(row)
         scalars = {k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float))}
         self.accelerator.log(scalars, step=row["step"])
-        self._flush()
+        self._append((json.dumps(row) + "\n").encode())
+
+    def _append(self, line: bytes) -> None:
+        """One row onto the end of the file (rewriting the whole file at each log step cost O(rows) and an fsync).
+
+        The whole line goes in one write(2) to an O_APPEND file (a row is a few hundred bytes), so a killed
+        process leaves whole lines; a write that fails part-way (disk full) is cut back off before the error
+        propagates. Should a last line still end without its newline (a power cut, a kill inside a write that
+        crosses a page), read_rows drops it, and a resume rewrites the file atomically without it."""
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                while line:
+                    line = line[os.write(fd, line):]
+            except OSError:
+                os.ftruncate(fd, size)
+                raise
+        finally:
+            os.close(fd)
 
     def _flush(self) -> None:
-        # Small file, so rewriting keeps it whole after any crash: no torn last line.
+        """The whole file, atomically: on resume, where rows past the checkpoint (and a torn line) go."""
         if self.enabled:
             atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.rows))
 
     def close(self) -> None:
+        if self.enabled and self.path.exists():  # the rows on disk when the run returns, as each rewrite was
+            fd = os.open(self.path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         self.accelerator.end_training()
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The rows of a metrics.jsonl; a last line without its newline (an append cut short) is dropped."""
+    complete = path.read_text().split("\n")[:-1]  # what follows the last newline is empty or torn
+    return [json.loads(line) for line in complete if line.strip()]
 
 
 def make_trackers(training, output_dir: Path) -> list:

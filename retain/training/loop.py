@@ -58,7 +58,9 @@ from retain.training.carryover import save_optimizer_state as save_optimizer_sta
 from retain.training.checkpoint import (NonFiniteError, any_failed, check_finite, disk_full, last_good,
                                         load_checkpoint, save_checkpoint, save_final)
 from retain.training.logging import LogWindow, MetricsLog, make_trackers, tracker_config
+from retain.training.precision import choose_bf16, describe_precision, this_machine
 from retain.training.rundir import Start, clear_outputs, plan_start, run_lock
+from retain.preference import make_objective
 from retain.training.step import accumulate_gradients
 
 NonFiniteLossError = NonFiniteError  # the name earlier releases raised
@@ -98,9 +100,15 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> to
 def make_accelerator(config: RunConfig):
     from accelerate import Accelerator
 
-    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if config.training.bf16 else "no",
-                       gradient_accumulation_steps=config.training.grad_accum,
-                       log_with=make_trackers(config.training, Path(config.output.dir)) or None)
+    hardware = this_machine()
+    bf16 = choose_bf16(config.training.bf16, hardware)  # auto: only where the hardware does bf16 natively
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if bf16 else "no",
+                              gradient_accumulation_steps=config.training.grad_accum,
+                              log_with=make_trackers(config.training, Path(config.output.dir)) or None)
+    note = describe_precision(bf16, config.training.bf16, hardware)
+    if note:
+        accelerator.print(note)
+    return accelerator
 
 
 @torch.no_grad()
@@ -159,12 +167,14 @@ class Run:
     total_steps: int
     per_step: int  # examples per optimizer step, all processes
     seen: int  # examples consumed so far
+    objective: Any = None  # retain.preference's DPO or GRPO (training.objective); None: next-token loss
 
     def playing(self, role: type) -> list:
         return playing(self.mitigations, role)
 
     def stateful(self) -> dict[str, Any]:
-        return {name: m for name, m in zip(self.names, self.mitigations) if isinstance(m, Stateful)}
+        roles = {name: m for name, m in zip(self.names, self.mitigations) if isinstance(m, Stateful)}
+        return {**roles, "objective": self.objective} if isinstance(self.objective, Stateful) else roles
 
 
 def _train_locked(config: RunConfig, out: Path, accelerator, resume: bool, overwrite: bool, progress: bool,
@@ -200,7 +210,11 @@ def load_and_check(config: RunConfig, out: Path, accelerator, start: Start) -> R
         # and final/ saves it, so the fine-tune is used the way it was trained.
         tokenizer.chat_template = resolve_path(config.data.chat_template).read_text(encoding="utf-8")
 
+    objective = make_objective(config)  # None for sft; a pair or prompt file instead of SFT records
+
     def load(path):
+        if objective is not None:
+            return objective.load(path, tokenizer, config.data)
         return load_dataset(path, tokenizer, config.data.format, config.data.max_length, config.data.loss_on,
                             config.data.chat, config.data.chat_template)
 
@@ -216,7 +230,7 @@ def load_and_check(config: RunConfig, out: Path, accelerator, start: Start) -> R
                           f"{total_steps} steps")
     ctx = Context(tokenizer=tokenizer, total_steps=total_steps, max_length=config.data.max_length,
                   load_base_model=lambda: load_model(config.model), output_dir=out,
-                  dev_examples=dev_set.examples if dev_set else None)
+                  dev_examples=dev_set.examples if dev_set and objective is None else None)
 
     for m in playing(mitigations, ModelTransform):  # role 1
         model = m.transform_model(model, ctx)
@@ -238,8 +252,16 @@ def load_and_check(config: RunConfig, out: Path, accelerator, start: Start) -> R
     def loader(data, sampler=None):
         # Its own generator: iterating a DataLoader draws a seed, and drawing it from the global
         # RNG would shift dropout after a resume.
-        return torch.utils.data.DataLoader(data, batch_size=t.batch_size, sampler=sampler,
-                                           collate_fn=lambda b: collate(b, pad_id),
+        if objective is not None:
+            return torch.utils.data.DataLoader(data, batch_size=t.batch_size, sampler=sampler,
+                                               collate_fn=lambda b: objective.collate(b, pad_id),
+                                               generator=torch.Generator().manual_seed(t.seed))
+        # Items are (index, example): a batch carries `index`, its examples' positions in `data` as host ints
+        # (a tuple, which accelerate leaves on the host), so KL can count positions and cache its teacher
+        # per example without reading anything back from the device.
+        return torch.utils.data.DataLoader(list(enumerate(data)), batch_size=t.batch_size, sampler=sampler,
+                                           collate_fn=lambda b: {**collate([e for _, e in b], pad_id),
+                                                                 "index": tuple(i for i, _ in b)},
                                            generator=torch.Generator().manual_seed(t.seed))
 
     train_loader = loader(examples, SeededOrder(len(examples), t.seed, epochs_needed))
@@ -253,8 +275,10 @@ def load_and_check(config: RunConfig, out: Path, accelerator, start: Start) -> R
     inner = accelerator.unwrap_model(model)
     for m in playing(mitigations, Setup):  # role 3, on the prepared model (its device and dtype)
         m.setup(inner, ctx)
+    if objective is not None:  # its reference is the model as the mitigations left it (adapters, frozen)
+        objective.setup(inner, ctx, examples, dev_set.examples if dev_set else None)
     return Run(config, out, accelerator, start, tokenizer, model, inner, mitigations, names, optimizer, scheduler,
-               train_loader, dev_loader, ctx, total_steps, per_step, seen)
+               train_loader, dev_loader, ctx, total_steps, per_step, seen, objective)
 
 
 def claim_output_dir(run: Run) -> MetricsLog:
@@ -297,7 +321,9 @@ def train_steps(run: Run, log: MetricsLog, progress: bool, extra_monitors: tuple
     while step < total_steps:
         # All of the step's micro-batches first: their target tokens weight each one's loss.
         micro_batches = [next(batches) for _ in range(t.grad_accum)]
-        shares = accumulate_gradients(model, run.inner, micro_batches, loss_terms, accelerator)  # role 4
+        if run.objective is not None:  # GRPO samples and rewards its completions here
+            micro_batches = run.objective.prepare(run.inner, micro_batches)
+        shares = accumulate_gradients(model, run.inner, micro_batches, loss_terms, accelerator, run.objective)  # role 4
         terms = accelerator.reduce(torch.stack(list(shares.values())), "sum")  # (n_terms,) this step's values
         for m in gradient_filters:  # role 5
             m.filter_gradients(run.inner, step)
@@ -319,11 +345,13 @@ def train_steps(run: Run, log: MetricsLog, progress: bool, extra_monitors: tuple
 
         if step % t.log_every == 0 or step == total_steps:
             row = window.row(step, accelerator, run.scheduler.get_last_lr()[0])
+            row.update(run.objective.log_row(accelerator) if run.objective is not None else {})
             log.write(row)
             bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
             window = LogWindow(accelerator.device, step)
         if run.dev_loader is not None and ((t.eval_every and step % t.eval_every == 0) or step == total_steps):
-            log.write({"step": step, "eval/loss": dev_loss(model, run.dev_loader, accelerator)})
+            log.write({"step": step, **({"eval/loss": dev_loss(model, run.dev_loader, accelerator)} if run.objective is None
+                                        else run.objective.evaluate(model, run.inner, run.dev_loader, accelerator))})
         decided = [(m, d) for m in monitors if (d := m.check(run.inner, step, step == total_steps)) is not None]  # 6
         for _, d in decided:
             if d.metrics:

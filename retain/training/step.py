@@ -33,17 +33,20 @@ def target_tokens(batch: dict) -> torch.Tensor:
 
 
 def accumulate_gradients(model, inner, micro_batches: list[dict], loss_terms: list,
-                         accelerator) -> dict[str, torch.Tensor]:
+                         accelerator, objective=None) -> dict[str, torch.Tensor]:
     """Forward and backward each micro-batch of one step, leaving the step's gradient in `.grad`.
 
     `model` is the prepared model (forward goes through any DDP wrapper), `inner` the same model
-    unwrapped, which the loss terms get.
+    unwrapped, which the loss terms get. `objective` (retain.preference; None: next-token loss) supplies
+    the task loss terms and what weights each micro-batch.
 
     Returns each term's share of the step loss from this process: 0-dim float tensors on the
     device; summed over processes they are the step's values ("task" first, then each term).
     """
     device = accelerator.device
-    n_targets = torch.stack([target_tokens(b) for b in micro_batches]).to(device).float()  # (grad_accum,)
+    # what weights a micro-batch: its target tokens, or what a preference objective counts (DPO: its pairs)
+    count = target_tokens if objective is None else objective.count
+    n_targets = torch.stack([count(b) for b in micro_batches]).to(device).float()  # (grad_accum,)
     total = accelerator.reduce(n_targets.sum(), "sum").clamp(min=1)  # N, the whole step, every process
     # accelerate divides each backward by grad_accum and DDP averages gradients over processes; the
     # weights below already sum to one over the whole global step, so undo both.
@@ -52,8 +55,12 @@ def accumulate_gradients(model, inner, micro_batches: list[dict], loss_terms: li
     for batch, n in zip(micro_batches, n_targets):
         # accumulate(): no gradient all-reduce until the step's last micro-batch
         with accelerator.accumulate(model):
-            outputs = model(**{k: batch[k] for k in MODEL_INPUTS})
-            terms = {"task": (outputs.loss, n / total)}
+            if objective is None:
+                outputs = model(**{k: batch[k] for k in MODEL_INPUTS})
+                terms = {"task": (outputs.loss, n / total)}
+            else:  # retain.preference: the objective's terms replace the task loss ("dpo", "grpo", ...)
+                task_terms, outputs = objective.loss(model, inner, batch)
+                terms = {name: (value, n / total) for name, value in task_terms.items()}
             for m in loss_terms:
                 weight = 1 / undo if getattr(m, "per_step", False) else n / total
                 terms[m.name] = (m.loss_term(inner, batch, outputs), weight)

@@ -50,11 +50,11 @@ def importances(tuning: Tuning, records: list[dict]) -> dict:
     if tuning.tune.objective.kind == "constrained":
         targets["objective"] = lambda r: r["value"]
     by_key = {p.key: p for p in tuning.space.params}
-    try:
-        import sklearn  # noqa: F401
+    from importlib.util import find_spec
 
+    if find_spec("sklearn") is not None:  # fANOVA's random forest
         evaluator, name = optuna.importance.FanovaImportanceEvaluator(seed=tuning.tune.seed), "fANOVA"
-    except ImportError:
+    else:
         evaluator, name = None, "Optuna's default"
     out: dict = {"evaluator": name, "trials": len(done)}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -117,7 +117,8 @@ def write_report(tuning: Tuning) -> dict:
     summary["pareto_front"] = front  # the dev front: test numbers report it, they do not choose it
     reference = read_json(out / "trials" / f"{REFERENCE}.json")
     summary["tune"] = {
-        "recommended": chosen, "budget_points": tuning.budget, "objective": t.objective.kind, "report_dir": str(out),
+        "recommended": chosen, "budget_points": tuning.budget, "objective": t.objective.kind,
+        "report_dir": str(out),
         "reference_dev": {"gain": reference["gain"], "forgetting": reference["forgetting"]},
         "trials": {r["name"]: {k: r.get(k) for k in ("state", "reason", "gain", "forgetting", "value", "overrides")}
                    for r in records},
@@ -146,6 +147,10 @@ def _points(share: float | None) -> str:
     return "n/a" if share is None else f"{100 * share:.0f}%"
 
 
+def _ci(change: list[float]) -> str:
+    return f"{change[0]:+.1f} [{change[1]:+.1f}, {change[2]:+.1f}]"
+
+
 def report_markdown(tuning: Tuning, summary: dict, records: list[dict]) -> str:
     tune = summary["tune"]
     lines = [f"# Tuning on {summary['task']}", "",
@@ -163,11 +168,9 @@ def report_markdown(tuning: Tuning, summary: dict, records: list[dict]) -> str:
                   f"`{json.dumps(tune['trials'][rec]['overrides'])}`.", "",
                   f"Against the reference run on test: keeps {_points(a['gain_share'])} of its task gain "
                   f"({a['gain']:+.1f} of {a['reference_gain']:+.1f} points; paired difference "
-                  f"{a['task_vs_reference'][0]:+.1f} [{a['task_vs_reference'][1]:+.1f}, {a['task_vs_reference'][2]:+.1f}]) "
-                  f"and forgets {_points(a['forgetting_share'])} as much ({a['forgetting']:.1f} of "
-                  f"{a['reference_forgetting']:.1f} points; retained score vs the reference "
-                  f"{a['retained_vs_reference'][0]:+.1f} [{a['retained_vs_reference'][1]:+.1f}, "
-                  f"{a['retained_vs_reference'][2]:+.1f}]).", ""]
+                  f"{_ci(a['task_vs_reference'])}) and forgets {_points(a['forgetting_share'])} as much "
+                  f"({a['forgetting']:.1f} of {a['reference_forgetting']:.1f} points; retained score vs the "
+                  f"reference {_ci(a['retained_vs_reference'])}).", ""]
     lines += ["## Every trial (dev split)", "", "| trial | state | dev gain | dev forgetting | searched values |",
               "|---|---|---|---|---|"]
     for r in sorted(records, key=lambda r: -(r.get("gain") or -1e9)):

@@ -13,6 +13,7 @@ from retain.tune.trial import Tuning, run_trial
 
 STUDY_NAME = "retain-tune"
 FINISHED = ("COMPLETE", "PRUNED")
+# A FAIL trial without the user attr "invalid" was interrupted (Ctrl-C, a kill, a crash): the next run retries it.
 
 
 def make_sampler(tuning: Tuning):
@@ -59,18 +60,16 @@ def open_study(tuning: Tuning, storage: str | None = None):
 
 def recover(study) -> int:
     """After a kill: fail the trials left RUNNING (nobody else runs them: we hold the lock) and enqueue every
-    interrupted trial's parameters again, unless a trial with those parameters is done or waiting. Returns
-    how many were enqueued again."""
+    interrupted trial's parameters again (a failed trial that was not an invalid combination), unless a trial
+    with those parameters is done or waiting. Returns how many were enqueued again."""
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
-    interrupted = []
     for t in trials:
         if t.state == TrialState.RUNNING:
             study.tell(t.number, state=TrialState.FAIL)
-            interrupted.append(t)
-        elif t.state == TrialState.FAIL and t.user_attrs.get("interrupted"):
-            interrupted.append(t)
+    interrupted = [t for t in trials
+                   if t.state in (TrialState.RUNNING, TrialState.FAIL) and "invalid" not in t.user_attrs]
     live = [t.params for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.WAITING)]
     again = []
     for t in interrupted:
@@ -83,16 +82,11 @@ def recover(study) -> int:
 
 def finished(study) -> int:
     """Trials that count toward the study's size: done, pruned, or failed on an invalid combination."""
-    from optuna.trial import TrialState
-
-    return sum(1 for t in study.get_trials(deepcopy=False)
-               if t.state.name in FINISHED or (t.state == TrialState.FAIL and not t.user_attrs.get("interrupted")))
+    return sum(1 for t in study.get_trials(deepcopy=False) if t.state.name in FINISHED or "invalid" in t.user_attrs)
 
 
 def search(tuning: Tuning) -> None:
     """The sequential backend: one trial after another in this process."""
-    import optuna
-
     study = open_study(tuning)
     again = recover(study)
     for params in tuning.enqueued:  # once: a rerun finds them in the study already
@@ -119,8 +113,8 @@ def objective(tuning: Tuning, trial):
     single = tuning.tune.objective.kind == "constrained"
     try:
         record = run_trial(tuning, params, on_check if single and tuning.tune.pruner.kind != "none" else None)
-    except KeyboardInterrupt:
-        trial.set_user_attr("interrupted", True)  # enqueued again by the next run (recover)
+    except ConfigError as e:  # e.g. two PEFT methods chosen together: this trial fails, the study goes on
+        trial.set_user_attr("invalid", str(e))
         raise
     trial.set_user_attr("name", record["name"])
     if record.get("cached") and single:  # the pruner compares intermediate values: give them back

@@ -106,8 +106,9 @@ class DevCheck:
         from retain.modeling import load_model, load_tokenizer
 
         self.tuning, self.on_check, self.base_check = tuning, on_check, base_check
+        scores = ("multiple_choice", "generation")  # the kinds measure() pools; perplexity is not scored here
         self.tasks = [t for t in load_suite(tuning.suite)
-                      if t.name == tuning.task or (t.kind in ("multiple_choice", "generation") and not t.lower_is_better)]
+                      if t.name == tuning.task or (t.kind in scores and not t.lower_is_better)]
         self.tokenizer = load_tokenizer(config.model)
         self.transforms = playing(build_mitigations(config.mitigations), WeightTransform)
         base_model: list = []  # loaded once, at the first check that needs it

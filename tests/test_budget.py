@@ -1,0 +1,171 @@
+"""The retention budget keeps learning: per-task budgets, the best reachable point, early warnings.
+
+Unit tests of the selection logic on made-up check histories first; then the budget inside the loop on
+the lab, where acting at the first breach (the old logic) ends at the base model.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import retain
+from retain.config import config_from_dict
+from retain.errors import ConfigError
+from retain.mitigations.retention import RetentionBudget, RetentionOptions
+from retain.mitigations.retention_points import Point, best_within, repair, repair_lines, search_line, to_keep
+
+
+def check(step, within, score=None, used=0.0):
+    return {"step": step, "within_budget": within, "task_score": score, "budget_used": used, "drops": {}}
+
+
+START = check(0, True, 0.0)
+
+
+# ---- which point: the selection logic -----------------------------------------------------------------
+
+def test_rollback_goes_to_the_best_check_within_budget_not_the_last():
+    history = [START, check(10, True, 0.3, 0.5), check(20, True, 0.6, 0.9), check(30, True, 0.5, 0.2),
+               check(40, False, 0.9, 3.0)]
+    assert best_within(history)["step"] == 20
+
+
+def test_equal_scores_prefer_less_budget_used_and_without_scores_the_latest_wins():
+    assert best_within([START, check(10, True, 0.6, 0.9), check(20, True, 0.6, 0.1)])["step"] == 20
+    assert best_within([START, check(10, True, 0.6, 0.1), check(20, True, 0.6, 0.9)])["step"] == 10
+    unscored = [check(0, True), check(10, True, used=0.1), check(20, True, used=0.9), check(30, False)]
+    assert best_within(unscored)["step"] == 20  # what rollback did before task scores: the last good one
+
+
+def test_kept_points_are_the_best_within_budget_and_the_best_scores():
+    history = [START, check(10, True, 0.2), check(20, True, 0.4), check(30, False, 0.9), check(40, False, 0.8),
+               check(50, False, 0.1)]
+    assert to_keep(history, 3) == {20, 30, 40}
+    assert to_keep(history, 1) == {20}
+    assert to_keep([START], 3) == set()
+
+
+def test_repair_searches_lines_from_the_start_and_from_the_best_within_budget_toward_better_breaches():
+    history = [START, check(10, True, 0.4), check(20, False, 0.9), check(30, False, 0.3)]
+    # step 30 scores below the best within budget: no line toward it can beat step 10
+    assert repair_lines(history, {10, 20, 30}) == [(0, 20), (10, 20)]
+
+
+def test_bisection_finds_the_budget_boundary_on_a_line():
+    def measure(point: Point) -> dict:  # forgetting grows with alpha; within budget up to 0.6
+        return {"within_budget": point.alpha <= 0.6, "task_score": point.alpha, "budget_used": point.alpha / 0.6}
+
+    found = search_line(0, 20, measure, iterations=8)
+    assert 0.6 - 1 / 2 ** 8 <= found["point"].alpha <= 0.6
+    assert search_line(0, 20, lambda p: {"within_budget": False}, iterations=4) is None
+
+
+def test_repair_picks_the_highest_task_score_within_budget_over_all_lines():
+    history = [START, check(10, True, 0.2), check(20, False, 0.9), check(30, False, 0.7)]
+
+    def measure(point: Point) -> dict:
+        # toward step 20 the budget holds only to alpha 0.25; toward step 30 up to 0.9
+        edge = {20: 0.25, 30: 0.9}[point.end]
+        end_score = {20: 0.9, 30: 0.7}[point.end]
+        origin_score = {0: 0.0, 10: 0.2}[point.origin]
+        return {"within_budget": point.alpha <= edge, "budget_used": point.alpha / edge,
+                "task_score": origin_score + point.alpha * (end_score - origin_score)}
+
+    chosen = repair(history, {10, 20, 30}, measure, iterations=6)
+    assert chosen["point"].end == 30 and chosen["point"].origin == 10  # 0.2 + 0.88·0.5 beats 0.2 + 0.25·0.7
+    assert chosen["task_score"] > 0.6
+    assert len(chosen["candidates"]) == 4
+    nothing_better = repair(history, {10, 20, 30}, lambda p: {"within_budget": False}, iterations=3)
+    assert nothing_better["point"] == Point(0, 10, 1.0)  # the best check within budget itself
+
+
+# ---- per-task budgets ----------------------------------------------------------------------------------
+
+def lab_config(**retention) -> dict:
+    return {"model": {"name": "retain-tiny"}, "data": {"train": "lab:tasks/city_country/train.jsonl"},
+            "output": {"dir": "x"}, "mitigations": {"retention": retention}}
+
+
+def base_results():
+    return {"tasks": {
+        "facts": {"primary_metric": "acc", "lower_is_better": False, "metrics": {"acc": 0.8}},
+        "english": {"primary_metric": "word_perplexity", "lower_is_better": True, "metrics": {"word_perplexity": 20.0}},
+        "open": {"primary_metric": "distinct_2", "lower_is_better": False, "metrics": {"distinct_2": 0.9}}}}
+
+
+def test_per_task_budgets_in_their_own_units_weights_and_ignore():
+    options = config_from_dict(lab_config(max_drop_points=2.0, tasks={
+        "english": {"max_perplexity_increase": 0.5}, "open": "ignore", "facts": {"weight": 2.0}})).mitigations[
+        "retention"]
+    budget = RetentionBudget(options)
+    budget.base = base_results()
+    drops = {"facts": 1.5, "english": 0.4, "open": 90.0}  # facts counts double: 3 > 2; open is never a breach
+    assert budget._breaches(drops) == ["facts acc dropped 1.5 points (budget 2 points at weight 2)"]
+    assert budget._breaches({"facts": 0.5, "english": 0.6, "open": 0.0}) == [
+        "english word_perplexity rose +60.0% (budget +50%)"]
+
+
+def test_the_default_perplexity_budget_is_ten_percent():
+    assert config_from_dict(lab_config()).mitigations["retention"].limits() == (1.0, 0.10)
+
+
+@pytest.mark.parametrize("tasks, message", [
+    ({"english": {"max_perplexity_increse": 0.5}}, "mitigations.retention.tasks.english.max_perplexity_increse: "
+                                                   "unknown key"),
+    ({"english": "skip"}, "mitigations.retention.tasks.english: expected `ignore` or a mapping"),
+    ({"english": {"weight": -1}}, "mitigations.retention.tasks.english.weight: must be a number >= 0"),
+])
+def test_a_bad_task_budget_names_its_key(tasks, message):
+    with pytest.raises(ConfigError, match=message.replace("`", ".")):
+        config_from_dict(lab_config(tasks=tasks))
+
+
+def test_patience_needs_an_action_that_can_wait():
+    with pytest.raises(ConfigError, match="patience: has no effect with action stop"):
+        config_from_dict(lab_config(patience=2))
+    assert RetentionOptions(action="early_stop").patience_checks() == 2
+    assert RetentionOptions(action="rollback").patience_checks() is None
+
+
+# ---- early warnings ------------------------------------------------------------------------------------
+
+def test_bucketed_kl_is_zero_against_itself_and_a_lower_bound_of_the_full_kl():
+    from retain.mitigations.distill import kl_divergence
+    from retain.mitigations.early_warnings import bucketed_kl, top_k_reference
+
+    torch.manual_seed(0)
+    base, tuned = torch.randn(6, 50), torch.randn(6, 50)
+    ids, logprobs = top_k_reference(base, 8)
+    assert float(bucketed_kl(ids, logprobs, base)) == pytest.approx(0.0, abs=1e-6)
+    full = float(kl_divergence(tuned[None], base[None], torch.ones(1, 6, dtype=torch.bool)))
+    assert 0 < float(bucketed_kl(ids, logprobs, tuned)) <= full + 1e-6
+    ids, logprobs = top_k_reference(base, 50)  # k = the vocabulary: exact
+    assert float(bucketed_kl(ids, logprobs, tuned)) == pytest.approx(full, rel=1e-4)
+
+
+def test_drift_is_relative_per_layer():
+    from retain.mitigations.early_warnings import drift_by_layer, layer_of
+
+    assert [layer_of(n) for n in ("model.layers.3.mlp.up_proj.weight", "model.embed_tokens.weight", "lm_head.weight",
+                                  "model.norm.weight")] == ["layer3", "embed", "head", "other"]
+    start = {"model.layers.0.w": torch.ones(4), "model.layers.1.w": torch.ones(4)}
+    now = {"model.layers.0.w": torch.ones(4) * 1.5, "model.layers.1.w": torch.ones(4)}
+    drift = drift_by_layer(now, start)
+    assert drift["layer0"] == pytest.approx(0.5) and drift["layer1"] == 0.0
+    assert drift["all"] == pytest.approx((4 * 0.25 / 8) ** 0.5)
+
+
+def test_early_warnings_are_logged_and_grow_as_the_model_leaves_the_base(make_config, tmp_path):
+    from conftest import write_jsonl
+
+    general = write_jsonl(tmp_path / "general.jsonl", [{"text": "the capital of france is paris . one plus two"}] * 8)
+    config = make_config(training={"max_steps": 6, "lr": 3e-2},
+                         mitigations={"early_warnings": {"every": 2, "general": str(general), "examples": 4}})
+    result = retain.train(config_from_dict(config), progress=False)
+    rows = [r for r in result.metrics if "warn/kl_general" in r]
+    assert [r["step"] for r in rows] == [2, 4, 6]
+    assert {"warn/kl_task", "warn/drift/all", "warn/drift/layer0", "warn/drift/embed"} <= set(rows[0])
+    assert rows[0]["warn/kl_general"] > 0 and rows[-1]["warn/drift/all"] > rows[0]["warn/drift/all"] > 0
