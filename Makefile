@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # torch is installed in the same pip command as the rest so the CPU build on disk is chosen.
 PIP_INSTALL := $(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
 
-.PHONY: demo test bench clean real-model real-study tune-study
+.PHONY: demo test bench clean real-model real-study continual-study tune-study
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,12 @@ tune-study: $(VENV)/.installed-tune
 	mkdir -p runs/tune-lab
 	start=$$(date +%s) && HF_HUB_OFFLINE=1 $(BIN)/retain tune configs/tune/lab.yaml \
 		&& echo $$(( $$(date +%s) - $$start )) > runs/tune-lab/wall_seconds
+
+# The continual-learning study on the lab (docs/continual.md): configs/sequences/lab.yaml under each
+# strategy (naive, optimizer reuse, online EWC, online SI, replay buffer, isolated adapters + router,
+# multi-task reference). About 35 minutes on 2 CPU cores; finished strategies are not run again.
+continual-study: $(VENV)/.installed-base
+	HF_HUB_OFFLINE=1 $(BIN)/python tools/continual_study.py configs/sequences/lab.yaml --out docs
 
 demo: $(VENV)/.installed-base
 	HF_HUB_OFFLINE=1 $(BIN)/retain demo

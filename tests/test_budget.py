@@ -82,6 +82,17 @@ def test_repair_picks_the_highest_task_score_within_budget_over_all_lines():
     assert nothing_better["point"] == Point(0, 10, 1.0)  # the best check within budget itself
 
 
+def test_a_point_that_gains_nothing_does_not_replace_the_start():
+    # the old repair's failure on the lab: a sliver of the fine-tune (alpha 0.08) with no task gain was "chosen"
+    history = [START, check(10, False, 0.4, 9.0)]
+    chosen = repair(history, {10}, lambda p: {"within_budget": p.alpha < 0.1, "task_score": 0.0, "budget_used": 0.0},
+                    iterations=5)
+    assert chosen["point"].end == 0 and chosen["candidates"][0]["alpha"] > 0
+    unscored = [check(0, True), check(10, False)]  # without a task score, the furthest point within budget
+    chosen = repair(unscored, {10}, lambda p: {"within_budget": p.alpha < 0.3, "budget_used": 0.5}, iterations=5)
+    assert chosen["point"].end == 10 and 0.25 <= chosen["point"].alpha < 0.3
+
+
 # ---- per-task budgets ----------------------------------------------------------------------------------
 
 def lab_config(**retention) -> dict:

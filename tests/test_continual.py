@@ -154,7 +154,11 @@ def tiny_sequence(make_config, tmp_path, **extra) -> Path:
 
 
 def test_retain_sequence_end_to_end_and_resumes_a_lost_stage(make_config, tmp_path, capsys):
-    path = tiny_sequence(make_config, tmp_path, optimizer="reuse", multitask=True,
+    general = write_jsonl(tmp_path / "general.jsonl", [{"text": f"the capital of {w} is paris ."}
+                                                       for w in ("france", "japan", "red", "blue")])
+    online = {"mitigations.ewc": {"weight": 0.1, "file": str(general), "batches": 2, "batch_size": 2},
+              "mitigations.si": {"weight": 0.1, "file": str(general), "steps": 2, "batch_size": 2}}
+    path = tiny_sequence(make_config, tmp_path, optimizer="reuse", multitask=True, common=online,
                          replay_buffer={"size": 5, "ratio": 0.25, "seed": 0})
     assert main(["sequence", str(path)]) == 0
     out = tmp_path / "seq"
@@ -170,6 +174,14 @@ def test_retain_sequence_end_to_end_and_resumes_a_lost_stage(make_config, tmp_pa
     import torch
     state = torch.load(out / "stages" / "2-pairs" / "optimizer.pt", weights_only=True)["state"]
     assert {int(s["step"]) for s in state.values()} == {8}  # 4 steps carried over + 4 of its own
+    # online EWC and SI: stage 2 adds the importance on stage 1's task to what stage 1 had measured
+    stage1 = out / "stages" / "1-sums"
+    assert stage2["mitigations"]["ewc"]["fisher_in"] == str(stage1 / "fisher.pt")
+    assert stage2["mitigations"]["si"]["importance_in"] == str(stage1 / "si_importance.pt")
+    assert stage2["mitigations"]["ewc"]["file"] == stage2["mitigations"]["si"]["file"] == str(tmp_path / "sums.jsonl")
+    before = torch.load(stage1 / "fisher.pt", weights_only=True)
+    after = torch.load(out / "stages" / "2-pairs" / "fisher.pt", weights_only=True)
+    assert all((after[n] >= before[n]).all() for n in before) and any((after[n] > before[n]).any() for n in before)
 
     # killed during stage 2, after its checkpoint at step 2: a rerun skips stage 1 and resumes stage 2
     first_final = (out / "stages" / "1-sums" / "final" / "model.safetensors").stat().st_mtime_ns

@@ -40,7 +40,7 @@ def study(make_config, tmp_path):
 
     def write(name: str = "tune.yaml", **keys) -> str:
         data = {"base": str(base), "task": str(tmp_path / "sums.yaml"), "suite": SUITE,
-                "output": str(tmp_path / "out"), "trials": 2, "limit": 12, "seed": 0,
+                "output": str(tmp_path / "out"), "trials": 2, "limit": 12, "test_limit": 12, "seed": 0,
                 "space": {"training.lr": {"float": [1e-4, 3e-2], "log": True},
                           "mitigations.lora": {"choice": ["absent", {"r": 2, "alpha": 4}]}}}
         data.update(keys)

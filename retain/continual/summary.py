@@ -121,9 +121,10 @@ def sequence_markdown(summary: dict) -> str:
         m = summary["multitask"]
         out += ["", f"Multi-task reference (one run on the union): ACC {estimate(m['acc'], signed=False)}; sequence minus "
                     f"reference {estimate(m['sequence_minus_multitask'])}"]
+    out += ["", "![accuracy matrix](heatmap.png)"]
     if summary["capabilities"]:
         out += ["", "Capabilities after each stage (score: change from the base, 95% CI):", "",
-                *capability_table(summary["capabilities"], stages)]
+                *capability_table(summary["capabilities"], stages), "", "![capabilities](capabilities.png)"]
     return "\n".join(out) + "\n"
 
 

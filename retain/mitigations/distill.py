@@ -33,7 +33,10 @@ import torch.nn.functional as F
 
 from retain.mitigations.roles import Context
 
-CHUNK_ELEMENTS = 1 << 24  # rows × V per chunk of the KL: 64 MB per float32 temporary
+# Rows per chunk of the KL: about CHUNK_ELEMENTS / V (16 MB per float32 temporary, four alive at once), but
+# never fewer than CHUNK_MIN_ROWS, so that a 128k vocabulary still gives a GPU kernels worth launching.
+CHUNK_ELEMENTS = 1 << 22
+CHUNK_MIN_ROWS = 64
 
 
 class _RowKL(torch.autograd.Function):
@@ -52,7 +55,7 @@ class _RowKL(torch.autograd.Function):
         wants_grad = ctx.needs_input_grad[0]
         grad = torch.empty((n, vocab), dtype=student.dtype, device=student.device) if wants_grad else None
         total = torch.zeros((), dtype=torch.float32, device=student.device)
-        chunk = max(1, CHUNK_ELEMENTS // vocab)
+        chunk = max(CHUNK_MIN_ROWS, CHUNK_ELEMENTS // vocab)
         for a in range(0, n, chunk):
             rows = index[a:a + chunk]
             t_rows = teacher[a:a + chunk] if teacher_index is None else teacher.index_select(0, teacher_index[a:a + chunk])
@@ -78,7 +81,7 @@ class _RowKL(torch.autograd.Function):
     def backward(ctx, grad_output):
         index, grad = ctx.saved_tensors
         full = torch.zeros((ctx.rows, grad.shape[-1]), dtype=grad.dtype, device=grad.device)  # (R, V)
-        full.index_copy_(0, index, grad * grad_output.to(grad.dtype))
+        full.index_copy_(0, index, grad).mul_(grad_output.to(grad.dtype))  # no second (N, V) temporary
         return full, None, None, None, None, None
 
 

@@ -186,6 +186,24 @@ class RetentionBudget:
         drops = task_drops(self.base, self._score(model))
         return not self._breaches(drops), drops
 
+    def _scan(self, model, first: list[str]) -> tuple[bool, dict[str, float]]:
+        """_within, task by task, stopping at the first breach (tasks named in `first` are scored first): most
+        points a repair search measures breach, and one task says so."""
+        from retain.evaluation.runner import evaluate
+
+        was_training = model.training
+        drops = {}
+        for task in sorted(self.tasks, key=lambda t: t.name not in first):
+            result = evaluate(model, self.tokenizer, [task], split="dev", limit=self.options.limit, progress=False,
+                              batch_size=self.options.batch_size)
+            drops.update(task_drops({"tasks": {task.name: self.base["tasks"][task.name]}}, result))
+            if self._breaches({task.name: drops[task.name]}):
+                first[:] = [task.name]
+                model.train(was_training)
+                return False, drops
+        model.train(was_training)
+        return True, drops
+
     def _measure(self, model, ok: bool, drops: dict[str, float], step: int, score_task: bool = True) -> dict:
         """A check-like record of the weights now in `model`."""
         shares = self._shares(drops)
@@ -238,11 +256,11 @@ class RetentionBudget:
         touched = False
         if o.action == "repair":
             now = on_cpu(trainable(model))  # the search moves the model; these go back if nothing better is found
-            measured = []
+            measured, breached_last = [], []
 
             def measure(point: Point) -> dict:
                 restore(model, self._point_weights(point, now, step))
-                ok, drops = self._within(model)
+                ok, drops = self._scan(model, breached_last)
                 measured.append(point)
                 return self._measure(model, ok, drops, point.end, score_task=ok)
 

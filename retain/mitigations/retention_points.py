@@ -19,13 +19,14 @@ from typing import Callable
 
 
 def merit(check: dict) -> tuple:
-    """Sort key, larger is better: the dev task score, then less budget used, then the later step.
-
-    Without a task score the latest check wins (the longest training that kept within budget)."""
+    """Sort key, larger is better: the dev task score, then less budget used, then less training (between equal
+    points, the one that moved the weights less). `progress` is how far along training a point is (a check's
+    step; α of the way along a line); without a task score the furthest along wins, as a proxy for the task."""
+    progress = check.get("progress", check["step"])
     score = check.get("task_score")
     if score is None:
-        return (-math.inf, 0.0, check["step"])
-    return (score, -check.get("budget_used", 0.0), check["step"])
+        return (-math.inf, 0.0, progress)
+    return (score, -check.get("budget_used", 0.0), -progress)
 
 
 def best_within(checks: list[dict]) -> dict:
@@ -95,7 +96,7 @@ def search_line(origin: int, end: int, measure: Callable[[Point], dict], iterati
         mid = (low + high) / 2
         measured = measure(Point(origin, end, mid))
         if measured["within_budget"]:
-            low, found = mid, {**measured, "point": Point(origin, end, mid)}
+            low, found = mid, {**measured, "point": Point(origin, end, mid), "progress": origin + mid * (end - origin)}
         else:
             high = mid
     return found
@@ -118,6 +119,6 @@ def repair(checks: list[dict], kept: set[int], measure: Callable[[Point], dict],
         found = search_line(origin, end, measure, iterations)
         candidates.append({"origin": origin, "end": end, "alpha": found["point"].alpha if found else 0.0,
                            **{k: found.get(k) if found else None for k in ("task_score", "task_value")}})
-        if found is not None and merit({**found, "step": end}) > merit(chosen):
+        if found is not None and merit({**found, "step": end}) > merit(chosen):  # found carries its progress
             chosen = {**found, "step": end}
     return {**chosen, "candidates": candidates}

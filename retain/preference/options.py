@@ -17,6 +17,9 @@ class DPOOptions:
         "help": "β: the strength of DPO's implicit KL leash to the reference; smaller lets the model drift further"})
     loss_type: Literal["sigmoid", "ipo"] = field(default="sigmoid", metadata={
         "help": "sigmoid: the DPO paper's −log σ(β·margin); ipo: (length-normalised margin − 1/(2β))², as TRL"})
+    sft_weight: float = field(default=0.0, metadata={
+        "help": "loss += sft_weight · the chosen answers' per-token NLL (RPO; TRL's loss_type [sigmoid, sft]): "
+                "pulls the policy toward the chosen answers, not only away from the rejected ones"})
     precompute_reference: bool = field(default=False, metadata={
         "help": "compute the reference log-probs of every pair once before the first step (no reference forward "
                 "or frozen copy while training)"})
@@ -24,6 +27,8 @@ class DPOOptions:
     def validate(self):
         if not (math.isfinite(self.beta) and self.beta > 0):
             yield "beta", f"must be a finite number > 0, got {self.beta}"
+        if not (math.isfinite(self.sft_weight) and self.sft_weight >= 0):
+            yield "sft_weight", f"must be a finite number >= 0, got {self.sft_weight}"
 
 
 @dataclass(frozen=True)

@@ -81,7 +81,7 @@ def score_on_test(tuning: Tuning, names: list[str]) -> dict[str, Path]:
             model = (read_json(out / "dev" / "base.json")["model"] if name == "base"
                      else str(out / "runs" / name / "final"))
             print(f"scoring {name} on the test split")
-            evaluate_path(model, tuning.suite, "test", path, limit=t.limit, progress=tuning.progress,
+            evaluate_path(model, tuning.suite, "test", path, limit=t.test_limit, progress=tuning.progress,
                           batch_size=t.batch_size, device=t.device)
         paths[name] = path
     return paths

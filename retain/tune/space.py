@@ -5,6 +5,7 @@
     suite: lab                             # the capabilities whose loss is measured (dev split while searching)
     output: runs/tune-lab
     trials: 16                             # trials in the study (enqueued ones included; the reference is extra)
+    limit: 60                              # dev items per task (decisions); test_limit: the report's (null: all)
     sampler: tpe                           # tpe (single or multi-objective) | nsga2 (multi-objective)
     objective: {kind: constrained, max_forgetting_share: 0.1}
     pruner: {kind: median, every: 50, startup_trials: 3}
@@ -94,7 +95,8 @@ class TuneConfig:
     pruner: Pruner = Pruner()
     enqueue: list[dict[str, Any]] = field(default_factory=list)
     common: dict[str, Any] = field(default_factory=dict)  # dotted overrides every trial and the reference get
-    limit: int | None = None  # items per task, dev and test
+    limit: int | None = None  # dev items per task: what every decision is made on
+    test_limit: int | None = None  # test items per task for the report (null: all, for the tightest CIs)
     batch_size: int = 64
     device: str | None = None  # evaluation device (auto: the GPU when there is one)
     resources: Resources = Resources()
