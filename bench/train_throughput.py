@@ -1,10 +1,14 @@
 """retain's training loop against a plain Hugging Face Trainer: same model, data, batch, steps, one run.
 
-    python bench/train_throughput.py [--steps 300] [--batch-size 16]
+    python bench/train_throughput.py [--steps 300] [--batch-size 16] [--rounds 3]
 
 Prints tokens/s for both and the ratio (retain / Trainer). Both use the bundled retain-tiny and the
 city_country task; each side is timed from loading the model and tokenizing the data to the end of
-training and writing the final model, after a short warm-up run of each.
+training and writing the final model, after a short warm-up run of each. The two alternate for
+--rounds rounds and each side's fastest round counts: on a machine shared with other jobs, load only
+ever slows a run down, so the fastest is the least disturbed. The load average and torch's thread
+count are printed with the figures (on a loaded machine, OMP_NUM_THREADS=1 keeps torch's threads from
+spinning against other processes').
 """
 
 from __future__ import annotations
@@ -72,17 +76,27 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    import torch
+
     tmp = Path(tempfile.mkdtemp())
+    load_before = os.getloadavg()
     retain_run(5, args.batch_size, tmp / "warm-r")
     trainer_run(5, args.batch_size, tmp / "warm-t")
-    t_retain = retain_run(args.steps, args.batch_size, tmp / "retain")
-    t_trainer = trainer_run(args.steps, args.batch_size, tmp / "trainer")
+    times: dict[str, list[float]] = {"retain": [], "trainer": []}
+    for k in range(args.rounds):
+        times["retain"].append(retain_run(args.steps, args.batch_size, tmp / f"retain-{k}"))
+        times["trainer"].append(trainer_run(args.steps, args.batch_size, tmp / f"trainer-{k}"))
+    t_retain, t_trainer = min(times["retain"]), min(times["trainer"])
     tokens = tokens_per_step(args.batch_size, args.steps) * args.steps
     r, t = tokens / t_retain, tokens / t_trainer
-    print(f"retain loop : {r:8.0f} tokens/s  ({t_retain:.1f} s for {args.steps} steps)")
-    print(f"HF Trainer  : {t:8.0f} tokens/s  ({t_trainer:.1f} s)")
+    rounds = {side: " ".join(f"{x:.1f}" for x in ts) for side, ts in times.items()}
+    print(f"retain loop : {r:8.0f} tokens/s  (best {t_retain:.1f} s for {args.steps} steps; rounds {rounds['retain']})")
+    print(f"HF Trainer  : {t:8.0f} tokens/s  (best {t_trainer:.1f} s; rounds {rounds['trainer']})")
     print(f"ratio retain / Trainer: {r / t:.2f}x")
+    print(f"load average before {load_before[0]:.1f}, after {os.getloadavg()[0]:.1f} (1 min); "
+          f"torch threads {torch.get_num_threads()}")
 
 
 if __name__ == "__main__":

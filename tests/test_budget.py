@@ -93,6 +93,108 @@ def test_a_point_that_gains_nothing_does_not_replace_the_start():
     assert chosen["point"].end == 10 and 0.25 <= chosen["point"].alpha < 0.3
 
 
+# ---- the budget's decisions, on a scripted model ------------------------------------------------------------
+
+class Scripted(RetentionBudget):
+    """A budget whose scores are functions of a 2-weight model (a, b): the task score is a, and the facts
+    score drops 10·b points; checks move along b = 4·a², so forgetting grows faster than the task."""
+
+    def _score(self, model):
+        _, b = model.weight.detach()[0].tolist()
+        return {"tasks": {"facts": {"primary_metric": "acc", "lower_is_better": False,
+                                    "metrics": {"acc": 0.9 - 0.1 * b}}}}
+
+    def _scan(self, model, first):
+        return self._within(model)
+
+    def _task_value(self, model):
+        return model.weight.detach()[0, 0].item()
+
+    def task_source(self):
+        return {"source": "scripted", "metric": "exact_match", "higher_is_better": True}
+
+
+def scripted(total=50, **options) -> tuple[Scripted, torch.nn.Module]:
+    from retain.mitigations.roles import Context
+
+    model = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        model.weight.zero_()
+    budget = Scripted(RetentionOptions(suite="english", every=10, max_drop_points=2.0, **options))
+    budget.setup(model, Context(tokenizer=None, total_steps=total, max_length=8, load_base_model=None,
+                                output_dir=None))
+    return budget, model
+
+
+def train_to(budget, model, steps) -> list:
+    decisions = []
+    for step in steps:
+        a = step / 100
+        with torch.no_grad():
+            model.weight.copy_(torch.tensor([[a, 4 * a * a]]))
+        decisions.append(budget.check(model, step, step == budget.total_steps))
+    return decisions
+
+
+def test_rollback_with_patience_trains_through_a_breach_and_returns_to_the_best_check():
+    budget, model = scripted(action="rollback", patience=2)
+    *_, last = train_to(budget, model, [10, 20, 30, 40])
+    assert [c["within_budget"] for c in budget.history] == [True, True, False, False]
+    assert last.stop and torch.equal(last.weights["weight"], torch.tensor([[0.2, 0.16]]))  # step 20's weights
+    assert budget.outcome["restored_step"] == 20 and "no better point in 2 checks" in budget.outcome["why"]
+
+
+def test_repair_finds_a_better_point_than_any_check_between_the_best_and_a_breach():
+    budget, model = scripted(action="repair", patience=9)
+    *_, last = train_to(budget, model, [10, 20, 30, 40, 50])
+    chosen = budget.outcome["chosen"]
+    assert last.stop and chosen["origin"] == 20 and chosen["end"] in (40, 50)  # 30's weights were not kept
+    assert chosen["task_value"] > 0.205 and chosen["budget_used"] <= 1  # better than step 20's 0.2, within budget
+    a, b = last.weights["weight"][0].tolist()
+    assert a == pytest.approx(chosen["task_value"]) and 10 * b <= 2.0
+
+
+def test_the_kept_points_survive_a_resume_and_the_resumed_budget_decides_the_same():
+    budget, model = scripted(action="repair", patience=9)
+    train_to(budget, model, [10, 20, 30])
+    state = budget.state_dict()
+    assert set(state["kept"]) == {10, 20, 30}
+    resumed, model2 = scripted(action="repair", patience=9)
+    resumed.load_state_dict(state)
+    *_, a = train_to(budget, model, [40, 50])
+    *_, b = train_to(resumed, model2, [40, 50])
+    assert budget.outcome == resumed.outcome and torch.equal(a.weights["weight"], b.weights["weight"])
+
+
+def test_the_report_states_the_budget_each_check_and_the_point_chosen(tmp_path):
+    from retain.report.build import write_report
+
+    budget, model = scripted(action="repair", patience=9)
+    train_to(budget, model, [10, 20, 30, 40, 50])
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "retention.json").write_text(json.dumps(budget.files()["retention.json"]))
+    rows = [{"step": s, "loss": 1.0, "loss/task": 1.0, "warn/kl_general": s / 100, "warn/drift/all": s / 50,
+             "warn/drift/layer0": s / 40} for s in (10, 20, 30)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    results = {"split": "test", "tasks": {"facts": {
+        "kind": "multiple_choice", "capability": "facts", "primary_metric": "acc", "lower_is_better": False,
+        "chance": 0.25, "n": 4, "metrics": {"acc": 0.5}, "items": [{"id": i, "acc": i % 2} for i in range(4)]}}}
+    paths = [tmp_path / "base.json", tmp_path / "tuned.json"]
+    for p in paths:
+        p.write_text(json.dumps(results))
+    out = write_report(paths, tmp_path / "report", run_dirs=[run])
+    md = out["md"].read_text()
+    assert "Budget per task: facts: 2 points." in md
+    assert "Points are ranked by the dev exact_match of scripted (higher is better)." in md
+    assert "| step | within budget | budget used | dev exact_match | largest drops |" in md
+    assert "| 0 | yes | 0% | 0 | none |" in md and "| 30 | no | 180% (facts) | 0.3 | facts -3.6 pts |" in md
+    assert "Ended at 0." in md and "·(step 20) + 0." in md and "Searched the line from step 20 toward step" in md
+    assert "action repair ended at" in md  # the one-line summary beside the headline
+    html = out["html"].read_text()
+    assert "alt='early warnings'" in html and "Retention budget: " in html
+
+
 # ---- per-task budgets ----------------------------------------------------------------------------------
 
 def lab_config(**retention) -> dict:

@@ -282,3 +282,47 @@ def test_bad_preference_data_exits_2_naming_file_and_row(make_config, tmp_path, 
     assert code == 2, err[-2000:]
     assert fragment in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()  # nothing written: the data fails before the model loads
+
+
+# --- the report flags a reward that rose while a capability fell ---
+
+def comparison(verdict: str, severity: str) -> dict:
+    return {"capabilities": {"country facts": {"verdict": verdict, "severity": severity}}}
+
+
+@pytest.mark.parametrize("rewards, verdict, severity, flagged", [
+    ([0.1, 0.2, 0.5, 0.9, 1.0], "worse", "severe", True),
+    ([0.1, 0.2, 0.5, 0.9, 1.0], "worse", "mild", False),  # a small loss is not "fell significantly"
+    ([0.1, 0.2, 0.5, 0.9, 1.0], "no significant change", "none", False),
+    ([1.0, 0.9, 0.5, 0.2, 0.1], "worse", "severe", False),  # the reward fell: nothing was gamed
+])
+def test_report_flags_reward_up_capability_down(tmp_path, rewards, verdict, severity, flagged):
+    from retain.report.reward_hacking import hacking_lines
+
+    run = tmp_path / "grpo"
+    write_jsonl(run / "metrics.jsonl", [{"step": 5 * (i + 1), "loss": 0.1, "grpo/reward": r, "grpo/kl": 0.01 * i}
+                                        for i, r in enumerate(rewards)] + [{"step": 25, "eval/reward": 0.3}])
+    lines = hacking_lines([run], {"after": comparison(verdict, severity)})
+    assert bool(lines) == flagged
+    if flagged:
+        assert "grpo/reward rose 0.1 → 1" in lines[0] and "country facts fell significantly" in lines[0]
+        assert "grpo/kl 0 → 0.04" in lines[0]
+
+
+def test_the_report_carries_the_flag(tmp_path):
+    """`retain report --run` on a reward run: the warning is in report.md (results files made up, same items)."""
+    from retain.report.build import write_report
+
+    items = [{"id": i, "correct": 1.0} for i in range(40)]
+    task = {"primary_metric": "exact_match", "capability": "country facts", "lower_is_better": False, "chance": 0.0}
+
+    def results(correct: list[float]) -> dict:
+        return {"suite": "t", "split": "test", "limit": None,
+                "tasks": {"facts": {**task, "metrics": {"exact_match": sum(correct) / len(correct)},
+                                    "items": [{**it, "exact_match": c} for it, c in zip(items, correct)]}}}
+
+    (tmp_path / "before.json").write_text(json.dumps(results([1.0] * 40)))
+    (tmp_path / "after.json").write_text(json.dumps(results([1.0] * 10 + [0.0] * 30)))
+    write_jsonl(tmp_path / "run" / "metrics.jsonl", [{"step": s, "grpo/reward": s / 10} for s in range(1, 6)])
+    out = write_report([tmp_path / "before.json", tmp_path / "after.json"], tmp_path / "report", [tmp_path / "run"])
+    assert "Possible reward hacking in after" in out["md"].read_text()

@@ -124,7 +124,11 @@ def explanations() -> dict[str, str]:
 def walk(cls: type, prefix: str) -> dict[str, str]:
     """`prefix.KEY` -> its explanation, for every field of dataclass `cls`."""
     hints = typing.get_type_hints(cls)
-    return {f"{prefix}.{f.name}": field_text(f"{prefix}.{f.name}", f, hints[f.name]) for f in dataclasses.fields(cls)}
+    out = {f"{prefix}.{f.name}": field_text(f"{prefix}.{f.name}", f, hints[f.name]) for f in dataclasses.fields(cls)}
+    for f in dataclasses.fields(cls):  # a nested section (training.dpo): its keys too
+        if dataclasses.is_dataclass(hints[f.name]):
+            out.update(walk(hints[f.name], f"{prefix}.{f.name}"))
+    return out
 
 
 def mitigation_explanations(title: str) -> dict[str, str]:

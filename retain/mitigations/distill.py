@@ -31,6 +31,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from retain.lm_head import logits_at, rows_of, shifted_rows
 from retain.mitigations.roles import Context
 
 # Rows per chunk of the KL: about CHUNK_ELEMENTS / V (16 MB per float32 temporary, four alive at once), but
@@ -42,37 +43,38 @@ CHUNK_MIN_ROWS = 64
 class _RowKL(torch.autograd.Function):
     """T² · Σ over rows of KL(teacher‖student) ("forward") or KL(student‖teacher) ("reverse") of softmax(·/T).
 
-    student: (R, V) logits, of which the rows `index` (N,) count; teacher: (N, V) logits at those
-    positions, or (R', V) with `teacher_index` (N,). The gradient goes to the student only (the
-    teacher is a fixed target); it is computed in the forward, chunk by chunk:
+    student: (R, V) logits, of which the rows `index` (N,) count (None: all R, in order); teacher: (N, V)
+    logits at those positions, or (R', V) with `teacher_index` (N,). The gradient goes to the student
+    only (the teacher is a fixed target); it is computed in the forward, chunk by chunk:
         forward KL:  d/dz = T · (q − p)                       p = softmax(teacher/T), q = softmax(z/T)
         reverse KL:  d/dz = T · q ⊙ (log q − log p − KL_row)
     """
 
     @staticmethod
     def forward(ctx, student, index, teacher, teacher_index, temperature, direction):
-        n, vocab = index.numel(), student.shape[-1]
+        n, vocab = (student.shape[0] if index is None else index.numel()), student.shape[-1]
         wants_grad = ctx.needs_input_grad[0]
         grad = torch.empty((n, vocab), dtype=student.dtype, device=student.device) if wants_grad else None
         total = torch.zeros((), dtype=torch.float32, device=student.device)
         chunk = max(CHUNK_MIN_ROWS, CHUNK_ELEMENTS // vocab)
         for a in range(0, n, chunk):
-            rows = index[a:a + chunk]
-            t_rows = teacher[a:a + chunk] if teacher_index is None else teacher.index_select(0, teacher_index[a:a + chunk])
-            s = F.log_softmax(student.index_select(0, rows).float() / temperature, dim=-1)  # (c, V) log q
-            t = F.log_softmax(t_rows.float() / temperature, dim=-1)  # (c, V) log p
+            b = min(a + chunk, n)
+            s_rows = student[a:b] if index is None else student.index_select(0, index[a:b])  # a view when all rows
+            t_rows = teacher[a:b] if teacher_index is None else teacher.index_select(0, teacher_index[a:b])
+            s = F.log_softmax(_scaled(s_rows, temperature), dim=-1)  # (c, V) log q
+            t = F.log_softmax(_scaled(t_rows, temperature), dim=-1)  # (c, V) log p
             q = s.exp()
             if direction == "forward":
                 p = t.exp()
                 total += torch.vdot(p.flatten(), t.sub_(s).flatten())  # Σ p (log p − log q)
                 if wants_grad:
-                    grad[a:a + chunk] = q.sub_(p).mul_(temperature)
+                    grad[a:b] = q.sub_(p) if temperature == 1 else q.sub_(p).mul_(temperature)
             else:
                 log_ratio = s.sub_(t)  # (c, V) log q − log p
                 per_row = (q * log_ratio).sum(-1, keepdim=True)  # (c, 1)
                 total += per_row.sum()
                 if wants_grad:
-                    grad[a:a + chunk] = q.mul_(log_ratio.sub_(per_row)).mul_(temperature)
+                    grad[a:b] = q.mul_(log_ratio.sub_(per_row)).mul_(temperature)
         ctx.save_for_backward(index, grad)
         ctx.rows = student.shape[0]
         return total * temperature ** 2
@@ -80,30 +82,39 @@ class _RowKL(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         index, grad = ctx.saved_tensors
+        if index is None:  # every row: the gradient is already the student's shape
+            return grad * grad_output.to(grad.dtype), None, None, None, None, None
         full = torch.zeros((ctx.rows, grad.shape[-1]), dtype=grad.dtype, device=grad.device)  # (R, V)
         full.index_copy_(0, index, grad).mul_(grad_output.to(grad.dtype))  # no second (N, V) temporary
         return full, None, None, None, None, None
 
 
-def kl_rows(student: torch.Tensor, index: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0,
+def _scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """logits / T in float32 (no copy when they are float32 already and T = 1)."""
+    logits = logits.float()
+    return logits if temperature == 1 else logits / temperature
+
+
+def kl_rows(student: torch.Tensor, index: torch.Tensor | None, teacher: torch.Tensor, temperature: float = 1.0,
             direction: str = "forward", teacher_index: torch.Tensor | None = None) -> torch.Tensor:
     """Sum (not mean) over N positions of the T²-scaled KL; 0-dim float32, gradient to `student` only.
 
-    student: (R, V) logits (e.g. a batch's (B·T, V)), index: (N,) the rows that count; teacher: (N, V)
-    logits at the same positions, or (R', V) rows picked by teacher_index (N,).
+    student: (R, V) logits (e.g. a batch's (B·T, V)), index: (N,) the rows that count, or None for all R;
+    teacher: (N, V) logits at the same positions, or (R', V) rows picked by teacher_index (N,).
     """
     return _RowKL.apply(student, index, teacher, teacher_index, float(temperature), direction)
 
 
-def top_k_rows_kl(student: torch.Tensor, index: torch.Tensor, teacher_ids: torch.Tensor,
+def top_k_rows_kl(student: torch.Tensor, index: torch.Tensor | None, teacher_ids: torch.Tensor,
                   teacher_logprobs: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Sum over N positions of the forward KL over the teacher's top-k tokens, both renormalised there.
 
-    student: (R, V) logits, index: (N,) its rows that count; teacher_ids, teacher_logprobs: (N, k).
-    Only the (N, k) student logits are read: nothing of size V is computed.
+    student: (R, V) logits, index: (N,) its rows that count (None: all R); teacher_ids, teacher_logprobs:
+    (N, k). Only the (N, k) student logits are read: nothing of size V is computed.
     """
-    s = F.log_softmax(student[index[:, None], teacher_ids.long()].float() / temperature, dim=-1)  # (N, k)
-    t = F.log_softmax(teacher_logprobs.float() / temperature, dim=-1)
+    picked = student.gather(-1, teacher_ids.long()) if index is None else student[index[:, None], teacher_ids.long()]
+    s = F.log_softmax(_scaled(picked, temperature), dim=-1)  # (N, k)
+    t = F.log_softmax(_scaled(teacher_logprobs, temperature), dim=-1)
     return (t.exp() * (t - s)).sum() * temperature ** 2
 
 
@@ -149,16 +160,6 @@ def positions(batch: dict, on: str) -> torch.Tensor:
         chosen = batch["replay"] if on == "replay" else ~batch["replay"]
         mask &= chosen[:, None].to(mask.device)
     return mask
-
-
-def _student_rows(rows: torch.Tensor, width: int, logits: torch.Tensor) -> torch.Tensor:
-    """The rows of the student's (B·T', V) logits at the batch's flat positions `rows` (of B × width).
-
-    T' = width, except under prompt tuning, whose virtual tokens come before the text: there the
-    batch's position t is t + T' − width.
-    """
-    shifted = logits.shape[1] - width
-    return rows if shifted == 0 else rows // width * logits.shape[1] + shifted + rows % width
 
 
 class TopKCache:
@@ -241,64 +242,76 @@ class KLToBase:
         if not isinstance(model, PeftModel):
             self.reference = copy.deepcopy(model).eval().requires_grad_(False)
 
-    def rows(self, batch: dict, mask: torch.Tensor) -> torch.Tensor:
-        """(N,) long: the flat positions (of B·T) where `mask` (B, T) is set, in order.
+    def nonzero(self, batch: dict, flags: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(N,) long: where the 1-D `flags` are set, in order; `mask` (B, T) are the batch's KL positions.
 
-        Without a host sync when every example of the batch has been seen before (its count is
-        known on the host); a batch without `index` (not from retain's loop) always syncs once.
+        N is the batch's number of KL positions. Once every example of the batch has been seen, N is
+        known on the host (each example's count is remembered) and nothing waits for the device; a
+        first sight, or a batch without `index` (not from retain's loop), syncs once for N.
         """
         examples = batch.get("index")
-        flat = mask.flatten()
         if examples is not None and all(i in self.counts for i in examples):
-            return torch.nonzero_static(flat, size=sum(self.counts[i] for i in examples)).squeeze(1)
-        rows = flat.nonzero().squeeze(1)  # syncs: N decides the shape
+            return torch.nonzero_static(flags, size=sum(self.counts[i] for i in examples)).squeeze(1)
+        found = flags.nonzero().squeeze(1)  # syncs: N decides the shape
         if examples is not None:
             self.counts.update(zip(examples, mask.sum(1).tolist()))
-        return rows
+        return found
+
+    def kl_rows_of(self, batch: dict, outputs) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """(student (R, V) logits, their rows at the KL positions (N,; None: all R), those positions as
+        flat b·T + t (N,)).
+
+        The student's logits are (B, T', V) from a plain forward, or (N_targets, V) at `outputs.rows`
+        when the loop ran the head at the targets only (retain.training.step); the KL's positions are
+        targets, all of them or those of task or replay examples.
+        """
+        o = self.options
+        mask = positions(batch, o.apply_to)  # (B, T)
+        logits, width = outputs.logits, mask.shape[1]
+        targets = getattr(outputs, "rows", None)
+        if targets is None:
+            rows = self.nonzero(batch, mask.flatten(), mask)
+            return logits.reshape(-1, logits.shape[-1]), shifted_rows(rows, width, logits.shape[1]), rows
+        if o.apply_to == "all":  # the KL's rows are the logits' own
+            return logits, None, targets
+        chosen = batch["replay"] if o.apply_to == "replay" else ~batch["replay"]  # (B,)
+        picked = self.nonzero(batch, chosen.to(targets.device)[targets // width], mask)  # of the targets
+        return logits, picked, targets[picked]
 
     def teacher_logits_at(self, model, batch: dict, rows: torch.Tensor) -> torch.Tensor:
         """(N, V) logits of the base model at the batch's flat positions `rows`, under inference_mode."""
         ref = self.reference or model
-        head = ref.get_output_embeddings() if hasattr(ref, "get_output_embeddings") else None
-
-        def keep_rows(module, args):
-            # (B, T, H) final hidden states -> (N, H): the LM head's matmul runs on the N rows only
-            hidden = args[0]
-            return (hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows), *args[1:])
-
-        handle = head.register_forward_pre_hook(keep_rows) if head is not None else None
+        width = batch["input_ids"].shape[1]
         was_training = ref.training  # the frozen copy is in eval mode already; the PEFT model is training
         if was_training:
             ref.eval()  # no dropout in the reference
         try:
-            with torch.inference_mode(), (model.disable_adapter() if self.reference is None else nullcontext()):
+            with torch.inference_mode(), (model.disable_adapter() if self.reference is None else nullcontext()), \
+                    logits_at(ref, rows, width):
                 logits = ref(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                              use_cache=False).logits
         finally:
-            if handle is not None:
-                handle.remove()
             if was_training:
                 ref.train()
-        if logits.dim() == 3:  # the head is not called as a module here (or there is none): gather afterwards
-            logits = logits.reshape(-1, logits.shape[-1]).index_select(0, rows)
-        return logits
+        return rows_of(logits, rows, width)
 
-    def cached_teacher(self, model, batch: dict, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(ids, logprobs), each (N, k): the base's top-k at the batch's KL positions, computed once per example."""
-        k, examples = self.options.cache_top_k, batch.get("index")
+    def cached_teacher(self, model, batch: dict, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids, logprobs), each (N, k): the base's top-k at the batch's KL positions `rows` (flat b·T + t),
+        computed once per example and then read from the cache by the examples' indices."""
+        examples = batch.get("index")
         if examples is None:  # no identity to cache by (a batch from outside retain's loop): compute now
-            return self.top_k_at(model, batch, self.rows(batch, mask))
+            return self.top_k_at(model, batch, rows)
         first = {}
         for j, i in enumerate(examples):
             if i not in self.cache:
                 first.setdefault(i, j)  # an example twice in one batch (an epoch boundary) is stored once
         if first:
             missing = list(first.values())
-            at = torch.tensor(missing, device=mask.device)
+            at = torch.tensor(missing, device=batch["input_ids"].device)
             sub = {"input_ids": batch["input_ids"][at], "attention_mask": batch["attention_mask"][at],
-                   "index": tuple(first)}
-            sub_mask = mask[at]
-            ids, logprobs = self.top_k_at(model, sub, self.rows(sub, sub_mask))
+                   "labels": batch["labels"][at], "replay": batch["replay"][at], "index": tuple(first)}
+            sub_mask = positions(sub, self.options.apply_to)
+            ids, logprobs = self.top_k_at(model, sub, self.nonzero(sub, sub_mask.flatten(), sub_mask))
             self.cache.add(list(first), [self.counts[i] for i in first], ids, logprobs)
         return self.cache.rows(examples)
 
@@ -308,15 +321,11 @@ class KLToBase:
 
     def loss_term(self, model, batch, outputs) -> torch.Tensor:
         o = self.options
-        mask = positions(batch, o.apply_to)
-        logits = outputs.logits  # (B, T', V), T' = T except under prompt tuning
-        student = logits.reshape(-1, logits.shape[-1])
+        student, student_rows, rows = self.kl_rows_of(batch, outputs)
         if o.cache_top_k:
-            ids, logprobs = self.cached_teacher(model, batch, mask)
-            rows = self.rows(batch, mask)
-            total = top_k_rows_kl(student, _student_rows(rows, mask.shape[1], logits), ids, logprobs, o.temperature)
+            ids, logprobs = self.cached_teacher(model, batch, rows)
+            total = top_k_rows_kl(student, student_rows, ids, logprobs, o.temperature)
         else:
-            rows = self.rows(batch, mask)
             teacher = self.teacher_logits_at(model, batch, rows)
-            total = kl_rows(student, _student_rows(rows, mask.shape[1], logits), teacher, o.temperature, o.direction)
+            total = kl_rows(student, student_rows, teacher, o.temperature, o.direction)
         return o.weight * total / max(rows.numel(), 1)

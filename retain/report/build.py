@@ -14,6 +14,7 @@ from retain.io import atomic_write_json, atomic_write_text
 from retain.report import plots
 from retain.report.render import format_change, metric_words, render_html, render_markdown
 from retain.report.results import check_comparable, load_results, load_run_file
+from retain.report.reward_hacking import hacking_lines
 from retain.report.severity import rank, severity
 from retain.report.stats import NO_CHANGE, PERPLEXITY_DENOMINATOR, Change, paired_bootstrap, verdict
 
@@ -186,6 +187,7 @@ def write_report(result_paths: list[Path], out: Path, run_dirs: list[Path] = (),
                for d in run_dirs if (Path(d) / "retention.json").is_file()}
     report = {"base": base_label, "results": [str(p) for p in result_paths], "split": results[0].get("split"),
               "headlines": headlines, "comparisons": comparisons, "retention_budgets": budgets,
+              "reward_hacking": hacking_lines([Path(d) for d in run_dirs], comparisons),
               "scores": {label: {t: r["metrics"] for t, r in res["tasks"].items()} for label, res in zip(labels, results)}}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "report.json", report)

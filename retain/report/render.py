@@ -142,6 +142,7 @@ def render_markdown(report: dict) -> str:
     lines = ["# Forgetting report", "", f"Base: **{report['base']}**; split: {report['split']}.", ""]
     lines += [f"- {h}" for h in report["headlines"]] + [""]
     lines += [f"> {line}" for line in budget_lines(report)] + ([""] if budget_lines(report) else [])
+    lines += [f"> **{line}**" for line in report.get("reward_hacking", [])] + ([""] if report.get("reward_hacking") else [])
     for label, comparison in report["comparisons"].items():
         lines += [f"**{forgetting_line(label, comparison)}**", ""] if comparison.get("forgetting") else []
         for title, key, col in (("capability", "capabilities", "capability"), ("task", "tasks", "task")):
@@ -169,6 +170,7 @@ def render_html(report: dict, figures: dict[str, bytes]) -> str:
              f"<p>Base <b>{esc(report['base'])}</b>, split <b>{esc(str(report['split']))}</b>.</p>"]
     parts += [f"<div class='headline'>{esc(h)}</div>" for h in report["headlines"]]
     parts += [f"<p><b>{esc(line)}</b></p>" for line in budget_lines(report)]
+    parts += [f"<p class='severe'>{esc(line)}</p>" for line in report.get("reward_hacking", [])]
     for name, png in figures.items():
         parts.append(f"<img alt='{esc(name)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>")
     for label, comparison in report["comparisons"].items():

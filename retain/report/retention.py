@@ -53,7 +53,7 @@ def summary(b: dict) -> list[str]:
     lines = ["Budget per task: " + "; ".join(_budget(n, t) for n, t in b["tasks"].items()) + ".", ranked,
              f"Action {b['action']}" + (f", patience {b['patience']} checks" if b.get("patience") else
                                         ", at the first breach" if b["action"] != "stop" else "")
-             + f", {b.get('keep', '?')} checks' weights kept."]
+             + f"; the weights of {b.get('keep', '?')} checks kept to return to."]
     outcome = b.get("outcome")
     if not outcome:
         lines.append(f"Held at all {len(b['checks'])} checks; the run ended with its last weights.")

@@ -46,7 +46,7 @@ import torch
 from retain.config import RunConfig, config_to_yaml
 from retain.paths import resolve_path
 from retain.strict import ConfigError
-from retain.data import MODEL_INPUTS, Dataset, SeededOrder, collate, load_dataset
+from retain.data import MODEL_INPUTS, Dataset, SeededOrder, load_dataset
 from retain.io import atomic_torch_save, atomic_write_json, atomic_write_text
 from retain.mitigations import MITIGATIONS, build_mitigations
 from retain.mitigations.penalties import restore
@@ -61,7 +61,7 @@ from retain.training.logging import LogWindow, MetricsLog, make_trackers, tracke
 from retain.training.precision import choose_bf16, describe_precision, this_machine
 from retain.training.rundir import Start, clear_outputs, plan_start, run_lock
 from retain.preference import make_objective
-from retain.training.step import accumulate_gradients
+from retain.training.step import accumulate_gradients, collate_indexed
 
 NonFiniteLossError = NonFiniteError  # the name earlier releases raised
 
@@ -256,12 +256,9 @@ def load_and_check(config: RunConfig, out: Path, accelerator, start: Start) -> R
             return torch.utils.data.DataLoader(data, batch_size=t.batch_size, sampler=sampler,
                                                collate_fn=lambda b: objective.collate(b, pad_id),
                                                generator=torch.Generator().manual_seed(t.seed))
-        # Items are (index, example): a batch carries `index`, its examples' positions in `data` as host ints
-        # (a tuple, which accelerate leaves on the host), so KL can count positions and cache its teacher
-        # per example without reading anything back from the device.
+        # Items are (index, example): the batch says which examples it holds and where their targets are
         return torch.utils.data.DataLoader(list(enumerate(data)), batch_size=t.batch_size, sampler=sampler,
-                                           collate_fn=lambda b: {**collate([e for _, e in b], pad_id),
-                                                                 "index": tuple(i for i, _ in b)},
+                                           collate_fn=lambda b: collate_indexed(b, pad_id),
                                            generator=torch.Generator().manual_seed(t.seed))
 
     train_loader = loader(examples, SeededOrder(len(examples), t.seed, epochs_needed))

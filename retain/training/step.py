@@ -16,20 +16,66 @@ micro-batch's target positions (KL to the base: exact when it applies to all exa
 depends on the weights alone (L2-SP, EWC, SI; its class sets `per_step = True`) is the same for
 every micro-batch and counts once per step.
 
+The logits are computed only where a target is: the loop's batches say where (`target_rows`, found on
+the host by `collate_indexed`), the LM head runs on those hidden states alone (retain.lm_head), and the
+cross-entropy is their mean, the same value as the model's own loss without the (B, T, V) logits.
+
 Nothing here reads a value back to the host: the terms stay on the device, and the loop syncs
 once per step (the finiteness check before the optimizer step), the values only at log steps.
 """
 
 from __future__ import annotations
 
-import torch
+from dataclasses import dataclass
 
-from retain.data import IGNORE_INDEX, MODEL_INPUTS
+import torch
+import torch.nn.functional as F
+
+from retain.data import IGNORE_INDEX, MODEL_INPUTS, collate
+from retain.lm_head import logits_at, rows_of
 
 
 def target_tokens(batch: dict) -> torch.Tensor:
     """() long: positions whose next token is a training target (labels (B, T), shifted as the model does)."""
     return (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
+
+
+def collate_indexed(pairs: list, pad_id: int) -> dict:
+    """collate() of (index, example) pairs, plus two keys that spare the step work and host syncs:
+
+    target_rows  (N,) long: the flat positions b·T + t whose next token is a target, found here on the
+                 host, so the step's head and loss run on N rows without asking the device for N
+    index        the examples' positions in the training list, a tuple of ints (accelerate moves
+                 tensors to the device, not tuples): what KL counts and caches its teacher by
+    """
+    batch = collate([example for _, example in pairs], pad_id)
+    b, t = (batch["labels"][:, 1:] != IGNORE_INDEX).nonzero(as_tuple=True)
+    batch["target_rows"] = b * batch["labels"].shape[1] + t
+    batch["index"] = tuple(i for i, _ in pairs)
+    return batch
+
+
+@dataclass
+class TargetOutputs:
+    """A forward's result at the target positions only (what loss terms read: `.logits`, `.rows`)."""
+
+    loss: torch.Tensor  # () mean cross-entropy over the N targets
+    logits: torch.Tensor  # (N, V) next-token logits at `rows`
+    rows: torch.Tensor  # (N,) flat positions b·T + t whose next token is a target
+
+
+def task_forward(model, inner, batch: dict):
+    """The next-token forward and loss: at the targets only when the batch has `target_rows`, else the
+    model's own (logits everywhere; a batch from outside retain's loop)."""
+    rows = batch.get("target_rows")
+    if rows is None:
+        return model(**{k: batch[k] for k in MODEL_INPUTS})
+    width = batch["input_ids"].shape[1]
+    with logits_at(inner, rows, width):  # the hook sits on the unwrapped model's head; DDP calls the same module
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+    logits = rows_of(out.logits, rows, width)
+    targets = batch["labels"].flatten().index_select(0, rows + 1)  # position t of a row predicts token t + 1
+    return TargetOutputs(F.cross_entropy(logits.float(), targets), logits, rows)
 
 
 def accumulate_gradients(model, inner, micro_batches: list[dict], loss_terms: list,
@@ -56,7 +102,7 @@ def accumulate_gradients(model, inner, micro_batches: list[dict], loss_terms: li
         # accumulate(): no gradient all-reduce until the step's last micro-batch
         with accelerator.accumulate(model):
             if objective is None:
-                outputs = model(**{k: batch[k] for k in MODEL_INPUTS})
+                outputs = task_forward(model, inner, batch)
                 terms = {"task": (outputs.loss, n / total)}
             else:  # retain.preference: the objective's terms replace the task loss ("dpo", "grpo", ...)
                 task_terms, outputs = objective.loss(model, inner, batch)
