@@ -206,20 +206,23 @@ def run_train(tmp_path, capsys, config: dict, *overrides: str) -> tuple[int, str
     return code, capsys.readouterr().err
 
 
-def test_dpo_trains_through_the_cli_with_lora_and_l2sp(make_config, tmp_path, capsys):
+def test_dpo_trains_through_the_cli_with_lora_l2sp_and_replay(make_config, tmp_path, capsys):
     write_jsonl(tmp_path / "pairs.jsonl", PAIRS)
+    write_jsonl(tmp_path / "general.jsonl", [{"text": "the capital of france is paris ."}] * 4)
     config = make_config(data={"train": str(tmp_path / "pairs.jsonl"), "dev": str(tmp_path / "pairs.jsonl")},
                          training={"objective": "dpo", "dpo": {"beta": 0.5}, "max_steps": 8, "lr": 3e-2,
                                    "log_every": 4, "report_to": []},
-                         mitigations={"lora": {"r": 4, "alpha": 8}, "l2sp": {"weight": 0.01}})
+                         mitigations={"lora": {"r": 4, "alpha": 8}, "l2sp": {"weight": 0.01},
+                                      "replay": {"ratio": 0.2, "file": str(tmp_path / "general.jsonl")}})
     code, err = run_train(tmp_path, capsys, config)
     assert code == 0, err[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in rows if "loss" in r]
     assert [r["step"] for r in train] == [4, 8]
     for row in train:
-        assert {"loss/dpo", "loss/l2sp", "dpo/reward_margin", "dpo/accuracy", "dpo/logratio_chosen"} <= set(row)
-        assert row["loss"] == pytest.approx(row["loss/dpo"] + row["loss/l2sp"])
+        assert {"loss/dpo", "loss/l2sp", "loss/replay", "dpo/reward_margin", "dpo/accuracy",
+                "dpo/logratio_chosen"} <= set(row)
+        assert row["loss"] == pytest.approx(row["loss/dpo"] + row["loss/l2sp"] + row["loss/replay"])
     assert train[-1]["dpo/reward_margin"] > train[0]["dpo/reward_margin"] > 0  # it learns the preference
     assert train[-1]["loss/dpo"] < math.log(2)
     evals = [r for r in rows if "eval/dpo" in r]
@@ -326,3 +329,53 @@ def test_the_report_carries_the_flag(tmp_path):
     write_jsonl(tmp_path / "run" / "metrics.jsonl", [{"step": s, "grpo/reward": s / 10} for s in range(1, 6)])
     out = write_report([tmp_path / "before.json", tmp_path / "after.json"], tmp_path / "report", [tmp_path / "run"])
     assert "Possible reward hacking in after" in out["md"].read_text()
+
+
+def test_sft_weight_adds_the_chosen_answers_nll(tiny_model, tmp_path):
+    from retain.preference import DPO, DPOOptions
+    from retain.preference.data import collate_pairs, load_pairs
+    from retain.preference.logprobs import token_logps
+
+    policy, tokenizer = load(tiny_model)
+    write_jsonl(tmp_path / "pairs.jsonl", PAIRS[:3])
+    batch = collate_pairs(load_pairs(tmp_path / "pairs.jsonl", tokenizer, 64).examples, tokenizer.pad_token_id)
+    objective = DPO(DPOOptions(sft_weight=0.5), replay=False, batch_size=3)
+    objective.setup(policy, None, [], None)
+    terms, outputs = objective.loss(policy, policy, batch)
+    chosen = batch["labels"][:3]
+    nll = -token_logps(outputs.logits[:3], chosen).sum(-1) / (chosen[:, 1:] != -100).sum(-1)  # (3,) per token
+    assert terms["dpo_sft"].item() == pytest.approx(0.5 * nll.mean().item(), rel=1e-5)
+    assert terms["dpo"].item() == pytest.approx(math.log(2), abs=1e-5)  # policy = reference
+
+
+def test_the_lab_preference_data_is_what_its_builder_writes(tmp_path):
+    """The committed pairs, prompts and facts come from `python -m tools.lab.preference_task` (seeded)."""
+    from retain.data import load_preferences
+    from retain.paths import LAB_DATA_DIR
+    from tools.lab.preference_task import main
+
+    main(["--out", str(tmp_path)])
+    shipped = LAB_DATA_DIR / "tasks" / "qa_preference"
+    for name in ("train", "prompts", "dev", "test", "facts"):
+        assert (tmp_path / f"{name}.jsonl").read_text() == (shipped / f"{name}.jsonl").read_text(), name
+    pairs = load_preferences(shipped / "train.jsonl")
+    assert len(pairs) == 160 and all(p.chosen.startswith(" ANSWER(") and p.chosen != p.rejected for p in pairs)
+
+
+def test_dpo_accumulation_is_exact(make_config, tmp_path):
+    """Batch 4 × accumulation 1 and 2 × 2 take the same optimizer steps: the loss is a mean over the step's pairs."""
+    import retain
+    from safetensors.torch import load_file
+
+    write_jsonl(tmp_path / "pairs.jsonl", PAIRS)
+    finals = []
+    for batch_size, accumulation in ((4, 1), (2, 2)):
+        config = make_config(data={"train": str(tmp_path / "pairs.jsonl")},
+                             training={"objective": "dpo", "max_steps": 2, "batch_size": batch_size,
+                                       "grad_accum": accumulation, "report_to": []},
+                             output={"dir": str(tmp_path / f"run-{batch_size}")})
+        retain.train(config_from_dict(config), progress=False)
+        finals.append(load_file(str(tmp_path / f"run-{batch_size}" / "final" / "model.safetensors")))
+    assert finals[0].keys() == finals[1].keys()
+    for name in finals[0]:
+        assert torch.allclose(finals[0][name], finals[1][name], atol=1e-5), name

@@ -34,9 +34,9 @@ import torch.nn.functional as F
 from retain.lm_head import logits_at, rows_of, shifted_rows
 from retain.mitigations.roles import Context
 
-# Rows per chunk of the KL: about CHUNK_ELEMENTS / V (16 MB per float32 temporary, four alive at once), but
+# Rows per chunk of the KL: about CHUNK_ELEMENTS / V (4 MB per float32 temporary, four alive at once), but
 # never fewer than CHUNK_MIN_ROWS, so that a 128k vocabulary still gives a GPU kernels worth launching.
-CHUNK_ELEMENTS = 1 << 22
+CHUNK_ELEMENTS = 1 << 20
 CHUNK_MIN_ROWS = 64
 
 
@@ -266,14 +266,14 @@ class KLToBase:
         targets, all of them or those of task or replay examples.
         """
         o = self.options
+        logits, targets = outputs.logits, getattr(outputs, "rows", None)
+        if targets is not None and o.apply_to == "all":  # the KL's rows are the logits' own
+            return logits, None, targets
         mask = positions(batch, o.apply_to)  # (B, T)
-        logits, width = outputs.logits, mask.shape[1]
-        targets = getattr(outputs, "rows", None)
+        width = mask.shape[1]
         if targets is None:
             rows = self.nonzero(batch, mask.flatten(), mask)
             return logits.reshape(-1, logits.shape[-1]), shifted_rows(rows, width, logits.shape[1]), rows
-        if o.apply_to == "all":  # the KL's rows are the logits' own
-            return logits, None, targets
         chosen = batch["replay"] if o.apply_to == "replay" else ~batch["replay"]  # (B,)
         picked = self.nonzero(batch, chosen.to(targets.device)[targets // width], mask)  # of the targets
         return logits, picked, targets[picked]

@@ -12,7 +12,7 @@ during training (retain.preference.grpo).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,6 @@ class PromptExample:
     where: str
     reference: str | None = None  # the record's answer, passed to reward functions
     base_answer: str | None = None  # the base model's greedy completion (similarity_to_base), once computed
-    replay: bool = field(default=False, init=False)  # never general data: replay rows are Examples
 
 
 def pair_texts(pair: PreferenceExample, answer) -> Completion | Conversation:

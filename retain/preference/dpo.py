@@ -106,6 +106,10 @@ class DPO:
     def pair_losses(self, logits: torch.Tensor, inner, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(P,) losses, and the implicit terms (P,) by name, from the policy's logits over the batch's rows."""
         P = batch["n_pairs"]
+        if P == 0:  # a micro-batch of replay examples only
+            empty = logits.new_zeros(0)
+            return empty, {k: empty for k in ("reward_chosen", "reward_rejected", "reward_margin", "accuracy",
+                                              "logratio_chosen", "logratio_rejected", "chosen_nll")}
         labels = batch["labels"][: 2 * P]
         per_token = token_logps(logits[: 2 * P], labels)  # (2P, T-1)
         policy = per_token.sum(-1)  # (2P,) each answer's log-likelihood

@@ -102,7 +102,7 @@ class GRPO:
         self.kl_coef = options.kl_coef
         self.reference = Reference()
         self.tally = Tally()
-        self.step_kl: list[torch.Tensor] = []  # the last step's per-token KL (sum, count), for the controller
+        self.step_kl: list[tuple[torch.Tensor, torch.Tensor]] = []  # this step's (KL sum, tokens), per micro-batch
 
     # --- data ---
 
@@ -172,7 +172,8 @@ class GRPO:
         out["n_sampled"] = N
         out["advantages"] = advantages.to(out["input_ids"].device)
         sampled = {k: out[k][:N] for k in ("input_ids", "attention_mask")}
-        out["ref_logps"] = token_logps(self.reference.logits(model, sampled), out["labels"][:N], o.temperature)
+        out["ref_logps"] = (token_logps(self.reference.logits(model, sampled), out["labels"][:N], o.temperature) if N
+                            else torch.zeros((0, out["labels"].shape[1] - 1), device=out["labels"].device))
         if prompts:
             self.tally.add("grpo/reward", rewards)
             for name, values in by_term.items():

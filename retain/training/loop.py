@@ -32,6 +32,10 @@ micro-batches and processes, so batch 8 × accumulation 1 equals 4 × 2. Per-tok
 are weighted the same way; penalties on the weights alone (L2-SP, EWC, SI) count once per step.
 The host syncs once per step (the finiteness check) and reads values only at log steps, where the
 logged loss and gradient norm are means over the steps since the last log.
+
+`training.objective: dpo | grpo` (retain.preference) changes what the task loss is, not this order: the
+objective loads data.train, collates it, sets up its reference after role 3, prepares each step's
+micro-batches (GRPO samples and rewards here), and gives the step its loss terms in place of "task".
 """
 
 from __future__ import annotations

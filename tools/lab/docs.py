@@ -115,6 +115,8 @@ def write_docs(sweep_paths: list[Path], out: Path) -> None:
         mitigations += sweep_section(sweep, path, summary)
         claims += claims_rows(sweep, summary)
         shutil.copyfile(Path(sweep.output) / "pareto.png", out / f"pareto-{Path(sweep.output).name}.png")
-    claims += ["", "Strategy definitions: docs/mitigations.md and the sweep files.", ""]
+    claims += ["", "Strategy definitions: docs/mitigations.md and the sweep files.", "",
+               "Preference (DPO) and reward (GRPO) training: docs/claims-preference.md "
+               "(`python -m tools.lab.preference_claims`).", ""]
     atomic_write_text(out / "mitigations.md", "\n".join(mitigations))
     atomic_write_text(out / "claims.md", "\n".join(claims))
