@@ -50,8 +50,8 @@ tune-study: $(VENV)/.installed-tune
 		&& echo $$(( $$(date +%s) - $$start )) > runs/tune-lab/wall_seconds
 
 # The continual-learning study on the lab (docs/continual.md): configs/sequences/lab.yaml under each
-# strategy (naive, optimizer reuse, online EWC, online SI, replay buffer, isolated adapters + router,
-# multi-task reference). About 35 minutes on 2 CPU cores; finished strategies are not run again.
+# strategy (naive, optimizer reuse, online EWC, online SI, replay buffer, isolated adapters + router (two ways),
+# multi-task reference). About 45 minutes on 2 CPU cores; finished strategies are not run again.
 continual-study: $(VENV)/.installed-base
 	HF_HUB_OFFLINE=1 $(BIN)/python tools/continual_study.py configs/sequences/lab.yaml --out docs
 

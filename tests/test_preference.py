@@ -363,7 +363,8 @@ def test_the_lab_preference_data_is_what_its_builder_writes(tmp_path):
 
 
 def test_dpo_accumulation_is_exact(make_config, tmp_path):
-    """Batch 4 × accumulation 1 and 2 × 2 take the same optimizer steps: the loss is a mean over the step's pairs."""
+    """Batch 4 × accumulation 1 and 2 × 2 take the same optimizer steps: the objective's terms are scaled to a mean
+    over the step's pairs, whatever accumulate() and the step's weights do to each micro-batch."""
     import retain
     from safetensors.torch import load_file
 

@@ -229,8 +229,8 @@ def test_ray_runs_the_same_trials_with_the_same_results(study, tmp_path):
     names = [trial_name(params) for params in load_tune(sequential)[3]]  # from the choices' labels
     assert set(seq) == set(par) == {"reference", *names}
     for name in seq:
-        assert par[name]["state"] == seq[name]["state"] == "complete"
-        assert (par[name]["gain"], par[name]["forgetting"]) == (seq[name]["gain"], seq[name]["forgetting"])
+        assert par[name]["state"] == seq[name]["state"] == "complete", (par[name], seq[name])
+        assert (par[name]["gain"], par[name]["forgetting"]) == (seq[name]["gain"], seq[name]["forgetting"]), name
         configs = [(tmp_path / d / "configs" / f"{name}.yaml").read_text().replace(str(tmp_path / d), "OUT")
                    for d in ("seq", "ray")]
         assert configs[0] == configs[1]

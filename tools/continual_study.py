@@ -38,6 +38,12 @@ STRATEGIES = {
                {"replay_buffer": {"size": 200, "ratio": 0.2, "seed": 0}}),
     "isolated": ("one LoRA adapter per task (r 8, α 16, lr 1e-3), each from the base, side by side",
                  {"isolation": {"lora": {"r": 8, "alpha": 16}}, "common": {"training.lr": 1.0e-3}}),
+    # The router reads prompts; an adapter trained with the loss on the response only has little reason
+    # to model its task's prompts. This variant puts the loss on every token, prompts included.
+    "isolated_loss_all": ("as isolated, with the loss on every token (prompt and response), so that each "
+                          "adapter also models its task's prompts, which is what the router reads",
+                          {"isolation": {"lora": {"r": 8, "alpha": 16}},
+                           "common": {"training.lr": 1.0e-3, "data.loss_on": "all"}}),
 }
 
 
@@ -112,7 +118,10 @@ def document(sequence_path: Path, work: Path, names: list[str], walls: dict, fig
         f"final score over the three tasks; BWT the mean change of a task from just after its own stage to the end "
         f"(negative: forgotten); FWT what earlier stages did for a task before its own stage, against the base; "
         f"forgetting the best earlier score minus the final one. Brackets: 95% paired-bootstrap CIs "
-        f"({resamples} resamples of the items, the same items in every row and strategy).",
+        f"({resamples} resamples of the items, the same items in every row and strategy)."
+        + (" FWT is 0 for every strategy: no task's answer format is produced before its own stage, so "
+           "exact match cannot transfer forward here." if all(summaries[n]["fwt"]["value"] == 0 for n in names)
+           else ""),
         "",
         "| strategy | ACC | BWT | FWT | forgetting | ACC − naive | capabilities worse at the end | perplexity (english) at the end | wall |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -125,9 +134,9 @@ def document(sequence_path: Path, work: Path, names: list[str], walls: dict, fig
         wall = f"{walls[n] / 60:.0f} min" if walls.get(n) else "–"
         lines.append(f"| {n} | {estimate(s['acc'], signed=False)} | {estimate(s['bwt'])} | {estimate(s['fwt'])} | "
                      f"{estimate(s['forgetting'])} | {gap} | {worse} | {perplexity} | {wall} |")
-        if n == "isolated" and "routed" in s:
+        if "routed" in s:
             r = s["routed"]
-            lines.append(f"| isolated, routed | {estimate(r['acc'], signed=False)} | {estimate(r['bwt'])} | "
+            lines.append(f"| {n}, routed | {estimate(r['acc'], signed=False)} | {estimate(r['bwt'])} | "
                          f"{estimate(r['fwt'])} | {estimate(r['forgetting'])} | – | – | – | |")
     reference = summaries.get("naive", {}).get("multitask")
     if reference:
@@ -150,7 +159,9 @@ def document(sequence_path: Path, work: Path, names: list[str], walls: dict, fig
                           "perplexity on the prompt)", "", *matrix_table(summaries[n]["routed"]["matrix"], stages, tasks),
                       "", "Routing accuracy after the last stage (share of items sent to their task's adapter; "
                           "for the capability suite, to the base): " + ", ".join(
-                              f"{t} {100 * v:.0f}%" for t, v in r["per_task"].items()) + "."]
+                              f"{t} {100 * v:.0f}%" for t, v in r["per_task"].items()) + ".",
+                      "", "Where the router sent each task's items after the last stage: " + "; ".join(
+                          f"{t}: {routed_to(work / n, T, t)}" for t in tasks) + "."]
     lines += ["", "## Figures", ""] + [f"![{caption}]({file})" for file, caption in figures.items()]
     lines += ["", "Per-stage capability tables with CIs: `<work>/<strategy>/summary.md` (work: "
                   f"`{work}`)."]
@@ -172,6 +183,13 @@ def findings(names: list[str], scores: dict, summaries: dict, resamples: int) ->
     best = max(names, key=lambda n: summaries[n]["acc"]["value"])
     lines.append(f"- highest ACC: {best} ({estimate(summaries[best]['acc'], signed=False)})")
     return lines
+
+
+def routed_to(out: Path, n_stages: int, task: str) -> str:
+    from collections import Counter
+
+    items = load_results(out / "eval" / f"stage-{n_stages}.routed.json")["tasks"][task]["items"]
+    return ", ".join(f"{name} {count}" for name, count in Counter(i["routed_to"] for i in items).most_common())
 
 
 def item_scores_multitask(out: Path, tasks: list[str]) -> list:

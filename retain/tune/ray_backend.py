@@ -90,7 +90,10 @@ def search_with_ray(tuning: Tuning) -> None:
         tuner = tune.Tuner(trainable, tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=scheduler, num_samples=tuning.tune.trials,
             max_concurrent_trials=tuning.tune.max_concurrent),
-            run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(root), verbose=1 if tuning.progress else 0))
+            run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(root), verbose=1 if tuning.progress else 0,
+                                      # a worker lost to the cluster (preempted, slow to start) is retried; a
+                                      # finished trial's retry returns its record from disk
+                                      failure_config=tune.FailureConfig(max_failures=2)))
     grid = tuner.fit()
     for result in grid:
         record_missing(tuning, dict(result.config or {}), result.metrics or {}, result.error)

@@ -57,6 +57,8 @@ def importances(tuning: Tuning, records: list[dict]) -> dict:
     else:
         evaluator, name = None, "Optuna's default"
     out: dict = {"evaluator": name, "trials": len(done)}
+    if len(done) < 3:
+        return {**out, **{target: {"error": "too few complete trials"} for target in targets}}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     for target, get in targets.items():
         study = optuna.create_study(direction="maximize")
@@ -147,6 +149,11 @@ def _points(share: float | None) -> str:
     return "n/a" if share is None else f"{100 * share:.0f}%"
 
 
+def _shown(overrides: dict) -> str:
+    """The searched values, floats to 3 significant digits."""
+    return json.dumps({k: float(f"{v:.3g}") if isinstance(v, float) else v for k, v in overrides.items()})
+
+
 def _ci(change: list[float]) -> str:
     return f"{change[0]:+.1f} [{change[1]:+.1f}, {change[2]:+.1f}]"
 
@@ -160,12 +167,13 @@ def report_markdown(tuning: Tuning, summary: dict, records: list[dict]) -> str:
              + ("none" if tune["budget_points"] is None else f"{tune['budget_points']:.1f} points")
              + f" (the reference run forgot {tune['reference_dev']['forgetting']:.1f}, gained "
              f"{tune['reference_dev']['gain']:+.1f} on dev).", "",
-             "## The dev front and the reference, on the test split", "", markdown_table(summary), ""]
+             "## The dev front and the reference, on the test split", "", markdown_table(summary), "",
+             "★: on the dev front (chosen on dev; the test split only reports it).", ""]
     rec = tune["recommended"]
     if rec:
         a = tune["against_reference"]
         lines += [f"Recommended: **{rec}** (`recommended.yaml`), searched values "
-                  f"`{json.dumps(tune['trials'][rec]['overrides'])}`.", "",
+                  f"`{_shown(tune['trials'][rec]['overrides'])}`.", "",
                   f"Against the reference run on test: keeps {_points(a['gain_share'])} of its task gain "
                   f"({a['gain']:+.1f} of {a['reference_gain']:+.1f} points; paired difference "
                   f"{_ci(a['task_vs_reference'])}) and forgets {_points(a['forgetting_share'])} as much "
@@ -177,7 +185,7 @@ def report_markdown(tuning: Tuning, summary: dict, records: list[dict]) -> str:
         gain = "" if r.get("gain") is None else f"{r['gain']:+.1f}"
         loss = "" if r.get("forgetting") is None else f"{r['forgetting']:.1f}"
         state = r["state"] + (f" ({r['reason']})" if r["state"] != "complete" else "")
-        lines.append(f"| {r['name']} | {state} | {gain} | {loss} | `{json.dumps(r['overrides'])}` |")
+        lines.append(f"| {r['name']} | {state} | {gain} | {loss} | `{_shown(r['overrides'])}` |")
     imp = tune["importance"]
     lines += ["", f"## Importance of each knob ({imp['evaluator']}, {imp['trials']} complete trials)", ""]
     for target in ("dev gain", "dev forgetting", "objective"):

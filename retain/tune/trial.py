@@ -10,7 +10,6 @@ Files, under the study's output dir:
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from retain.evaluation.tasks import load_suite
 from retain.io import atomic_write_json, atomic_write_text
 from retain.mitigations import build_mitigations
 from retain.mitigations.roles import Context, Decision, WeightTransform, playing
-from retain.strict import ConfigError
+from retain.strict import ConfigError, to_dict
 from retain.sweep.summary import retained_change
 from retain.training.checkpoint import NonFiniteError
 from retain.training.loop import train
@@ -90,7 +89,7 @@ def measure(before: dict, after: dict, task: str) -> tuple[float, float]:
     if not names:
         raise ConfigError(f"suite: no score-type task besides {task} to measure forgetting on — add one "
                           "(multiple choice or generation)")
-    return gain, -100 * retained.delta
+    return gain + 0.0, -100 * retained.delta + 0.0  # + 0.0: no "-0.0" in the records
 
 
 class DevCheck:
@@ -164,18 +163,16 @@ def run_trial(tuning: Tuning, params: dict, on_check: CheckHook | None = None, n
     name = name or trial_name(params)
     config_path = out / "configs" / f"{name}.yaml"
     config = config_from_dict(trial_config(tuning.base, tuning.space, params, out / "runs" / name))
-    text = config_to_yaml(config)
-    config_sha = hashlib.sha1(text.encode()).hexdigest()
     record_path = out / "trials" / f"{name}.json"
-    if record_path.is_file():
+    if record_path.is_file() and same_config(config_path, config):
         record = read_json(record_path)
-        if record.get("config_sha") == config_sha and record["state"] in ("complete", "pruned"):
+        if record["state"] in ("complete", "pruned"):
             return {**record, "cached": True}
-    atomic_write_text(config_path, text)
+    atomic_write_text(config_path, config_to_yaml(config))
     config = load_config(config_path)  # what runs is exactly the file a user would train
     record = {"name": name, "params": params,
               "overrides": {p.key: p.value(params[p.key]) for p in tuning.space.active(params)},
-              "config": str(config_path), "config_sha": config_sha, "intermediate": {}}
+              "config": str(config_path), "intermediate": {}}
     monitor = None
     if on_check is not None:
         monitor = DevCheck(tuning, config, on_check, read_json(out / "dev" / "base-check.json"))
@@ -202,6 +199,15 @@ def run_trial(tuning: Tuning, params: dict, on_check: CheckHook | None = None, n
                       value=list(value) if isinstance(value, tuple) else value)
     atomic_write_json(record_path, record)
     return record
+
+
+def same_config(path: Path, config) -> bool:
+    """Whether the run config at `path` means `config` (compared as loaded, so a key the schema gained since,
+    with its default, is no change)."""
+    try:
+        return path.is_file() and to_dict(load_config(path)) == to_dict(config)  # lists and tuples alike
+    except ConfigError:
+        return False
 
 
 def prepare(tuning: Tuning) -> dict:
