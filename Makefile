@@ -42,12 +42,16 @@ $(VENV)/.installed-tune: pyproject.toml | $(BIN)/python
 	$(PIP_INSTALL) -e '.[tune]'
 	touch $@ $(VENV)/.installed-base
 
-# The tuning study of docs/tune.md (about 25 minutes on 2 CPU cores; not part of `make test`): `retain tune`
-# searches recipes for the lab (configs/tune/lab.yaml) and writes runs/tune-lab/report.md. Resumable.
+# The tuning study of docs/tune.md (not part of `make test`): `retain tune` searches recipes for the lab
+# (configs/tune/lab.yaml); its report and plots are copied to docs/tune-lab-*. Resumable: run it again.
 tune-study: $(VENV)/.installed-tune
 	mkdir -p runs/tune-lab
 	start=$$(date +%s) && HF_HUB_OFFLINE=1 $(BIN)/retain tune configs/tune/lab.yaml \
 		&& echo $$(( $$(date +%s) - $$start )) > runs/tune-lab/wall_seconds
+	sed -e 's|(pareto.png)|(tune-lab-pareto.png)|; s|(trials.png)|(tune-lab-trials.png)|' \
+		runs/tune-lab/report.md > docs/tune-lab-report.md
+	cp runs/tune-lab/pareto.png docs/tune-lab-pareto.png
+	cp runs/tune-lab/trials.png docs/tune-lab-trials.png
 
 # The continual-learning study on the lab (docs/continual.md): configs/sequences/lab.yaml under each
 # strategy (naive, optimizer reuse, online EWC, online SI, replay buffer, isolated adapters + router (two ways),

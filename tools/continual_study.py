@@ -28,7 +28,8 @@ from retain.strict import read_yaml
 
 # name -> (what it is, in the document; the keys of the sequence file it changes; a `common` mapping merges)
 STRATEGIES = {
-    "naive": ("sequential full fine-tuning, AdamW state reset at every stage (the default)", {"multitask": True}),
+    "naive": ("sequential full fine-tuning, AdamW state reset at every stage (the default); its wall time includes "
+              "the multi-task reference", {"multitask": True}),
     "optimizer_reuse": ("as naive, but each stage starts from the previous stage's AdamW state",
                         {"optimizer": "reuse"}),
     "ewc": ("online EWC (weight 0.1, γ 1): importance of each task just learned, accumulated",
@@ -149,6 +150,15 @@ def document(sequence_path: Path, work: Path, names: list[str], walls: dict, fig
         lines.append("- **multi-task reference**: one run of the first stage's config on the union of the three "
                      f"training sets, for as many steps as the three stages together (the upper bound a sequence "
                      f"is measured against)")
+    lines += ["", "Read with care:", "",
+              "- One run per strategy (seed 0): the intervals are over test items, not over training seeds.",
+              "- Each strategy is one untuned setting (EWC and SI weight 0.1, a 200-example buffer at 20%, LoRA r 8 "
+              "at lr 1e-3 for as many steps as full fine-tuning); a tuned one may rank differently.",
+              "- The tasks' test items are facts the stage trained on (as for city_country): a score says a task "
+              "was learned and kept, not that it generalises.",
+              "- With isolated adapters picked by task id, the capability suite has no task id and runs on the base "
+              "model: its 0 capabilities worse is by construction. The routed rows send capability prompts to "
+              "whichever adapter the router picks; their scores are in `<work>/<strategy>/eval/stage-3.routed.json`."]
     lines += optimizer_section(names, scores, summaries, resamples)
     lines += ["", "## Accuracy matrices", "", "Rows: the model after each stage; columns: the tasks (points)."]
     for n in names:

@@ -70,7 +70,9 @@ def summarize_sequence(seq, task_names: list[str], eval_dir: Path, routing: dict
 
 def points(x: float, signed: bool = True) -> str:
     """A fraction as points; signed for a change (BWT, a difference), unsigned for a level (ACC)."""
-    return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:{'+' if signed else ''}.1f}"
+    if x is None or not math.isfinite(x):
+        return "n/a"
+    return f"{round(100 * x, 1) + 0.0:{'+' if signed else ''}.1f}"  # + 0.0: no "-0.0"
 
 
 def estimate(e: dict, signed: bool = True) -> str:

@@ -6,9 +6,9 @@ log-probs of each example the first time it is seen, so later epochs skip the re
 
 Why a step with KL costs little more than the base's forward:
 - Positions first. The KL is needed only where a target is (N of the batch's B·T positions). Both
-  sides are gathered there before any softmax over the V-word vocabulary, and the base's LM head runs
-  on those N hidden states only (a pre-hook on its output embedding selects them): the base never
-  makes (B, T, V) logits.
+  sides are gathered there before any softmax over the V-word vocabulary: the loop's student logits
+  come at the targets only (retain.training.step), and the base's LM head runs on the N hidden states
+  alone (retain.lm_head): neither side makes (B, T, V) logits.
 - One pass, bounded memory. `_RowKL` computes each chunk of rows' KL and its gradient with respect to
   the student's logits together (float32 temporaries of chunk × V) and keeps only that (N, V)
   gradient for backward, where autograd through log-softmaxes would keep several float32 (N, V)

@@ -71,7 +71,7 @@ def hacking_lines(run_dirs: list[Path], comparisons: dict) -> list[str]:
         if not fell:
             continue
         kl = (f"; {trend['kl']} {trend['kl_start']:.3g} → {trend['kl_end']:.3g}" if "kl" in trend else "")
-        lines.append(f"Possible reward hacking in {label} ({run}): {trend['reward']} rose {trend['start']:.3g} → "
+        lines.append(f"Possible reward hacking in {label} (run {Path(run).name}): {trend['reward']} rose {trend['start']:.3g} → "
                      f"{trend['end']:.3g}{kl} while {', '.join(fell)} fell significantly — the reward pays for "
                      "something other than what the model knew (add a knowledge term, or strengthen the KL leash).")
     return lines

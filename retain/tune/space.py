@@ -13,7 +13,7 @@
       training.lr: {float: [1.0e-5, 1.0e-3], log: true}
       training.warmup_steps: {int: [0, 40], step: 10}
       mitigations.replay: {choice: [absent, {ratio: 0.15}, {ratio: 0.3}]}
-      mitigations.replay.kl_weight: ...    # a key under a block an earlier choice made `absent` is not sampled
+      mitigations.replay.ratio: {float: [0.05, 0.4]}   # not sampled in a trial whose replay is `absent`
     enqueue:                               # trials to run first, as values of the space's keys
       - {training.lr: 1.0e-4, mitigations.replay: absent}
     resources: {cpu: 1, gpu: 0}            # per trial, for --backend ray

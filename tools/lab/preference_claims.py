@@ -21,6 +21,7 @@ from pathlib import Path
 
 from retain.io import atomic_write_text
 from retain.report.build import compare, load_results
+from retain.report.reward_hacking import hacking_lines
 from retain.sweep.summary import retained_change
 
 TASK, SUITE = "qa_preference", "lab,qa_preference"
@@ -95,12 +96,18 @@ def write_doc(out: Path, docs: Path) -> Path:
         lines.append(f"| {claim} | {a} | {b} | {pts(c.delta)} [{pts(c.ci_low)}, {pts(c.ci_high)}] | "
                      f"{pts(gains[0])} / {pts(gains[1])} | {reward}: {ends(out / a, reward)}; {ends(out / b, reward)} | "
                      f"{kl}: {ends(out / a, kl)}; {ends(out / b, kl)} | {result} |")
+    flags = [line for name in RUNS if name != "sft" for line in hacking_lines(
+        [out / name], {name: compare(load_results(out / f"{RUNS[name][1]}.json"), load_results(ensure(out, name)))})]
+    lines += ["", "What `retain report START.json RUN.json --run RUN` flags (reward up while a capability fell "
+              "significantly, against the run's start):", ""]
+    lines += [f"- {line}" for line in flags] or ["- nothing"]
     lines += ["", "Runs (overrides of the config named):", ""]
     lines += [f"- {name}: `{' '.join(config)}` (from {start})" for name, (config, start) in RUNS.items()]
     lines += ["", "Not measured: *a reward for the template alone forgets more than one with a knowledge term*. On "
-              "the lab the knowledge term never fires: after the SFT stage retain-tiny writes the template with a "
-              "wrong capital (qa_preference exact match 1%), so `reward/facts` stays 0 in every sampled group and "
-              "adds no signal — the two rewards train the same model.", ""]
+              "the lab the knowledge term almost never fires: after the SFT stage retain-tiny writes the template "
+              "with a wrong capital (qa_preference exact match 1%), so `reward/facts` stays at or below 0.006 in every "
+              "log window of the GRPO runs above and adds almost no signal — a template-only and a composite reward "
+              "would train nearly the same model. It needs a model that can put its facts into the template.", ""]
     path = docs / "claims-preference.md"
     atomic_write_text(path, "\n".join(lines))
     return path
