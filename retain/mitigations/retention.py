@@ -5,17 +5,20 @@ Every `every` steps (and at the last step) the model is scored on the suite's de
 the base model's dev scores from before the first step. Each task has a budget in its own unit:
     scores       `max_drop_points`: before − after in points (1.0 = one point; 100 × a fraction)
     perplexities `max_perplexity_increase`: after / before − 1, relative (0.10 = +10%)
+A drop breaches only when the dev items show it at `confidence` (0.9: the measured drop less 1.28 paired
+standard errors is past the budget): on a dev split of 20 items one answer is 5 points, and answers near a
+tie flip with any change to the weights, so the measured drop alone vetoes every step (null: as measured).
 `tasks:` overrides them per task (`{english: {max_perplexity_increase: 0.5}, open_prompts: ignore}`); a
 task's `weight` counts its drop that many times against its budget (0.5: it may go twice as far; 0 or
 `ignore`: measured and recorded, never a breach). (`max_drop`, one number for both, is a deprecated
 alias: max_drop_points = 100 × it, max_perplexity_increase = it.)
 
 Why the perplexity default is +10%, not +1%: perplexity on general text counts every token, so any
-fine-tune on narrow data moves it before a single answer changes. On the lab, every fine-tune of the
-sweeps raised English perplexity by more than 1% (the gentlest, LoRA at lr 1e-4, by 7%; WiSE-FT at α 0.5
-by 5%), and a +1% budget rolled every run back to the base. +10% is where the report's severity grading
-stops calling a perplexity rise mild (retain.report.severity), the analogue of a point or two of score;
-name a tighter one per task if that text is what you must keep.
+fine-tune on narrow data moves it before a single answer changes. In the lab's sweeps (docs/mitigations.md)
+every fine-tune without KL to the base raised English perplexity by 5% or more, the gentlest too (LoRA at
+lr 1e-4 +7%, WiSE-FT at α 0.5 +5%, losing 3.3 and 0.5 points of pooled scores), and the budget run with
++5% ended at the base model. +10% is where the report's severity grading stops calling a perplexity rise
+mild (retain.report.severity); name a tighter one per task if that text is what you must keep.
 
 What ranks the points (the run's own task, "higher is better"): `task` names a task YAML or bundled task
 (e.g. city_country) scored on its dev split by its primary metric — what a user watches; without it, the
@@ -43,7 +46,7 @@ import torch
 from retain.errors import ConfigError
 from retain.mitigations.penalties import restore, trainable
 from retain.mitigations.retention_options import (DEFAULT_PERPLEXITY, DEFAULT_POINTS, DEFAULT_SUITE,  # noqa: F401
-                                                  RetentionOptions, TaskBudget, is_perplexity, task_drops)
+                                                  RetentionOptions, TaskBudget, is_perplexity, sure_drops, task_drops)
 from retain.mitigations.retention_points import Point, best_within, merit, repair, to_keep
 from retain.mitigations.roles import Context, Decision
 
@@ -81,6 +84,7 @@ class RetentionBudget:
         self.stale = 0  # checks in a row without a better point (for patience)
         self.outcome: dict | None = None
         self.total_steps: int | None = None
+        self.sure: dict | None = None  # the sure drops of the weights scored last
 
     # --- measuring ---
 
@@ -158,33 +162,43 @@ class RetentionBudget:
             return {"task_value": None, "task_score": None}
         return {"task_value": value, "task_score": value if self.task_source()["higher_is_better"] else -value}
 
-    def _shares(self, drops: dict[str, float]) -> dict[str, float]:
-        """How much of its budget each task used (1.0 = all of it): units differ, shares compare."""
+    def _shares(self, drops: dict[str, float], sure: dict[str, float] | None = None) -> dict[str, float]:
+        """How much of its budget each task used (1.0 = all of it), judged on the sure drops when given (see
+        retention_options.sure_drops): units differ, shares compare."""
         shares = {}
         for name, drop in drops.items():
             limit, weight = self.options.budget_for(name, is_perplexity(self.base["tasks"][name]))
-            used = weight * drop
+            used = weight * (sure[name] if sure is not None else drop)
             shares[name] = used / limit if limit > 0 else (math.inf if used > 0 else 0.0)
         return shares
 
-    def _breaches(self, drops: dict[str, float]) -> list[str]:
-        """What exceeded its budget, each in its unit ('english word_perplexity rose +99.1% (budget +5%)')."""
+    def _breaches(self, drops: dict[str, float], sure: dict[str, float] | None = None) -> list[str]:
+        """What exceeded its budget, each in its unit: 'english word_perplexity rose +99.1% (budget +5%)', or with
+        sure drops 'facts acc dropped 25.0 points (at least 9.8 at 90% confidence; budget 5 points)'."""
         out = []
-        for name, share in self._shares(drops).items():
+        for name, share in self._shares(drops, sure).items():
             if share <= 1:
                 continue
             task, drop = self.base["tasks"][name], drops[name]
             limit, weight = self.options.budget_for(name, is_perplexity(task))
             at = "" if weight == 1 else f" at weight {weight:g}"
-            if is_perplexity(task):
-                out.append(f"{name} {task['primary_metric']} rose {100 * drop:+.1f}% (budget +{100 * limit:g}%{at})")
+            ppl = is_perplexity(task)
+            shown = (lambda x: f"+{100 * x:.1f}%") if ppl else (lambda x: f"{x:.1f}")
+            surely = f"at least {shown(sure[name])} at {100 * self.options.confidence:g}% confidence; " \
+                if sure is not None and sure[name] != drop else ""
+            if ppl:
+                out.append(f"{name} {task['primary_metric']} rose {100 * drop:+.1f}% ({surely}budget "
+                           f"+{100 * limit:g}%{at})")
             else:
-                out.append(f"{name} {task['primary_metric']} dropped {drop:.1f} points (budget {limit:g} points{at})")
+                out.append(f"{name} {task['primary_metric']} dropped {drop:.1f} points ({surely}budget {limit:g} "
+                           f"points{at})")
         return out
 
     def _within(self, model) -> tuple[bool, dict[str, float]]:
-        drops = task_drops(self.base, self._score(model))
-        return not self._breaches(drops), drops
+        """(within budget, measured drops); the sure drops it was judged on are left in self.sure."""
+        results = self._score(model)
+        drops, self.sure = task_drops(self.base, results), sure_drops(self.base, results, self.options.confidence)
+        return not self._breaches(drops, self.sure), drops
 
     def _scan(self, model, first: list[str]) -> tuple[bool, dict[str, float]]:
         """_within, task by task, stopping at the first breach (tasks named in `first` are scored first): most
@@ -192,12 +206,14 @@ class RetentionBudget:
         from retain.evaluation.runner import evaluate
 
         was_training = model.training
-        drops = {}
+        drops, self.sure = {}, {}
         for task in sorted(self.tasks, key=lambda t: t.name not in first):
             result = evaluate(model, self.tokenizer, [task], split="dev", limit=self.options.limit, progress=False,
                               batch_size=self.options.batch_size)
-            drops.update(task_drops({"tasks": {task.name: self.base["tasks"][task.name]}}, result))
-            if self._breaches({task.name: drops[task.name]}):
+            base = {"tasks": {task.name: self.base["tasks"][task.name]}}
+            drops.update(task_drops(base, result))
+            self.sure.update(sure_drops(base, result, self.options.confidence))
+            if self._breaches({task.name: drops[task.name]}, {task.name: self.sure[task.name]}):
                 first[:] = [task.name]
                 model.train(was_training)
                 return False, drops
@@ -205,13 +221,14 @@ class RetentionBudget:
         return True, drops
 
     def _measure(self, model, ok: bool, drops: dict[str, float], step: int, score_task: bool = True) -> dict:
-        """A check-like record of the weights now in `model`."""
-        shares = self._shares(drops)
+        """A check-like record of the weights now in `model` (scored last by _within or _scan)."""
+        sure = self.sure if self.sure is not None and self.sure.keys() == drops.keys() else None
+        shares = self._shares(drops, sure)
         units = {t: "relative" if is_perplexity(self.base["tasks"][t]) else "points" for t in drops}
         value = self._task_value(model) if score_task else None
         return {"step": step, "worst_task": max(shares, key=shares.get) if shares else None, "drops": drops,
-                "units": units, "within_budget": ok, "budget_used": max(shares.values(), default=0.0),
-                **self._task_fields(value)}
+                "sure_drops": sure, "units": units, "within_budget": ok,
+                "budget_used": max(shares.values(), default=0.0), **self._task_fields(value)}
 
     # --- deciding ---
 
@@ -219,6 +236,7 @@ class RetentionBudget:
         o = self.options
         if step % o.every and not last_step:
             return None
+        self.sure = None  # what _within judged on (a replaced _within may leave none)
         ok, drops = self._within(model)
         record = self._measure(model, ok, drops, step)
         before = best_within([self.start_check] + self.history) if o.action != "repair" else \
@@ -230,7 +248,7 @@ class RetentionBudget:
         better = merit(record) > merit(before) and (ok or o.action == "repair")
         self.stale = 0 if better else self.stale + 1
         metrics = self._metrics(record)
-        breaches = "; ".join(self._breaches(drops))
+        breaches = "; ".join(self._breaches(drops, record["sure_drops"]))
         if o.action == "stop":
             if ok:
                 return Decision(metrics=metrics)
@@ -357,6 +375,7 @@ class RetentionBudget:
             budgets[name] = {"unit": "relative" if is_perplexity(task) else "points", "budget": limit,
                              "weight": weight}
         return {"retention.json": {"max_drop_points": points, "max_perplexity_increase": rise, "tasks": budgets,
-                                   "action": o.action, "patience": o.patience_checks(), "keep": o.keep,
+                                   "confidence": o.confidence, "action": o.action,
+                                   "patience": o.patience_checks(), "keep": o.keep,
                                    "suite": o.suite, "every": o.every, "task": self.task_source(),
                                    "start": self.start_check, "outcome": self.outcome, "checks": self.history}}

@@ -50,7 +50,9 @@ def summary(b: dict) -> list[str]:
     ranked = (f"Points are ranked by the dev {task['metric']} of {task['source']} "
               f"({'higher' if task['higher_is_better'] else 'lower'} is better)." if task.get("source") else
               "No dev task score was measured (no `task`, no data.dev): the latest point within budget wins.")
-    lines = ["Budget per task: " + "; ".join(_budget(n, t) for n, t in b["tasks"].items()) + ".", ranked,
+    sure = (f" A drop counts when the dev items show it at {100 * b['confidence']:g}% confidence (its measured "
+            "value less the paired standard errors); the table shows drops as measured." if b.get("confidence") else "")
+    lines = ["Budget per task: " + "; ".join(_budget(n, t) for n, t in b["tasks"].items()) + "." + sure, ranked,
              f"Action {b['action']}" + (f", patience {b['patience']} checks" if b.get("patience") else
                                         ", at the first breach" if b["action"] != "stop" else "")
              + f"; the weights of {b.get('keep', '?')} checks kept to return to."]

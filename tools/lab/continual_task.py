@@ -1,6 +1,6 @@
 """The lab's narrow tasks for continual-learning sequences: known country facts in new, rigid formats.
 
-    python tools/lab/continual_task.py [--seed 0] [--out retain/lab/data/tasks]
+    python -m tools.lab.continual_task [--seed 0] [--out retain/lab/data/tasks]
 
     country_currency   {"prompt": "Country: Sri Lanka\\nCurrency:", "response": " [Rupee]"}
     country_continent  {"prompt": "Where is Sri Lanka?\\nContinent:", "response": " <Asia>"}
