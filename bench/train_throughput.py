@@ -5,10 +5,11 @@
 Prints tokens/s for both and the ratio (retain / Trainer). Both use the bundled retain-tiny and the
 city_country task; each side is timed from loading the model and tokenizing the data to the end of
 training and writing the final model, after a short warm-up run of each. The two alternate for
---rounds rounds and each side's fastest round counts: on a machine shared with other jobs, load only
-ever slows a run down, so the fastest is the least disturbed. The load average and torch's thread
-count are printed with the figures (on a loaded machine, OMP_NUM_THREADS=1 keeps torch's threads from
-spinning against other processes').
+--rounds rounds. Two measures: wall-clock time (each side's fastest round: load only ever slows a run
+down) and the CPU time the process spent (each side's median round). On a machine shared with other
+jobs the wall-clock rounds of one side differ by a third; with OMP_NUM_THREADS=1 (which also keeps
+torch's threads from spinning against other processes') the CPU time is the work each side does and
+moves by a few percent. The load average and torch's thread count are printed with the figures.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ def retain_run(steps: int, batch_size: int, out: Path) -> float:
         "training": {"lr": 1e-4, "max_steps": steps, "batch_size": batch_size, "log_every": 10 ** 6,
                      "scheduler": "constant"},
         "output": {"dir": str(out)}})
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     train(config, overwrite=True, progress=False)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def trainer_run(steps: int, batch_size: int, out: Path) -> float:
@@ -44,7 +45,7 @@ def trainer_run(steps: int, batch_size: int, out: Path) -> float:
     from retain.data import collate, load_dataset
     from retain.modeling import load_model, load_tokenizer
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     cfg = ModelConfig(name="retain-tiny")
     tokenizer, model = load_tokenizer(cfg), load_model(cfg)
     examples = load_dataset(resolve_path("lab:tasks/city_country/train.jsonl"), tokenizer, max_length=64).examples
@@ -57,7 +58,7 @@ def trainer_run(steps: int, batch_size: int, out: Path) -> float:
                                                if k != "replay"})
     trainer.train()
     trainer.save_model(str(out / "final"))  # retain's time includes writing final/ too
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def tokens_per_step(batch_size: int, steps: int) -> float:
@@ -84,17 +85,19 @@ def main() -> None:
     load_before = os.getloadavg()
     retain_run(5, args.batch_size, tmp / "warm-r")
     trainer_run(5, args.batch_size, tmp / "warm-t")
-    times: dict[str, list[float]] = {"retain": [], "trainer": []}
+    runs: dict[str, list[tuple[float, float]]] = {"retain": [], "trainer": []}  # (wall s, cpu s) per round
     for k in range(args.rounds):
-        times["retain"].append(retain_run(args.steps, args.batch_size, tmp / f"retain-{k}"))
-        times["trainer"].append(trainer_run(args.steps, args.batch_size, tmp / f"trainer-{k}"))
-    t_retain, t_trainer = min(times["retain"]), min(times["trainer"])
+        runs["retain"].append(retain_run(args.steps, args.batch_size, tmp / f"retain-{k}"))
+        runs["trainer"].append(trainer_run(args.steps, args.batch_size, tmp / f"trainer-{k}"))
     tokens = tokens_per_step(args.batch_size, args.steps) * args.steps
-    r, t = tokens / t_retain, tokens / t_trainer
-    rounds = {side: " ".join(f"{x:.1f}" for x in ts) for side, ts in times.items()}
-    print(f"retain loop : {r:8.0f} tokens/s  (best {t_retain:.1f} s for {args.steps} steps; rounds {rounds['retain']})")
-    print(f"HF Trainer  : {t:8.0f} tokens/s  (best {t_trainer:.1f} s; rounds {rounds['trainer']})")
-    print(f"ratio retain / Trainer: {r / t:.2f}x")
+    wall = {side: min(w for w, _ in rs) for side, rs in runs.items()}
+    cpu = {side: sorted(c for _, c in rs)[len(rs) // 2] for side, rs in runs.items()}
+    for side, name in (("retain", "retain loop"), ("trainer", "HF Trainer ")):
+        rounds = ", ".join(f"{w:.1f}/{c:.1f}" for w, c in runs[side])
+        print(f"{name} : {tokens / wall[side]:8.0f} tokens/s wall-clock, {tokens / cpu[side]:8.0f} per CPU second "
+              f"({args.steps} steps; rounds wall/CPU s: {rounds})")
+    print(f"ratio retain / Trainer: {wall['trainer'] / wall['retain']:.2f}x wall-clock (best rounds), "
+          f"{cpu['trainer'] / cpu['retain']:.2f}x CPU time (median rounds)")
     print(f"load average before {load_before[0]:.1f}, after {os.getloadavg()[0]:.1f} (1 min); "
           f"torch threads {torch.get_num_threads()}")
 

@@ -7,6 +7,7 @@ the lab, where acting at the first breach (the old logic) ends at the base model
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -219,6 +220,34 @@ def test_per_task_budgets_in_their_own_units_weights_and_ignore():
     assert budget._breaches(drops) == ["facts acc dropped 1.5 points (budget 2 points at weight 2)"]
     assert budget._breaches({"facts": 0.5, "english": 0.6, "open": 0.0}) == [
         "english word_perplexity rose +60.0% (budget +50%)"]
+
+
+def scored(correct: list[int], logliks: list[float]) -> dict:
+    return {"tasks": {
+        "facts": {"primary_metric": "acc", "lower_is_better": False, "metrics": {"acc": sum(correct) / len(correct)},
+                  "items": [{"id": i, "acc": c} for i, c in enumerate(correct)]},
+        "english": {"primary_metric": "word_perplexity", "lower_is_better": True,
+                    "metrics": {"word_perplexity": math.exp(-sum(logliks) / (10 * len(logliks)))},
+                    "items": [{"id": i, "loglikelihood": x, "words": 10} for i, x in enumerate(logliks)]}}}
+
+
+def test_a_drop_breaches_only_when_the_dev_items_show_it():
+    from retain.mitigations.retention_options import sure_drops, task_drops
+
+    before = scored([1] * 20, [-20.0] * 30)
+    one_lost = scored([0] + [1] * 19, [-20.0 - (i % 2) for i in range(30)])  # +5% perplexity, half the docs
+    drops, sure = task_drops(before, one_lost), sure_drops(before, one_lost, 0.9)
+    assert drops["facts"] == pytest.approx(5.0) and sure["facts"] < 0  # one answer of 20: not shown
+    assert drops["english"] == pytest.approx(math.exp(0.05) - 1) and 0 < sure["english"] < drops["english"]
+    six_lost = scored([0] * 6 + [1] * 14, [-20.0] * 30)
+    assert sure_drops(before, six_lost, 0.9)["facts"] > 15  # 30 points measured, well past a 5-point budget
+    assert sure_drops(before, six_lost, None) == task_drops(before, six_lost)
+    budget = RetentionBudget(RetentionOptions(max_drop_points=5.0))
+    budget.base = before
+    assert budget._breaches(drops, sure) == []
+    [breach] = budget._breaches(task_drops(before, six_lost), sure_drops(before, six_lost, 0.9))
+    assert breach.startswith("facts acc dropped 30.0 points, at 90% confidence at least ") and breach.endswith(
+        " points (budget 5 points)")
 
 
 def test_the_default_perplexity_budget_is_ten_percent():

@@ -174,7 +174,7 @@ class RetentionBudget:
 
     def _breaches(self, drops: dict[str, float], sure: dict[str, float] | None = None) -> list[str]:
         """What exceeded its budget, each in its unit: 'english word_perplexity rose +99.1% (budget +5%)', or with
-        sure drops 'facts acc dropped 25.0 points (at least 9.8 at 90% confidence; budget 5 points)'."""
+        sure drops 'facts acc dropped 25.0 points, at 90% confidence at least 9.8 points (budget 5 points)'."""
         out = []
         for name, share in self._shares(drops, sure).items():
             if share <= 1:
@@ -183,15 +183,12 @@ class RetentionBudget:
             limit, weight = self.options.budget_for(name, is_perplexity(task))
             at = "" if weight == 1 else f" at weight {weight:g}"
             ppl = is_perplexity(task)
-            shown = (lambda x: f"+{100 * x:.1f}%") if ppl else (lambda x: f"{x:.1f}")
-            surely = f"at least {shown(sure[name])} at {100 * self.options.confidence:g}% confidence; " \
+            shown = (lambda x: f"{100 * x:+.1f}%") if ppl else (lambda x: f"{x:.1f} points")
+            surely = f", at {100 * self.options.confidence:g}% confidence at least {shown(sure[name])}" \
                 if sure is not None and sure[name] != drop else ""
-            if ppl:
-                out.append(f"{name} {task['primary_metric']} rose {100 * drop:+.1f}% ({surely}budget "
-                           f"+{100 * limit:g}%{at})")
-            else:
-                out.append(f"{name} {task['primary_metric']} dropped {drop:.1f} points ({surely}budget {limit:g} "
-                           f"points{at})")
+            budget = f"+{100 * limit:g}%" if ppl else f"{limit:g} points"
+            moved = "rose" if ppl else "dropped"
+            out.append(f"{name} {task['primary_metric']} {moved} {shown(drop)}{surely} (budget {budget}{at})")
         return out
 
     def _within(self, model) -> tuple[bool, dict[str, float]]:
