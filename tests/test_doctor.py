@@ -38,7 +38,8 @@ def test_a_reckless_config_gets_every_config_cause_with_evidence_and_a_fix(make_
     assert "mitigations.replay.ratio=0.15" in found["narrow_data"]["fix"]
     assert "data.dev=" in found["no_dev"]["fix"]
     recipe = json.loads(out)["recipe"]
-    assert "training.lr=0.0001" in recipe and "training.epochs=3" in recipe and "mitigations.replay.ratio=0.15" in recipe
+    assert "training.lr=0.0001" in recipe and "training.epochs=3" in recipe
+    assert "mitigations.replay.ratio=0.15" in recipe
     assert "mitigations.replay.file=GENERAL.jsonl" in recipe  # not the lab's data for a model that is not the lab's
 
 

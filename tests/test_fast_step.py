@@ -123,3 +123,28 @@ def test_metrics_rows_are_appended_and_a_torn_last_line_is_dropped_on_resume(tmp
     resumed.write({"step": 3, "loss": 0.5})
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3]
     assert path.read_text().endswith("\n")
+
+
+@pytest.mark.parametrize("options", [{"apply_to": "task"}, {"apply_to": "replay", "cache_top_k": 5},
+                                     {"apply_to": "all", "cache_top_k": 5}])
+def test_a_batch_of_seen_examples_reads_nothing_back_from_the_device(tiny_model, options, monkeypatch):
+    model, tokenizer = loaded(tiny_model)
+    kl = KLToBase(KLOptions(weight=1.0, **options))
+    kl.setup(model, None)
+    with torch.no_grad():  # the student moves away from its frozen copy
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    batch = indexed(tokenizer)
+    kl.loss_term(model, batch, task_forward(model, model, batch))  # first sight: counts (and the cache) filled
+    batch = indexed(tokenizer)  # the loop's collate, on the host, before anything reaches the device
+
+    def host_sync(*args, **kwargs):
+        raise AssertionError("read back from the device")
+
+    for name in ("nonzero", "tolist", "item"):  # what asks the device for a value or a size
+        monkeypatch.setattr(torch.Tensor, name, host_sync)
+    monkeypatch.setattr(torch, "nonzero", host_sync)
+    value = kl.loss_term(model, batch, task_forward(model, model, batch))
+    value.backward()
+    monkeypatch.undo()
+    assert value.item() > 1e-4

@@ -3,7 +3,7 @@
 Every `every` steps (and at the last step) it logs, without ever stopping the run:
     warn/kl_general      KL(base ‖ model) per token on a fixed small batch of general text
     warn/kl_task         the same on a fixed sample of the task's own examples (their target tokens)
-    warn/drift/<layer>   ‖θ − θ0‖ / ‖θ0‖ of the trainable weights of each layer (embed, layer0..N, head, other)
+    warn/drift/<layer>   ‖θ − θ0‖ / ‖θ0‖ of each layer's trainable weights (embed, layer0..N, head, other)
     warn/drift/all       the same over all trainable weights
 A KL on general text that climbs while the task loss falls is forgetting under way; drift concentrated
 in a few layers says where. (Under PEFT the trainable weights are the adapter's, so drift is the
@@ -44,7 +44,7 @@ def layer_of(name: str) -> str:
 
 
 def drift_by_layer(params: dict[str, torch.Tensor], start: dict[str, torch.Tensor]) -> dict[str, float]:
-    """‖θ − θ0‖ / ‖θ0‖ per layer and over all ('all'); a layer whose start is all zeros gets ‖θ‖ itself."""
+    """‖θ − θ0‖ / ‖θ0‖ per layer and over all ('all'); a layer that starts at all zeros gets ‖θ‖ itself."""
     moved: dict[str, float] = {}
     size: dict[str, float] = {}
     for name, p in params.items():
@@ -137,7 +137,8 @@ class EarlyWarnings:
     @torch.no_grad()
     def _logits(self, model, batch: dict, mask: torch.Tensor) -> torch.Tensor:
         device = next(model.parameters()).device
-        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
+        inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask")}
+        logits = model(**inputs).logits  # (B, T, V)
         return logits[mask.to(device)]  # (N, V): only the scored positions
 
     def _reference(self, model, examples: list) -> list[tuple[torch.Tensor, torch.Tensor]]:

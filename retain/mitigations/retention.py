@@ -177,7 +177,7 @@ class RetentionBudget:
         sure drops 'facts acc dropped 25.0 points, at 90% confidence at least 9.8 points (budget 5 points)'."""
         out = []
         for name, share in self._shares(drops, sure).items():
-            if share <= 1:
+            if share <= 1 + 1e-9:  # a drop of exactly the budget is within it: 100·(0.85 − 0.8) is 5.000000000000004
                 continue
             task, drop = self.base["tasks"][name], drops[name]
             limit, weight = self.options.budget_for(name, is_perplexity(task))

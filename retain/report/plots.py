@@ -144,7 +144,8 @@ def _metric_rows(path: Path) -> list[dict]:
 def warning_curves(run_dirs: list[Path]) -> bytes | None:
     """The early warnings (retain.mitigations.early_warnings) against step: KL to the base on general and task
     data (left), the relative weight drift per layer (right); one colour per run. None if no run logged them."""
-    runs = [(Path(d), _metric_rows(Path(d) / "metrics.jsonl")) for d in run_dirs if (Path(d) / "metrics.jsonl").is_file()]
+    runs = [(Path(d), _metric_rows(Path(d) / "metrics.jsonl")) for d in run_dirs
+            if (Path(d) / "metrics.jsonl").is_file()]
     runs = [(d, rows) for d, rows in runs if any(k.startswith("warn/") for r in rows for k in r)]
     if not runs:
         return None

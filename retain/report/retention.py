@@ -64,13 +64,14 @@ def summary(b: dict) -> list[str]:
     else:
         chosen, start = outcome["chosen"], b["start"].get("task_value")
         gain = (f" (start: {_value(start)})" if start is not None else "")
-        lines.append(f"Ended at {chosen['point']}: dev {task.get('metric') or 'task'} {_value(chosen.get('task_value'))}"
+        metric = task.get("metric") or "task"
+        lines.append(f"Ended at {chosen['point']}: dev {metric} {_value(chosen.get('task_value'))}"
                      f"{gain}, {100 * (chosen.get('budget_used') or 0):.0f}% of the budget used. Chosen as "
                      f"{chosen['rule']}. Acted because: {outcome['why']}.")
         for cand in outcome.get("candidates", []):
             where = "the start" if cand["origin"] == 0 else f"step {cand['origin']}"
             lines.append(f"Searched the line from {where} toward step {cand['end']}: within budget up to "
-                         f"alpha {cand['alpha']:.3f}, dev {task.get('metric') or 'task'} {_value(cand.get('task_value'))}.")
+                         f"alpha {cand['alpha']:.3f}, dev {metric} {_value(cand.get('task_value'))}.")
     return lines
 
 
