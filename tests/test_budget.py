@@ -236,17 +236,21 @@ def test_a_drop_breaches_only_when_the_dev_items_show_it():
 
     before = scored([1] * 20, [-20.0] * 30)
     one_lost = scored([0] + [1] * 19, [-20.0 - (i % 2) for i in range(30)])  # +5% perplexity, half the docs
-    drops, sure = task_drops(before, one_lost), sure_drops(before, one_lost, 0.9)
-    assert drops["facts"] == pytest.approx(5.0) and sure["facts"] < 0  # one answer of 20: not shown
+    drops, sure = task_drops(before, one_lost), sure_drops(before, one_lost, 0.8)
+    assert drops["facts"] == pytest.approx(5.0) and sure["facts"] < 1  # one answer of 20: hardly shown
     assert drops["english"] == pytest.approx(math.exp(0.05) - 1) and 0 < sure["english"] < drops["english"]
-    six_lost = scored([0] * 6 + [1] * 14, [-20.0] * 30)
-    assert sure_drops(before, six_lost, 0.9)["facts"] > 15  # 30 points measured, well past a 5-point budget
-    assert sure_drops(before, six_lost, None) == task_drops(before, six_lost)
-    budget = RetentionBudget(RetentionOptions(max_drop_points=5.0))
+    assert sure_drops(before, one_lost, None) == drops
+    budget = RetentionBudget(RetentionOptions(max_drop_points=5.0))  # confidence 0.8 by default
     budget.base = before
     assert budget._breaches(drops, sure) == []
-    [breach] = budget._breaches(task_drops(before, six_lost), sure_drops(before, six_lost, 0.9))
-    assert breach.startswith("facts acc dropped 30.0 points, at 90% confidence at least ") and breach.endswith(
+
+    def breaches(lost: int) -> list[str]:
+        after = scored([0] * lost + [1] * (20 - lost), [-20.0] * 30)
+        return budget._breaches(task_drops(before, after), sure_drops(before, after, 0.8))
+
+    assert breaches(2) == []  # 10 points measured on 20 items: not shown to be past 5
+    [breach] = breaches(3)
+    assert breach.startswith("facts acc dropped 15.0 points, at 80% confidence at least ") and breach.endswith(
         " points (budget 5 points)")
 
 
@@ -349,6 +353,6 @@ def test_on_the_lab_the_budget_ends_with_a_task_gain_where_acting_at_the_first_b
     before = evaluate(model, tokenizer, suite, "dev", limit=20, progress=False)
     model, tokenizer = load_for_eval(str(tmp_path / "run" / "final"))
     after = evaluate(model, tokenizer, suite, "dev", limit=20, progress=False)
-    assert max(sure_drops(before, after, 0.9).values()) <= 5.0 + 1e-9
+    assert max(sure_drops(before, after, 0.8).values()) <= 5.0 + 1e-9
     task = evaluate(model, tokenizer, load_suite("city_country"), "dev", limit=20, progress=False)
     assert task["tasks"]["city_country"]["metrics"]["exact_match"] == pytest.approx(chosen["task_value"])

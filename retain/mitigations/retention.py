@@ -5,9 +5,10 @@ Every `every` steps (and at the last step) the model is scored on the suite's de
 the base model's dev scores from before the first step. Each task has a budget in its own unit:
     scores       `max_drop_points`: before − after in points (1.0 = one point; 100 × a fraction)
     perplexities `max_perplexity_increase`: after / before − 1, relative (0.10 = +10%)
-A drop breaches only when the dev items show it at `confidence` (0.9: the measured drop less 1.28 paired
+A drop breaches only when the dev items show it at `confidence` (0.8: the measured drop less 0.84 paired
 standard errors is past the budget): on a dev split of 20 items one answer is 5 points, and answers near a
-tie flip with any change to the weights, so the measured drop alone vetoes every step (null: as measured).
+tie flip with any change to the weights, so the measured drop alone vetoes steps on noise (null: as
+measured). At 0.8, 20 items and a 5-point budget, two answers lost (10 points) hold and three breach.
 `tasks:` overrides them per task (`{english: {max_perplexity_increase: 0.5}, open_prompts: ignore}`); a
 task's `weight` counts its drop that many times against its budget (0.5: it may go twice as far; 0 or
 `ignore`: measured and recorded, never a breach). (`max_drop`, one number for both, is a deprecated
@@ -174,7 +175,7 @@ class RetentionBudget:
 
     def _breaches(self, drops: dict[str, float], sure: dict[str, float] | None = None) -> list[str]:
         """What exceeded its budget, each in its unit: 'english word_perplexity rose +99.1% (budget +5%)', or with
-        sure drops 'facts acc dropped 25.0 points, at 90% confidence at least 9.8 points (budget 5 points)'."""
+        sure drops 'facts acc dropped 25.0 points, at 80% confidence at least 16.9 points (budget 5 points)'."""
         out = []
         for name, share in self._shares(drops, sure).items():
             if share <= 1 + 1e-9:  # a drop of exactly the budget is within it: 100·(0.85 − 0.8) is 5.000000000000004
@@ -239,7 +240,8 @@ class RetentionBudget:
         before = best_within([self.start_check] + self.history) if o.action != "repair" else \
             max([self.start_check] + self.history, key=merit)
         self.history.append(record)
-        self._keep(step, model)
+        if o.action != "stop":  # `stop` never returns to a point: nothing to keep
+            self._keep(step, model)
         # a better point: within budget for rollback; any better task score for repair (a line back from it
         # may reach a better point within budget)
         better = merit(record) > merit(before) and (ok or o.action == "repair")
@@ -295,7 +297,7 @@ class RetentionBudget:
             self.outcome = {
                 "action": o.action, "step": step, "reason": breaches or why, "why": why,
                 "chosen": {"point": point.describe(), "origin": point.origin, "end": point.end, "alpha": point.alpha,
-                           **{k: chosen.get(k) for k in ("task_value", "task_score", "drops", "budget_used")},
+                           **{k: chosen.get(k) for k in ("task_value", "task_score", "drops", "sure_drops", "budget_used")},
                            "rule": self._rule(len(checks), chosen["candidates"])},
                 "candidates": chosen["candidates"]}
             if o.action == "repair":
@@ -309,7 +311,7 @@ class RetentionBudget:
         """Why this point, in words, for retention.json and the report."""
         source = self.task_source()
         ranked = (f"the highest dev {source['metric']} ({source['source']})" if source["source"] else
-                  "the latest (no dev task score to rank by: set `task` or data.dev)")
+                  "the furthest along (no dev task score to rank by: set `task` or data.dev)")
         lines = f" and {len(candidates)} line{'s' if len(candidates) != 1 else ''} searched" if candidates else ""
         return f"{ranked} within budget among {n_checks} checks (the start included){lines}"
 

@@ -107,7 +107,7 @@ class RetentionOptions:
     task: str | None = field(default=None, metadata={
         "help": "the run's own task (task YAML or bundled name), scored on its dev split to rank points; "
                 "unset: the loss on data.dev"})
-    confidence: float | None = field(default=0.9, metadata={
+    confidence: float | None = field(default=0.8, metadata={
         "help": "a drop breaches only if the dev items show it at this one-sided confidence; null: as measured"})
     every: int = field(default=50, metadata={"help": "check every this many optimizer steps (and at the last)"})
     action: Literal["stop", "rollback", "repair", "early_stop"] = field(default="stop", metadata={
