@@ -74,12 +74,13 @@ def importances(tuning: Tuning, records: list[dict]) -> dict:
 
 
 def score_on_test(tuning: Tuning, names: list[str]) -> dict[str, Path]:
-    """Test results of the base model and of each run in `names` (cached: a rerun scores nothing twice)."""
+    """Test results of the base model and of each run in `names` (cached at the same test_limit: a rerun scores
+    nothing twice)."""
     t, out = tuning.tune, tuning.out
     paths = {}
     for name in ["base", *names]:
         path = out / "test" / f"{name}.json"
-        if not path.is_file():
+        if not path.is_file() or read_json(path).get("limit") != t.test_limit:
             model = (read_json(out / "dev" / "base.json")["model"] if name == "base"
                      else str(out / "runs" / name / "final"))
             print(f"scoring {name} on the test split")
