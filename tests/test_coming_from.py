@@ -76,21 +76,40 @@ def test_the_dataset_info_example_of_coming_from_loads(tokenizer, tmp_path):
     assert train.split("#")[1].strip() in entries
 
 
-def test_every_retain_key_of_coming_from_exists():
+def retain_keys(title: str) -> list[str]:
+    """The retain key of each row of the section's table: the first `code` of its last code cell."""
+    return [next(c for c in reversed(cells) if c.startswith("`")).split("`")[1].split(":")[0]
+            for cells in table_rows(doc_section(title))]
+
+
+def assert_key_exists(key: str) -> None:
+    """section.name[.option...] names a field of the config's dataclasses, down to the last part."""
     import dataclasses
     import typing
 
     from retain.config import RunConfig
     from retain.mitigations import MITIGATIONS
 
-    keys = [next(c for c in reversed(cells) if c.startswith("`")).split("`")[1].split(":")[0]
-            for cells in table_rows(doc_section("Config keys"))]
+    section, name, *rest = key.split(".")
+    if section == "mitigations":  # mitigations.NAME[.OPTION]
+        assert name in MITIGATIONS, key
+        assert not rest or rest[0] in {f.name for f in dataclasses.fields(MITIGATIONS[name][0])}, key
+        return
+    owner = typing.get_type_hints(RunConfig)[section]
+    for part in (name, *rest):  # training.dpo.beta: a field of the training section, then of DPOOptions
+        assert dataclasses.is_dataclass(owner) and part in {f.name for f in dataclasses.fields(owner)}, key
+        owner = typing.get_type_hints(owner)[part]
+
+
+def test_every_retain_key_of_coming_from_exists():
+    keys = retain_keys("Config keys")
     assert len(keys) >= 25
-    sections = typing.get_type_hints(RunConfig)
     for key in keys:
-        section, name, *rest = key.split(".")
-        if section == "mitigations":  # mitigations.NAME[.OPTION]
-            assert name in MITIGATIONS, key
-            assert not rest or rest[0] in {f.name for f in dataclasses.fields(MITIGATIONS[name][0])}, key
-        else:
-            assert name in {f.name for f in dataclasses.fields(sections[section])}, key
+        assert_key_exists(key)
+
+
+def test_every_preference_key_of_coming_from_exists():
+    keys = retain_keys("Preference and reward keys")
+    assert {"training.dpo.beta", "training.grpo.group_size", "training.grpo.kl_coef"} <= set(keys)
+    for key in keys:
+        assert_key_exists(key)

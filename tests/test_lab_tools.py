@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import retain
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,3 +21,69 @@ def test_lab_docs_without_sweeps_is_a_user_error():
     assert done.returncode == 2, done.stderr
     assert "name the finished sweeps' files" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+# ---- docs: how well the early warnings predict forgetting (tools.lab.warnings_vs_forgetting) ---------------
+
+def test_spearman_is_one_for_any_monotone_signal_minus_one_reversed_and_averages_ties():
+    import numpy as np
+
+    from tools.lab.warnings_vs_forgetting import average_ranks, spearman
+
+    forgetting = [0.5, 3.0, 10.0, 40.0, 79.0]
+    assert spearman(np.exp(np.array(forgetting) / 10), forgetting) == pytest.approx(1.0)  # monotone, not linear
+    assert spearman([5, 4, 3, 2, 1], forgetting) == pytest.approx(-1.0)
+    assert average_ranks(np.array([2.0, 1.0, 2.0, 3.0])).tolist() == [2.5, 1.0, 2.5, 4.0]
+    # with ties: the Pearson correlation of the average ranks, by hand: ranks x (1.5, 1.5, 3, 4), y (1, 2, 3, 4)
+    assert spearman([1, 1, 2, 3], [1, 2, 3, 4]) == pytest.approx(4.5 / (4.5 * 5) ** 0.5)
+    assert np.isnan(spearman([1, 1, 1], [1, 2, 3]))  # a constant signal ranks nothing
+    # along the last axis, as the bootstrap uses it: (2, 4) -> (2,)
+    assert spearman([[1, 2, 3, 4], [4, 3, 2, 1]], [[1, 2, 3, 4], [1, 2, 3, 4]]).tolist() == pytest.approx([1.0, -1.0])
+
+
+def test_the_bootstrap_ci_holds_rho_and_shrinks_with_more_runs():
+    import numpy as np
+
+    from tools.lab.warnings_vs_forgetting import rank_correlation
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=40)
+    y = x + rng.normal(scale=0.7, size=40)
+    few, many = rank_correlation(x[:10], y[:10]), rank_correlation(x, y)
+    assert few.n == 10 and many.n == 40
+    for c in (few, many):
+        assert c.ci_low < c.rho < c.ci_high
+    assert many.ci_high - many.ci_low < few.ci_high - few.ci_low and many.ci_low > 0
+    perfect = rank_correlation([1, 2, 3, 4, 5], [2, 4, 8, 16, 32])
+    assert (perfect.rho, perfect.ci_low, perfect.ci_high) == pytest.approx((1.0, 1.0, 1.0))
+
+
+def test_runs_the_signal_cannot_see_to_the_end_are_left_out():
+    from tools.lab.warnings_vs_forgetting import Run, blind_spot, correlate
+
+    assert blind_spot({"interpolate": None}) == "`interpolate` changes the weights after training"
+    assert "earlier check" in blind_spot({"retention": None, "early_warnings": None})
+    assert blind_spot({"lora": None, "replay": None, "early_warnings": None}) is None
+
+    def run(name, signal, forgetting, blind=None, peft=None):
+        checks = [{"step": s, "warn/kl_general": signal * s, "warn/drift/all": signal * s} for s in (20, 40, 60, 80)]
+        return Run("sweep", name, forgetting, checks, blind, peft)
+
+    runs = [run("a", 1, 1), run("b", 2, 2), run("c", 3, 3), run("d", 4, 4), run("wise", 9, 0, blind="interpolates"),
+            run("lora", 0.5, 50, peft="lora")]
+    assert runs[0].value("kl_general", None) == 20 and runs[0].value("kl_general", 0.5) == 40
+    assert runs[0].value("kl_general", 0.25) == 20 and runs[0].value("kl_general", 1.0) == 80
+    kl, drift = correlate(runs, "kl_general", 1.0), correlate(runs, "drift/all", 1.0)
+    assert kl.n == 5 and drift.n == 4 and drift.rho == pytest.approx(1.0)  # PEFT counts for the KL, not for drift
+    assert kl.rho < 1  # the adapter run with the smallest KL forgot the most
+
+
+def test_docs_keep_the_preference_claims_block_verbatim():
+    from tools.lab.docs import BEGIN_KEPT, END_KEPT, preserved_block
+
+    block = [BEGIN_KEPT, "| DPO forgets less than SFT | pref | sft | dpo | +1.0 [+0.1, +2.0] | supported |", "",
+             END_KEPT]
+    previous = "\n".join(["# claims", "| old row |", "", *block, "", "Strategy definitions: ...", ""])
+    assert preserved_block(previous) == block
+    assert preserved_block("# claims\n\nStrategy definitions: ...\n") == []
+    assert preserved_block(f"# claims\n{BEGIN_KEPT}\nhalf a block\n") == []  # no END: nothing is guessed

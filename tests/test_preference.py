@@ -230,6 +230,46 @@ def test_dpo_trains_through_the_cli_with_lora_l2sp_and_replay(make_config, tmp_p
     assert (tmp_path / "run" / "final" / "adapter_model.safetensors").is_file()
 
 
+def test_dpo_composes_with_ewc_and_a_retention_budget(make_config, tiny_model, tmp_path):
+    """DPO + EWC + a retention budget in one run: the EWC term is logged beside the DPO loss, adds to it, and
+    holds the weights nearer the base than the same run without it; the budget checks as it would for SFT."""
+    import retain
+    from safetensors.torch import load_file
+
+    from retain.mitigations.penalties import weighted_l2
+
+    write_jsonl(tmp_path / "pairs.jsonl", PAIRS)
+    write_jsonl(tmp_path / "general.jsonl", [{"text": f"the capital of {c} is {k} ."}  # EWC's Fisher data
+                                             for c, k in (("france", "paris"), ("japan", "tokyo"))] * 8)
+    budget = {"suite": "english", "limit": 3, "every": 4, "max_drop_points": 100.0, "max_perplexity_increase": 1000.0}
+    runs = {}
+    for name, penalty in (("ewc", {"ewc": {"weight": 1000.0, "file": str(tmp_path / "general.jsonl"), "batches": 2}}),
+                          ("none", {})):
+        config = make_config(data={"train": str(tmp_path / "pairs.jsonl")},
+                             training={"objective": "dpo", "dpo": {"beta": 0.5}, "max_steps": 8, "lr": 1e-2,
+                                       "report_to": []},
+                             mitigations={**penalty, "retention": budget}, output={"dir": str(tmp_path / name)})
+        result = retain.train(config_from_dict(config), progress=False)
+        record = json.loads((tmp_path / name / "retention.json").read_text())
+        # checked every 4 steps on the DPO-tuned weights; the generous budget is never breached
+        assert [(c["step"], c["within_budget"]) for c in record["checks"]] == [(4, True), (8, True)]
+        assert record["checks"][-1]["drops"]["english"] != 0  # it scored the weights DPO moved
+        runs[name] = (result.metrics, load_file(str(result.final_dir / "model.safetensors")))
+
+    rows = [r for r in runs["ewc"][0] if "loss" in r]  # training rows (the budget logs its checks apart)
+    for row in rows:
+        assert row["loss"] == pytest.approx(row["loss/dpo"] + row["loss/ewc"])
+    assert rows[0]["loss/ewc"] == pytest.approx(0, abs=1e-8)  # step 1: the weights are the anchor
+    assert all(row["loss/ewc"] > 0 for row in rows[1:])
+    assert not any("loss/ewc" in r for r in runs["none"][0])
+
+    # what EWC holds down, Σ F (θ − θ0)² with the run's own Fisher, is smaller than without the penalty
+    fisher = torch.load(tmp_path / "ewc" / "fisher.pt")
+    base = load_file(str(tiny_model / "model.safetensors"))
+    moved = {name: weighted_l2({k: w[k] for k in fisher}, base, fisher).item() for name, (_, w) in runs.items()}
+    assert moved["ewc"] < 0.5 * moved["none"], moved
+
+
 def test_precomputed_reference_gives_the_same_run(make_config, tmp_path):
     """Full fine-tuning: a frozen copy as the reference, or its log-probs computed once before the first step."""
     import retain
@@ -356,7 +396,7 @@ def test_the_lab_preference_data_is_what_its_builder_writes(tmp_path):
 
     main(["--out", str(tmp_path)])
     shipped = LAB_DATA_DIR / "tasks" / "qa_preference"
-    for name in ("train", "prompts", "dev", "test", "facts"):
+    for name in ("train", "prompts", "dev", "test", "facts", "heldout_pairs", "capital_prompts"):
         assert (tmp_path / f"{name}.jsonl").read_text() == (shipped / f"{name}.jsonl").read_text(), name
     pairs = load_preferences(shipped / "train.jsonl")
     assert len(pairs) == 160 and all(p.chosen.startswith(" ANSWER(") and p.chosen != p.rejected for p in pairs)
@@ -380,3 +420,18 @@ def test_dpo_accumulation_is_exact(make_config, tmp_path):
     assert finals[0].keys() == finals[1].keys()
     for name in finals[0]:
         assert torch.allclose(finals[0][name], finals[1][name], atol=1e-5), name
+
+
+def test_the_preference_claims_block_goes_into_claims_md_once():
+    """tools.lab.preference_claims writes its table between the marker lines of docs/claims.md: before 'Strategy
+    definitions' the first time, in place of the old block after that; tools.lab.docs keeps it as written."""
+    from tools.lab.docs import BEGIN_KEPT, END_KEPT, preserved_block
+    from tools.lab.preference_claims import with_block
+
+    sweep_claims = "# claims\n\n| a sweep row |\n\nStrategy definitions: docs/mitigations.md.\n\nPreference: ...\n"
+    old, new = [BEGIN_KEPT, "| old row |", END_KEPT], [BEGIN_KEPT, "", "| new row |", "", END_KEPT]
+    first = with_block(sweep_claims, old)
+    assert first.index(END_KEPT) < first.index("Strategy definitions") and first.count(BEGIN_KEPT) == 1
+    second = with_block(first, new)
+    assert second == first.replace("| old row |", "\n| new row |\n") and preserved_block(second) == new
+    assert with_block("# claims\n", new).splitlines()[1:6] == new  # no 'Strategy definitions': at the end

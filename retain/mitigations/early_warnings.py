@@ -9,16 +9,17 @@ A KL on general text that climbs while the task loss falls is forgetting under w
 in a few layers says where. (Under PEFT the trainable weights are the adapter's, so drift is the
 adapter's own growth; the KLs mean the same either way.)
 
-The base's distribution is taken once, in setup, from the model as it starts (before the first step;
-PEFT adapters start as the identity), and stored as its top-k tokens per position plus one bucket for
-the rest: the KL of those k + 1 outcomes is a lower bound of the full KL, exact as k reaches the
-vocabulary, and costs k numbers per position instead of the vocabulary.
+The base's distribution is taken once, in setup, from the model as it starts (before the first step), with a
+PEFT adapter switched off (a soft prompt starts random, not as the identity), and stored as its top-k tokens
+per position plus one bucket for the rest: the KL of those k + 1 outcomes is a lower bound of the full KL,
+exact as k reaches the vocabulary, and costs k numbers per position instead of the vocabulary.
 """
 
 from __future__ import annotations
 
 import random
 import re
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -138,14 +139,16 @@ class EarlyWarnings:
     def _logits(self, model, batch: dict, mask: torch.Tensor) -> torch.Tensor:
         device = next(model.parameters()).device
         inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask")}
-        logits = model(**inputs).logits  # (B, T, V)
+        # (B, T, V); prompt tuning prepends its virtual tokens' positions, which score no text
+        logits = model(**inputs).logits[:, -mask.shape[1]:]
         return logits[mask.to(device)]  # (N, V): only the scored positions
 
     def _reference(self, model, examples: list) -> list[tuple[torch.Tensor, torch.Tensor]]:
         was_training = model.training
         model.eval()
-        ref = [top_k_reference(self._logits(model, batch, mask), self.options.top_k) for batch, mask in
-               self._batches(examples)]
+        with model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext():  # the base itself
+            ref = [top_k_reference(self._logits(model, batch, mask), self.options.top_k) for batch, mask in
+                   self._batches(examples)]
         model.train(was_training)
         return ref
 

@@ -1,4 +1,5 @@
-"""The seeds' claims about preference and reward training, measured on the lab: docs/claims-preference.md.
+"""The seeds' claims about preference and reward training, measured on the lab: docs/claims-preference.md,
+and the same table in docs/claims.md (between the preference-claims marker lines, kept by tools.lab.docs).
 
     python -m tools.lab.preference_claims [--out runs/preference-claims] [--docs docs]   (from the repo root)
 
@@ -7,8 +8,12 @@ other), then compares pairs of runs that differ in one thing, as docs/claims.md 
 score (exact match / accuracy pooled over the lab's fact, choice and arithmetic tasks, test split) of run B
 minus run A on the same items, with a paired bootstrap 95% CI (retain.sweep.summary.retained_change).
 
-The GRPO runs start from the SFT stage (configs/qa_preference_sft.yaml): retain-tiny never samples the
-answer template by itself, so a reward for it would have nothing to reinforce.
+Each claim holds one thing fixed beside what it varies, and the table shows how well: DPO runs are compared
+at their held-out preference accuracy (pairs of countries DPO never saw), GRPO runs at their final reward.
+
+The qa_preference GRPO runs start from the SFT stage (configs/qa_preference_sft.yaml): retain-tiny never
+samples the answer template by itself, so a reward for it would have nothing to reinforce. The template vs
+knowledge runs (configs/grpo_capitals.yaml) start from retain-tiny, on prompts it knows the answers to.
 """
 
 from __future__ import annotations
@@ -19,32 +24,61 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 from retain.io import atomic_write_text
+from retain.modeling import load_for_eval
+from retain.paths import LAB_DATA_DIR
+from retain.preference.data import collate_pairs, load_pairs
+from retain.preference.dpo import DPO
+from retain.preference.options import DPOOptions
 from retain.report.build import compare, load_results
 from retain.report.reward_hacking import hacking_lines
 from retain.sweep.summary import retained_change
+from tools.lab.docs import BEGIN_KEPT, END_KEPT
 
 TASK, SUITE = "qa_preference", "lab,qa_preference"
-GRPO = ("configs/grpo.yaml", "model.name={out}/sft/final/merged", "training.lr=2e-3", "training.max_steps=40")
-# name -> (config, overrides, the run its gain is measured from)
+HELDOUT_PAIRS = LAB_DATA_DIR / "tasks" / "qa_preference" / "heldout_pairs.jsonl"
+COMMAND = "python -m tools.lab.preference_claims"
+GRPO = ("configs/grpo.yaml", "model.name={out}/sft/final/merged", "training.lr=2e-3")
+TEMPLATE_ONLY = ("configs/grpo_capitals.yaml", "training.grpo.rewards.facts.weight=0")
+DPO_RUN = ("configs/dpo.yaml", "training.dpo.sft_weight=0")
+# name -> (config, overrides; the run its gain is measured from)
 RUNS = {
     "sft": (("configs/qa_preference_sft.yaml",), "base"),
-    "dpo_beta0.01": (("configs/dpo.yaml", "training.dpo.beta=0.01", "training.dpo.sft_weight=0", "training.epochs=4"),
-                     "base"),
-    "dpo_beta1": (("configs/dpo.yaml", "training.dpo.beta=1.0", "training.dpo.sft_weight=0", "training.epochs=4"),
-                  "base"),
-    "grpo_kl0": ((*GRPO, "training.grpo.kl_coef=0"), "sft"),
-    "grpo_kl05": ((*GRPO, "training.grpo.kl_coef=0.5"), "sft"),
+    "grpo_template": (TEMPLATE_ONLY, "base"),
+    "grpo_template_facts": (("configs/grpo_capitals.yaml",), "base"),
+    # a shorter run, whose final reward lands near its partner's: the comparison at (nearly) matched reward
+    "grpo_template_12steps": ((*TEMPLATE_ONLY, "training.max_steps=12"), "base"),
+    "grpo_kl0": ((*GRPO, "training.max_steps=40", "training.grpo.kl_coef=0"), "sft"),
+    "grpo_kl05": ((*GRPO, "training.max_steps=40", "training.grpo.kl_coef=0.5"), "sft"),
+    "grpo_kl0_12steps": ((*GRPO, "training.max_steps=12", "training.grpo.kl_coef=0"), "sft"),
+    "dpo_beta0.01": ((*DPO_RUN, "training.epochs=4", "training.dpo.beta=0.01"), "base"),
+    "dpo_beta1": ((*DPO_RUN, "training.epochs=4", "training.dpo.beta=1.0"), "base"),
+    # trained twice as long: its held-out preference accuracy lands near (above) the large β's
+    "dpo_beta0.01_8epochs": ((*DPO_RUN, "training.epochs=8", "training.dpo.beta=0.01"), "base"),
 }
 # (claim, run A, run B, +1: supported when B retains more than A)
 CLAIMS = [
-    ("DPO with a small β (a weak implicit KL leash) forgets more than with a large β", "dpo_beta0.01", "dpo_beta1", +1),
+    ("A reward that checks only the template forgets more than one with a knowledge-correctness term",
+     "grpo_template", "grpo_template_facts", +1),
+    ("… the same, against a 12-step template-only run (nearer B's format reward)", "grpo_template_12steps",
+     "grpo_template_facts", +1),
     ("RL without a KL penalty forgets more than with a strong one (kl_coef 0 vs 0.5)", "grpo_kl0", "grpo_kl05", +1),
+    ("… the same, against a 12-step kl_coef 0 run (nearer B's final reward)", "grpo_kl0_12steps", "grpo_kl05", +1),
+    ("DPO with a small β (a weak implicit KL leash) forgets more than with a large β", "dpo_beta0.01", "dpo_beta1", +1),
+    ("… the same, against an 8-epoch small-β run (nearer B's preference accuracy)", "dpo_beta0.01_8epochs",
+     "dpo_beta1", +1),
 ]
 
 
 def retain_cli(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "retain", *args], check=True)
+
+
+def final_weights(out: Path, name: str) -> Path:
+    final = out / name / "final"
+    return final / "merged" if (final / "merged").is_dir() else final
 
 
 def ensure(out: Path, name: str) -> Path:
@@ -57,18 +91,36 @@ def ensure(out: Path, name: str) -> Path:
         return results
     (config, *overrides), start = RUNS[name]
     ensure(out, start)
-    final = out / name / "final"
-    if not final.is_dir():
+    if not (out / name / "final").is_dir():
         retain_cli("train", config, *(o.format(out=out) for o in overrides), f"output.dir={out / name}",
                    "training.report_to=[]", "--overwrite")
-    retain_cli("eval", str(final / "merged" if (final / "merged").is_dir() else final), "--suite", SUITE,
-               "--out", str(results))
+    retain_cli("eval", str(final_weights(out, name)), "--suite", SUITE, "--out", str(results))
     return results
 
 
-def ends(run_dir: Path, key: str) -> str:
+@torch.no_grad()
+def preference_accuracy(weights: Path, reference: str = "retain-tiny", pairs: Path = HELDOUT_PAIRS) -> float:
+    """The share of `pairs` whose implicit reward log π/π_ref is higher for the chosen answer than for the
+    rejected one: π the run's weights, π_ref the model it started from (DPO's own accuracy, on other pairs)."""
+    policy, tokenizer = load_for_eval(str(weights))
+    dpo = DPO(DPOOptions(), replay=False, batch_size=32)
+    dpo.setup(load_for_eval(reference)[0], None, [], None)  # the reference: a frozen copy of the base
+    examples = load_pairs(pairs, tokenizer, 64).examples
+    hits = []
+    for i in range(0, len(examples), 32):
+        batch = collate_pairs(examples[i: i + 32], tokenizer.pad_token_id)
+        logits = policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        hits += dpo.pair_losses(logits, policy, batch)[1]["accuracy"].tolist()
+    return sum(hits) / len(hits)
+
+
+def logged(run_dir: Path, key: str) -> list[float]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    values = [r[key] for r in rows if key in r]
+    return [r[key] for r in rows if key in r]
+
+
+def ends(run_dir: Path, key: str) -> str:
+    values = logged(run_dir, key)
     return f"{values[0]:.3g} → {values[-1]:.3g}" if values else "—"
 
 
@@ -76,26 +128,88 @@ def pts(x: float) -> str:
     return f"{100 * x:+.1f}"
 
 
-def write_doc(out: Path, docs: Path) -> Path:
-    lines = ["# Preference and reward training: the seeds' claims on the lab", "",
-             "Generated by `python -m tools.lab.preference_claims`. Each claim compares two runs that differ in one "
-             "thing; the measure is the retained-capability score (exact match / accuracy pooled over the lab's fact, "
-             "choice and arithmetic tasks, test split) of run B minus run A on the same items, with a paired "
-             "bootstrap 95% CI (one seed each: the CI is over items, not over seeds). Task gain: qa_preference exact "
-             "match against the run's start (retain-tiny for DPO, the SFT stage for GRPO).", "",
-             "| claim | run A | run B | B − A retained (pts) [95% CI] | task gain A / B (pts) | reward A; B (start → end) "
-             "| KL A; B (start → end) | result |", "|---|---|---|---|---|---|---|---|"]
+def shown_metrics(run: str) -> tuple[list[str], str]:
+    """(the reward keys, the KL key) a run's row shows, start → end."""
+    if run.startswith("dpo"):
+        return ["dpo/reward_margin"], "dpo/logratio_chosen"
+    if run.startswith("grpo_template"):
+        return ["grpo/reward", "reward/template", "reward/facts"], "grpo/kl"
+    return ["grpo/reward"], "grpo/kl"
+
+
+def matched(out: Path, a: str, b: str) -> str:
+    """What the two runs were held at: DPO's preference accuracy, or GRPO's final reward."""
+    if a.startswith("dpo"):
+        held_out = [preference_accuracy(final_weights(out, x)) for x in (a, b)]
+        train = [logged(out / x, "dpo/accuracy")[-1] for x in (a, b)]
+        return (f"held-out pref. acc. {held_out[0]:.0%} / {held_out[1]:.0%} (train pairs, last log window: "
+                f"{train[0]:.0%} / {train[1]:.0%})")
+    key = "reward/template" if a.startswith("grpo_template") else "grpo/reward"
+    return f"final {key} {logged(out / a, key)[-1]:.3g} / {logged(out / b, key)[-1]:.3g}"
+
+
+def claim_rows(out: Path) -> list[str]:
+    rows = ["| claim | run A | run B | B − A retained (pts) [95% CI] | held at (A / B) | task gain A / B (pts) "
+            "| reward A; B (start → end) | KL A; B (start → end) | result |", "|---|---|---|---|---|---|---|---|---|"]
     for claim, a, b, sign in CLAIMS:
         ra, rb = (load_results(ensure(out, x)) for x in (a, b))
         c, _ = retained_change(ra, rb, TASK)
         supported = c.ci_low > 0 if sign > 0 else c.ci_high < 0
         contradicted = c.ci_high < 0 if sign > 0 else c.ci_low > 0
         result = "supported" if supported else "contradicted" if contradicted else "not shown (CI includes 0)"
-        gains = [compare(load_results(out / f"{RUNS[x][1]}.json"), r)["tasks"][TASK]["delta"] for x, r in ((a, ra), (b, rb))]
-        reward, kl = (("dpo/reward_margin", "dpo/logratio_chosen") if a.startswith("dpo") else ("grpo/reward", "grpo/kl"))
-        lines.append(f"| {claim} | {a} | {b} | {pts(c.delta)} [{pts(c.ci_low)}, {pts(c.ci_high)}] | "
-                     f"{pts(gains[0])} / {pts(gains[1])} | {reward}: {ends(out / a, reward)}; {ends(out / b, reward)} | "
-                     f"{kl}: {ends(out / a, kl)}; {ends(out / b, kl)} | {result} |")
+        if a.startswith("grpo_template"):  # no qa_preference task here: the reward is the task
+            gains = "— (the reward is the task)"
+        else:
+            g = [compare(load_results(out / f"{RUNS[x][1]}.json"), r)["tasks"][TASK]["delta"] for x, r in ((a, ra), (b, rb))]
+            gains = f"{pts(g[0])} / {pts(g[1])}"
+        keys, kl = shown_metrics(a)
+        rewards = "; ".join(f"{k}: {ends(out / a, k)}; {ends(out / b, k)}" for k in keys)
+        rows.append(f"| {claim} | {a} | {b} | {pts(c.delta)} [{pts(c.ci_low)}, {pts(c.ci_high)}] | "
+                    f"{matched(out, a, b)} | {gains} | {rewards} | {kl}: {ends(out / a, kl)}; {ends(out / b, kl)} "
+                    f"| {result} |")
+    return rows
+
+
+def with_block(text: str, block: list[str]) -> str:
+    """claims.md with `block` (marker lines included) in place of the old block, or else before the line
+    starting "Strategy definitions" (at the end if there is none)."""
+    lines = text.splitlines()
+    if BEGIN_KEPT in lines and END_KEPT in lines[lines.index(BEGIN_KEPT):]:
+        start = lines.index(BEGIN_KEPT)
+        lines[start: lines.index(END_KEPT, start) + 1] = block
+    else:
+        at = next((i for i, line in enumerate(lines) if line.startswith("Strategy definitions")), len(lines))
+        lines[at:at] = [*block, ""]
+    return "\n".join(lines) + "\n"
+
+
+INTRO = ("Each claim compares two runs that differ in one thing; the measure is the retained-capability score "
+         "(exact match / accuracy pooled over the lab's fact, choice and arithmetic tasks, test split) of run B minus "
+         "run A on the same items, with a paired bootstrap 95% CI (one seed each: the CI is over items, not over "
+         "seeds). *Held at (A / B)*: where each run ended on what the claim should hold equal — DPO's preference accuracy on 86 held-out pairs "
+         "(countries it never trained on; the share whose implicit reward log π/π_ref is higher for the chosen "
+         "answer), GRPO's final reward (the mean of the last log window). A claim's second row (…) compares run B "
+         "with a run A of another length whose reward or preference accuracy lies nearer B's (GRPO: 12 steps instead "
+         "of 40; DPO: 8 epochs instead of 4): a claim that holds in both rows holds at matched conditions; one that "
+         "holds only in its first row is about how far run A was let go, not about the leash or the reward alone. "
+         "Task gain: qa_preference exact match against the run's start (retain-tiny for DPO, the SFT stage for the KL "
+         "runs).")
+
+TEMPLATE_VS_KNOWLEDGE = (
+    "The template vs knowledge runs (configs/grpo_capitals.yaml, from retain-tiny): GRPO on 'The capital of X is' "
+    "for the 61 countries of the suite's dev split — the phrasing retain-tiny knows its capitals in (84% of its "
+    "samples at temperature 1 name the right one), so the knowledge term fires from the first step; the suite's "
+    "test countries are never prompted. The format term asks for a short answer, one capitalised word of at most 6 "
+    "letters and a period: two thirds of the capitals are longer, so a wrong but short capital satisfies it where "
+    "the right one cannot — the shortcut. Run A logs the knowledge term at weight 0 (paid nothing), run B pays it "
+    "at weight 1; KL coefficient, learning rate, steps and seed are the same. B cannot reach A's format reward "
+    "without dropping its facts (it keeps them by declining the shortcut), so the matched row shortens A instead.")
+
+
+def write_doc(out: Path, docs: Path) -> Path:
+    rows = claim_rows(out)
+    lines = ["# Preference and reward training: the seeds' claims on the lab", "",
+             f"Generated by `{COMMAND}`. {INTRO}", "", *rows, "", TEMPLATE_VS_KNOWLEDGE]
     flags = [line for name in RUNS if name != "sft" for line in hacking_lines(
         [out / name], {name: compare(load_results(out / f"{RUNS[name][1]}.json"), load_results(ensure(out, name)))})]
     lines += ["", "What `retain report START.json RUN.json --run RUN` flags (reward up while a capability fell "
@@ -103,13 +217,12 @@ def write_doc(out: Path, docs: Path) -> Path:
     lines += [f"- {line}" for line in flags] or ["- nothing"]
     lines += ["", "Runs (overrides of the config named):", ""]
     lines += [f"- {name}: `{' '.join(config)}` (from {start})" for name, (config, start) in RUNS.items()]
-    lines += ["", "Not measured: *a reward for the template alone forgets more than one with a knowledge term*. On "
-              "the lab the knowledge term almost never fires: after the SFT stage retain-tiny writes the template "
-              "with a wrong capital (qa_preference exact match 1%), so `reward/facts` stays at or below 0.006 in every "
-              "log window of the GRPO runs above and adds almost no signal — a template-only and a composite reward "
-              "would train nearly the same model. It needs a model that can put its facts into the template.", ""]
     path = docs / "claims-preference.md"
-    atomic_write_text(path, "\n".join(lines))
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    block = [BEGIN_KEPT, "", "## Preference and reward training", "", f"Generated by `{COMMAND}` (runs, flags and "
+             f"details: docs/claims-preference.md). {INTRO}", "", *rows, "", END_KEPT]
+    claims = docs / "claims.md"
+    atomic_write_text(claims, with_block(claims.read_text() if claims.is_file() else "", block))
     return path
 
 

@@ -9,6 +9,10 @@
     dev, test      {prompt, response} samples of the training countries, for the task YAML (exact match)
     facts.jsonl    {"subject": country, "answer": capital} for every capital the pretraining corpus states:
                    the knowledge reward's facts
+    heldout_pairs.jsonl   pairs as train's for every other country: held-out preference accuracy
+    capital_prompts.jsonl {"prompt": "The capital of Chad is", "response": " N'Djamena."} for the countries of the
+                   lab suite's dev split, in the phrasing retain-tiny knows its capitals in: GRPO prompts where a
+                   knowledge reward can fire from the first step (configs/grpo_capitals.yaml)
 
 Why the training countries again in dev and test: retain-tiny does not carry a new answer format over to
 countries it was not trained on (see continual_task.py), so a score on them says whether the preference
@@ -42,17 +46,30 @@ def rejected(capital: str, others: list[str], rng: random.Random) -> str:
     return ANSWER.format(rng.choice([c for c in others if c != capital]))
 
 
+def capital_prompts(capitals: list[tuple[str, str]]) -> list[dict]:
+    """The lab suite's dev countries (capital_recall.dev), prompted as the pretraining corpus states them."""
+    known = dict(capitals)
+    rows = [json.loads(line) for line in (LAB_DATA_DIR / "suite" / "capital_recall.dev.jsonl").read_text().splitlines()]
+    countries = [r["context"].removeprefix("The capital of ").removesuffix(" is") for r in rows]
+    return [{"prompt": f"The capital of {c} is", "response": f" {known[c]}."} for c in countries]
+
+
 def build(seed: int) -> dict[str, list[dict]]:
     capitals = facts(LAB_DATA_DIR / "pretrain.jsonl", CAPITAL)
     rng = random.Random(seed)
     train = rng.sample(capitals, SIZES["train"])
     others = sorted({capital for _, capital in train})
-    pairs = [{"prompt": PROMPT.format(country), "chosen": ANSWER.format(capital),
-              "rejected": rejected(capital, others, rng)} for country, capital in train]
+    pair = lambda country, capital: {"prompt": PROMPT.format(country), "chosen": ANSWER.format(capital),  # noqa: E731
+                                     "rejected": rejected(capital, others, rng)}
+    pairs = [pair(country, capital) for country, capital in train]
     qa = lambda part: [{"prompt": PROMPT.format(c), "response": ANSWER.format(a)} for c, a in part]  # noqa: E731
-    return {"train": pairs, "prompts": qa(train), "dev": qa(rng.sample(train, SIZES["dev"])),
-            "test": qa(rng.sample(train, SIZES["test"])),
-            "facts": [{"subject": country, "answer": capital} for country, capital in capitals]}
+    parts = {"train": pairs, "prompts": qa(train), "dev": qa(rng.sample(train, SIZES["dev"])),
+             "test": qa(rng.sample(train, SIZES["test"])),
+             "facts": [{"subject": country, "answer": capital} for country, capital in capitals]}
+    seen = {country for country, _ in train}  # drawn last, so the files above stay as they were
+    parts["heldout_pairs"] = [pair(country, capital) for country, capital in capitals if country not in seen]
+    parts["capital_prompts"] = capital_prompts(capitals)
+    return parts
 
 
 def main(argv: list[str] | None = None) -> None:
