@@ -59,7 +59,7 @@ def test_the_bootstrap_ci_holds_rho_and_shrinks_with_more_runs():
 
 
 def test_runs_the_signal_cannot_see_to_the_end_are_left_out():
-    from tools.lab.warnings_vs_forgetting import Run, blind_spot, correlate
+    from tools.lab.warnings_vs_forgetting import Run, blind_spot, correlate, misplaced
 
     assert blind_spot({"interpolate": None}) == "`interpolate` changes the weights after training"
     assert "earlier check" in blind_spot({"retention": None, "early_warnings": None})
@@ -76,6 +76,8 @@ def test_runs_the_signal_cannot_see_to_the_end_are_left_out():
     kl, drift = correlate(runs, "kl_general", 1.0), correlate(runs, "drift/all", 1.0)
     assert kl.n == 5 and drift.n == 4 and drift.rho == pytest.approx(1.0)  # PEFT counts for the KL, not for drift
     assert kl.rho < 1  # the adapter run with the smallest KL forgot the most
+    # ... and is the one the KL misplaces most, in points: ranked last by it, where the others lost 1 point
+    assert misplaced(runs, "kl_general") == (runs[5], 5, 1, 5)
 
 
 def test_docs_keep_the_preference_claims_block_verbatim():

@@ -16,10 +16,12 @@ alias: max_drop_points = 100 × it, max_perplexity_increase = it.)
 
 Why the perplexity default is +10%, not +1%: perplexity on general text counts every token, so any
 fine-tune on narrow data moves it before a single answer changes. In the lab's sweeps (docs/mitigations.md)
-every fine-tune without KL to the base raised English perplexity by 5% or more, the gentlest too (LoRA at
-lr 1e-4 +7%, WiSE-FT at α 0.5 +5%, losing 3.3 and 0.5 points of pooled scores), and the budget run with
-+5% ended at the base model. +10% is where the report's severity grading stops calling a perplexity rise
-mild (retain.report.severity); name a tighter one per task if that text is what you must keep.
+every fine-tune without KL to the base raised English perplexity by about 5% or more, the gentlest too (LoRA
+at lr 1e-4 +6.6%, WiSE-FT at α 0.5 +4.9%, losing 3.3 and 0.5 points of pooled scores). +10% is where the
+report's severity grading stops calling a perplexity rise mild (retain.report.severity); name a tighter one
+per task if that text is what you must keep. (The lab sweep's budget run, 5 points and +5% at lr 1e-3, ends
+at the base model: its first check, step 20, already breaches every task's budget, and rollback returns the
+start.)
 
 What ranks the points (the run's own task, "higher is better"): `task` names a task YAML or bundled task
 (e.g. city_country) scored on its dev split by its primary metric — what a user watches; without it, the

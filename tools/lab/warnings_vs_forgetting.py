@@ -25,6 +25,7 @@ from retain.mitigations.roles import Monitor, WeightTransform
 from retain.sweep import SweepConfig
 
 MAIN_SIGNALS = ("kl_general", "kl_task", "drift/all")
+ALL = "all sweeps"  # the scope of the pooled runs
 # column -> fraction of the run's steps whose nearest check is read (None: the first check)
 POINTS = {"first check": None, "~25% of steps": 0.25, "~50% of steps": 0.5, "last check": 1.0}
 
@@ -75,6 +76,7 @@ class Run:
     blind: str | None = None  # why no signal sees the final weights
     peft: str | None = None  # the PEFT method: drift is the adapter's growth
     config: str = ""  # the run config as YAML, its output dir left out: two runs with the same one are one run
+    kl_on_task: bool = False  # mitigations.kl pulls the task examples toward the base: what kl_task measures
 
     def value(self, signal: str, fraction: float | None) -> float | None:
         """The signal at the first check (fraction None) or at the check nearest fraction × the last step."""
@@ -113,7 +115,8 @@ def load_runs(sweep: SweepConfig, summary: dict) -> list[Run]:
         config = load_config(run_dir / "config.yaml")
         runs.append(Run(out.name, name, -100 * row["retained_change"], checks, blind_spot(config.mitigations),
                         next((m for m in config.mitigations if m in PEFT_METHODS), None),
-                        config_to_yaml(replace(config, output=replace(config.output, dir="")))))
+                        config_to_yaml(replace(config, output=replace(config.output, dir=""))),
+                        "kl" in config.mitigations and config.mitigations["kl"].apply_to != "replay"))
     return runs
 
 
@@ -135,42 +138,47 @@ def correlate(runs: list[Run], signal: str, fraction: float | None, counted=Run.
     return rank_correlation(*zip(*pairs))
 
 
-def misranked(runs: list[Run], signal: str) -> tuple[Run, int, int, int] | None:
-    """The counted run whose rank by the signal at the last check is furthest from its rank by forgetting:
-    (run, its signal rank, its forgetting rank, n); rank 1 is the largest, ties share their mean (rounded)."""
+def misplaced(runs: list[Run], signal: str) -> tuple[Run, int, float, int] | None:
+    """The counted run the signal's order at the last check misplaces by the most points: (run, its rank by the
+    signal, what the run of that rank by forgetting lost, n); rank 1 is the largest. Measured in points, not
+    ranks, because runs at a floor of forgetting differ by noise and their ranks among themselves mean little."""
     counted = [r for r in runs if r.counts_for(signal) and r.value(signal, 1.0) is not None]
     if len(counted) < 3:
         return None
-    n = len(counted)
-    by_signal = n + 1 - average_ranks(np.array([r.value(signal, 1.0) for r in counted]))
-    by_forgetting = n + 1 - average_ranks(np.array([r.forgetting for r in counted]))
-    k = int(np.argmax(np.abs(by_signal - by_forgetting)))
-    return counted[k], round(float(by_signal[k])), round(float(by_forgetting[k])), n
+    by_signal = sorted(counted, key=lambda r: -r.value(signal, 1.0))
+    by_forgetting = sorted((r.forgetting for r in counted), reverse=True)
+    k = max(range(len(counted)), key=lambda i: abs(by_signal[i].forgetting - by_forgetting[i]))
+    return by_signal[k], k + 1, by_forgetting[k], len(counted)
 
 
-def reading(runs: list[Run], table: dict) -> list[str]:
-    """Plain-language lines from the measured figures only. table: (signal, column) -> Correlation | None."""
-    lines = []
+def reading(runs: list[Run], tables: dict[str, dict]) -> list[str]:
+    """Plain-language lines from the measured figures only. tables: scope ('all sweeps' or a sweep) ->
+    {(signal, column): Correlation | None}; runs: the pooled runs."""
+    lines, pooled = [], tables[ALL]
     first, last = next(iter(POINTS)), list(POINTS)[-1]
     for column in (first, last):
-        best = max((s for s in MAIN_SIGNALS if table.get((s, column))), key=lambda s: table[(s, column)].rho,
+        best = max((s for s in MAIN_SIGNALS if pooled.get((s, column))), key=lambda s: pooled[(s, column)].rho,
                    default=None)
         if best is not None:
-            c = table[(best, column)]
-            lines.append(f"- Strongest of the three at the {column}: `{best}`, ρ = {c.cell()} over {c.n} runs.")
+            c = pooled[(best, column)]
+            lines.append(f"- Strongest of the three at the {column}, all sweeps: `{best}`, ρ = {c.cell()} over "
+                         f"{c.n} runs.")
     for signal in MAIN_SIGNALS:
-        above = [column for column in POINTS if table.get((signal, column)) and table[(signal, column)].ci_low > 0]
-        below = [column for column in POINTS if table.get((signal, column)) and table[(signal, column)].ci_high < 0]
-        said = "; ".join([f"its 95% CI is above 0 at: {', '.join(above)}"] * bool(above)
-                         + [f"below 0 at: {', '.join(below)}"] * bool(below)) or "its 95% CI includes 0 at every point"
-        lines.append(f"- `{signal}`: {said}.")
+        said = []
+        for scope, table in tables.items():
+            above = [column for column in POINTS if table.get((signal, column)) and table[(signal, column)].ci_low > 0]
+            below = [column for column in POINTS if table.get((signal, column)) and table[(signal, column)].ci_high < 0]
+            said.append(f"{scope}: " + ("; ".join([f"above 0 at {', '.join(above)}"] * bool(above)
+                                                  + [f"below 0 at {', '.join(below)}"] * bool(below))
+                                        or "includes 0 at every point"))
+        lines.append(f"- `{signal}`, where its 95% CI is clear of 0 — {'. '.join(said)}.")
     for signal in MAIN_SIGNALS:
-        worst = misranked(runs, signal)
-        if worst is not None and worst[1] != worst[2]:
-            run, by_signal, by_forgetting, n = worst
-            lines.append(f"- Where `{signal}` (last check) misranks most: {run.name} ({run.sweep}) ranks {by_signal} "
-                         f"of {n} by the signal but {by_forgetting} of {n} by forgetting "
-                         f"({run.forgetting:+.1f} points lost).")
+        worst = misplaced(runs, signal)
+        if worst is not None:
+            run, rank, expected, n = worst
+            lines.append(f"- Where `{signal}` (last check, all sweeps) errs most: {run.name} ({run.sweep}) ranks "
+                         f"{rank} of {n} by the signal (largest first); the run ranked {rank} by forgetting lost "
+                         f"{expected:.1f} points, this one {run.forgetting:.1f}.")
     return lines
 
 
@@ -182,6 +190,11 @@ def distinct(runs: list[Run]) -> tuple[list[Run], list[tuple[Run, Run]]]:
     return [r for r in runs if first[r.config] is r], [(r, first[r.config]) for r in runs if first[r.config] is not r]
 
 
+def correlations(runs: list[Run], signals) -> dict:
+    """(signal, column) -> Correlation over `runs` (None where fewer than 3 runs have the signal)."""
+    return {(s, column): correlate(runs, s, fraction) for s in signals for column, fraction in POINTS.items()}
+
+
 def section(runs: list[Run], command: str) -> list[str]:
     """The docs/mitigations.md section: tables, what was left out and why, and the reading."""
     if not runs:
@@ -189,27 +202,34 @@ def section(runs: list[Run], command: str) -> list[str]:
     signals = signals_of(runs)
     sweeps = list(dict.fromkeys(r.sweep for r in runs))
     pooled, twins = distinct(runs)
-    table = {(s, column): correlate(pooled, s, fraction) for s in signals for column, fraction in POINTS.items()}
+    tables = {ALL: correlations(pooled, signals)}  # scope -> (signal, column) -> Correlation | None
+    if len(sweeps) > 1:  # each sweep on its own too, for the main signals
+        tables.update({s: correlations([r for r in runs if r.sweep == s], MAIN_SIGNALS) for s in sweeps})
     blind = [r for r in runs if r.blind]
     peft = [r for r in runs if r.peft and not r.blind]
     every = min(r.checks[0]["step"] for r in runs)  # the first check of every run
+    first_column = next(iter(POINTS))
     once = "".join(f"; {r.name} ({r.sweep}) is the same config as {same.name} ({same.sweep}) and counts once"
                    for r, same in twins)
     lines = ["## Early warnings: do they predict forgetting?", "",
              f"Every run of {' and '.join(f'`{s}`' for s in sweeps)} logged the early warnings "
              f"(`mitigations.early_warnings`, every {every} steps: KL to the base on general text and on the "
              "task's own examples, and weight drift ‖θ − θ0‖ / ‖θ0‖). Each cell is Spearman's ρ across runs "
-             "between the signal at that point of training and the run's final forgetting (retained-capability points lost "
-             "against the base, test split: the tables above), with a 95% bootstrap CI over runs (2,000 "
-             "resamples); ρ > 0 means the runs with the larger signal forgot more. The first check is at step "
+             "between the signal at that point of training and the run's final forgetting (retained-capability "
+             "points lost against the base, test split: the tables above), with a 95% bootstrap CI over runs "
+             "(2,000 resamples); ρ > 0 means the runs with the larger signal forgot more. The first check is at step "
              f"{every}; ~25% and ~50% read the check nearest that share of the run's own steps; runs of every "
-             f"sweep are pooled (same base, same test items{once}). Reproduce: `{command}`.", "",
+             f"sweep are pooled (same base, same test items{once}), and then ρ also reflects how the sweeps' "
+             "baselines differ; a sweep's own rows compare runs from one baseline. "
+             f"Reproduce: `{command}`.", "",
              "Left out, because the signal cannot see the final weights: "
              + ("; ".join(f"{r.name} ({r.sweep}: {r.blind})" for r in blind) or "none") + ". "
              "Left out of the drift rows only, because under PEFT drift is the adapter's own growth: "
              + (", ".join(f"{r.name} ({r.sweep})" for r in peft) or "none") + ". "
              "Drift counts the trainable weights only, so with frozen layers it is relative to the layers that "
-             "train.", "",
+             "train. `mitigations.kl` on the task's batches trains down what `kl_task` measures (the KL to the base "
+             "on the task's examples) in " + (", ".join(f"{r.name} ({r.sweep})" for r in runs if r.kl_on_task)
+                                              or "no run") + "; they are counted all the same.", "",
              "| signal | runs | n | " + " | ".join(POINTS) + " |", "|---|---|---|" + "---|" * len(POINTS)]
 
     def row(signal: str, label: str, cells: dict) -> str:
@@ -218,13 +238,9 @@ def section(runs: list[Run], command: str) -> list[str]:
                 + " | ".join(cells[column].cell() if cells[column] else "" for column in POINTS) + " |")
 
     for signal in signals:
-        lines.append(row(signal, "all sweeps", {column: table[(signal, column)] for column in POINTS}))
-        if signal in MAIN_SIGNALS and len(sweeps) > 1:
-            for s in sweeps:
-                subset = [r for r in runs if r.sweep == s]
-                lines.append(row(signal, s, {column: correlate(subset, signal, fraction)
-                                            for column, fraction in POINTS.items()}))
-    lines += ["", "The reading (from the table):", "", *reading(pooled, table), ""]
+        lines += [row(signal, scope, {column: table[(signal, column)] for column in POINTS})
+                  for scope, table in tables.items() if (signal, first_column) in table]
+    lines += ["", "The reading (from the table):", "", *reading(pooled, tables), ""]
     if blind:
         lines += ["The left-out runs, for the record: their signals at the last check (before the weights were "
                   "changed) beside the forgetting of the weights they ended with.", "",
