@@ -340,3 +340,13 @@ def test_filtered_lm_eval_metric_names_still_get_an_exact_mcnemar_p():
     after = [{"id": i, "exact_match,strict-match": 0.0} for i in range(20)]
     change = paired_bootstrap(before, after, "exact_match,strict-match")
     assert change.p_value is not None and change.p_value < 0.01
+
+
+def test_largest_drop_is_zero_not_minus_zero_when_nothing_moved():
+    from retain.report.build import largest_drop
+
+    unchanged = {"delta": -0.0, "lower_is_better": False, "relative": False}
+    comparison = {"capabilities": {"facts": dict(unchanged, delta=0.0), "choice": unchanged}}
+    assert f"{100 * largest_drop(comparison):.1f}" == "0.0"
+    comparison["capabilities"]["choice"] = dict(unchanged, delta=-0.25)  # a drop of 25 points
+    assert largest_drop(comparison) == 0.25

@@ -149,8 +149,8 @@ def headline(label: str, comparison: dict) -> str:
 def largest_drop(comparison: dict, exclude: tuple[str, ...] = ()) -> float:
     """The largest loss (as a fraction: 0.6 = 60 points) among score-type capabilities not in `exclude`, in the
     direction that matters (0 if none got worse)."""
-    return max([r["delta"] if r["lower_is_better"] else -r["delta"] for c, r in comparison["capabilities"].items()
-                if not r["relative"] and c not in exclude] + [0.0])
+    return max([0.0] + [r["delta"] if r["lower_is_better"] else -r["delta"]  # 0.0 first: no "-0.0" on ties
+                        for c, r in comparison["capabilities"].items() if not r["relative"] and c not in exclude])
 
 
 def check_labels(labels: list[str] | None, result_paths: list[Path]) -> None:

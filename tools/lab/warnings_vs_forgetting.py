@@ -113,7 +113,7 @@ def load_runs(sweep: SweepConfig, summary: dict) -> list[Run]:
         if not checks:
             continue
         config = load_config(run_dir / "config.yaml")
-        runs.append(Run(out.name, name, -100 * row["retained_change"], checks, blind_spot(config.mitigations),
+        runs.append(Run(out.name, name, 0.0 - 100 * row["retained_change"], checks, blind_spot(config.mitigations),
                         next((m for m in config.mitigations if m in PEFT_METHODS), None),
                         config_to_yaml(replace(config, output=replace(config.output, dir=""))),
                         "kl" in config.mitigations and config.mitigations["kl"].apply_to != "replay"))
