@@ -1,4 +1,5 @@
-"""Atomic file writes: a crash never leaves a half-written file that a later run would trust."""
+"""Atomic file writes: a crash never leaves a half-written file that a later run would trust; and the one reader
+of a run's metrics.jsonl, which tolerates the half-written last line a kill can leave (the log appends)."""
 
 from __future__ import annotations
 
@@ -71,3 +72,18 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The rows of `run_dir`/metrics.jsonl ([] if there is none); a line that is not JSON (a half-written last line
+    after a kill) is skipped."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows

@@ -143,3 +143,11 @@ def test_the_loop_term_equals_the_full_logits_kl(tiny_model, peft, options):
     if peft:  # under PEFT the student's own forwards go through the same head
         teacher_forwards = [s for s in teacher_forwards if len(s) == 2]
     assert teacher_forwards == [torch.Size([n_rows, base_logits.shape[-1]])] * expected
+
+
+def test_chunk_rows_keep_cpu_temporaries_small_and_gpu_chunks_large():
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")  # a device object only: nothing runs on the GPU
+    assert distill._chunk_rows(4096, cpu) == 64  # 1 MB float32 temporaries of a 4k vocabulary
+    assert distill._chunk_rows(4096, gpu) == 4096  # 64 MB on a GPU
+    assert distill._chunk_rows(131072, cpu) == distill.CHUNK_MIN_ROWS  # a 128k vocabulary: never fewer rows
+    assert distill._chunk_rows(131072, gpu) == 128

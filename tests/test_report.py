@@ -350,3 +350,15 @@ def test_largest_drop_is_zero_not_minus_zero_when_nothing_moved():
     assert f"{100 * largest_drop(comparison):.1f}" == "0.0"
     comparison["capabilities"]["choice"] = dict(unchanged, delta=-0.25)  # a drop of 25 points
     assert largest_drop(comparison) == 0.25
+
+
+def test_metrics_of_a_killed_run_read_up_to_the_half_written_line(tmp_path):
+    from retain.io import read_metrics
+    from retain.report.reward_hacking import reward_trend
+
+    rows = [{"step": s, "grpo/reward": 0.1 * s, "grpo/kl": 0.01 * s} for s in range(1, 11)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 11, "grpo/rew')
+    assert read_metrics(tmp_path) == rows
+    trend = reward_trend(tmp_path)  # means of the first and last fifth: steps 1-2 and 9-10
+    assert trend["start"] == pytest.approx(0.15) and trend["end"] == pytest.approx(0.95)
+    assert read_metrics(tmp_path / "no-such-run") == []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import math
 from pathlib import Path
 
@@ -11,6 +10,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from retain.io import read_metrics  # noqa: E402
 
 COLORS = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c"]
 
@@ -107,13 +108,8 @@ def training_curves(run_dirs: list[Path]) -> bytes | None:
     if not runs:
         return None
     fig, ax = plt.subplots(figsize=(8, 4))
-    for k, (run, path) in enumerate(runs):
-        rows = []
-        for line in path.read_text(errors="replace").splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:  # a half-written last line after a kill: the curve stops there
-                continue
+    for k, (run, _) in enumerate(runs):
+        rows = read_metrics(run)  # after a kill, the curve stops at the last whole line
         keys = sorted({key for r in rows for key in r if key.startswith(("loss/", "eval/"))})
         for key in keys:
             pts, left_out = _positive([(r["step"], r[key]) for r in rows if key in r])
@@ -131,20 +127,10 @@ def training_curves(run_dirs: list[Path]) -> bytes | None:
     return _png(fig)
 
 
-def _metric_rows(path: Path) -> list[dict]:
-    rows = []
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # a half-written last line after a kill
-            continue
-    return rows
-
-
 def warning_curves(run_dirs: list[Path]) -> bytes | None:
     """The early warnings (retain.mitigations.early_warnings) against step: KL to the base on general and task
     data (left), the relative weight drift per layer (right); one colour per run. None if no run logged them."""
-    runs = [(Path(d), _metric_rows(Path(d) / "metrics.jsonl")) for d in run_dirs
+    runs = [(Path(d), read_metrics(d)) for d in run_dirs
             if (Path(d) / "metrics.jsonl").is_file()]
     runs = [(d, rows) for d, rows in runs if any(k.startswith("warn/") for r in rows for k in r)]
     if not runs:

@@ -9,9 +9,9 @@ the seeds' warning that a reward which pays for the template alone lets the mode
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from retain.io import read_metrics
 from retain.report.severity import rank
 
 REWARDS = ("grpo/reward", "dpo/reward_margin")  # the first a run logged is its reward
@@ -30,15 +30,7 @@ def ends(values: list[float]) -> tuple[float, float]:
 
 def reward_trend(run_dir: Path) -> dict | None:
     """{reward, start, end, kl_start, kl_end} from a run's metrics.jsonl, or None if it logged no reward."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return None
-    rows = []
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # a half-written last line after a kill
-            continue
+    rows = read_metrics(run_dir)
     key = next((k for k in REWARDS if curve(rows, k)), None)
     if key is None or len(curve(rows, key)) < 2:
         return None

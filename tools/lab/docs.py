@@ -101,14 +101,20 @@ def claims_rows(sweep: SweepConfig, summary: dict) -> list[str]:
     return rows
 
 
-def preserved_block(previous: str) -> list[str]:
-    """The lines from BEGIN_KEPT to END_KEPT (both included) of the claims.md being replaced: claims another
-    generator writes there (tools.lab.preference_claims). [] if there is no complete block."""
-    lines = previous.splitlines()
+def kept_span(lines: list[str]) -> slice | None:
+    """Where the block from BEGIN_KEPT to END_KEPT (both included) is in `lines`: claims another generator writes
+    into claims.md (tools.lab.preference_claims). None if there is no complete block."""
     if BEGIN_KEPT not in lines or END_KEPT not in lines[lines.index(BEGIN_KEPT):]:
-        return []
+        return None
     start = lines.index(BEGIN_KEPT)
-    return lines[start: lines.index(END_KEPT, start) + 1]
+    return slice(start, lines.index(END_KEPT, start) + 1)
+
+
+def preserved_block(previous: str) -> list[str]:
+    """The kept block of the claims.md being replaced ([] if there is no complete block)."""
+    lines = previous.splitlines()
+    span = kept_span(lines)
+    return lines[span] if span else []
 
 
 def write_docs(sweep_paths: list[Path], out: Path) -> None:

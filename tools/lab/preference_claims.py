@@ -19,7 +19,6 @@ knowledge runs (configs/grpo_capitals.yaml) start from retain-tiny, on prompts i
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -33,9 +32,11 @@ from retain.preference.data import collate_pairs, load_pairs
 from retain.preference.dpo import DPO
 from retain.preference.options import DPOOptions
 from retain.report.build import compare, load_results
-from retain.report.reward_hacking import hacking_lines
+from retain.io import read_metrics
+from retain.report.reward_hacking import curve, hacking_lines
+from retain.report.reward_hacking import ends as trend_ends
 from retain.sweep.summary import retained_change
-from tools.lab.docs import BEGIN_KEPT, END_KEPT
+from tools.lab.docs import BEGIN_KEPT, END_KEPT, kept_span
 
 TASK, SUITE = "qa_preference", "lab,qa_preference"
 HELDOUT_PAIRS = LAB_DATA_DIR / "tasks" / "qa_preference" / "heldout_pairs.jsonl"
@@ -115,13 +116,13 @@ def preference_accuracy(weights: Path, reference: str = "retain-tiny", pairs: Pa
 
 
 def logged(run_dir: Path, key: str) -> list[float]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return [r[key] for r in rows if key in r]
+    return curve(read_metrics(run_dir), key)
 
 
 def ends(run_dir: Path, key: str) -> str:
+    """start → end as the report's reward-hacking flag reads them: the means of the first and last fifth."""
     values = logged(run_dir, key)
-    return f"{values[0]:.3g} → {values[-1]:.3g}" if values else "—"
+    return "{:.3g} → {:.3g}".format(*trend_ends(values)) if values else "—"
 
 
 def pts(x: float) -> str:
@@ -174,9 +175,9 @@ def with_block(text: str, block: list[str]) -> str:
     """claims.md with `block` (marker lines included) in place of the old block, or else before the line
     starting "Strategy definitions" (at the end if there is none)."""
     lines = text.splitlines()
-    if BEGIN_KEPT in lines and END_KEPT in lines[lines.index(BEGIN_KEPT):]:
-        start = lines.index(BEGIN_KEPT)
-        lines[start: lines.index(END_KEPT, start) + 1] = block
+    span = kept_span(lines)
+    if span:
+        lines[span] = block
     else:
         at = next((i for i, line in enumerate(lines) if line.startswith("Strategy definitions")), len(lines))
         lines[at:at] = [*block, ""]
@@ -192,7 +193,9 @@ INTRO = ("Each claim compares two runs that differ in one thing; the measure is 
          "with a run A of another length whose reward or preference accuracy lies nearer B's (GRPO: 12 steps instead "
          "of 40; DPO: 8 epochs instead of 4): a claim that holds in both rows holds at matched conditions; one that "
          "holds only in its first row is about how far run A was let go, not about the leash or the reward alone. "
-         "Task gain: qa_preference exact match against the run's start (retain-tiny for DPO, the SFT stage for the KL "
+         "Reward and KL *start → end*: the means of the first and last fifth of the logged values, as the report's "
+         "reward-hacking flag reads them. Task gain: qa_preference exact match against the run's start (retain-tiny "
+         "for DPO, the SFT stage for the KL "
          "runs).")
 
 TEMPLATE_VS_KNOWLEDGE = (

@@ -11,7 +11,6 @@ A signal can only predict what it sees. Left out of the correlations, and listed
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import numpy as np
 
 from retain.config import config_to_yaml, load_config
 from retain.continual.metrics import percentile_ci
+from retain.io import read_metrics
 from retain.mitigations import MITIGATIONS, PEFT_METHODS
 from retain.mitigations.early_warnings import EarlyWarnings
 from retain.mitigations.roles import Monitor, WeightTransform
@@ -108,7 +108,7 @@ def load_runs(sweep: SweepConfig, summary: dict) -> list[Run]:
     out, runs = Path(sweep.output), []
     for name, row in summary["rows"].items():
         run_dir = out / "runs" / name
-        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        rows = read_metrics(run_dir)
         checks = sorted((r for r in rows if any(k.startswith("warn/") for k in r)), key=lambda r: r["step"])
         if not checks:
             continue
