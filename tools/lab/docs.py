@@ -141,7 +141,9 @@ def write_docs(sweep_paths: list[Path], out: Path) -> None:
         runs += load_runs(sweep, summary)
         shutil.copyfile(Path(sweep.output) / "pareto.png", out / f"pareto-{Path(sweep.output).name}.png")
     mitigations += warnings_section(runs, command)
-    kept = preserved_block((out / "claims.md").read_text()) if (out / "claims.md").is_file() else []
+    # the preference claims' block, from the claims.md being replaced, or else from the repo's (docs into another --out)
+    previous = next((p for p in (out / "claims.md", Path("docs") / "claims.md") if p.is_file()), None)
+    kept = preserved_block(previous.read_text()) if previous else []
     claims += ["", *kept, *([""] if kept else []), "Strategy definitions: docs/mitigations.md and the sweep files.", ""]
     atomic_write_text(out / "mitigations.md", "\n".join(mitigations))
     atomic_write_text(out / "claims.md", "\n".join(claims))

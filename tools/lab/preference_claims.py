@@ -32,6 +32,8 @@ from retain.preference.data import collate_pairs, load_pairs
 from retain.preference.dpo import DPO
 from retain.preference.options import DPOOptions
 from retain.report.build import compare, load_results
+from retain.cli import DEBUG_HELP, run_command
+from retain.errors import UserError
 from retain.io import read_metrics
 from retain.report.reward_hacking import curve, hacking_lines
 from retain.report.reward_hacking import ends as trend_ends
@@ -74,7 +76,9 @@ CLAIMS = [
 
 
 def retain_cli(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "retain", *args], check=True)
+    code = subprocess.run([sys.executable, "-m", "retain", *args]).returncode
+    if code != 0:  # its own message is above; a rerun resumes from the runs already finished
+        raise UserError(f"`retain {' '.join(args)}` exited with status {code} (its message is above)")
 
 
 def final_weights(out: Path, name: str) -> Path:
@@ -119,6 +123,13 @@ def logged(run_dir: Path, key: str) -> list[float]:
     return curve(read_metrics(run_dir), key)
 
 
+def last(run_dir: Path, key: str) -> float:
+    values = logged(run_dir, key)
+    if not values:
+        raise UserError(f"{run_dir / 'metrics.jsonl'}: no {key} logged (an interrupted run? delete {run_dir} and rerun)")
+    return values[-1]
+
+
 def ends(run_dir: Path, key: str) -> str:
     """start → end as the report's reward-hacking flag reads them: the means of the first and last fifth."""
     values = logged(run_dir, key)
@@ -142,11 +153,11 @@ def matched(out: Path, a: str, b: str) -> str:
     """What the two runs were held at: DPO's preference accuracy, or GRPO's final reward."""
     if a.startswith("dpo"):
         held_out = [preference_accuracy(final_weights(out, x)) for x in (a, b)]
-        train = [logged(out / x, "dpo/accuracy")[-1] for x in (a, b)]
+        train = [last(out / x, "dpo/accuracy") for x in (a, b)]
         return (f"held-out pref. acc. {held_out[0]:.0%} / {held_out[1]:.0%} (train pairs, last log window: "
                 f"{train[0]:.0%} / {train[1]:.0%})")
     key = "reward/template" if a.startswith("grpo_template") else "grpo/reward"
-    return f"final {key} {logged(out / a, key)[-1]:.3g} / {logged(out / b, key)[-1]:.3g}"
+    return f"final {key} {last(out / a, key):.3g} / {last(out / b, key):.3g}"
 
 
 def claim_rows(out: Path) -> list[str]:
@@ -229,13 +240,14 @@ def write_doc(out: Path, docs: Path) -> Path:
     return path
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/preference-claims"))
     parser.add_argument("--docs", type=Path, default=Path("docs"))
-    args = parser.parse_args(argv)
-    print(write_doc(args.out.resolve(), args.docs))
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    parser.set_defaults(func=lambda args: print(write_doc(args.out.resolve(), args.docs)) or 0)
+    return run_command(parser.parse_args(argv))  # retain's error boundary: a failed run is exit 2, not a traceback
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
