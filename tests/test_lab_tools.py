@@ -89,3 +89,26 @@ def test_docs_keep_the_preference_claims_block_verbatim():
     assert preserved_block(previous) == block
     assert preserved_block("# claims\n\nStrategy definitions: ...\n") == []
     assert preserved_block(f"# claims\n{BEGIN_KEPT}\nhalf a block\n") == []  # no END: nothing is guessed
+
+
+def test_the_docs_section_pools_a_config_run_in_two_sweeps_once_and_lists_what_it_left_out():
+    from tools.lab.warnings_vs_forgetting import Run, section
+
+    def run(sweep, name, signal, forgetting, config=None, **kw):
+        checks = [{"step": s, "warn/kl_general": signal * s, "warn/kl_task": signal, "warn/drift/all": signal * s}
+                  for s in (20, 40, 60, 80)]
+        return Run(sweep, name, forgetting, checks, config=config or f"{sweep}/{name}", **kw)
+
+    lab = [run("lab", f"r{i}", i, i) for i in range(1, 5)] + [run("lab", "gentle_twin", 0.5, 0.5, config="same")]
+    gentle = [run("gentle", "unprotected", 0.5, 0.5, config="same"), run("gentle", "g1", 5, 5),
+              run("gentle", "g2", 6, 6), run("gentle", "wise", 9, 0, blind="`interpolate` changes the weights"),
+              run("gentle", "adapter", 0.1, 7, peft="lora")]
+    text = "\n".join(section(lab + gentle, "CMD"))
+    pooled = next(line for line in text.splitlines() if line.startswith("| `kl_general` | all sweeps |"))
+    assert pooled.split(" | ")[2] == "8"  # 5 lab + 3 gentle: its twin of a lab run counts once, wise not at all
+    assert "unprotected (gentle) is the same config as gentle_twin (lab) and counts once" in text
+    assert "wise (gentle: `interpolate` changes the weights)" in text
+    assert "drift rows only, because under PEFT drift is the adapter's own growth: adapter (gentle)" in text
+    drift = next(line for line in text.splitlines() if line.startswith("| `drift/all` | all sweeps |"))
+    assert drift.split(" | ")[2] == "7"  # the adapter run counts for the KLs, not for drift
+    assert "Reproduce: `CMD`" in text
