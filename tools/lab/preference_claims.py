@@ -61,14 +61,19 @@ RUNS = {
     # trained twice as long: its held-out preference accuracy lands near (above) the large β's
     "dpo_beta0.01_8epochs": ((*DPO_RUN, "training.epochs=8", "training.dpo.beta=0.01"), "base"),
 }
+# the matched-condition comparisons again with another seed (sampling and data order), from the same starts
+SEED1 = ("grpo_template_12steps", "grpo_template_facts", "grpo_kl0_12steps", "grpo_kl05")
+RUNS.update({f"{name}_seed1": ((*RUNS[name][0], "training.seed=1"), RUNS[name][1]) for name in SEED1})
 # (claim, run A, run B, +1: supported when B retains more than A)
 CLAIMS = [
     ("A reward that checks only the template forgets more than one with a knowledge-correctness term",
      "grpo_template", "grpo_template_facts", +1),
     ("… the same, against a 12-step template-only run (nearer B's format reward)", "grpo_template_12steps",
      "grpo_template_facts", +1),
+    ("… the same, both runs again with seed 1", "grpo_template_12steps_seed1", "grpo_template_facts_seed1", +1),
     ("RL without a KL penalty forgets more than with a strong one (kl_coef 0 vs 0.5)", "grpo_kl0", "grpo_kl05", +1),
     ("… the same, against a 12-step kl_coef 0 run (nearer B's final reward)", "grpo_kl0_12steps", "grpo_kl05", +1),
+    ("… the same, both runs again with seed 1", "grpo_kl0_12steps_seed1", "grpo_kl05_seed1", +1),
     ("DPO with a small β (a weak implicit KL leash) forgets more than with a large β", "dpo_beta0.01", "dpo_beta1", +1),
     ("… the same, against an 8-epoch small-β run (nearer B's preference accuracy)", "dpo_beta0.01_8epochs",
      "dpo_beta1", +1),
