@@ -103,12 +103,11 @@ def _positive(points: list[tuple[float, float]]) -> tuple[list[tuple[float, floa
 
 def training_curves(run_dirs: list[Path]) -> bytes | None:
     """Every loss term and the dev loss against step, one line per run (log axis; values <= 0 left out)."""
-    runs = [(Path(d), Path(d) / "metrics.jsonl") for d in run_dirs]
-    runs = [(d, p) for d, p in runs if p.is_file()]
+    runs = [Path(d) for d in run_dirs if (Path(d) / "metrics.jsonl").is_file()]
     if not runs:
         return None
     fig, ax = plt.subplots(figsize=(8, 4))
-    for k, (run, _) in enumerate(runs):
+    for k, run in enumerate(runs):
         rows = read_metrics(run)  # after a kill, the curve stops at the last whole line
         keys = sorted({key for r in rows for key in r if key.startswith(("loss/", "eval/"))})
         for key in keys:
@@ -130,8 +129,7 @@ def training_curves(run_dirs: list[Path]) -> bytes | None:
 def warning_curves(run_dirs: list[Path]) -> bytes | None:
     """The early warnings (retain.mitigations.early_warnings) against step: KL to the base on general and task
     data (left), the relative weight drift per layer (right); one colour per run. None if no run logged them."""
-    runs = [(Path(d), read_metrics(d)) for d in run_dirs
-            if (Path(d) / "metrics.jsonl").is_file()]
+    runs = [(Path(d), read_metrics(d)) for d in run_dirs]  # [] rows without a metrics.jsonl
     runs = [(d, rows) for d, rows in runs if any(k.startswith("warn/") for r in rows for k in r)]
     if not runs:
         return None

@@ -49,6 +49,13 @@ def pts(x: float) -> str:
     return f"{100 * x:+.1f}"
 
 
+def claim_result(change, sign: int) -> str:
+    """A claim's verdict from run B's retained change over run A (its CI), `sign` +1 if B should retain more."""
+    supported = change.ci_low > 0 if sign > 0 else change.ci_high < 0
+    contradicted = change.ci_high < 0 if sign > 0 else change.ci_low > 0
+    return "supported" if supported else "contradicted" if contradicted else "not shown (CI includes 0)"
+
+
 def overrides_text(sweep: SweepConfig, name: str) -> str:
     overrides = expand(sweep)[name]
     return "baseline" if not overrides else ", ".join(f"`{k}: {json.dumps(v)}`" for k, v in overrides.items())
@@ -92,9 +99,7 @@ def claims_rows(sweep: SweepConfig, summary: dict) -> list[str]:
         if not (ra.is_file() and rb.is_file()):
             continue
         c, _ = retained_change(load_results(ra), load_results(rb), summary["task"])
-        supported = (c.ci_low > 0) if sign > 0 else (c.ci_high < 0)
-        contradicted = (c.ci_high < 0) if sign > 0 else (c.ci_low > 0)
-        result = "supported" if supported else "contradicted" if contradicted else "not shown (CI includes 0)"
+        result = claim_result(c, sign)
         gains = f"{pts(summary['rows'][a]['gain'])} / {pts(summary['rows'][b]['gain'])}"
         rows.append(f"| {claim} | {out.name} | {a} | {b} | {pts(c.delta)} [{pts(c.ci_low)}, {pts(c.ci_high)}] | "
                     f"{gains} | {result} |")

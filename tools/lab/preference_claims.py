@@ -19,6 +19,7 @@ knowledge runs (configs/grpo_capitals.yaml) start from retain-tiny, on prompts i
 from __future__ import annotations
 
 import argparse
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -38,7 +39,7 @@ from retain.io import read_metrics
 from retain.report.reward_hacking import curve, hacking_lines
 from retain.report.reward_hacking import ends as trend_ends
 from retain.sweep.summary import retained_change
-from tools.lab.docs import BEGIN_KEPT, END_KEPT, kept_span
+from tools.lab.docs import BEGIN_KEPT, END_KEPT, claim_result, kept_span, pts
 
 TASK, SUITE = "qa_preference", "lab,qa_preference"
 HELDOUT_PAIRS = LAB_DATA_DIR / "tasks" / "qa_preference" / "heldout_pairs.jsonl"
@@ -108,6 +109,7 @@ def ensure(out: Path, name: str) -> Path:
     return results
 
 
+@functools.cache  # a run in two claims is scored once
 @torch.no_grad()
 def preference_accuracy(weights: Path, reference: str = "retain-tiny", pairs: Path = HELDOUT_PAIRS) -> float:
     """The share of `pairs` whose implicit reward log π/π_ref is higher for the chosen answer than for the
@@ -141,10 +143,6 @@ def ends(run_dir: Path, key: str) -> str:
     return "{:.3g} → {:.3g}".format(*trend_ends(values)) if values else "—"
 
 
-def pts(x: float) -> str:
-    return f"{100 * x:+.1f}"
-
-
 def shown_metrics(run: str) -> tuple[list[str], str]:
     """(the reward keys, the KL key) a run's row shows, start → end."""
     if run.startswith("dpo"):
@@ -171,9 +169,7 @@ def claim_rows(out: Path) -> list[str]:
     for claim, a, b, sign in CLAIMS:
         ra, rb = (load_results(ensure(out, x)) for x in (a, b))
         c, _ = retained_change(ra, rb, TASK)
-        supported = c.ci_low > 0 if sign > 0 else c.ci_high < 0
-        contradicted = c.ci_high < 0 if sign > 0 else c.ci_low > 0
-        result = "supported" if supported else "contradicted" if contradicted else "not shown (CI includes 0)"
+        result = claim_result(c, sign)
         if a.startswith("grpo_template"):  # no qa_preference task here: the reward is the task
             gains = "— (the reward is the task)"
         else:
