@@ -62,7 +62,7 @@ from retain.training.carryover import save_optimizer_state as save_optimizer_sta
 from retain.training.checkpoint import (NonFiniteError, any_failed, check_finite, disk_full, last_good,
                                         load_checkpoint, save_checkpoint, save_final)
 from retain.training.logging import LogWindow, MetricsLog, make_trackers, tracker_config
-from retain.training.precision import choose_bf16, describe_precision, this_machine
+from retain.training.precision import choose_bf16, describe_precision, fresh_accelerator_state, this_machine
 from retain.training.rundir import Start, clear_outputs, plan_start, run_lock
 from retain.preference import make_objective
 from retain.training.step import accumulate_gradients, collate_indexed
@@ -106,6 +106,7 @@ def make_accelerator(config: RunConfig):
 
     hardware = this_machine()
     bf16 = choose_bf16(config.training.bf16, hardware)  # auto: only where the hardware does bf16 natively
+    fresh_accelerator_state()  # this run's precision, whatever an earlier run in this process used
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if bf16 else "no",
                               gradient_accumulation_steps=config.training.grad_accum,
                               log_with=make_trackers(config.training, Path(config.output.dir)) or None)

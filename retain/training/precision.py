@@ -9,12 +9,27 @@ Why not bf16 everywhere: on a CPU without bf16 instructions every bf16 matmul is
 Measured on an AVX2-only EPYC (2026-11-23): a SmolLM2-135M step took 3.37 s in float32 and 83.8 s under
 bf16 autocast (25× slower); on a machine with the instructions bf16 was 1.2-1.65× faster than float32.
 The weights stay in model.dtype either way; autocast runs the matmuls in bf16.
+
+The precision belongs to the run, not to the process: accelerate keeps its mixed-precision setting in a
+process-global `AcceleratorState` that refuses a second, different value ("cannot be changed, restart your
+runtime"). `fresh_accelerator_state()` clears that setting (not the process group) before each run builds
+its `Accelerator`, as transformers' `TrainingArguments` does before each Trainer, so a notebook, a sweep
+or a tune trial can run float32 and bf16 runs one after another.
+
+`RETAIN_NATIVE_BF16=1|0` answers "does this machine do bf16 natively" in place of the hardware probe: the
+suite runs once as the machine is and once as the other kind of machine (README, "Tests").
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
+
+import torch
+from accelerate.state import AcceleratorState
+
+from retain.errors import ConfigError
 
 CPU_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})  # x86 /proc/cpuinfo flags of native bf16 math
 
@@ -49,12 +64,30 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
     return frozenset()
 
 
-def this_machine() -> Hardware:
-    import torch
+NATIVE_BF16_ENV = "RETAIN_NATIVE_BF16"
 
-    if torch.cuda.is_available():
+
+def this_machine() -> Hardware:
+    """The machine as probed, or as RETAIN_NATIVE_BF16 says it is (1: does bf16 natively, 0: does not)."""
+    override = os.environ.get(NATIVE_BF16_ENV, "").strip()
+    if override not in ("", "0", "1"):
+        raise ConfigError(f"{NATIVE_BF16_ENV}={override!r}: use 1 (this machine does bf16 natively) or 0 (it does not)")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if override:
+        native = override == "1"
+        return Hardware(device, native, frozenset({"avx512_bf16"}) if native else frozenset())
+    if device == "cuda":
         return Hardware("cuda", torch.cuda.is_bf16_supported(), frozenset())
     return Hardware("cpu", False, cpu_flags())
+
+
+def fresh_accelerator_state() -> None:
+    """Forget the previous run's mixed-precision setting so this run's Accelerator may choose its own.
+
+    Only `AcceleratorState` is cleared: `PartialState` (the process group, this process's rank and device)
+    stays, so runs under `accelerate launch` keep their ranks.
+    """
+    AcceleratorState._reset_state(reset_partial_state=False)
 
 
 def describe_precision(bf16: bool, setting: bool | str, hardware: Hardware) -> str | None:
