@@ -1,6 +1,9 @@
 """Step time and peak memory of each mitigation relative to a plain step, in one run.
 
-    python bench/mitigation_overhead.py [--steps 40] [--batch-size 8] [--seq-len 256] [--rounds 1]
+    python bench/mitigation_overhead.py [--steps 40] [--batch-size 8] [--seq-len 256] [--rounds 1] [--bf16]
+
+Every configuration computes in the same precision, set explicitly: float32, or bf16 autocast with --bf16
+(printed with the figures, with whether this machine does bf16 natively).
 
 Each configuration trains retain-tiny for --steps optimizer steps on fixed-length batches of lab
 text (batch x seq-len tokens, so every step costs the same; 8 batches an epoch) in its own
@@ -78,7 +81,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast for every configuration (default float32)")
     args = parser.parse_args()
+    from retain.training.precision import choose_bf16, this_machine
+
+    print(f"precision: {'bf16 autocast' if args.bf16 else 'float32'} for every configuration "
+          f"(this machine does bf16 natively: {'yes' if choose_bf16('auto', this_machine()) else 'no'})")
     tmp = Path(tempfile.mkdtemp())
     load_before = os.getloadavg()
     # 8 batches per epoch: the run sees each example several times, as the cached teacher assumes
@@ -87,7 +95,7 @@ def main() -> None:
     for name, mitigations in [item for _ in range(args.rounds) for item in CONFIGS.items()]:
         config = {"model": {"name": "retain-tiny"}, "data": {"train": str(data), "max_length": args.seq_len},
                   "training": {"lr": 1e-4, "max_steps": args.steps, "batch_size": args.batch_size, "log_every": 1,
-                               "scheduler": "constant"},
+                               "scheduler": "constant", "bf16": args.bf16},
                   "mitigations": mitigations, "output": {"dir": str(tmp / name)}}
         env = dict(os.environ, HF_HUB_OFFLINE="1")
         proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps({"config": config})], capture_output=True,
