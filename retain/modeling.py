@@ -48,16 +48,32 @@ def looks_like_path(name: str) -> bool:
     return name.startswith(("/", "./", "../", "~")) or "\\" in name or name.count("/") > 1
 
 
+def is_gguf_path(name: str) -> bool:
+    """Whether `name` is a GGUF file's path: it ends in .gguf and is not a directory (it may not exist yet:
+    check_gguf_file names a missing one)."""
+    return name.lower().endswith(".gguf") and not Path(name).expanduser().is_dir()
+
+
 def model_source(cfg: ModelConfig) -> str:
     """The local directory or hub id that transformers loads for `cfg`.
 
     An alias becomes its directory (and its GGUF file, unless `cfg.gguf_file` names another). A
-    GGUF file becomes the directory it was converted into, converting it on first use. A name that
+    GGUF file, named by its path or by a directory and `cfg.gguf_file`, becomes the directory it was
+    converted into, converting it on first use. A name that
     exists locally, or can only be a path (see looks_like_path), must be a directory: otherwise
     transformers would take it for a hub id and fail with a confusing message.
     """
     name, gguf_file = cfg.name, cfg.gguf_file
-    if name in MODEL_ALIASES:
+    if is_gguf_path(name):  # the file itself (retain eval ./m.Q4_K_M.gguf): its directory and its name
+        path = Path(name).expanduser()
+        if gguf_file is not None:
+            raise ModelError(f"model {name}: a GGUF file, and model.gguf_file names another ({gguf_file}) — "
+                             "give the file once: either model.name: FILE.gguf, or the directory and gguf_file")
+        if not path.is_file():
+            where = "" if path.is_absolute() else f" (relative to the working directory {Path.cwd()})"
+            raise ModelError(f"model {name}: no such GGUF file{where} — check the path")
+        name, gguf_file = str(path.parent), path.name
+    elif name in MODEL_ALIASES:
         alias = MODEL_ALIASES[name]
         name, gguf_file = str(alias.location(name)), gguf_file or alias.gguf_file
     elif Path(name).expanduser().exists() or looks_like_path(name):
@@ -97,10 +113,8 @@ def hub_error(name: str, error: Exception, revision: str | None = None) -> Model
 
 def check_directory(path: Path) -> None:
     """ModelError unless `path` is a non-empty directory."""
-    if not path.is_dir():
-        hint = (f"; for a GGUF file set model.name to {path.parent} and model.gguf_file to {path.name}"
-                if path.suffix == ".gguf" else "")
-        raise ModelError(f"{path}: a file, not a model directory — {SAVED_BY}{hint}")
+    if not path.is_dir():  # (a .gguf file never gets here: model_source converts it)
+        raise ModelError(f"{path}: a file, not a model directory — {SAVED_BY}, or give a .gguf file")
     if not any(path.iterdir()):
         raise ModelError(f"{path}: empty directory, not a model — {SAVED_BY}")
 

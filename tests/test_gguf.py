@@ -242,3 +242,30 @@ def test_old_adapters_naming_an_alias_still_load(tmp_path):
     loaded, tokenizer = load_for_eval(str(tmp_path / "adapter"))
     ids = tokenizer("the capital of france is")["input_ids"]
     torch.testing.assert_close(logits(loaded, ids), logits(model.eval(), ids), atol=1e-5, rtol=1e-5)
+
+
+def test_a_gguf_file_path_is_a_model_for_every_command(f32_gguf, reference, cache, tmp_path, monkeypatch):
+    """`retain eval FILE.gguf` scores it, a run config's model.name may be the file, and both read one conversion."""
+    from retain.cli import main
+
+    suite = tmp_path / "suite.jsonl"
+    suite.write_text(json.dumps({"context": "the capital of france is", "target": " paris"}) + "\n")
+    (tmp_path / "task.yaml").write_text(f"name: facts\nkind: generation\ndata: {{test: {suite}}}\nmax_new_tokens: 2\n")
+    monkeypatch.chdir(f32_gguf.parent)
+    assert main(["eval", f"./{GGUF_NAME}", "--suite", str(tmp_path / "task.yaml"), "--out", str(tmp_path / "r.json")]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["tasks"]["facts"]["n"] == 1
+    [converted] = [p for p in cache.iterdir() if p.is_dir()]
+    assert model_source(ModelConfig(name=str(f32_gguf))) == str(converted)  # the same file, the same cache entry
+    config = config_from_dict({"model": {"name": str(f32_gguf)}, "data": {"train": str(suite)},
+                               "output": {"dir": str(tmp_path / "run")}})
+    ids = reference[1](TEXT)["input_ids"]
+    torch.testing.assert_close(logits(load_model(config.model), ids), logits(reference[0], ids), atol=1e-5, rtol=1e-5)
+
+
+def test_a_gguf_path_that_is_missing_or_named_twice_is_a_clear_error(f32_gguf, tmp_path, capsys):
+    from retain.cli import main
+
+    assert main(["eval", str(tmp_path / "nothere.gguf"), "--suite", "english"]) == 2
+    assert f"model {tmp_path / 'nothere.gguf'}: no such GGUF file" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="a GGUF file, and model.gguf_file names another"):
+        model_source(ModelConfig(name=str(f32_gguf), gguf_file="other.gguf"))
