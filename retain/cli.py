@@ -71,10 +71,23 @@ def cmd_report(args) -> int:
                           "report.md, report.json); choose a new path")
 
     paths = write_report([Path(p) for p in args.results], Path(args.out),
-                         run_dirs=[Path(r) for r in args.run], labels=args.label or None)
+                         run_dirs=[Path(r) for r in args.run], labels=split_labels(args.label))
     print(paths["headline"])
     print(f"report: {paths['html']}")
     return 0
+
+
+def split_labels(given: list[str] | None) -> list[str] | None:
+    """--label values, each of which may hold several comma-separated labels: ['base,a', 'b'] -> ['base', 'a', 'b']."""
+    from retain.strict import ConfigError
+
+    if not given:
+        return None
+    labels = [part.strip() for value in given for part in value.split(",")]
+    if "" in labels:
+        raise ConfigError(f"--label: an empty label in {','.join(given)!r}; give one name per results file, "
+                          "e.g. --label base,unprotected,protected")
+    return labels
 
 
 def cmd_demo(args) -> int:
@@ -182,7 +195,8 @@ def parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="score a model on a capability suite", parents=[common])
-    e.add_argument("model", help="model dir or hub id, adapter dir, or an alias (retain-tiny, smollm2-135m-instruct)")
+    e.add_argument("model", help="model dir or hub id, adapter dir, a .gguf file, or an alias (retain-tiny, "
+                   "smollm2-135m-instruct)")
     e.add_argument("--suite", required=True, help="what to score, comma-separated: bundled names (lab, city_country), "
                    "task/suite YAMLs (retain's or lm-eval's format), mmlu, mmlu:SUBJECT[@K], lm-eval:NAME")
     e.add_argument("--split", default="test", choices=["dev", "test"])
@@ -199,7 +213,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("results", nargs="+", help="results.json of the base first, then one or more fine-tunes")
     r.add_argument("--out", required=True)
     r.add_argument("--run", action="append", default=[], help="run dir whose metrics.jsonl to plot (repeatable)")
-    r.add_argument("--label", action="append", help="a name per results file, in order")
+    r.add_argument("--label", action="append", help="a name per results file, in order: --label base,a,b or "
+                   "--label base --label a --label b")
     r.set_defaults(func=cmd_report)
 
     d = sub.add_parser("demo", help="the lab end to end: evaluate, fine-tune twice, report", parents=[common])
@@ -225,7 +240,7 @@ def parser() -> argparse.ArgumentParser:
     tu.set_defaults(func=cmd_tune)
 
     mg = sub.add_parser("merge", help="interpolate or merge fine-tunes of one base", parents=[common])
-    mg.add_argument("base", help="the base model (id, dir, or retain-tiny)")
+    mg.add_argument("base", help="the base model (id, dir, .gguf file, or retain-tiny)")
     mg.add_argument("models", nargs="+", help="fine-tuned model or adapter dirs")
     mg.add_argument("--method", choices=["interpolate", "task_arithmetic", "ties"], default="task_arithmetic")
     mg.add_argument("--alpha", type=float, default=0.5, help="interpolate: weight of the fine-tune")

@@ -297,6 +297,21 @@ def test_cli_report_with_too_few_labels_exits_2_with_the_message(tmp_path, capsy
     assert code == 2 and "--label: 1 label for 3 results files" in capsys.readouterr().err
 
 
+def test_cli_report_takes_labels_comma_separated_or_repeated(tmp_path, capsys):
+    from retain.cli import main
+
+    paths = []
+    for name in ("base", "one", "two"):
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(results({"facts": ("facts", [1] * 5)})))
+    for k, labels in enumerate((["--label", "b,x,y"], ["--label", "b,x", "--label", "y"])):
+        assert main(["report", *map(str, paths), *labels, "--out", str(tmp_path / f"r{k}")]) == 0
+        report = json.loads((tmp_path / f"r{k}" / "report.json").read_text())
+        assert report["base"] == "b" and list(report["comparisons"]) == ["x", "y"]
+    assert main(["report", *map(str, paths), "--label", "b,,y", "--out", str(tmp_path / "r2")]) == 2
+    assert "--label: an empty label in 'b,,y'" in capsys.readouterr().err and not (tmp_path / "r2").exists()
+
+
 # ---- figures ------------------------------------------------------------------------------------------------
 
 def test_a_zero_score_has_a_visible_bar_and_value(monkeypatch):
