@@ -3,6 +3,7 @@
     retain train CONFIG.yaml [key=value ...] [--resume] [--overwrite]
     retain eval MODEL --suite SUITE [--split test] [--limit N] [--batch-size B] [--dtype D] [--device D] [--out results.json]
     retain report BEFORE.json AFTER.json [AFTER2.json ...] --out DIR [--run RUN_DIR]
+    retain card RUN_DIR --base BASE.json --tuned TUNED.json [--out README.md] [--push REPO]
     retain demo [--out DIR]
     retain sweep SWEEP.yaml
     retain sequence SEQ.yaml [key=value ...]
@@ -88,6 +89,20 @@ def split_labels(given: list[str] | None) -> list[str] | None:
         raise ConfigError(f"--label: an empty label in {','.join(given)!r}; give one name per results file, "
                           "e.g. --label base,unprotected,protected")
     return labels
+
+
+def cmd_card(args) -> int:
+    from retain.strict import ConfigError
+    from retain.report.card import push_card, write_card
+
+    if args.push and args.out:
+        raise ConfigError("--push uploads RUN_DIR/final with the card as its README.md — leave out --out")
+    out = write_card(Path(args.run_dir), Path(args.base), Path(args.tuned), Path(args.out) if args.out else None,
+                     model_name=args.push.split("/")[-1] if args.push else None)
+    print(f"model card: {out}")
+    if args.push:
+        print(f"uploaded {out.parent}: {push_card(out.parent, args.push)}")
+    return 0
 
 
 def cmd_demo(args) -> int:
@@ -216,6 +231,16 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--label", action="append", help="a name per results file, in order: --label base,a,b or "
                    "--label base --label a --label b")
     r.set_defaults(func=cmd_report)
+
+    cd = sub.add_parser("card", help="a Hugging Face model card (README.md) for a finished run: base model, data, "
+                        "eval results before/after, forgetting verdict", parents=[common])
+    cd.add_argument("run_dir", help="the run's output.dir (config.yaml, final/)")
+    cd.add_argument("--base", required=True, help="results JSON of the base model (retain eval BASE --out FILE)")
+    cd.add_argument("--tuned", required=True, help="results JSON of RUN_DIR/final, on the same items")
+    cd.add_argument("--out", help="where to write the card; default RUN_DIR/final/README.md")
+    cd.add_argument("--push", metavar="REPO", help="then upload the card's folder to this hub repo (needs network, "
+                    "hf auth login)")
+    cd.set_defaults(func=cmd_card)
 
     d = sub.add_parser("demo", help="the lab end to end: evaluate, fine-tune twice, report", parents=[common])
     d.add_argument("--out", default="runs/demo")

