@@ -3,6 +3,7 @@
     retain train CONFIG.yaml [key=value ...] [--resume] [--overwrite]
     retain eval MODEL --suite SUITE [--split test] [--limit N] [--batch-size B] [--dtype D] [--device D] [--out results.json]
     retain report BEFORE.json AFTER.json [AFTER2.json ...] --out DIR [--run RUN_DIR]
+    retain init MODEL [--data FILE] [--dev FILE] [--out DIR]   a starter config and suite for a model
     retain card RUN_DIR --base BASE.json --tuned TUNED.json [--out README.md] [--push REPO]
     retain demo [--out DIR]
     retain sweep SWEEP.yaml
@@ -89,6 +90,21 @@ def split_labels(given: list[str] | None) -> list[str] | None:
         raise ConfigError(f"--label: an empty label in {','.join(given)!r}; give one name per results file, "
                           "e.g. --label base,unprotected,protected")
     return labels
+
+
+def cmd_init(args) -> int:
+    from retain.starter import write_starter
+
+    starter = write_starter(args.model, Path(args.out), data=args.data, dev=args.dev, force=args.force)
+    print(f"wrote {', '.join(map(str, starter.written))}")
+    print(f"{'a chat model: prompt/response data is trained through its chat template; ' if starter.chat else ''}"
+          f"max_length {starter.max_length}")
+    *steps, card = starter.commands
+    print("next, in order (the base model, training, the fine-tune, the report; --limit N scores the first N "
+          "items of each task: leave it out for all):")
+    print("\n".join(f"  {k}. {command}" for k, command in enumerate(steps, start=1)))
+    print(f"then the model card: {card}")
+    return 0
 
 
 def cmd_card(args) -> int:
@@ -231,6 +247,14 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--label", action="append", help="a name per results file, in order: --label base,a,b or "
                    "--label base --label a --label b")
     r.set_defaults(func=cmd_report)
+
+    ini = sub.add_parser("init", help="a starter config and suite fitted to a model and its data", parents=[common])
+    ini.add_argument("model", help="model dir or hub id, a .gguf file, or an alias")
+    ini.add_argument("--data", help="the training data (any form data.train takes); default: the lab's task")
+    ini.add_argument("--dev", help="held-out data; default: 10%% of --data, carved into OUT/data/")
+    ini.add_argument("--out", default="my-run", help="where to write config.yaml, suite.yaml (default: my-run)")
+    ini.add_argument("--force", action="store_true", help="replace the files of an earlier retain init there")
+    ini.set_defaults(func=cmd_init)
 
     cd = sub.add_parser("card", help="a Hugging Face model card (README.md) for a finished run: base model, data, "
                         "eval results before/after, forgetting verdict", parents=[common])
