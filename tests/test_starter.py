@@ -112,3 +112,21 @@ def test_smollm2_is_a_chat_model_with_its_own_context(tmp_path, capsys):
     assert 16 <= config.data.max_length <= 64  # chat-rendered 'X is a city in' -> ' Country.' examples
     names = [t.name for t in load_suite(str(out / "suite.yaml"))]
     assert {"capitals_chat", "city_country_chat", "continent_choice"} <= set(names)
+
+
+def test_a_given_dev_split_is_used_and_chat_records_need_no_chat_flag(chat_model, tmp_path, capsys):
+    train = write_jsonl(tmp_path / "train.jsonl", qa_records(10))
+    dev = write_jsonl(tmp_path / "held.jsonl", qa_records(3))
+    init(capsys, str(chat_model), "--data", str(train), "--dev", str(dev), "--out", str(tmp_path / "a"))
+    assert load_config(tmp_path / "a" / "config.yaml").data.dev == str(dev) and not (tmp_path / "a" / "data").exists()
+    task = yaml.safe_load((tmp_path / "a" / "task.yaml").read_text())
+    assert (tmp_path / "a" / task["data"]["test"]).resolve() == dev.resolve()
+
+    chats = write_jsonl(tmp_path / "chats.jsonl", [{"messages": [{"role": "user", "content": r["prompt"]},
+                                                                 {"role": "assistant", "content": r["response"]}]}
+                                                   for r in qa_records(10)])
+    init(capsys, str(chat_model), "--data", str(chats), "--out", str(tmp_path / "b"))
+    config = load_config(tmp_path / "b" / "config.yaml")
+    assert not config.data.chat  # conversations go through the template whatever data.chat says
+    assert not (tmp_path / "b" / "task.yaml").exists()  # no prompt/response fields to score a task on
+    assert "capitals_chat" in [t.name for t in load_suite(str(tmp_path / "b" / "suite.yaml"))]
