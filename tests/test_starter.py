@@ -130,3 +130,11 @@ def test_a_given_dev_split_is_used_and_chat_records_need_no_chat_flag(chat_model
     assert not config.data.chat  # conversations go through the template whatever data.chat says
     assert not (tmp_path / "b" / "task.yaml").exists()  # no prompt/response fields to score a task on
     assert "capitals_chat" in [t.name for t in load_suite(str(tmp_path / "b" / "suite.yaml"))]
+
+
+def test_a_bundled_name_is_not_shadowed_by_a_directory_of_that_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "lab").mkdir()  # e.g. `retain init retain-tiny --out lab`, then a suite naming `lab`
+    (tmp_path / "suite.yaml").write_text("name: s\ntasks: [lab, english]\n")
+    assert "english" in [t.name for t in load_suite("suite.yaml")] and "capital_recall" in [
+        t.name for t in load_suite("lab")]

@@ -221,9 +221,10 @@ def load_task(path: Path) -> Task:
 
 def _locate(name: str) -> Path:
     path = Path(name)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        return path
     bundled = BUNDLED_TASKS / f"{name}.yaml"
+    # a bundled name wins over a directory of that name in the working directory (./lab, ./english)
+    if path.suffix in (".yaml", ".yml") or path.is_file() or (path.exists() and not bundled.exists()):
+        return path
     if not bundled.exists():
         known = ", ".join(sorted(p.stem for p in BUNDLED_TASKS.glob("*.yaml")))
         raise ConfigError(f"suite or task {name!r}: not a file and not bundled (bundled: {known}; "
