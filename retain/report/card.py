@@ -85,7 +85,7 @@ def card_text(run_dir: Path, config: dict, base: dict, tuned: dict, model_name: 
             f"\"{base_text}\"), REPO)`." if adapter else "")
     lines = [
         f"# {model_name}", "",
-        f"A fine-tune of `{base_text}` on `{train if train.startswith('hub:') else Path(train).name}`, made and "
+        f"A fine-tune of `{base_text}` on `{train if train.startswith(('hub:', 'lab:')) else Path(train).name}`, made and "
         f"measured with retain (fine-tuning without forgetting).{load}", "",
         "## Forgetting", "",
         f"**Verdict: {verdict}.**", "",
