@@ -27,8 +27,9 @@ from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
 
-from retain.config import load_config
-from retain.config.schema import uses_lab_model
+from transformers import AutoConfig
+
+from retain.config import load_config, uses_lab_model
 from retain.data import detect_format, load_dataset, open_source
 from retain.errors import ConfigError, DataError
 from retain.evaluation.tasks import check_suite, load_suite
@@ -57,8 +58,6 @@ class Starter:
 
 def model_context(cfg: ModelConfig) -> int:
     """The model's context length from its config.json (max_position_embeddings)."""
-    from transformers import AutoConfig
-
     config = AutoConfig.from_pretrained(model_source(cfg))
     return int(getattr(config, "max_position_embeddings", None) or CONTEXT_FALLBACK)
 

@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 import yaml
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, constants
 
 from retain.errors import ConfigError, UserError
 from retain.io import atomic_write_text
@@ -52,8 +53,6 @@ def hub_datasets(data: dict) -> list[str]:
 
 def eval_results(comparison: dict, split: str | None):
     """Two EvalResults per capability (its primary metric for the base model and for the fine-tune)."""
-    from huggingface_hub import EvalResult
-
     results = []
     for capability, row in comparison["capabilities"].items():
         for who, value in ((TUNED, row["after"]), (BASE, row["before"])):
@@ -65,8 +64,6 @@ def eval_results(comparison: dict, split: str | None):
 
 def card_text(run_dir: Path, config: dict, base: dict, tuned: dict, model_name: str) -> str:
     """README.md of the card: YAML front matter, then the forgetting verdict, table and the run's config."""
-    from huggingface_hub import ModelCard, ModelCardData
-
     comparison = compare(base, tuned)
     adapter = is_adapter_dir(run_dir / "final")
     base_id = hub_model_id(config.get("model", {}))
@@ -127,8 +124,6 @@ def write_card(run_dir: Path, base_results: Path, tuned_results: Path, out: Path
 
 def push_card(folder: Path, repo: str) -> str:
     """Upload `folder` (the model or adapter, with its README.md) to the hub repo `repo`; return its URL."""
-    from huggingface_hub import HfApi, constants
-
     if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
         raise UserError(f"--push {repo}: HF_HUB_OFFLINE is set, so nothing can be uploaded — the card is written; "
                         f"upload {folder} where there is network (unset HF_HUB_OFFLINE, hf auth login)")
