@@ -1,4 +1,4 @@
-"""`retain` command line: train, eval, report, demo, sweep, merge, config.
+"""`retain` command line: init, train, eval, report, card, demo, sweep, merge, config, doctor.
 
     retain train CONFIG.yaml [key=value ...] [--resume] [--overwrite]
     retain eval MODEL --suite SUITE [--split test] [--limit N] [--batch-size B] [--dtype D] [--device D] [--out results.json]
