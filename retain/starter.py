@@ -119,6 +119,8 @@ def config_yaml(model: str, train: str, dev: str, chat: bool, max_length: int, l
     lr, epochs, batch = (1e-3, 3, 16) if lab else (2e-4, 1, 8)
     steps = max(1, math.ceil(n_train / batch) * epochs)
     p95 = sorted(lengths)[int(0.95 * (len(lengths) - 1))]
+    longer = sum(n > max_length for n in lengths)
+    cut = f"; {longer} longer than the model's context are truncated" if longer else ""
     chat_line = "  chat: true                 # prompt/response records become a user/assistant exchange\n" if chat else ""
     return f"""# Written by `retain init` for {model}. `retain config --explain KEY` says what a key does;
 # `retain doctor THIS` lists the causes of forgetting in it before anything trains.
@@ -127,7 +129,7 @@ model:
 data:
   train: {json.dumps(train)}
   dev: {json.dumps(dev)}  # held out: its loss is logged during training
-{chat_line}  max_length: {max_length}            # the longest example is {max(lengths)} tokens (95% are <= {p95})
+{chat_line}  max_length: {max_length}            # the longest example is {max(lengths)} tokens (95% are <= {p95}){cut}
 training:
   lr: {lr:g}
   epochs: {epochs}                  # about {steps} optimizer steps

@@ -138,3 +138,11 @@ def test_a_bundled_name_is_not_shadowed_by_a_directory_of_that_name(tmp_path, mo
     (tmp_path / "suite.yaml").write_text("name: s\ntasks: [lab, english]\n")
     assert "english" in [t.name for t in load_suite("suite.yaml")] and "capital_recall" in [
         t.name for t in load_suite("lab")]
+
+
+def test_max_length_stops_at_the_models_context(tiny_model, tmp_path, capsys):
+    long = [{"prompt": "what is " + "one plus two is three . " * 60, "response": " three"}] * 3
+    data = write_jsonl(tmp_path / "long.jsonl", qa_records(10) + long)
+    init(capsys, str(tiny_model), "--data", str(data), "--out", str(tmp_path / "s"))
+    assert load_config(tmp_path / "s" / "config.yaml").data.max_length == 256  # the tiny model's context
+    assert "longer than the model's context are truncated" in (tmp_path / "s" / "config.yaml").read_text()
