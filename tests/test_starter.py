@@ -62,7 +62,7 @@ def test_chat_model_gets_chat_data_and_chat_tasks_a_carved_dev_split_and_its_max
     tokenizer = AutoTokenizer.from_pretrained(chat_model)
     longest = max(len(tokenizer(tokenizer.apply_chat_template(
         [{"role": "user", "content": r["prompt"].strip()}, {"role": "assistant", "content": r["response"].strip()}],
-        tokenize=False))["input_ids"]) for r in train)
+        tokenize=False))["input_ids"]) for r in qa_records())
     assert config.data.max_length == 16 * math.ceil(longest / 16)
     tasks = {t.name: t for t in load_suite(str(out / "suite.yaml"))}
     assert tasks["capitals_chat"].chat and tasks["qa"].chat  # the fine-tuning task, asked in the chat format
@@ -146,3 +146,9 @@ def test_max_length_stops_at_the_models_context(tiny_model, tmp_path, capsys):
     init(capsys, str(tiny_model), "--data", str(data), "--out", str(tmp_path / "s"))
     assert load_config(tmp_path / "s" / "config.yaml").data.max_length == 256  # the tiny model's context
     assert "longer than the model's context are truncated" in (tmp_path / "s" / "config.yaml").read_text()
+
+
+def test_a_bad_record_is_named_and_nothing_is_written(tiny_model, tmp_path, capsys):
+    data = write_jsonl(tmp_path / "bad.jsonl", qa_records(2) + [{"question": "?"}])
+    assert main(["init", str(tiny_model), "--data", str(data), "--out", str(tmp_path / "s")]) == 2
+    assert f"{data}:3" in capsys.readouterr().err and not (tmp_path / "s").exists()
