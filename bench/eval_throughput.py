@@ -3,6 +3,9 @@
     python bench/eval_throughput.py [--task currency_choice]      # retain-tiny, a lab task
     python bench/eval_throughput.py --mmlu 500                   # SmolLM2-135M-Instruct, 500 MMLU questions
                                                                   # (needs `make real-model`)
+    python bench/eval_throughput.py --mmlu-fewshot astronomy,virology,marketing --per-subject 32
+                                  # mmlu:SUBJECT@5 on SmolLM2-135M-Instruct: `retain eval` against `lm-eval run`,
+                                  # each a process of its own, float32, and bf16 too where it is native here
 
 Two measurements per side, items/s:
   end to end  loading the model from disk + scoring (what `retain eval` / `lm-eval run` cost a user)
@@ -15,6 +18,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -87,14 +92,107 @@ def bench_mmlu(n: int, batch_size: int) -> None:
           f"lm-eval {n / lm_eval_e2e:7.2f} items/s ({lm_eval_e2e:.1f} s)   ratio {lm_eval_e2e / retain_e2e:.1f}x")
 
 
+def mmlu_fewshot_tasks(subjects: list[str], shots: int, d: Path) -> dict[str, str]:
+    """lm-eval's own mmlu_SUBJECT tasks over the questions `mmlu:SUBJECT@K` scores ({retain task: lm-eval task}):
+    test holds the scored questions and dev the shots, both in file order; lm-eval's first_n sampler then
+    writes the same prompts, question for question."""
+    import lm_eval
+
+    from retain.evaluation import mmlu
+
+    names = {}
+    for subject in subjects:
+        rows = mmlu.subject_rows(subject)
+        shot = mmlu.shot_indices(subject, len(rows), shots)
+        for split, keep in (("test", lambda i: i not in shot), ("dev", lambda i: i in shot)):
+            lines = [json.dumps(mmlu.lm_eval_row(r, subject)) + "\n" for i, r in enumerate(rows) if keep(i)]
+            (d / f"{subject}.{split}.jsonl").write_text("".join(lines))
+        own = Path(lm_eval.__file__).parent / "tasks" / "mmlu" / "default" / f"mmlu_{subject}.yaml"
+        data = {split: str(d / f"{subject}.{split}.jsonl") for split in ("test", "dev")}
+        (d / f"bench_{subject}.yaml").write_text(
+            f"include: {json.dumps(str(own))}\ntask: bench_{subject}\ntag: null\ndataset_path: json\n"
+            f"dataset_name: null\ndataset_kwargs: {{data_files: {json.dumps(data)}}}\n")
+        names[f"mmlu:{subject}@{shots}"] = f"bench_{subject}"
+    return names
+
+
+def timed(argv: list[str]) -> float:
+    """Wall seconds of one command, run as a user would run it (its own process)."""
+    start = time.perf_counter()
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(argv[:4])} ... failed:\n{proc.stderr[-3000:]}")
+    return time.perf_counter() - start
+
+
+def lm_eval_outputs(out: Path, task: str) -> tuple[dict, list[dict]]:
+    """lm-eval's results for `task` and its logged samples, from an --output_path directory."""
+    (results,) = out.glob("**/results_*.json")
+    (samples,) = out.glob(f"**/samples_{task}_*.jsonl")
+    rows = [json.loads(line) for line in samples.read_text().splitlines()]
+    return json.loads(results.read_text())["results"][task], sorted(rows, key=lambda r: r["doc_id"])
+
+
+def bench_mmlu_fewshot(subjects: list[str], per_subject: int, shots: int, batch_size: int, precision: str) -> None:
+    """`retain eval` vs `lm-eval run` on SmolLM2-135M-Instruct, mmlu:SUBJECT@K: the first `per_subject` scored
+    questions of each subject, both end to end (process start, model load, scoring), same prompts and items."""
+    from retain.modeling import ModelConfig, model_source
+    from retain.training.precision import choose_bf16, this_machine
+
+    model_dir = model_source(ModelConfig(name="smollm2-135m-instruct"))  # converted once, before any timing
+    tmp = Path(tempfile.mkdtemp())
+    names = mmlu_fewshot_tasks(subjects, shots, tmp)
+    native = choose_bf16("auto", this_machine())
+    dtypes = {"float32": ["float32"], "bf16": ["bfloat16"],
+              "native": ["float32", "bfloat16"] if native else ["float32"]}[precision]
+    print(f"mmlu@{shots}, SmolLM2-135M-Instruct, {len(subjects)} subjects x {per_subject} questions "
+          f"({', '.join(subjects)}); batch {batch_size}; this machine does bf16 natively: {'yes' if native else 'no'}")
+    for dtype in dtypes:
+        ours_file, theirs_dir = tmp / f"retain-{dtype}.json", tmp / f"lm-eval-{dtype}"
+        retain_s = timed([sys.executable, "-m", "retain", "eval", str(model_dir), "--suite", ",".join(names),
+                          "--limit", str(per_subject), "--dtype", dtype, "--batch-size", str(batch_size),
+                          "--device", "cpu", "--out", str(ours_file)])
+        lm_eval_s = timed([sys.executable, "-m", "lm_eval", "run", "--model", "hf",
+                           "--model_args", f"pretrained={model_dir},dtype={dtype}", "--tasks", ",".join(names.values()),
+                           "--num_fewshot", str(shots), "--limit", str(per_subject), "--include_path", str(tmp),
+                           "--device", "cpu", "--batch_size", str(batch_size), "--output_path", str(theirs_dir),
+                           "--log_samples"])
+        ours = json.loads(ours_file.read_text())
+        n = correct = correct_theirs = flips = 0
+        worst = 0.0
+        for name, task in names.items():
+            theirs, samples = lm_eval_outputs(theirs_dir, task)
+            records = ours["tasks"][name]["items"]
+            assert len(records) == len(samples) == per_subject, (name, len(records), len(samples))
+            for record, sample in zip(records, samples):
+                lls = [float(resp[0][0]) for resp in sample["resps"]]  # logged as strings
+                worst = max(worst, max(abs(a - b) for a, b in zip(lls, record["loglikelihoods"])))
+                flips += record["acc"] != sample["acc"]
+                correct_theirs += sample["acc"]
+            correct += sum(r["acc"] for r in records)
+            n += len(records)
+        print(f"{ours['dtype']:>8} (retain) vs {dtype} (lm-eval): acc retain {correct / n:.4f} / lm-eval "
+              f"{correct_theirs / n:.4f} ({flips} of {n} items differ); max |loglikelihood difference| {worst:.2g}")
+        print(f"{'':>8} end to end: retain {retain_s:.1f} s, lm-eval {lm_eval_s:.1f} s, ratio "
+              f"{lm_eval_s / retain_s:.2f}x ({n / retain_s:.2f} vs {n / lm_eval_s:.2f} items/s)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--task", default="currency_choice")
     parser.add_argument("--mmlu", type=int, default=0, help="bench N MMLU questions on SmolLM2 instead")
-    parser.add_argument("--batch-size", type=int, default=32, help="both tools (--mmlu)")
+    parser.add_argument("--batch-size", type=int, default=32, help="both tools (--mmlu, --mmlu-fewshot)")
+    parser.add_argument("--mmlu-fewshot", default="", help="comma-separated MMLU subjects: bench mmlu:SUBJECT@K")
+    parser.add_argument("--shots", type=int, default=5, help="--mmlu-fewshot: K")
+    parser.add_argument("--per-subject", type=int, default=32, help="--mmlu-fewshot: questions scored per subject")
+    parser.add_argument("--precision", choices=["float32", "bf16", "native"], default="native",
+                        help="--mmlu-fewshot: native: float32, then bf16 too where this machine does bf16 natively")
     args = parser.parse_args()
     if args.mmlu:
         bench_mmlu(args.mmlu, args.batch_size)
+        return
+    if args.mmlu_fewshot:
+        bench_mmlu_fewshot(args.mmlu_fewshot.split(","), args.per_subject, args.shots, args.batch_size, args.precision)
         return
 
     import lm_eval

@@ -8,8 +8,8 @@ import torch
 from transformers import AutoTokenizer
 
 from retain.evaluation import metrics as M
-from retain.evaluation.lm import LM, rolling_windows
-from retain.evaluation.runner import evaluate
+from retain.evaluation.lm import LM, rolling_windows, shared_prefixes
+from retain.evaluation.runner import eval_dtype, evaluate, evaluate_path
 from retain.evaluation.tasks import load_suite, load_task
 from conftest import write_jsonl
 
@@ -143,6 +143,51 @@ def test_shared_context_scoring_equals_scoring_each_choice_whole(tiny_model, tok
     assert LM(model, tokenizer).shares_cache and len({c for c, _ in requests}) < len(requests)
     for (a, greedy_a), (b, greedy_b) in zip(shared, whole):
         assert a == pytest.approx(b, abs=1e-4) and greedy_a == greedy_b
+
+
+def test_shared_prefixes_group_contexts_that_start_alike():
+    shots_a, shots_b = tuple(range(100, 120)), tuple(range(200, 220))  # two subjects' descriptions and shots
+    contexts = [shots_a + (1, 2), shots_b + (5,), shots_a + (3,), (7, 8, 9), shots_b + (6, 6),
+                shots_a[:3] + (4,) * 10,  # shares 3 tokens only: too short a start to cache
+                shots_a,  # the shots alone: the prefix stops one short of it, so it keeps a token to run
+                shots_b[:6] + (9,) * 10,  # sorts before subject b and shares 6: b's 20 are not cut to 6
+                shots_b[:8] + (300,) * 5]  # sorts after subject b and shares 8: b's 20 are not cut to 8
+    groups = sorted(shared_prefixes(contexts, min_shared=4))
+    assert groups == [(19, [6, 0, 2]), (20, [1, 4])]
+    assert shared_prefixes([shots_a + (1,)], min_shared=4) == []  # one context alone shares nothing
+    assert shared_prefixes([shots_a + (1,), shots_a[:8] + (2,)], min_shared=4) == [(8, [1, 0])]  # two: saves 8
+
+
+def test_few_shot_prompts_score_on_their_cached_prefix_as_scored_whole(tiny_model, tokenizer):
+    """Contexts that start with the same shots run them once; the loglikelihoods equal whole-prompt scoring (fp32)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, max_position_embeddings=1024, dtype=torch.float32).eval()
+    shots = "".join(f"question : what is {a} plus {b} ? answer : {a + b}\n\n" for a, b in [(1, 2), (3, 4), (5, 6)])
+    questions = [f"question : what is {a} plus {b} ? answer :" for a, b in [(2, 2), (7, 1), (4, 5), (0, 3), (6, 6)]]
+    choices = [" 4", " 8", " three", " blue river"]  # one token and several
+    requests = [(shots + q, c) for q in questions for c in choices]
+    requests += [("the capital of france is", c) for c in choices] + [("red", " green")]  # no shared start
+    read = []
+    model.register_forward_pre_hook(lambda m, args, kwargs: read.append(
+        (args[0] if args else kwargs["input_ids"]).numel()), with_kwargs=True)
+    cached = LM(model, tokenizer, batch_size=3).loglikelihood(requests)
+    read_cached, read[:] = sum(read), []
+    whole = LM(model, tokenizer, share_context=False).loglikelihood(requests)
+    assert len(LM(model, tokenizer).encode(shots)) > 32 and sum(read) > 2 * read_cached  # the shots ran once
+    for (a, greedy_a), (b, greedy_b) in zip(cached, whole):
+        assert a == pytest.approx(b, abs=1e-5) and greedy_a == greedy_b
+
+
+@pytest.mark.parametrize("native, expected", [("1", "bfloat16"), ("0", "float32")])
+def test_eval_dtype_auto_is_bf16_where_native_and_is_recorded(tiny_model, tmp_path, monkeypatch, native, expected):
+    monkeypatch.setenv("RETAIN_NATIVE_BF16", native)
+    assert eval_dtype("auto") == expected and eval_dtype("float32") == "float32"
+    results = evaluate_path(str(tiny_model), "currency_choice", "test", tmp_path / "r.json", limit=2, dtype="auto",
+                            progress=False)
+    assert results["dtype"] == expected
+    import json
+    assert json.loads((tmp_path / "r.json").read_text())["dtype"] == expected
 
 
 def test_task_data_paths_are_relative_to_the_task_yaml(tmp_path, monkeypatch):

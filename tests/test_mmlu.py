@@ -87,32 +87,49 @@ def test_dev_split_is_refused_clearly(mmlu_file):
         load_suite("mmlu")[0].check("dev")
 
 
-@pytest.mark.parametrize("shots", [0, 2])
-def test_acc_matches_lm_evals_own_mmlu_task(mmlu_file, tiny_model, tmp_path, shots):
-    """lm-eval's mmlu_high_school_geography YAML, pointed at the same rows, gives the same acc."""
+def test_five_shot_scores_on_the_cached_shots_equal_whole_prompts(mmlu_file, tiny_model):
+    """mmlu@5 runs each subject's description and shots once; every loglikelihood equals whole-prompt scoring."""
+    import torch
+
+    # 5-shot prompts of the fixture are ~600 tokens: load the tiny model with room for them (RoPE has no table)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, max_position_embeddings=1024, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    (task,) = load_suite("mmlu@5")
+    read = []
+    model.register_forward_pre_hook(lambda m, args, kwargs: read.append(
+        (args[0] if args else kwargs["input_ids"]).numel()), with_kwargs=True)
+    cached_metrics, cached = task.score(LM(model, tokenizer, batch_size=4), "test")
+    read_cached, read[:] = sum(read), []
+    whole_metrics, whole = task.score(LM(model, tokenizer, share_context=False), "test")
+    assert len(cached) == sum(SUBJECTS.values()) - 2 * 5 and sum(read) > 3 * read_cached
+    for a, b in zip(cached, whole):
+        assert a["loglikelihoods"] == pytest.approx(b["loglikelihoods"], abs=1e-5)
+    assert cached_metrics == whole_metrics
+
+
+@pytest.mark.parametrize("shots, positions", [(0, None), (2, None), (5, 1024)])
+def test_acc_matches_lm_evals_own_mmlu_task(mmlu_file, tiny_model, tmp_path, shots, positions):
+    """lm-eval's mmlu_high_school_geography YAML, pointed at the same rows, gives the same acc: 2-shot prompts
+    are cut to the tiny model's 256 positions on both sides; 5-shot ones fit 1024 and run on retain's cached shots."""
     lm_eval = pytest.importorskip("lm_eval")
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
     subject = "high_school_geography"
     (task,) = load_suite(f"mmlu:{subject}@{shots}")
-    rows = mmlu._rows_by_subject(Path(mmlu_file))[subject]
-    scored = {int(it["id"].split("/")[1]) for it in task.items("test")}
-
-    def cais(i):  # the schema of cais/mmlu, which lm-eval's task reads
-        r = rows[i]
-        return {"question": r["question"], "subject": subject, "answer": "ABCD".index(r["correct_answer"]),
-                "choices": [r[f"answer_{x}"] for x in "abcd"]}
-
-    test = write_jsonl(tmp_path / "test.jsonl", [cais(i) for i in sorted(scored)])
-    dev = write_jsonl(tmp_path / "dev.jsonl", [cais(i) for i in range(len(rows)) if i not in scored] or [cais(0)])
+    rows = mmlu.subject_rows(subject)
+    shot = mmlu.shot_indices(subject, len(rows), shots)
+    cais = [mmlu.lm_eval_row(r, subject) for r in rows]
+    test = write_jsonl(tmp_path / "test.jsonl", [r for i, r in enumerate(cais) if i not in shot])
+    dev = write_jsonl(tmp_path / "dev.jsonl", [cais[i] for i in shot] or cais[:1])  # a sampler even at 0 shots
     own = Path(lm_eval.__file__).parent / "tasks" / "mmlu" / "default" / f"mmlu_{subject}.yaml"
     tasks_dir = tmp_path / "tasks"
     tasks_dir.mkdir()
     (tasks_dir / "local_mmlu.yaml").write_text(
         f"include: {json.dumps(str(own))}\ntask: local_mmlu\ntag: null\ndataset_path: json\ndataset_name: null\n"
         f"dataset_kwargs: {{data_files: {{test: {json.dumps(str(test))}, dev: {json.dumps(str(dev))}}}}}\n")
-    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    room = {"max_position_embeddings": positions} if positions else {}
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, **room)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     theirs = lm_eval.simple_evaluate(model=HFLM(pretrained=model, tokenizer=tokenizer, batch_size=4),
                                      tasks=["local_mmlu"], num_fewshot=shots,

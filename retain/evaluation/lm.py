@@ -18,13 +18,16 @@ agree with it on the same model and data, whatever the tokenizer does about BOS:
     tokenizer's BOS so each document is conditioned on one BOS and only its own tokens are scored.
 
 Speed without changing a score: requests that share a context and continue it by one token (every
-MMLU-style letter choice) are scored from one forward pass of the context; log-probabilities are
-taken and gathered on the model's device, and only the per-request sums come back to the host —
+MMLU-style letter choice) are scored from one forward pass of the context; contexts that start with
+the same tokens (few-shot prompts: a task's description and worked examples before every question)
+run those tokens once and score every question on their cached keys and values; log-probabilities
+are taken and gathered on the model's device, and only the per-request sums come back to the host —
 never the (batch, tokens, vocab) tensor.
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
 from typing import Iterator, Literal
 
@@ -32,6 +35,9 @@ import torch
 
 DEFAULT_MAX_LENGTH = 2048
 LOGIT_CHUNK_ELEMENTS = 1 << 26  # log-softmax over at most this many logits at once (256 MB in fp32)
+# A shared start shorter than this is run again with each context: copying its keys and values into
+# every batch would cost about what it saves (a 0-shot MMLU subject line is ~15 tokens; 5 shots are hundreds).
+MIN_SHARED_PREFIX = 32
 
 
 def model_max_length(model, tokenizer) -> int:
@@ -61,6 +67,46 @@ def rolling_windows(tokens: list[int], prefix_token: int, max_length: int):
         done = end
 
 
+def common_length(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+    """How many first tokens a and b have in common."""
+    return next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+def shared_prefixes(contexts: list[tuple[int, ...]], min_shared: int = MIN_SHARED_PREFIX
+                    ) -> list[tuple[int, list[int]]]:
+    """(prefix length, indices into contexts) for groups of two or more contexts that start with the same
+    `prefix length` >= min_shared tokens; a context is in at most one group, most are usually in none.
+
+    Contexts are taken in lexicographic order, so those with a long common start are neighbours. A context
+    joins the current group when it shares at least min_shared tokens with the group's common start, does
+    not cut that start by more than half, and shares no more than twice as much with the context after it
+    (else it starts a group of its own with that one): one context with only a header in common must not
+    take a long cached prefix away from the others, before or after them. The prefix stops one token short
+    of the group's shortest context, so that every context keeps its last token to run.
+    """
+    order = sorted(range(len(contexts)), key=contexts.__getitem__)
+    groups, members, common = [], [], 0
+
+    def close() -> None:
+        n_prefix = min([common] + [len(contexts[i]) - 1 for i in members])
+        if len(members) > 1 and n_prefix >= min_shared:
+            groups.append((n_prefix, members))
+
+    for k, i in enumerate(order):
+        if members:
+            shared = common_length(contexts[members[0]][:common], contexts[i])
+            with_next = common_length(contexts[i], contexts[order[k + 1]]) if k + 1 < len(order) else 0
+            if shared >= min_shared and (len(members) == 1 or 2 * shared >= common) and 2 * shared >= with_next:
+                members.append(i)
+                common = shared
+                continue
+            close()
+        members, common = [i], len(contexts[i])
+    if members:
+        close()
+    return groups
+
+
 # A query asks for the summed log-probability of `tokens` predicted at row positions start, start+1, ...
 Query = tuple[int, list[int]]
 
@@ -76,7 +122,9 @@ class LM:
         self.prefix_token = bos if bos is not None else tokenizer.eos_token_id
         self.prefix_text = tokenizer.decode([self.prefix_token]) if self.prefix_token is not None else None
         # transformers' causal LMs: logits only where scored, and a reusable KV cache for shared contexts
-        self.keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
+        parameters = inspect.signature(model.forward).parameters
+        self.keeps_logits = "logits_to_keep" in parameters
+        self.cache_arg = "cache" if "cache" in parameters else "past_key_values"  # renamed in transformers 5.24
         self.shares_cache = self.keeps_logits and share_context
 
     def encode(self, text: str) -> list[int]:
@@ -94,7 +142,7 @@ class LM:
         n_context = len(self.encode(context))
         return whole[:n_context], whole[n_context:]
 
-    def _batches(self, rows: list[list[int]], queries: list[list[Query]]
+    def _batches(self, rows: list[list[int]], queries: list[list[Query]], prefix: list[int] | None = None
                  ) -> Iterator[tuple[list[int], torch.Tensor, dict[int, int]]]:
         """(row indices, logits (B, P, V) on the device, sequence position -> index in P) per batch.
 
@@ -102,7 +150,13 @@ class LM:
         causal model (pads come after every position read). Where the model takes `logits_to_keep`
         (transformers' causal LMs), only the P positions some query of the batch scores get logits:
         one per row for a letter choice instead of the whole (B, T, V) tensor.
+        With `prefix` (needs `logits_to_keep`), every row continues those tokens: they run once, and each
+        batch runs on a copy of their keys and values repeated once per row.
         """
+        prefix_cache = None
+        if prefix:
+            prefix_cache = self.model(torch.tensor([prefix], device=self.device), use_cache=True,
+                                      logits_to_keep=1)[self.cache_arg]
         order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
         for start in range(0, len(order), self.batch_size):
             idx = order[start: start + self.batch_size]
@@ -113,7 +167,12 @@ class LM:
             inputs = inputs.to(self.device)
             if self.keeps_logits:
                 keep = sorted({first + k for i in idx for first, tokens in queries[i] for k in range(len(tokens))})
-                logits = self.model(inputs, logits_to_keep=torch.tensor(keep, device=self.device)).logits
+                cache = None
+                if prefix_cache is not None:
+                    cache = copy.deepcopy(prefix_cache)  # the forward pass appends the rows' keys to it
+                    cache.batch_repeat_interleave(len(idx))
+                logits = self.model(inputs, **{self.cache_arg: cache}, use_cache=cache is not None,
+                                    logits_to_keep=torch.tensor(keep, device=self.device)).logits
                 yield idx, logits, {p: k for k, p in enumerate(keep)}
             else:
                 logits = self.model(inputs).logits[:, -width:]  # prompt tuning prepends positions
@@ -143,10 +202,12 @@ class LM:
         return totals.tolist(), [m == 0 for m in misses.tolist()]
 
     @torch.no_grad()
-    def _answer(self, rows: list[list[int]], queries: list[list[Query]]) -> list[list[tuple[float, bool]]]:
-        """For each row (the ids the model reads) and each of its queries: (logprob, all tokens greedy)."""
+    def _answer(self, rows: list[list[int]], queries: list[list[Query]], prefix: list[int] | None = None
+                ) -> list[list[tuple[float, bool]]]:
+        """For each row (the ids the model reads after `prefix`) and each of its queries: (logprob, all tokens
+        greedy). Query positions count from the row's first token."""
         answers: list[list[tuple[float, bool]] | None] = [None] * len(rows)
-        for idx, logits, column in self._batches(rows, queries):
+        for idx, logits, column in self._batches(rows, queries, prefix):
             # Flatten every (row, position, token) of every query of the batch into index tensors.
             batch_row, position, token, owner = [], [], [], []
             for j, i in enumerate(idx):
@@ -170,12 +231,15 @@ class LM:
 
     def loglikelihood(self, requests: list[tuple[str, str]]) -> list[tuple[float, bool]]:
         """Requests that share a context share one forward pass of it (multiple choice): continuations of
-        one token are read off its last position; longer ones run on its cached keys and values."""
+        one token are read off its last position; longer ones run on its cached keys and values. Contexts
+        that start alike (few-shot prompts) run their common start once (`shared_prefixes`)."""
         pairs = [self.encode_pair(context, continuation) for context, continuation in requests]
         by_context: dict[tuple[int, ...], list[int]] = {}
         for r, (ctx, _) in enumerate(pairs):
             by_context.setdefault(tuple(ctx), []).append(r)
         results: list[tuple[float, bool] | None] = [None] * len(requests)
+        if self.shares_cache:
+            self._score_on_shared_prefixes(pairs, by_context, results)  # removes the contexts it scores
         single, cached, plain = [], [], []
         for ctx, group in by_context.items():
             longest = max(len(pairs[r][1]) for r in group)
@@ -196,6 +260,30 @@ class LM:
             for r, answer in zip(by_context[ctx], answers):
                 results[r] = answer
         return results
+
+    def _score_on_shared_prefixes(self, pairs: list[tuple[list[int], list[int]]],
+                                  by_context: dict[tuple[int, ...], list[int]], results: list) -> None:
+        """Score the requests whose contexts share a prefix on that prefix's cache; drop their contexts from
+        `by_context`. Only contexts scored whole, without truncation, take part, so no score changes."""
+        fits = [ctx for ctx, group in by_context.items()
+                if len(ctx) + max(len(pairs[r][1]) for r in group) - 1 <= self.max_length]
+        for n_prefix, members in shared_prefixes(fits):
+            rows, queries, owners = [], [], []
+            for ctx in (fits[m] for m in members):
+                group = by_context.pop(ctx)
+                last = len(ctx) - n_prefix - 1  # the row position that predicts a continuation's first token
+                if all(len(pairs[r][1]) == 1 for r in group):  # letter choices: one row, read at its end
+                    rows.append(list(ctx[n_prefix:]))
+                    queries.append([(last, pairs[r][1]) for r in group])
+                    owners.append(group)
+                else:
+                    for r in group:
+                        rows.append(list(ctx[n_prefix:]) + pairs[r][1][:-1])
+                        queries.append([(last, pairs[r][1])])
+                        owners.append([r])
+            for group, answers in zip(owners, self._answer(rows, queries, prefix=list(fits[members[0]][:n_prefix]))):
+                for r, answer in zip(group, answers):
+                    results[r] = answer
 
     @torch.no_grad()
     def _score_on_shared_context(self, groups: list[tuple[list[int], list[list[int]]]]
@@ -231,11 +319,11 @@ class LM:
             for k, c in enumerate(conts):
                 cont_ids[k, : len(c) - 1], cont_mask[k, : len(c) - 1] = torch.tensor(c[:-1], dtype=torch.long), 1
             rows = torch.tensor(owner, device=self.device)
-            cache = first.past_key_values
+            cache = first[self.cache_arg]
             cache.batch_select_indices(rows)
             positions = mask.sum(-1)[rows, None] + torch.arange(tail, device=self.device)
             rest = self.model(cont_ids.to(self.device), attention_mask=torch.cat([mask[rows], cont_mask.to(self.device)], 1),
-                              position_ids=positions, past_key_values=cache).logits  # (R, tail, V)
+                              position_ids=positions, **{self.cache_arg: cache}).logits  # (R, tail, V)
             logits = torch.cat([first.logits[rows], rest], dim=1)  # (R, 1 + tail, V): position k predicts token k
             flat = [(k, i, t) for k, c in enumerate(conts) for i, t in enumerate(c)]
             totals, greedy = self._sum_logprobs(logits, [k for k, _, _ in flat], [i for _, i, _ in flat],

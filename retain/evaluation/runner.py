@@ -12,6 +12,7 @@ from retain.strict import ConfigError
 from retain.evaluation.lm import LM
 from retain.evaluation.tasks import CapabilityTask, check_suite, load_suite
 from retain.io import atomic_write_json
+from retain.training.precision import choose_bf16, this_machine
 
 DEFAULT_BATCH_SIZE = 64
 ROLLING_BOS_NOTE = {
@@ -41,6 +42,14 @@ def evaluate(model, tokenizer, tasks: list[CapabilityTask], split: str = "test",
     return {"split": split, "tasks": results}
 
 
+def eval_dtype(dtype: str) -> str:
+    """The dtype to load the model in: `auto` is bfloat16 where this machine does bf16 natively (see
+    retain.training.precision; RETAIN_NATIVE_BF16 answers for the probe), float32 elsewhere."""
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if choose_bf16("auto", this_machine()) else "float32"
+
+
 def pick_device(device: str | None) -> torch.device:
     """`auto`/None: the accelerator when there is one, else the CPU."""
     if device in (None, "auto"):
@@ -64,8 +73,8 @@ def evaluate_path(model_path: str, suite: str, split: str, out: Path | None = No
                   device: str | None = None, rolling_bos: str = "lm-eval") -> dict:
     """Load a model (full, adapter, GGUF, or an alias), evaluate `suite`, write results JSON to `out`.
 
-    The suite is loaded and every task's data checked first: a bad task fails in seconds, not
-    after a model load.
+    `dtype` is the weights' dtype, or "auto" (`eval_dtype`); the results record the one used. The suite
+    is loaded and every task's data checked first: a bad task fails in seconds, not after a model load.
     """
     from retain.modeling import load_for_eval
 
@@ -73,6 +82,7 @@ def evaluate_path(model_path: str, suite: str, split: str, out: Path | None = No
         check_output_file(Path(out))
     tasks = load_suite(suite)
     check_suite(tasks, split)
+    dtype = eval_dtype(dtype)
     model, tokenizer = load_for_eval(model_path, dtype=dtype)
     model.to(pick_device(device))
     results = evaluate(model, tokenizer, tasks, split, limit=limit, progress=progress, batch_size=batch_size,
