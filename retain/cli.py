@@ -234,7 +234,9 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="results JSON (per-item scores, for `retain report`); omitted: print only")
     e.add_argument("--limit", type=positive_int, default=None, help="score only the first N items of each task")
     e.add_argument("--batch-size", type=positive_int, default=64, help="requests per forward pass")
-    e.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    e.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="weights' dtype; auto: bfloat16 where this machine does bf16 natively (a GPU that supports "
+                        "it, a CPU with AVX512_BF16 or AMX), else float32. The results file records the one used")
     e.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda, cuda:1, ...")
     e.add_argument("--rolling-bos", default="lm-eval", choices=["lm-eval", "single"],
                    help="perplexity: lm-eval's windows (a second BOS for tokenizers that add one) or one BOS")
