@@ -18,7 +18,7 @@ from typing import Literal
 import torch
 
 from retain.paths import MODEL_ALIASES
-from retain.errors import ModelError
+from retain.errors import ConfigError, ModelError
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -211,6 +211,9 @@ def load_tokenizer(cfg: ModelConfig, need_pad: bool = True):
             raise
         raise hub_error(source, e, cfg.revision) from None
     except ValueError as e:  # transformers: "Couldn't instantiate the backend tokenizer ..."
+        refused = remote_code_refused(local or source, e)
+        if refused is not None:
+            raise refused from None
         if local is None:
             raise
         raise ModelError(f"{local}: its tokenizer could not be loaded ({str(e).splitlines()[0]}) — save the "
@@ -223,6 +226,21 @@ def load_tokenizer(cfg: ModelConfig, need_pad: bool = True):
                              "and save it there")
         tok.pad_token = tok.eos_token
     return tok
+
+
+def remote_code_refused(where: Path | str, error: ValueError) -> ModelError | None:
+    """The ModelError for transformers refusing to run a model's own Python code (trust_remote_code is off);
+    None for any other ValueError."""
+    if "trust_remote_code" not in str(error):
+        return None
+    auto_map = ""
+    if isinstance(where, Path) and (where / "config.json").is_file():
+        named = json.loads((where / "config.json").read_text(encoding="utf-8")).get("auto_map") or {}
+        files = sorted({f"{str(v).rsplit('.', 1)[0].split('--')[-1]}.py" for v in named.values() if isinstance(v, str)})
+        auto_map = f" ({', '.join(files)}, named by auto_map in its config.json)" if files else ""
+    return ModelError(f"{where}: loading it runs the model's own Python code{auto_map}, and model.trust_remote_code "
+                      "is off — read that code first; if you trust it, set model.trust_remote_code: true in the run "
+                      "config (the code runs with your permissions). retain eval and merge never run a model's code")
 
 
 def load_model(cfg: ModelConfig):
@@ -241,10 +259,35 @@ def load_model(cfg: ModelConfig):
     except SafetensorError as e:
         raise ModelError(f"{source}: its safetensors weights could not be read ({e}) — a truncated or corrupt "
                          "download? download or save the model again") from None
+    except ValueError as e:
+        refused = remote_code_refused(local or source, e)
+        if refused is None:
+            raise
+        raise refused from None
     except OSError as e:
         if local is not None:
             raise
         raise hub_error(source, e, cfg.revision) from None
+
+
+POSITION_KEYS = ("max_position_embeddings", "n_positions", "n_ctx")  # what config.json calls the context length
+
+
+def context_length(config) -> int | None:
+    """How many positions a model was built for, from its config (a transformers PretrainedConfig):
+    max_position_embeddings or an equivalent; None if the config does not say."""
+    found = [getattr(config, key, None) for key in POSITION_KEYS]
+    return next((int(n) for n in found if isinstance(n, int) and n > 0), None)
+
+
+def check_max_length(max_length: int, model, name: str) -> None:
+    """ConfigError naming data.max_length if it is beyond the positions `model` (loaded from `name`) has:
+    positions past its context are untrained, or not there at all."""
+    limit = context_length(model.config)
+    if limit is not None and max_length > limit:
+        key = next(k for k in POSITION_KEYS if getattr(model.config, k, None) == limit)
+        raise ConfigError(f"data.max_length: {max_length} is beyond the context of model {name}, {limit} positions "
+                          f"({key} in its config.json) — set data.max_length to {limit} or less")
 
 
 def adapter_base(path: Path) -> str:

@@ -5,7 +5,8 @@ status (2: a user error, explained; 1: a bug, with a traceback), a fragment of t
 what may appear on disk. Nothing that existed before the command may change (the workspace's
 inputs, an earlier run in the output directory, the model directories), and a failure creates
 nothing. Most rows call `retain.cli.main` in this process; the rows marked `subprocess` run
-`python -m retain` as a user would.
+`python -m retain` as a user would. A row's `fault` stands in for what the machine refuses (a
+full disk, no GPU), patched into this process.
 """
 
 from __future__ import annotations
@@ -257,6 +258,61 @@ def merge(ws: Workspace, *models: str, method: str = "task_arithmetic") -> list[
     return ["merge", *models, "--method", method, "--out", ws.path("merged")]
 
 
+def needs_remote_code(ws: Workspace) -> str:
+    """A copy of the model whose config.json maps it to Python files of its own (as many hub repos do)."""
+    model = ws.model_copy()
+    mutate_json(str(model / "config.json"), lambda c: c.update(model_type="my_llama", auto_map={
+        "AutoConfig": "configuration_my.MyConfig", "AutoModelForCausalLM": "modeling_my.MyForCausalLM"}))
+    return str(model)
+
+
+# --- faults: what the machine refuses, as the libraries that meet it say so -----------------------------------
+# Measured on a full tmpfs (torch 2.13, safetensors 0.8): torch's zip writer and safetensors' writer raise these,
+# not an OSError with ENOSPC.
+TORCH_DISK_FULL = "[enforce fail at inline_container.cc:672] . unexpected pos 5312 vs 5204"
+SAFETENSORS_DISK_FULL = "Error while serializing: I/O error: No space left on device (os error 28)"
+
+
+def torch_disk_full_in(part: str) -> Callable[[pytest.MonkeyPatch], None]:
+    """torch.save writes half a file, then fails as on a full disk, for paths containing `part`."""
+    def fault(monkeypatch: pytest.MonkeyPatch) -> None:
+        import torch
+
+        real_save = torch.save
+
+        def save(obj, f, *args, **kwargs):
+            if part in str(f):
+                Path(f).write_bytes(b"half a file")
+                raise RuntimeError(TORCH_DISK_FULL)
+            return real_save(obj, f, *args, **kwargs)
+
+        monkeypatch.setattr(torch, "save", save)
+    return fault
+
+
+def safetensors_disk_full(monkeypatch: pytest.MonkeyPatch) -> None:
+    """save_pretrained's safetensors writer writes half a file, then fails as on a full disk."""
+    import transformers.modeling_utils
+    from safetensors import SafetensorError
+
+    def save_file(tensors, filename, *args, **kwargs):
+        Path(filename).write_bytes(b"half a file")
+        raise SafetensorError(SAFETENSORS_DISK_FULL)
+
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", save_file)
+
+
+def no_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+# a checkpoint at step 1 and its run's files, nothing else: no temp folder, no final/
+STEP_1_ONLY = ("out/config.yaml", "out/metrics.jsonl", "out/run.lock", "out/tensorboard*", "out/checkpoints",
+               "out/checkpoints/step-1", "out/checkpoints/step-1/*")
+
+
 @dataclass(frozen=True)
 class Case:
     id: str
@@ -265,6 +321,7 @@ class Case:
     fragment: str
     creates: tuple[str, ...] = ()  # globs (relative to the workspace) of what may appear; nothing else may
     subprocess: bool = False  # run `python -m retain` instead of retain.cli.main
+    fault: Callable[[pytest.MonkeyPatch], None] | None = None  # patched in before the command runs (in-process)
 
 
 MC = "multiple_choice"
@@ -517,6 +574,25 @@ CASES = [
                                                    method="interpolate"), 2, "takes exactly one fine-tuned model"),
     Case("merge-base-missing", lambda ws: merge(ws, "./nope", str(ws.model)), 2, "model ./nope: no such directory"),
     Case("unknown-command", lambda ws: ["trian", ws.config()], 2, "invalid choice: 'trian'", subprocess=True),
+    # --- what the machine refuses, and runs that must not end "successfully" ---------------------------------
+    Case("disk-full-checkpoint-torch", lambda ws: ws.train(training={"max_steps": 3, "save_every": 1}), 2,
+         "disk full while writing checkpoint", creates=STEP_1_ONLY, fault=torch_disk_full_in(".step-2.tmp")),
+    Case("disk-full-final-safetensors", lambda ws: ws.train(training={"max_steps": 2, "save_every": 1}), 2,
+         "earlier checkpoints are intact", creates=STEP_1_ONLY, fault=safetensors_disk_full),
+    Case("device-cuda-without-cuda", lambda ws: ws.eval("english") + ["--device", "cuda"], 2,
+         "--device cuda: this machine has no CUDA GPU", fault=no_cuda),
+    Case("device-not-a-device", lambda ws: ws.eval("english") + ["--device", "gpu"], 2, "--device gpu: not a device"),
+    Case("model-needs-remote-code", lambda ws: ws.train_model(needs_remote_code(ws)), 2,
+         "modeling_my.py, named by auto_map in its config.json), and model.trust_remote_code is off"),
+    Case("eval-model-needs-remote-code", lambda ws: ws.eval("english", needs_remote_code(ws)), 2,
+         "model.trust_remote_code is off"),
+    Case("max-length-beyond-context", lambda ws: ws.train(data={"max_length": 1_000_000}), 2,
+         "data.max_length: 1000000 is beyond the context of model"),
+    # the issue's run: from step 2 the loss is ln(4096) with a zero gradient; its step-1 checkpoint is dead too
+    Case("lr-collapse", lambda ws: ws.train_model("retain-tiny", training={"lr": 1000, "max_steps": 8,
+                                                                          "save_every": 1}), 2,
+         "training collapsed at step 2: from there the loss is ln(4096)",
+         creates=("out/config.yaml", "out/metrics.jsonl", "out/run.lock", "out/tensorboard*", "out/checkpoints")),
     # --- what must work: a UTF-8 BOM is fine ------------------------------------------------------------------
     Case("bom-config-and-data", lambda ws: ["train", ws.write("c.yaml", "\ufeff" + Path(ws.config(
         data={"train": ws.write("bom.jsonl", "\ufeff" + Path(ws.data).read_text())})).read_text())],
@@ -561,6 +637,9 @@ def test_bad_input(case: Case, tiny_model, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(ws.root)  # relative paths in a row are relative to its workspace
     monkeypatch.setenv("RETAIN_MMLU_FILE", str(ws.mmlu))
     argv = case.setup(ws)
+    if case.fault is not None:
+        assert not case.subprocess, "a fault is patched into this process"
+        case.fault(monkeypatch)
     before = snapshot(ws.root, tiny_model)
     code, out, err = run(argv, capsys, case.subprocess, ws.root)
     after = snapshot(ws.root, tiny_model)

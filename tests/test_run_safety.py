@@ -203,7 +203,18 @@ def disk_full(*args, **kwargs):
     raise OSError(errno.ENOSPC, "No space left on device")
 
 
-def test_disk_full_while_checkpointing_keeps_earlier_checkpoints(make_config, tmp_path, monkeypatch):
+def torch_disk_full(*args, **kwargs):  # what torch.save raised on a full tmpfs (torch 2.13)
+    raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 5312 vs 5204")
+
+
+def safetensors_disk_full(*args, **kwargs):  # what safetensors' save_file raised there (safetensors 0.8)
+    from safetensors import SafetensorError
+
+    raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+
+@pytest.mark.parametrize("fail", [disk_full, torch_disk_full, safetensors_disk_full])
+def test_disk_full_while_checkpointing_keeps_earlier_checkpoints(make_config, tmp_path, monkeypatch, fail):
     from accelerate import Accelerator
 
     real_save = Accelerator.save_state
@@ -212,7 +223,7 @@ def test_disk_full_while_checkpointing_keeps_earlier_checkpoints(make_config, tm
         if "step-4" in str(output_dir):
             (tmp_path / "run" / "checkpoints").mkdir(parents=True, exist_ok=True)
             open(f"{output_dir}/model.safetensors", "wb").write(b"half a file")
-            disk_full()
+            fail()
         return real_save(self, output_dir, **kwargs)
 
     monkeypatch.setattr(Accelerator, "save_state", save_state)
@@ -241,6 +252,60 @@ def test_disk_full_while_writing_final_leaves_no_temp_dir(make_config, tmp_path,
     assert str(out / "checkpoints" / "step-4") in str(error.value)
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
     assert not (out / "final").exists() and (out / "checkpoints" / "step-4" / "model.safetensors").is_file()
+
+
+def test_a_full_disk_in_any_library_words_is_an_oserror_naming_the_file(tmp_path, monkeypatch):
+    from retain.io import as_disk_full, atomic_torch_save
+
+    monkeypatch.setattr(torch, "save", lambda obj, f: (open(f, "wb").write(b"half"), torch_disk_full()))
+    with pytest.raises(OSError) as error:
+        atomic_torch_save(tmp_path / "fisher.pt", {"w": torch.zeros(3)})
+    assert (error.value.errno, error.value.filename) == (errno.ENOSPC, str(tmp_path / "fisher.pt"))
+    assert list(tmp_path.iterdir()) == []  # the temp file went with the error
+    assert as_disk_full(RuntimeError("shapes (2, 3) and (4,) differ"), tmp_path) is None  # a bug stays a bug
+    assert as_disk_full(OSError(errno.ENOSPC, "No space left on device", "named.txt"), tmp_path) is None
+
+
+# --- 6b. a collapsed model is not saved as if fine --------------------------------------------------
+
+def test_a_dead_step_is_a_uniform_loss_with_no_gradient():
+    from retain.training.collapse import dead_step
+
+    vocab = 300
+    logits, targets = torch.zeros(5, vocab), torch.arange(5)  # equal logits: a uniform guess
+    uniform = torch.nn.functional.cross_entropy(logits, targets)
+    assert dead_step(uniform, torch.tensor(0.0), vocab)
+    assert not dead_step(uniform, torch.tensor(0.5), vocab)  # a fresh model: about ln V, but it can still learn
+    assert not dead_step(uniform - 0.01, torch.tensor(0.0), vocab)  # converged somewhere else
+
+
+def test_a_collapse_is_a_streak_of_dead_steps_or_a_dead_last_step(tmp_path):
+    from retain.training.collapse import DEAD_STEPS, CollapseError, CollapseWatch
+
+    watch = CollapseWatch(300, lr=1.0)
+    for step, dead in enumerate([True] * (DEAD_STEPS - 1) + [False] + [True] * (DEAD_STEPS - 1), start=1):
+        watch.after_step(dead, step, 100, tmp_path, True)  # a streak that ends is not a collapse
+    with pytest.raises(CollapseError, match=f"collapsed at step {DEAD_STEPS + 1}:"):
+        watch.after_step(True, 2 * DEAD_STEPS, 100, tmp_path, True)
+    with pytest.raises(CollapseError, match="collapsed at step 5:"):
+        CollapseWatch(300, lr=1.0).after_step(True, 5, 5, tmp_path, True)
+
+
+def test_a_model_dead_from_the_start_stops_the_run_with_no_checkpoint_and_no_final(make_config, tiny_model,
+                                                                                    tmp_path):
+    """Zero final norm and output layer: every logit is 0 (loss ln V) and every gradient is 0, at every step."""
+    from retain.training.collapse import DEAD_STEPS, CollapseError
+    from safetensors.torch import save_file
+
+    dead = shutil.copytree(tiny_model, tmp_path / "dead")
+    weights = load_file(str(dead / "model.safetensors"))
+    for name in ("model.norm.weight", "lm_head.weight"):
+        weights[name] = torch.zeros_like(weights[name])
+    save_file(weights, str(dead / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(CollapseError, match=fr"collapsed at step 1: .*\(checked through step {DEAD_STEPS}\)"):
+        run(make_config, model={"name": str(dead)}, training={"save_every": 1})
+    out = tmp_path / "run"
+    assert not (out / "final").exists() and not list(out.glob("checkpoints/*"))  # a dead step is never saved
 
 
 # --- 7. mitigation state belongs to the checkpoint ------------------------------------------------

@@ -50,11 +50,27 @@ def eval_dtype(dtype: str) -> str:
     return "bfloat16" if choose_bf16("auto", this_machine()) else "float32"
 
 
-def pick_device(device: str | None) -> torch.device:
-    """`auto`/None: the accelerator when there is one, else the CPU."""
+def pick_device(device: str | None, key: str = "--device") -> torch.device:
+    """`auto`/None: the accelerator when there is one, else the CPU. A device this machine does not have is a
+    ConfigError naming `key`, before any model loads."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        chosen = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"{key} {device}: not a device — use auto, cpu, cuda, or cuda:N (N: a GPU's index)"
+                          ) from None
+    if chosen.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"{key} {device}: this machine has no CUDA GPU (torch {torch.__version__} sees none: "
+                              "a CPU-only torch, or no NVIDIA driver) — use cpu, or auto (the GPU when there is one)")
+        if chosen.index is not None and chosen.index >= count:
+            raise ConfigError(f"{key} {device}: this machine has {count} CUDA GPU{'s' if count > 1 else ''} "
+                              f"(cuda:0{f' to cuda:{count - 1}' if count > 1 else ''}) — choose one of those")
+    elif chosen.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"{key} {device}: this machine has no Apple GPU (MPS) — use cpu, or auto")
+    return chosen
 
 
 def check_output_file(out: Path) -> None:
@@ -83,8 +99,9 @@ def evaluate_path(model_path: str, suite: str, split: str, out: Path | None = No
     tasks = load_suite(suite)
     check_suite(tasks, split)
     dtype = eval_dtype(dtype)
+    target = pick_device(device)  # a device this machine lacks is an error before the model loads
     model, tokenizer = load_for_eval(model_path, dtype=dtype)
-    model.to(pick_device(device))
+    model.to(target)
     results = evaluate(model, tokenizer, tasks, split, limit=limit, progress=progress, batch_size=batch_size,
                        rolling_bos=rolling_bos)
     results = {"model": str(model_path), "suite": suite, "limit": limit, "dtype": dtype, **results}

@@ -7,8 +7,10 @@
         trainer_state.json   retain's position (step, examples seen); written last: it marks the checkpoint complete
 
 A checkpoint is written as `.step-N.tmp` and renamed when complete, so a run killed, or a disk
-filled, mid-write leaves nothing that `--resume` would mistake for a checkpoint. Nothing non-finite
-is ever saved: the loop calls `check_finite` first, so the newest checkpoint is always a good one.
+filled, mid-write leaves nothing that `--resume` would mistake for a checkpoint; a write that fails
+(whatever error torch or safetensors raise) removes its temp folder, so a full disk gets its space
+back. Nothing non-finite is ever saved: the loop calls `check_finite` first, so the newest checkpoint
+is always a good one.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 import torch
 
 from retain.errors import UserError
-from retain.io import atomic_directory
+from retain.io import atomic_directory, is_disk_full
 from retain.modeling import model_source
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -104,21 +106,26 @@ def any_failed(accelerator, error: BaseException | None, what: str) -> None:
         raise error
 
 
-def disk_full(error: OSError, what: str, output_dir: Path) -> OSError:
-    """`error` as a DiskFullError that says what is kept, if it is one; else unchanged."""
-    if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+def disk_full(error: Exception, what: str, output_dir: Path) -> Exception:
+    """`error` as a DiskFullError that says what is kept, if it is a full disk in any library's words
+    (retain.io.is_disk_full); else unchanged."""
+    if not is_disk_full(error):
         return error
     newest = latest_checkpoint(output_dir)
     kept = (f"earlier checkpoints are intact (newest: {newest[1]}); free space on that disk, then rerun with "
             "--resume" if newest else "no checkpoint had been saved, so this run's training is lost "
             "(training.save_every keeps some)")
-    return DiskFullError(error.errno, f"disk full while writing {what}: the partial write was removed; {kept}")
+    said = "" if isinstance(error, OSError) else f" ({type(error).__name__}: {str(error).strip().splitlines()[-1]})"
+    code = error.errno if isinstance(error, OSError) else errno.ENOSPC
+    return DiskFullError(code, f"disk full while writing {what}{said}: the partial write was removed; {kept}")
 
 
-def _attempt(write) -> OSError | None:
+def _attempt(write) -> Exception | None:
+    """The error `write()` raised, if any: torch and safetensors raise their own types (RuntimeError,
+    SafetensorError), not only OSError, and every one must leave no temp folder behind."""
     try:
         write()
-    except OSError as e:
+    except Exception as e:  # noqa: BLE001 (raised again by any_failed, after the temp folder is removed)
         return e
     return None
 

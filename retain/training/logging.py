@@ -53,9 +53,9 @@ class MetricsLog:
             try:
                 while line:
                     line = line[os.write(fd, line):]
-            except OSError:
+            except OSError as e:
                 os.ftruncate(fd, size)
-                raise
+                raise OSError(e.errno, e.strerror, str(self.path)) from None  # os.write's error names no file
         finally:
             os.close(fd)
 

@@ -11,8 +11,9 @@
                          (weights, optimizer, RNG, mitigation state, data position); write config.yaml
     3. train_steps       per optimizer step: the step's micro-batches, forward + loss terms (role 4),
                          token-weighted backward (retain.training.step), gradient filters (role 5),
-                         clip, stop if not finite, optimizer and scheduler step, log, dev loss,
-                         monitors (role 6: may stop with other weights), checkpoint if finite
+                         clip, stop if not finite or collapsed (retain.training.collapse), optimizer and
+                         scheduler step, log, dev loss, monitors (role 6: may stop with other weights),
+                         checkpoint if finite and not collapsing
     4. finish            weight transforms (role 7), final/ (model, or adapter [+ merged/]) if finite
 
 The roles, in the order the loop calls them (retain.mitigations.roles.ORDER; a test keeps this equal):
@@ -56,11 +57,12 @@ from retain.mitigations import MITIGATIONS, build_mitigations
 from retain.mitigations.penalties import restore
 from retain.mitigations.roles import (Context, DataTransform, GradientFilter, LossTerm, ModelTransform, Monitor, Setup,
                                      Stateful, WeightTransform, WritesFiles, playing)
-from retain.modeling import load_model, load_tokenizer
+from retain.modeling import check_max_length, load_model, load_tokenizer
 from retain.training.carryover import load_optimizer_moments
 from retain.training.carryover import save_optimizer_state as save_optimizer_state_file
 from retain.training.checkpoint import (NonFiniteError, any_failed, check_finite, disk_full, last_good,
                                         load_checkpoint, save_checkpoint, save_final)
+from retain.training.collapse import dead_step, make_watch
 from retain.training.logging import LogWindow, MetricsLog, make_trackers, tracker_config
 from retain.training.precision import choose_bf16, describe_precision, fresh_accelerator_state, this_machine
 from retain.training.rundir import Start, clear_outputs, plan_start, run_lock
@@ -227,6 +229,7 @@ def load_and_check(config: RunConfig, out: Path, accelerator, start: Start) -> R
     train_set = load(config.data.train)
     dev_set = load(config.data.dev) if config.data.dev else None
     model = load_model(config.model)
+    check_max_length(config.data.max_length, model, config.model.name)
     mitigations = build_mitigations(config.mitigations)
     names = [name for name in MITIGATIONS if name in config.mitigations]  # build_mitigations' order
     total_steps = total_steps_for(config, len(train_set), accelerator.num_processes)
@@ -320,6 +323,7 @@ def train_steps(run: Run, log: MetricsLog, progress: bool, extra_monitors: tuple
     bar = tqdm(total=total_steps, initial=step, desc="train", dynamic_ncols=True,
                disable=not (progress and accelerator.is_local_main_process))
     window = LogWindow(accelerator.device, step)
+    collapse = make_watch(run.inner, t.lr) if run.objective is None else None  # SFT's loss only: ln V is its scale
     while step < total_steps:
         # All of the step's micro-batches first: their target tokens weight each one's loss.
         micro_batches = [next(batches) for _ in range(t.grad_accum)]
@@ -330,13 +334,18 @@ def train_steps(run: Run, log: MetricsLog, progress: bool, extra_monitors: tuple
         for m in gradient_filters:  # role 5
             m.filter_gradients(run.inner, step)
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm or math.inf)
-        # The step's one host sync: a non-finite loss or gradient must never reach the weights.
-        if not torch.isfinite(torch.cat([terms, grad_norm.reshape(1).to(terms)])).all():
+        # The step's one host sync: a non-finite loss or gradient must never reach the weights; and is the model dead?
+        finite = torch.isfinite(torch.cat([terms, grad_norm.reshape(1).to(terms)])).all()
+        dead = dead_step(terms[0], grad_norm, collapse.vocab_size) if collapse else torch.zeros_like(finite)
+        finite, dead = torch.stack([finite, dead.to(finite)]).tolist()
+        if not finite:
             values = dict(zip(shares, terms.tolist()))
             raise NonFiniteError(
                 f"loss became {sum(values.values())} (terms: {values}, gradient norm {grad_norm.item()}) at step "
                 f"{step + 1}; stopped before the optimizer step, nothing saved. {last_good(out)} "
                 "Try a lower training.lr or set max_grad_norm.")
+        if collapse:
+            collapse.after_step(dead, step + 1, total_steps, out, accelerator.is_main_process)
         run.optimizer.step()
         run.scheduler.step()
         run.optimizer.zero_grad(set_to_none=True)
@@ -365,7 +374,7 @@ def train_steps(run: Run, log: MetricsLog, progress: bool, extra_monitors: tuple
                 restore(run.inner, stop.weights)
             accelerator.print(stop.reason)
             break
-        if t.save_every and step % t.save_every == 0 and step < total_steps:
+        if t.save_every and step % t.save_every == 0 and step < total_steps and not (collapse and collapse.in_streak):
             check_finite(accelerator, run.inner, run.optimizer, out, f"after step {step}")
             role_states = {name: m.state_dict() for name, m in stateful.items()} if accelerator.is_main_process else {}
             save_checkpoint(accelerator, out, step, t.keep_last,
@@ -387,7 +396,7 @@ def finish(run: Run, step: int) -> Path:
     if accelerator.is_main_process:
         try:
             save_final(model, run.tokenizer, run.config, final_dir)
-        except OSError as e:  # atomic_directory has removed the partial final/
+        except Exception as e:  # noqa: BLE001 (any_failed raises it everywhere); the partial final/ is gone already
             error = disk_full(e, str(final_dir), out)
     any_failed(accelerator, error, "writing final/")
     return final_dir
