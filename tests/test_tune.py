@@ -234,3 +234,21 @@ def test_ray_runs_the_same_trials_with_the_same_results(study, tmp_path):
         configs = [(tmp_path / d / "configs" / f"{name}.yaml").read_text().replace(str(tmp_path / d), "OUT")
                    for d in ("seq", "ray")]
         assert configs[0] == configs[1]
+
+
+def test_a_collapsed_trial_is_pruned_not_a_crash(study, tmp_path, monkeypatch):
+    """A learning rate that kills the model (retain.training.collapse) is a result of the search, as divergence is."""
+    from retain.training.collapse import CollapseError
+
+    path = study(trials=1, enqueue=[{"training.lr": 3e-2, "mitigations.lora": "absent"}])
+    real_train = trial_module.train
+
+    def train(config, **kwargs):
+        if "reference" not in str(config.output.dir):
+            raise CollapseError("training collapsed at step 2: from there the loss is ln(300) = 5.7038")
+        return real_train(config, **kwargs)
+
+    monkeypatch.setattr(trial_module, "train", train)
+    run_tune(path, progress=False)
+    record = records(tmp_path / "out")[trial_name({"training.lr": 3e-2, "mitigations.lora": "absent"})]
+    assert record["state"] == "pruned" and record["reason"].startswith("collapsed: training collapsed at step 2")

@@ -24,6 +24,7 @@ from retain.mitigations.roles import Context, Decision, WeightTransform, playing
 from retain.strict import ConfigError, to_dict
 from retain.sweep.summary import retained_change
 from retain.training.checkpoint import NonFiniteError
+from retain.training.collapse import CollapseError
 from retain.training.loop import train
 from retain.tune.space import Space, TuneConfig, trial_config, trial_name
 
@@ -178,8 +179,9 @@ def run_trial(tuning: Tuning, params: dict, on_check: CheckHook | None = None, n
         monitor = DevCheck(tuning, config, on_check, read_json(out / "dev" / "base-check.json"))
     try:
         run = train(config, overwrite=True, progress=tuning.progress, monitors=(monitor,) if monitor else ())
-    except NonFiniteError as e:  # a learning rate too high for the recipe: a result of the search, not a crash
-        record.update(state="pruned", reason=f"diverged: {e}", gain=None, forgetting=None, value=None)
+    except (NonFiniteError, CollapseError) as e:  # a learning rate too high for the recipe: a result, not a crash
+        how = "diverged" if isinstance(e, NonFiniteError) else "collapsed"
+        record.update(state="pruned", reason=f"{how}: {e}", gain=None, forgetting=None, value=None)
         atomic_write_json(record_path, record)
         return record
     if monitor is not None:
