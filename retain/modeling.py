@@ -234,10 +234,16 @@ def remote_code_refused(where: Path | str, error: ValueError) -> ModelError | No
     if "trust_remote_code" not in str(error):
         return None
     auto_map = ""
-    if isinstance(where, Path) and (where / "config.json").is_file():
-        named = json.loads((where / "config.json").read_text(encoding="utf-8")).get("auto_map") or {}
-        files = sorted({f"{str(v).rsplit('.', 1)[0].split('--')[-1]}.py" for v in named.values() if isinstance(v, str)})
-        auto_map = f" ({', '.join(files)}, named by auto_map in its config.json)" if files else ""
+    if isinstance(where, Path):  # the files auto_map names ("module.Class", or [slow, fast] for a tokenizer)
+        files, named_in = set(), []
+        for config in ("config.json", "tokenizer_config.json"):
+            if (where / config).is_file():
+                named = json.loads((where / config).read_text(encoding="utf-8")).get("auto_map") or {}
+                classes = [c for v in named.values() for c in (v if isinstance(v, list) else [v]) if isinstance(c, str)]
+                files |= {f"{c.rsplit('.', 1)[0].split('--')[-1]}.py" for c in classes}
+                named_in += [config] if classes else []
+        if files:
+            auto_map = f" ({', '.join(sorted(files))}, named by auto_map in its {' and '.join(named_in)})"
     return ModelError(f"{where}: loading it runs the model's own Python code{auto_map}, and model.trust_remote_code "
                       "is off — read that code first; if you trust it, set model.trust_remote_code: true in the run "
                       "config (the code runs with your permissions). retain eval and merge never run a model's code")

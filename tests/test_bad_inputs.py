@@ -258,11 +258,16 @@ def merge(ws: Workspace, *models: str, method: str = "task_arithmetic") -> list[
     return ["merge", *models, "--method", method, "--out", ws.path("merged")]
 
 
-def needs_remote_code(ws: Workspace) -> str:
-    """A copy of the model whose config.json maps it to Python files of its own (as many hub repos do)."""
+def needs_remote_code(ws: Workspace, part: str = "model") -> str:
+    """A copy of the model whose config.json (or tokenizer_config.json) maps it to Python files of its own, as
+    many hub repos do."""
     model = ws.model_copy()
-    mutate_json(str(model / "config.json"), lambda c: c.update(model_type="my_llama", auto_map={
-        "AutoConfig": "configuration_my.MyConfig", "AutoModelForCausalLM": "modeling_my.MyForCausalLM"}))
+    if part == "model":
+        mutate_json(str(model / "config.json"), lambda c: c.update(model_type="my_llama", auto_map={
+            "AutoConfig": "configuration_my.MyConfig", "AutoModelForCausalLM": "modeling_my.MyForCausalLM"}))
+    else:
+        mutate_json(str(model / "tokenizer_config.json"), lambda c: c.update(
+            tokenizer_class="MyTokenizer", auto_map={"AutoTokenizer": ["tokenization_my.MyTokenizer", None]}))
     return str(model)
 
 
@@ -584,6 +589,8 @@ CASES = [
     Case("device-not-a-device", lambda ws: ws.eval("english") + ["--device", "gpu"], 2, "--device gpu: not a device"),
     Case("model-needs-remote-code", lambda ws: ws.train_model(needs_remote_code(ws)), 2,
          "modeling_my.py, named by auto_map in its config.json), and model.trust_remote_code is off"),
+    Case("tokenizer-needs-remote-code", lambda ws: ws.train_model(needs_remote_code(ws, "tokenizer")), 2,
+         "(tokenization_my.py, named by auto_map in its tokenizer_config.json), and model.trust_remote_code is off"),
     Case("eval-model-needs-remote-code", lambda ws: ws.eval("english", needs_remote_code(ws)), 2,
          "model.trust_remote_code is off"),
     Case("max-length-beyond-context", lambda ws: ws.train(data={"max_length": 1_000_000}), 2,

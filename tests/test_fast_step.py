@@ -125,6 +125,28 @@ def test_metrics_rows_are_appended_and_a_torn_last_line_is_dropped_on_resume(tmp
     assert path.read_text().endswith("\n")
 
 
+def test_a_full_disk_while_logging_names_the_metrics_file_and_leaves_whole_lines(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    log = MetricsLog(tmp_path, _Accelerator(), {})
+    log.write({"step": 1, "loss": 1.0})
+    real_write = os.write
+
+    def short_write(fd, data):  # half the row fits, then the disk is full
+        if len(data) > 8:
+            return real_write(fd, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", short_write)
+    with pytest.raises(OSError) as error:
+        log.write({"step": 2, "loss": 0.5})
+    monkeypatch.setattr(os, "write", real_write)
+    assert (error.value.errno, error.value.filename) == (errno.ENOSPC, str(tmp_path / "metrics.jsonl"))
+    assert [r["step"] for r in read_rows(tmp_path / "metrics.jsonl")] == [1]
+    assert (tmp_path / "metrics.jsonl").read_text().endswith("\n")
+
+
 @pytest.mark.parametrize("options", [{"apply_to": "task"}, {"apply_to": "replay", "cache_top_k": 5},
                                      {"apply_to": "all", "cache_top_k": 5}])
 def test_a_batch_of_seen_examples_reads_nothing_back_from_the_device(tiny_model, options, monkeypatch):
