@@ -188,7 +188,11 @@ def test_dev_split_is_the_task_on_its_validation_split(model_and_tokenizer, task
 def test_limit_scores_the_first_documents(model_and_tokenizer, task_yamls):
     _, _, full = ours(model_and_tokenizer, task_yamls["arc_fewshot"])
     _, metrics, first = ours(model_and_tokenizer, task_yamls["arc_fewshot"], limit=5)
-    assert first == full[:5]  # few-shot examples drawn in the same order: same prompts
+    # few-shot examples drawn in the same order: same prompts, so the same scores (to float32 rounding: which
+    # documents share a cached few-shot prefix depends on the documents scored together)
+    assert [(r["id"], r["acc"], r["acc_norm"]) for r in first] == [(r["id"], r["acc"], r["acc_norm"]) for r in full[:5]]
+    for part, whole in zip(first, full[:5]):
+        assert part["loglikelihoods"] == pytest.approx(whole["loglikelihoods"], rel=1e-6)
     assert metrics["acc"] == pytest.approx(sum(r["acc"] for r in first) / 5)
 
 

@@ -392,7 +392,8 @@ def test_gradient_accumulation_is_exact(make_config, tmp_path, mitigations):
     runs = {}
     for name, batch, accum in (("8x1", 8, 1), ("4x2", 4, 2), ("2x4", 2, 4)):
         runs[name] = run(make_config, data={"train": str(data)}, mitigations=mitigations,
-                         training={"batch_size": batch, "grad_accum": accum, "max_steps": 2, "lr": 1e-3},
+                         training={"batch_size": batch, "grad_accum": accum, "max_steps": 2, "lr": 1e-3,
+                                   "bf16": False},  # exact numbers: float32 on every machine
                          output={"dir": str(tmp_path / name)})
     losses = {k: [r["loss"] for r in v.metrics if "loss" in r] for k, v in runs.items()}
     weights = {k: load_file(str(v.final_dir / "model.safetensors")) for k, v in runs.items()}
@@ -418,7 +419,8 @@ def test_two_processes_equal_one_with_the_same_global_batch(make_config, tmp_pat
     ]:
         path = tmp_path / f"{name}.yaml"
         path.write_text(yaml.safe_dump(make_config(data={"train": str(data)}, output={"dir": str(tmp_path / name)},
-                                                   training={"batch_size": batch, "max_steps": 2, "lr": 1e-3})))
+                                                   training={"batch_size": batch, "max_steps": 2, "lr": 1e-3,
+                                                             "bf16": False})))  # float32 everywhere
         proc = subprocess.run([*launcher, "train", str(path)], capture_output=True, text=True, env=env, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
     losses = {name: [json.loads(line)["loss"] for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
