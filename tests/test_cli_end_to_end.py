@@ -5,9 +5,11 @@ import os
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from retain.config import load_config
+from retain.report.build import headline, ship_verdict
 from retain.sweep import run_sweep
 from conftest import write_jsonl
 
@@ -31,12 +33,26 @@ def test_eval_then_report(tiny_model, tmp_path):
     assert (tmp_path / "r" / "report.html").is_file()
 
 
-def test_demo_quick_runs_the_whole_lab(tmp_path):
+def test_demo_quick_runs_the_whole_lab_and_ends_with_the_verdicts_and_the_report(tmp_path):
     proc = retain_cli("demo", "--quick", "--out", str(tmp_path / "demo"))
-    assert "unprotected:" in proc.stdout and "protected:" in proc.stdout and "report:" in proc.stdout
     report = json.loads((tmp_path / "demo" / "report" / "report.json").read_text())
     assert set(report["comparisons"]) == {"unprotected", "protected"}
     assert "capital_recall" in report["comparisons"]["protected"]["tasks"]
+    *_, unprotected, protected, where = proc.stdout.strip().splitlines()
+    for line, label in ((unprotected, "unprotected"), (protected, "protected")):
+        assert line == ship_verdict(label, report["comparisons"][label])
+    assert where.startswith(f"report: {tmp_path / 'demo' / 'report' / 'report.html'}")
+    assert "fine-tuning: protected (ewc, lr 0.0001)" in proc.stdout  # the recipe docs/tune.md recommends
+
+
+@pytest.mark.parametrize("grade, advice", [("none", "ship it"), ("mild", "ship it"), ("moderate", "review before"),
+                                           ("severe", "do not ship"), ("catastrophic", "do not ship")])
+def test_a_verdict_says_how_bad_and_whether_to_ship(grade, advice):
+    comparison = {"capabilities": {}, "forgetting": {"severity": grade, "worst": None if grade == "none" else "x"}}
+    line = ship_verdict("run", comparison)
+    assert line.startswith("run: no significant forgetting — " if grade == "none" else f"run: {grade} forgetting "
+                           "(worst: x) — ") and advice in line
+    assert headline("run", comparison).startswith(line.split(" — ")[0] + " — ")
 
 
 def test_sweep_runs_each_strategy_once_and_names_the_front(make_config, tmp_path):

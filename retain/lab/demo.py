@@ -1,8 +1,10 @@
 """`retain demo`: the lab end to end, on the bundled model and task.
 
     1. evaluate retain-tiny on its capabilities and on the task (test split)
-    2. fine-tune it twice on city -> country: unprotected and protected (DEMO_CONFIGS/*.yaml)
-    3. evaluate both, write the report comparing all three, print the headline
+    2. fine-tune it twice on city -> country: unprotected, and protected by the recipe `retain tune` found
+       for the lab (docs/tune.md) (DEMO_CONFIGS/*.yaml)
+    3. evaluate both, write the report comparing all three, print each run's changes, then one verdict line
+       per run (how bad, whether to ship) and where the report is
 """
 
 from __future__ import annotations
@@ -42,5 +44,7 @@ def run_demo(out: Path, quick: bool = False) -> dict:
     paths = write_report(results, out / "report", run_dirs=run_dirs, labels=["base", "unprotected", "protected"])
     print()
     print(paths["headline"])
-    print(f"\nreport: {paths['html']}  ({time.perf_counter() - start:.0f} s)")
+    print()
+    print(paths["verdicts"])
+    print(f"report: {paths['html']}  ({time.perf_counter() - start:.0f} s)")
     return paths

@@ -140,10 +140,23 @@ def headline(label: str, comparison: dict) -> str:
     parts = [describe(c, r) for c, r in changed] + [describe_moved(c, r) for c, r in moved]
     if steady:
         parts.append(f"{steady} {'other ' if parts else ''}capabilit{'y' if steady == 1 else 'ies'} unchanged")
+    lead = ship_verdict(label, comparison).split(" — ")[0]
+    return f"{lead} — " + ("; ".join(parts) or "no capability was compared") + "."
+
+
+# What a run's forgetting grade means for shipping it (the grades: retain.report.severity)
+SHIP = {"none": "ship it: nothing it knew was lost", "mild": "ship it: every loss under 5 points (perplexity +10%)",
+        "moderate": "review before shipping: a loss of 5 to 15 points (perplexity +10% to +50%)",
+        "severe": "do not ship", "catastrophic": "do not ship"}
+
+
+def ship_verdict(label: str, comparison: dict) -> str:
+    """One line per run, how bad and whether to ship: 'unprotected: catastrophic forgetting (worst: English
+    text) — do not ship'."""
     grade = comparison.get("forgetting", {}).get("severity", "none")
     where = comparison.get("forgetting", {}).get("worst")
     lead = "no significant forgetting" if grade == "none" else f"{grade} forgetting (worst: {where})"
-    return f"{label}: {lead} — " + ("; ".join(parts) or "no capability was compared") + "."
+    return f"{label}: {lead} — {SHIP[grade]}"
 
 
 def largest_drop(comparison: dict, exclude: tuple[str, ...] = ()) -> float:
@@ -194,7 +207,7 @@ def write_report(result_paths: list[Path], out: Path, run_dirs: list[Path] = (),
     atomic_write_text(out / "report.md", render_markdown(report))
     atomic_write_text(out / "report.html", render_html(report, figures))
     return {"json": out / "report.json", "md": out / "report.md", "html": out / "report.html",
-            "headline": "\n".join(headlines)}
+            "headline": "\n".join(headlines), "verdicts": "\n".join(ship_verdict(k, c) for k, c in comparisons.items())}
 
 
-__all__ = ["Change", "compare", "headline", "write_report", "largest_drop"]
+__all__ = ["Change", "compare", "headline", "ship_verdict", "write_report", "largest_drop"]
