@@ -9,6 +9,7 @@ pad. Each is a ModelError naming the directory (or id), what is wrong, and what 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 from dataclasses import dataclass, field
@@ -35,6 +36,45 @@ class ModelConfig:
     trust_remote_code: bool = field(default=False, metadata={"help": "run the model repo's own Python code"})
     dtype: Literal["float32", "bfloat16", "float16"] = field(default="float32", metadata={
         "help": "dtype the weights are loaded and trained in (training.bf16 autocasts on top)"})
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"] | None = \
+        field(default=None, metadata={
+            "help": "attention kernel passed to from_pretrained; null: transformers' choice (sdpa where the model has it)"})
+    gradient_checkpointing: bool = field(default=False, metadata={
+        "help": "recompute activations in the backward pass instead of keeping them: less memory, about a third "
+                "more compute per step"})
+    load_in_4bit: bool = field(default=False, metadata={
+        "help": "QLoRA: load the base weights in 4-bit NF4 through bitsandbytes (a CUDA GPU; train a PEFT adapter)"})
+
+    def validate(self):
+        # What this machine lacks is said now, before the data, the tokenizer or any weights load.
+        package = ATTENTION_PACKAGES.get(self.attn_implementation or "")
+        if package is not None and importlib.util.find_spec(package) is None:
+            yield "attn_implementation", (f"{self.attn_implementation} needs the {package} package, which is not "
+                                          f"installed — pip install {package.replace('_', '-')} (on a CUDA machine), "
+                                          "or use sdpa (or eager)")
+        elif package is not None and not torch.cuda.is_available():
+            yield "attn_implementation", (f"{self.attn_implementation} runs on a CUDA GPU only, and this machine has "
+                                          "none — use sdpa (or eager)")
+        if self.load_in_4bit:
+            problem = four_bit_problem()
+            if problem:
+                yield "load_in_4bit", problem
+
+
+# attn_implementation -> the package it needs beyond torch and transformers
+ATTENTION_PACKAGES = {"flash_attention_2": "flash_attn", "flash_attention_3": "flash_attn_interface"}
+
+
+def four_bit_problem() -> str | None:
+    """Why 4-bit loading (bitsandbytes) cannot work on this machine; None if it can."""
+    if not torch.cuda.is_available():
+        return ("4-bit loading (QLoRA, through bitsandbytes) needs a CUDA GPU, and this machine has none — set "
+                "model.load_in_4bit: false (train a LoRA adapter on the full-precision weights: mitigations.lora), "
+                "or run on a machine with a CUDA GPU")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return ("4-bit loading (QLoRA) needs the bitsandbytes package, which is not installed — pip install "
+                "bitsandbytes, or set model.load_in_4bit: false")
+    return None
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -249,8 +289,30 @@ def remote_code_refused(where: Path | str, error: ValueError) -> ModelError | No
                       "config (the code runs with your permissions). retain eval and merge never run a model's code")
 
 
+def loading_options(cfg: ModelConfig) -> dict:
+    """from_pretrained's keyword arguments for `cfg`'s attention kernel and 4-bit quantization (left out when
+    unset, so transformers' own defaults apply)."""
+    options = {}
+    if cfg.attn_implementation is not None:
+        options["attn_implementation"] = cfg.attn_implementation
+    if cfg.load_in_4bit:
+        problem = four_bit_problem()  # also checked when the config loads; a ModelConfig built in Python gets here
+        if problem:
+            raise ConfigError(f"model.load_in_4bit: {problem}")
+        from transformers import BitsAndBytesConfig
+
+        # QLoRA's recipe (Dettmers et al. 2023): NF4 with double quantization, matmuls in the compute dtype
+        compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        options["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute)
+        options["device_map"] = {"": torch.cuda.current_device()}  # bitsandbytes quantizes on the GPU as it loads
+    return options
+
+
 def load_model(cfg: ModelConfig):
-    """The causal LM of `cfg`, on CPU, in `cfg.dtype`; safetensors weights only."""
+    """The causal LM of `cfg`, on CPU, in `cfg.dtype` (4-bit on the GPU with `load_in_4bit`); safetensors
+    weights only."""
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
@@ -261,7 +323,7 @@ def load_model(cfg: ModelConfig):
     try:
         return AutoModelForCausalLM.from_pretrained(
             source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
-            dtype=DTYPES[cfg.dtype], use_safetensors=True)
+            dtype=DTYPES[cfg.dtype], use_safetensors=True, **loading_options(cfg))
     except SafetensorError as e:
         raise ModelError(f"{source}: its safetensors weights could not be read ({e}) — a truncated or corrupt "
                          "download? download or save the model again") from None
@@ -274,6 +336,21 @@ def load_model(cfg: ModelConfig):
         if local is not None:
             raise
         raise hub_error(source, e, cfg.revision) from None
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Recompute each layer's activations in the backward pass (transformers' activation checkpointing,
+    formerly gradient_checkpointing_enable; non-reentrant: torch's recommended form, which also handles inputs that need no gradient). With the
+    embeddings frozen (LoRA, freezing) their output is made to require a gradient, as peft does for
+    checkpointed adapters, so a checkpointed layer always has a gradient to pass back."""
+    enable = getattr(model, "activation_checkpointing_enable", None)  # the name from transformers 5.x on
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    embeddings = model.get_input_embeddings()
+    if embeddings is not None and not any(p.requires_grad for p in embeddings.parameters()):
+        model.enable_input_require_grads()
 
 
 POSITION_KEYS = ("max_position_embeddings", "n_positions", "n_ctx")  # what config.json calls the context length

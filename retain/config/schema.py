@@ -25,7 +25,7 @@ import yaml
 from retain.config.overrides import apply_overrides
 from retain.data.sources import source_problem  # what a data.train string may name
 from retain.strict import ConfigError, build, read_yaml, to_dict
-from retain.mitigations import parse_mitigations  # the table parses its own section
+from retain.mitigations import PEFT_METHODS, parse_mitigations  # the table parses its own section
 from retain.modeling import ModelConfig  # the `model:` section lives beside the code it configures
 from retain.paths import LAB_MODEL_DIR, resolve_path
 from retain.preference.options import DPOOptions, GRPOOptions  # the objectives' options live beside their code
@@ -51,6 +51,9 @@ class DataConfig:
         "help": "render prompt/response and Alpaca records as a user/assistant exchange via the chat template"})
     chat_template: str | None = field(default=None, metadata={
         "help": "a Jinja file that renders conversations, instead of the tokenizer's own chat template"})
+    packing: bool = field(default=False, metadata={
+        "help": "several short examples per row of max_length tokens, each attending only to itself, positions "
+                "restarting; training.batch_size then counts rows"})
 
     def validate(self):
         for key in ("train", "dev"):
@@ -213,10 +216,39 @@ def fill_lab_defaults(model: ModelConfig, mitigations: dict[str, Any]) -> dict[s
     return filled
 
 
+# Packed rows hold several examples: what runs its own forward on the batch, or puts tokens before it, would see
+# them as one sequence. name -> why
+UNPACKABLE = {"kl": "its base-model forward reads the batch as padded rows",
+              "prompt_tuning": "its virtual tokens come before the whole row",
+              "prefix_tuning": "its virtual keys come before the whole row"}
+
+
+def combination_problems(config: RunConfig, mitigations: dict[str, Any]):
+    """(key, message) for settings of different sections that cannot go together."""
+    if config.data.packing:
+        if config.training.objective != "sft":
+            yield "data.packing", (f"packs supervised examples; training.objective {config.training.objective} "
+                                   "collates its own pairs or prompts — set data.packing: false")
+        for name in mitigations:
+            if name in UNPACKABLE:
+                yield "data.packing", (f"does not combine with mitigations.{name} ({UNPACKABLE[name]}) — set "
+                                       f"data.packing: false, or drop {name}")
+    if config.model.load_in_4bit:
+        if not any(name in PEFT_METHODS for name in mitigations):
+            yield "model.load_in_4bit", ("4-bit weights cannot be trained directly — add a PEFT method "
+                                         "(mitigations.lora: {r: 16}), as QLoRA does, or set model.load_in_4bit: false")
+        if config.output.merged_export:
+            yield "output.merged_export", ("an adapter folded into 4-bit weights loses precision — set it to false "
+                                           "and fold the adapter into the full-precision base afterwards "
+                                           "(retain merge BASE final/ --method interpolate --alpha 1 --out DIR)")
+
+
 def config_from_dict(data: dict) -> RunConfig:
     data = dict(data)
     mitigations = parse_mitigations(data.pop("mitigations", None))
     config = build(RunConfig, data)
+    for key, message in combination_problems(config, mitigations):
+        raise ConfigError(f"{key}: {message}")
     return dataclasses.replace(config, mitigations=fill_lab_defaults(config.model, mitigations))
 
 

@@ -11,6 +11,7 @@ A record's way, one module per step:
     chat.py          a conversation -> text + the assistant's character spans, through a chat template
     tokens.py        text + spans -> ids + labels (one BOS, never two); Example, Dataset
     batches.py       padded batches, and the seeded order a resume replays
+    packing.py       several short examples per row, each attending to itself only (data.packing)
 
 Each record becomes one string plus the character spans that carry the loss (the response, the output,
 the assistant turns; everything for a text, or for `loss_on: all`); the EOS ends every target. With
@@ -24,8 +25,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from retain.data.batches import MODEL_INPUTS, SeededOrder, collate
+from retain.data.batches import MODEL_INPUTS, SeededOrder, collate, model_inputs
 from retain.data.chat import ChatTemplate, render_conversation, resolve_chat_template
+from retain.data.packing import pack
 from retain.data.readers import check_record_size, max_line_bytes, read_jsonl
 from retain.data.shapes import (ALPACA_PROMPT, Completion, Conversation, PreferenceExample, Shape, Text, Turn,
                                 detect_format, parse_record)
@@ -35,7 +37,7 @@ from retain.errors import DataError
 from retain.paths import resolve_path
 
 __all__ = ["ALPACA_PROMPT", "IGNORE_INDEX", "MODEL_INPUTS", "ChatTemplate", "Completion", "Conversation", "DataError",
-           "Dataset", "Example", "PreferenceExample", "SeededOrder", "Source", "Text", "Turn", "collate", "detect_format", "load_dataset", "load_preferences", "max_line_bytes", "open_source",
+           "Dataset", "Example", "PreferenceExample", "SeededOrder", "Source", "Text", "Turn", "collate", "detect_format", "load_dataset", "load_preferences", "max_line_bytes", "model_inputs", "open_source", "pack",
            "read_jsonl", "render_shape", "resolve_chat_template", "source_problem", "tokenize"]
 
 

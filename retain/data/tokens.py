@@ -13,6 +13,7 @@ class Example:
     input_ids: list[int]
     labels: list[int]  # IGNORE_INDEX where no loss
     replay: bool = False  # general data mixed in by the replay mitigation, not task data
+    positions: list[int] | None = None  # a packed row (retain.data.packing): each example's positions from 0
 
 
 @dataclass
