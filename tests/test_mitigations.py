@@ -78,6 +78,9 @@ SMOKE = {
     "prefix_tuning": {"num_virtual_tokens": 4},
     "replay": {"ratio": 0.2},
     "self_distill": {"max_new_tokens": 4, "keep_if": "always"},
+    "dft": {},
+    "eaft": {},
+    "asft": {"weight": 1.0},
     "kl": {"weight": 1.0},
     "l2sp": {"weight": 1.0},
     "ewc": {"batches": 2},
@@ -111,7 +114,7 @@ def test_every_mitigation_trains_a_few_steps(name, make_config, tiny_model, tmp_
                                                        training={"max_steps": 4, "lr": 1e-2})), progress=False)
     rows = [r for r in result.metrics if "loss" in r]
     assert len(rows) == 4 and all(math.isfinite(r["loss"]) for r in rows)
-    term = {"kl": "loss/kl", "l2sp": "loss/l2sp", "ewc": "loss/ewc", "si": "loss/si"}.get(name)
+    term = {"kl": "loss/kl", "asft": "loss/asft_kl", "l2sp": "loss/l2sp", "ewc": "loss/ewc", "si": "loss/si"}.get(name)
     if term:
         assert all(term in r for r in rows) and rows[0][term] == pytest.approx(0.0, abs=1e-6)  # 0 at the anchor
         assert rows[-1][term] > 0

@@ -100,6 +100,8 @@ def fields_table(cls: type, key: str, title: str) -> str:
     for field in dataclasses.fields(cls):
         default = default_text(field)
         rows.append((field.name + (" (required)" if default is None else f" = {default}"), help_of(field)))
+    if not rows:  # a mitigation without options (dft): `dft: {}` or `dft: true`
+        return f"{key}: {title}\n  (no options: `{key.rsplit('.', 1)[-1]}: {{}}`)"
     width = max(len(left) for left, _ in rows)
     lines = [f"{key}: {title}", *(f"  {left:<{width}}  {text}" for left, text in rows)]
     return "\n".join([*lines, f"(retain config --explain {key}.KEY: a key's type and default)"])

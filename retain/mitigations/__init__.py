@@ -3,7 +3,8 @@
 One explicit table: config name -> (options dataclass, class). A class takes its options and
 implements one or more roles from retain.mitigations.roles. The loop applies each role in this
 table's order (freezing before the adapters that wrap the model; replay before anything that
-reads the data). Any combination composes, except that at most one PEFT method wraps the model.
+reads the data). Any combination composes, except that at most one PEFT method wraps the model and at
+most one token reweighting (dft, eaft, asft) weights the task loss.
 """
 
 from typing import Any
@@ -20,6 +21,7 @@ from retain.mitigations.replay import Replay, ReplayOptions
 from retain.mitigations.retention import RetentionBudget, RetentionOptions
 from retain.mitigations.roles import check_roles
 from retain.mitigations.self_distill import SelfDistill, SelfDistillOptions
+from retain.mitigations.token_weights import ASFT, DFT, EAFT, ASFTOptions, DFTOptions, EAFTOptions
 
 MITIGATIONS: dict[str, tuple[type, type]] = {
     # transform the model
@@ -34,6 +36,10 @@ MITIGATIONS: dict[str, tuple[type, type]] = {
     # transform the data
     "self_distill": (SelfDistillOptions, SelfDistill),  # before replay: rewrites task examples only
     "replay": (ReplayOptions, Replay),
+    # weight the task loss's tokens by the model's own prediction (ASFT also adds a KL term)
+    "dft": (DFTOptions, DFT),
+    "eaft": (EAFTOptions, EAFT),
+    "asft": (ASFTOptions, ASFT),
     # add a loss term
     "kl": (KLOptions, KLToBase),
     "l2sp": (L2SPOptions, L2SP),
@@ -49,6 +55,7 @@ MITIGATIONS: dict[str, tuple[type, type]] = {
     "interpolate": (InterpolateOptions, Interpolate),
 }
 PEFT_METHODS = ("lora", "loha", "lokr", "ia3", "oft", "prompt_tuning", "prefix_tuning")
+TOKEN_REWEIGHTING = ("dft", "eaft", "asft")  # each is its paper's loss; a product of two is none of them
 
 
 def build_mitigations(options_by_name: dict) -> list:
@@ -74,4 +81,8 @@ def parse_mitigations(data: Any) -> dict[str, Any]:
     peft = [name for name in parsed if name in PEFT_METHODS]
     if len(peft) > 1:
         raise ConfigError(f"mitigations.{peft[1]}: only one PEFT method can wrap the model (also given: {peft[0]})")
+    reweighting = [name for name in parsed if name in TOKEN_REWEIGHTING]
+    if len(reweighting) > 1:
+        raise ConfigError(f"mitigations.{reweighting[1]}: only one token reweighting can weight the task loss "
+                          f"(also given: {reweighting[0]}); asft is dft with a KL to the base")
     return parsed

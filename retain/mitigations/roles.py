@@ -1,7 +1,7 @@
 """The roles a mitigation can play. A mitigation class implements one or more of them.
 
 The training loop calls the roles in one fixed order, ORDER below; `describe_order()` renders it for the
-loop's docstring and README's Layout section (a test keeps README equal to it). Every role method gets
+loop's docstring and docs/contributing.md's Layout section (a test keeps it equal). Every role method gets
 the unwrapped model (never a DDP/FSDP wrapper) and, where it needs more, a `Context`: the few facts of
 the run a mitigation may read — not the whole config.
 
@@ -42,6 +42,15 @@ class DataTransform(Protocol):
 @runtime_checkable
 class Setup(Protocol):
     def setup(self, model: torch.nn.Module, ctx: Context) -> None: ...
+
+
+@runtime_checkable
+class TokenWeights(Protocol):
+    """Weights of the task loss's target tokens: a micro-batch's task loss becomes the mean over its N targets
+    of weight · cross-entropy, weighted across micro-batches like the plain loss (retain.training.step)."""
+
+    def token_weights(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """logits (N, V) at the targets, targets (N,) token ids -> (N,) float32 weights, carrying no gradient."""
 
 
 @runtime_checkable
@@ -109,6 +118,8 @@ ORDER = (
     Role(DataTransform, ("transform_data",), "once, on the tokenized task examples (replay)"),
     Role(Setup, ("setup",), "once, after the two above and before the first step (anchors, Fisher, the base "
          "model's retention scores)"),
+    Role(TokenWeights, ("token_weights",), "every micro-batch: weights of the task loss's target tokens from the "
+         "model's own prediction there (DFT, EAFT, ASFT)"),
     Role(LossTerm, ("loss_term",), "every micro-batch: a named term added to the task loss (KL, L2-SP, EWC, SI)"),
     Role(GradientFilter, ("filter_gradients",), "every step, after backward and before clipping (progressive "
          "unfreezing)"),
@@ -127,7 +138,7 @@ ROLE_METHODS = tuple(m for r in ORDER + DUTIES for m in r.methods)
 
 
 def describe_order() -> str:
-    """ORDER and DUTIES as text, one line a role (for docstrings and README)."""
+    """ORDER and DUTIES as text, one line a role (for docstrings and docs/contributing.md)."""
     lines = [f"{k}. {r.protocol.__name__}.{r.methods[0]}: {r.when}" for k, r in enumerate(ORDER, 1)]
     lines += [f"   {r.protocol.__name__}.{' / '.join(r.methods)}: {r.when}" for r in DUTIES]
     return "\n".join(lines)

@@ -27,8 +27,14 @@ from retain.preference.options import DPOOptions, GRPOOptions
 __all__ = ["DPO", "DPOOptions", "GRPO", "GRPOOptions", "dpo_loss", "group_advantages", "grpo_token_terms",
            "make_objective"]
 
-# mitigations that rewrite supervised examples: they have no meaning for pairs or prompts
-SFT_ONLY_MITIGATIONS = ("self_distill",)
+# mitigations of the next-token loss on supervised examples: they have no meaning for pairs or prompts
+_REWEIGHTS = "weights the next-token loss's target tokens, and DPO's and GRPO's losses are not a per-token cross-entropy"
+SFT_ONLY_MITIGATIONS = {
+    "self_distill": "rewrites supervised examples",
+    "dft": _REWEIGHTS,
+    "eaft": _REWEIGHTS,
+    "asft": _REWEIGHTS + " (its KL to the base alone is mitigations.kl, which does apply)",
+}
 
 
 def make_objective(config):
@@ -37,10 +43,10 @@ def make_objective(config):
     t = config.training
     if t.objective == "sft":
         return None
-    for name in SFT_ONLY_MITIGATIONS:
+    for name, why in SFT_ONLY_MITIGATIONS.items():
         if name in config.mitigations:
-            raise ConfigError(f"mitigations.{name}: rewrites supervised examples; it does not apply to "
-                              f"training.objective {t.objective} — drop it")
+            raise ConfigError(f"mitigations.{name}: {why}; it does not apply to training.objective "
+                              f"{t.objective} — drop it")
     replay = "replay" in config.mitigations
     if t.objective == "dpo":
         return DPO(t.dpo, replay, t.batch_size)

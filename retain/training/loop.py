@@ -9,22 +9,23 @@
                          loaders, accelerator.prepare — every user error has surfaced by now
     2. claim_output_dir  only now may an old run's outputs be deleted; resume from the newest checkpoint
                          (weights, optimizer, RNG, mitigation state, data position); write config.yaml
-    3. train_steps       per optimizer step: the step's micro-batches, forward + loss terms (role 4),
-                         token-weighted backward (retain.training.step), gradient filters (role 5),
-                         clip, stop if not finite or collapsed (retain.training.collapse), optimizer and
-                         scheduler step, log, dev loss, monitors (role 6: may stop with other weights),
+    3. train_steps       per optimizer step: the step's micro-batches, forward with token weights (role 4)
+                         + loss terms (role 5), token-weighted backward (retain.training.step), gradient
+                         filters (role 6), clip, stop if not finite or collapsed (retain.training.collapse),
+                         optimizer and scheduler step, log, dev loss, monitors (role 7: may stop with other weights),
                          checkpoint if finite and not collapsing
-    4. finish            weight transforms (role 7), final/ (model, or adapter [+ merged/]) if finite
+    4. finish            weight transforms (role 8), final/ (model, or adapter [+ merged/]) if finite
 
 The roles, in the order the loop calls them (retain.mitigations.roles.ORDER; a test keeps this equal):
 
     1. ModelTransform.transform_model: once, on the loaded model (PEFT, freezing)
     2. DataTransform.transform_data: once, on the tokenized task examples (replay)
     3. Setup.setup: once, after the two above and before the first step (anchors, Fisher, the base model's retention scores)
-    4. LossTerm.loss_term: every micro-batch: a named term added to the task loss (KL, L2-SP, EWC, SI)
-    5. GradientFilter.filter_gradients: every step, after backward and before clipping (progressive unfreezing)
-    6. Monitor.check: every step, after the optimizer step, at its own cadence: continue, stop, or stop with other weights (retention budget)
-    7. WeightTransform.transform_weights: once, on the trained model (WiSE-FT interpolation)
+    4. TokenWeights.token_weights: every micro-batch: weights of the task loss's target tokens from the model's own prediction there (DFT, EAFT, ASFT)
+    5. LossTerm.loss_term: every micro-batch: a named term added to the task loss (KL, L2-SP, EWC, SI)
+    6. GradientFilter.filter_gradients: every step, after backward and before clipping (progressive unfreezing)
+    7. Monitor.check: every step, after the optimizer step, at its own cadence: continue, stop, or stop with other weights (retention budget)
+    8. WeightTransform.transform_weights: once, on the trained model (WiSE-FT interpolation)
        Stateful.state_dict / load_state_dict: runtime state saved in every checkpoint and restored on resume (retention history, penalty anchors)
        WritesFiles.files: files for the output dir (retention.json, fisher.pt), written by the loop on the main process after setup, resume and each deciding check
 
@@ -56,7 +57,7 @@ from retain.io import atomic_torch_save, atomic_write_json, atomic_write_text
 from retain.mitigations import MITIGATIONS, build_mitigations
 from retain.mitigations.penalties import restore
 from retain.mitigations.roles import (Context, DataTransform, GradientFilter, LossTerm, ModelTransform, Monitor, Setup,
-                                     Stateful, WeightTransform, WritesFiles, playing)
+                                     Stateful, TokenWeights, WeightTransform, WritesFiles, playing)
 from retain.modeling import check_max_length, load_model, load_tokenizer
 from retain.training.carryover import load_optimizer_moments
 from retain.training.carryover import save_optimizer_state as save_optimizer_state_file
@@ -141,7 +142,7 @@ def train(config: RunConfig, resume: bool = False, overwrite: bool = False, prog
     accident); `overwrite` replaces it, but only once the new run's data, model and mitigations
     have loaded. `resume` refuses a finished run, and a config that differs from the
     checkpoint's unless `allow_config_change` (then the new values apply from the resumed step).
-    The output directory is locked for the run's duration. `monitors`: Monitor objects (role 6) checked
+    The output directory is locked for the run's duration. `monitors`: Monitor objects (role 7) checked
     after the config's own, not part of the config (the tuner's dev check that prunes a trial).
     `optimizer_state_in`: a fresh (not resumed) run starts from this optimizer.pt's per-weight state instead
     of zeros; `save_optimizer_state`: write <output.dir>/optimizer.pt at the end (retain.training.carryover).
@@ -313,7 +314,8 @@ def train_steps(run: Run, log: MetricsLog, progress: bool, extra_monitors: tuple
     from tqdm import tqdm
 
     t, accelerator, model, out = run.config.training, run.accelerator, run.model, run.out
-    loss_terms, gradient_filters, monitors = (run.playing(role) for role in (LossTerm, GradientFilter, Monitor))
+    reweighting, loss_terms, gradient_filters, monitors = (run.playing(role) for role in (TokenWeights, LossTerm,
+                                                                                        GradientFilter, Monitor))
     monitors = [*monitors, *extra_monitors]
     stateful = run.stateful()
     config_yaml = config_to_yaml(run.config)
@@ -323,15 +325,17 @@ def train_steps(run: Run, log: MetricsLog, progress: bool, extra_monitors: tuple
     bar = tqdm(total=total_steps, initial=step, desc="train", dynamic_ncols=True,
                disable=not (progress and accelerator.is_local_main_process))
     window = LogWindow(accelerator.device, step)
-    collapse = make_watch(run.inner, t.lr) if run.objective is None else None  # SFT's loss only: ln V is its scale
+    # SFT's plain loss only: ln V is its scale (DPO's, GRPO's and token-weighted losses have others)
+    collapse = make_watch(run.inner, t.lr) if run.objective is None and not reweighting else None
     while step < total_steps:
         # All of the step's micro-batches first: their target tokens weight each one's loss.
         micro_batches = [next(batches) for _ in range(t.grad_accum)]
         if run.objective is not None:  # GRPO samples and rewards its completions here
             micro_batches = run.objective.prepare(run.inner, micro_batches)
-        shares = accumulate_gradients(model, run.inner, micro_batches, loss_terms, accelerator, run.objective)  # role 4
+        shares = accumulate_gradients(model, run.inner, micro_batches, loss_terms, accelerator, run.objective,
+                                      reweighting)  # roles 4 and 5
         terms = accelerator.reduce(torch.stack(list(shares.values())), "sum")  # (n_terms,) this step's values
-        for m in gradient_filters:  # role 5
+        for m in gradient_filters:  # role 6
             m.filter_gradients(run.inner, step)
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm or math.inf)
         # The step's one host sync: a non-finite loss or gradient must never reach the weights; and is the model dead?
@@ -385,10 +389,10 @@ def train_steps(run: Run, log: MetricsLog, progress: bool, extra_monitors: tuple
 
 
 def finish(run: Run, step: int) -> Path:
-    """Phase 4: role 7 (weight transforms), then final/ — if the weights are finite."""
+    """Phase 4: role 8 (weight transforms), then final/ — if the weights are finite."""
     accelerator, out = run.accelerator, run.out
     model = run.inner
-    for m in run.playing(WeightTransform):  # role 7
+    for m in run.playing(WeightTransform):  # role 8
         model = m.transform_weights(model, run.ctx)
     final_dir = out / "final"
     check_finite(accelerator, model, None, out, f"the final weights (step {step})")

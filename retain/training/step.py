@@ -14,7 +14,8 @@ Loss terms of mitigations follow the task loss's weighting when they are means o
 micro-batch's target positions (KL to the base: exact when it applies to all examples; with
 `apply_to: task|replay` its positions are a subset and the weighting approximates). A term that
 depends on the weights alone (L2-SP, EWC, SI; its class sets `per_step = True`) is the same for
-every micro-batch and counts once per step.
+every micro-batch and counts once per step. Token weights (DFT, EAFT: retain.mitigations.token_weights)
+multiply each target's cross-entropy inside the micro-batch's mean, so the step stays exact with them.
 
 The logits are computed only where a target is: the loop's batches say where (`target_rows`, found on
 the host by `collate_indexed`), the LM head runs on those hidden states alone (retain.lm_head), and the
@@ -64,27 +65,40 @@ class TargetOutputs:
     rows: torch.Tensor  # (N,) flat positions b·T + t whose next token is a target
 
 
-def task_forward(model, inner, batch: dict):
+def task_forward(model, inner, batch: dict, reweighting: list | tuple = ()):
     """The next-token forward and loss: at the targets only when the batch has `target_rows`, else the
-    model's own (logits everywhere; a batch from outside retain's loop)."""
+    model's own (logits everywhere; a batch from outside retain's loop).
+
+    `reweighting`: mitigations playing TokenWeights (DFT, EAFT); the loss is then the mean over the
+    targets of the product of their weights times each token's cross-entropy.
+    """
     rows = batch.get("target_rows")
-    if rows is None:
+    if rows is None and not reweighting:
         return model(**{k: batch[k] for k in MODEL_INPUTS})
+    if rows is None:  # the targets, as collate_indexed finds them
+        b, t = (batch["labels"][:, 1:] != IGNORE_INDEX).nonzero(as_tuple=True)
+        rows = b * batch["labels"].shape[1] + t
     width = batch["input_ids"].shape[1]
     with logits_at(inner, rows, width):  # the hook sits on the unwrapped model's head; DDP calls the same module
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-    logits = rows_of(out.logits, rows, width)
+    logits = rows_of(out.logits, rows, width)  # (N, V)
     targets = batch["labels"].flatten().index_select(0, rows + 1)  # position t of a row predicts token t + 1
-    return TargetOutputs(F.cross_entropy(logits.float(), targets), logits, rows)
+    if not reweighting:
+        return TargetOutputs(F.cross_entropy(logits.float(), targets), logits, rows)
+    per_token = F.cross_entropy(logits.float(), targets, reduction="none")  # (N,)
+    for m in reweighting:
+        per_token = per_token * m.token_weights(logits, targets)
+    return TargetOutputs(per_token.mean(), logits, rows)
 
 
 def accumulate_gradients(model, inner, micro_batches: list[dict], loss_terms: list,
-                         accelerator, objective=None) -> dict[str, torch.Tensor]:
+                         accelerator, objective=None, reweighting: list | tuple = ()) -> dict[str, torch.Tensor]:
     """Forward and backward each micro-batch of one step, leaving the step's gradient in `.grad`.
 
     `model` is the prepared model (forward goes through any DDP wrapper), `inner` the same model
     unwrapped, which the loss terms get. `objective` (retain.preference; None: next-token loss) supplies
-    the task loss terms and what weights each micro-batch.
+    the task loss terms and what weights each micro-batch; `reweighting` (TokenWeights: DFT, EAFT) weights
+    the next-token loss's tokens.
 
     Returns each term's share of the step loss from this process: 0-dim float tensors on the
     device; summed over processes they are the step's values ("task" first, then each term).
@@ -102,7 +116,7 @@ def accumulate_gradients(model, inner, micro_batches: list[dict], loss_terms: li
         # accumulate(): no gradient all-reduce until the step's last micro-batch
         with accelerator.accumulate(model):
             if objective is None:
-                outputs = task_forward(model, inner, batch)
+                outputs = task_forward(model, inner, batch, reweighting)
                 terms = {"task": (outputs.loss, n / total)}
             else:  # retain.preference: the objective's terms replace the task loss ("dpo", "grpo", ...)
                 task_terms, outputs = objective.loss(model, inner, batch)

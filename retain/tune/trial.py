@@ -94,7 +94,7 @@ def measure(before: dict, after: dict, task: str) -> tuple[float, float]:
 
 
 class DevCheck:
-    """A Monitor (role 6) the tuner adds to a trial's run: every `every` steps it scores the dev split's score
+    """A Monitor (role 7) the tuner adds to a trial's run: every `every` steps it scores the dev split's score
     tasks and hands the objective to `on_check`; True stops the run there (pruned).
 
     It scores what the run would give if it ended now: with the config's weight transforms (WiSE-FT) applied to
