@@ -2,7 +2,7 @@
 
     retain train CONFIG.yaml [key=value ...] [--resume] [--overwrite]
     retain eval MODEL --suite SUITE [--split test] [--limit N] [--batch-size B] [--dtype D] [--device D] [--out results.json]
-    retain report BEFORE.json AFTER.json [AFTER2.json ...] --out DIR [--run RUN_DIR]
+    retain report BEFORE.json AFTER.json [AFTER2.json ...] --out DIR [--run RUN_DIR] [--label base,a,a,b,b]
     retain init MODEL [--data FILE] [--dev FILE] [--out DIR]   a starter config and suite for a model
     retain card RUN_DIR --base BASE.json --tuned TUNED.json [--out README.md] [--push REPO]
     retain demo [--out DIR]
@@ -247,7 +247,10 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True)
     r.add_argument("--run", action="append", default=[], help="run dir whose metrics.jsonl to plot (repeatable)")
     r.add_argument("--label", action="append", help="a name per results file, in order: --label base,a,b or "
-                   "--label base --label a --label b")
+                   "--label base --label a --label b. Files that share a label are one recipe trained with several "
+                   "seeds (one file per seed): --label base,ewc,ewc,ewc,lora,lora,lora reports each recipe's mean "
+                   "change, a CI that resamples seeds and then items, and each seed's change; a change counts only "
+                   "when its CI excludes 0 and every seed moved the same way")
     r.set_defaults(func=cmd_report)
 
     ini = sub.add_parser("init", help="a starter config and suite fitted to a model and its data", parents=[common])

@@ -107,6 +107,10 @@ def test_suite_runs_every_kind_and_keeps_items(tiny_model, tokenizer, tmp_path):
         assert len(r["items"]) == r["n"] <= 4, name
         assert r["primary_metric"] in r["metrics"]
     assert results["english"]["lower_is_better"] and not results["capital_recall"]["lower_is_better"]
+    # a lab country task's records carry the country they are about (its `cluster`), a task without one has none
+    countries = [i["cluster"] for i in results["capital_recall"]["items"]]
+    assert countries == [i["cluster"] for i in results["capital_reverse"]["items"]] and all(countries)
+    assert "cluster" not in results["addition"]["items"][0]
     assert all(len(i["prediction"].split()) <= 3 for i in results["g"]["items"])
 
 
@@ -114,6 +118,14 @@ def test_missing_field_in_task_data_names_the_line(tmp_path):
     write_jsonl(tmp_path / "d.jsonl", [{"context": "a", "target": "b"}, {"context": "a"}])
     (tmp_path / "t.yaml").write_text(f"name: t\nkind: generation\ndata: {{test: {tmp_path / 'd.jsonl'}}}\n")
     with pytest.raises(ValueError, match=r"d.jsonl:2: field 'target': missing"):
+        load_task(tmp_path / "t.yaml").items("test")
+
+
+def test_a_cluster_field_missing_from_an_item_names_the_line(tmp_path):
+    write_jsonl(tmp_path / "d.jsonl", [{"context": "a", "target": "b", "country": "X"}, {"context": "a", "target": "b"}])
+    (tmp_path / "t.yaml").write_text(f"name: t\nkind: generation\ndata: {{test: {tmp_path / 'd.jsonl'}}}\n"
+                                     "cluster: country\n")
+    with pytest.raises(ValueError, match=r"d.jsonl:2: field 'country' \(the task's cluster\): missing"):
         load_task(tmp_path / "t.yaml").items("test")
 
 

@@ -137,8 +137,9 @@ def generation_task(capability, exact, contains) -> dict:
 
 def row(delta, low, high, relative=False, after=0.5, chance=None, lower_is_better=None):
     lower = relative if lower_is_better is None else lower_is_better
-    r = {"delta": delta, "ci_low": low, "ci_high": high, "relative": relative, "after": after, "chance": chance,
-         "lower_is_better": lower, "metric": "word_perplexity" if relative else "acc"}
+    before = after / (1 + delta) if relative else after - delta
+    r = {"delta": delta, "ci_low": low, "ci_high": high, "relative": relative, "before": before, "after": after,
+         "chance": chance, "lower_is_better": lower, "metric": "word_perplexity" if relative else "acc"}
     improved = (delta < 0) if lower else (delta > 0)
     r["verdict"] = "no significant change" if low <= 0 <= high else "better" if improved else "worse"
     return r
@@ -204,7 +205,10 @@ def test_format_relative_alone():
     (row(-0.151, -0.2, -0.1), "severe"),
     (row(-0.6, -0.7, -0.5, after=0.25, chance=0.25), "catastrophic"),  # at chance
     (row(-0.6, -0.7, -0.5, after=0.20, chance=0.25), "catastrophic"),  # below chance
-    (row(-0.6, -0.7, -0.5, after=0.26, chance=0.25), "severe"),  # just above chance
+    (row(-0.6, -0.7, -0.5, after=0.26, chance=0.25), "catastrophic"),  # 86 -> 26: keeps 1/61 of its margin
+    (row(-0.51, -0.6, -0.4, after=0.35, chance=0.25), "severe"),  # 86 -> 35: keeps 10/61 of its margin
+    (row(-0.975, -0.99, -0.95, after=0.025, chance=0.0), "catastrophic"),  # 100 -> 2.5 exact match: keeps 2.5%
+    (row(-0.88, -0.95, -0.8, after=0.12, chance=0.0), "severe"),  # 100 -> 12: keeps 12% of its margin
     (row(-0.3, -0.5, 0.1), "none"),  # not significant: not graded
     (row(0.3, 0.2, 0.4), "none"),  # a gain
     (row(0.03, 0.01, 0.05, lower_is_better=True), "mild"),  # an error rate that rose 3 points
@@ -274,7 +278,7 @@ def test_a_pooled_capability_whose_tasks_moved_apart_is_not_unchanged():
 @pytest.mark.parametrize("labels, message", [
     (["base"], "--label: 1 label for 3 results files; give one per file"),
     (["a", "b", "c", "d"], "--label: 4 labels for 3 results files"),
-    (["a", "b", "b"], "--label: b given twice"),
+    (["a", "b", "a"], "--label: a is the base's label"),  # the base is one model; fine-tunes may share a label
 ])
 def test_wrong_labels_are_a_clear_error(tmp_path, labels, message):
     paths = []

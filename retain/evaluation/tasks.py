@@ -11,6 +11,8 @@ A task YAML (retain's own format):
     system: "Answer briefly."           #   ... with this system prompt
     metric: contains                    # the headline metric (exact_match | contains | regex_match, ...)
     answer_regex: "capital is (\\w+)"   # generation: regex_match compares its match with the target
+    cluster: country                    # optional: the item field naming what the item is about; items that
+                                        #   share it (in any task of a capability) are resampled together
 
 Item fields by kind (rename with `fields: {context: prompt, target: response}`):
     multiple_choice  {context, choices: [str], gold: int | choice text}  scored target_delimiter + choice
@@ -98,6 +100,9 @@ class Task:
     chat: bool = False  # render each context as a user turn through the tokenizer's chat template
     system: str | None = None  # with chat: a system turn before it
     answer_regex: str | None = None  # generation: regex_match extracts the answer with it
+    # the item field naming the entity an item is about (a country): the report's bootstrap draws the items that
+    # share it together, in this task and in others pooled with it, since they are not independent evidence
+    cluster: str | None = None
 
     def validate(self):
         if self.max_new_tokens < 1:
@@ -147,6 +152,11 @@ class Task:
                 item[canonical] = record[name]
             if self.kind == "multiple_choice":
                 item["gold"] = _check_choice(item, f"{path}:{lineno}", self.fields)
+            if self.cluster is not None:
+                if not isinstance(record.get(self.cluster), (str, int)) or isinstance(record[self.cluster], bool):
+                    raise DataError(f"{path}:{lineno}: field '{self.cluster}' (the task's cluster): missing or not a "
+                                    f"string or integer (task {self.name})")
+                item["cluster"] = record[self.cluster]
             items.append(item)
         return items
 
@@ -166,7 +176,14 @@ class Task:
             raise ConfigError(f"task {self.name}: the model's chat template rejected the prompt: {e}") from None
 
     def score(self, lm, split: str = "test", limit: int | None = None, seed: int = 0) -> tuple[dict, list[dict]]:
+        """(metrics, per-item records); a record carries its item's "cluster" where the task names one."""
         items = self.items(split)[:limit]
+        metrics, records = self._score(lm, items, seed)
+        if self.cluster is not None:
+            records = [{**record, "cluster": item["cluster"]} for record, item in zip(records, items, strict=True)]
+        return metrics, records
+
+    def _score(self, lm, items: list[dict], seed: int) -> tuple[dict, list[dict]]:
         if "context" in REQUIRED_FIELDS[self.kind]:
             items = [{**it, "context": self.render(it["context"], lm.tokenizer)} for it in items]
         if self.kind == "multiple_choice":

@@ -16,7 +16,7 @@ from retain.report.render import format_change, metric_words, render_html, rende
 from retain.report.results import check_comparable, load_results, load_run_file
 from retain.report.reward_hacking import hacking_lines
 from retain.report.severity import rank, severity
-from retain.report.stats import NO_CHANGE, PERPLEXITY_DENOMINATOR, Change, paired_bootstrap, verdict
+from retain.report.stats import NO_CHANGE, PERPLEXITY_DENOMINATOR, Change, seeded_bootstrap, verdict
 
 
 def capability_groups(tasks: dict) -> dict[str, list[str]]:
@@ -46,24 +46,29 @@ def _pooled_chance(tasks: list[dict]) -> float | None:
     return sum(t["chance"] * len(t["items"]) for t in tasks) / sum(len(t["items"]) for t in tasks)
 
 
-def compare(before: dict, after: dict, seed: int = 0) -> dict:
+def compare(before: dict, after: dict | list[dict], seed: int = 0) -> dict:
     """Rows per task and per capability for the tasks both results share, and the run's forgetting grade.
+
+    `after` is one fine-tune's results, or a list of them: one recipe trained with several seeds, whose rows
+    hold the mean change, a two-level bootstrap CI and the change of each seed (`per_seed`).
 
     A row is a paired Change of the primary metric with its verdict ('better' / 'worse' / 'no significant
     change') and severity (see retain.report.severity). A task row also holds `other_metrics`, the same for
     its other per-item metrics; a capability row holds `moved`, the significant changes hidden by its
     unchanged primary metric (another metric of a task, or one task of a pooled capability).
     """
-    shared = [t for t in before["tasks"] if t in after["tasks"]]
+    afters = after if isinstance(after, list) else [after]
+    shared = [t for t in before["tasks"] if all(t in a["tasks"] for a in afters)]
     task_rows = {}
     for name in shared:
-        b, a = before["tasks"][name], after["tasks"][name]
+        b, seeds = before["tasks"][name], [a["tasks"][name] for a in afters]
         metric, lower = b["primary_metric"], b["lower_is_better"]
-        task_rows[name] = _row(paired_bootstrap(b["items"], a["items"], metric, seed=seed), lower, b.get("chance"),
-                               capability=b["capability"], metric=metric)
-        others = [m for m in secondary_metrics(b) if m in secondary_metrics(a)]
+        task_rows[name] = _row(seeded_bootstrap(b["items"], [a["items"] for a in seeds], metric, seed=seed), lower,
+                               b.get("chance"), capability=b["capability"], metric=metric)
+        others = [m for m in secondary_metrics(b) if all(m in secondary_metrics(a) for a in seeds)]
         task_rows[name]["other_metrics"] = {
-            m: _row(paired_bootstrap(b["items"], a["items"], m, seed=seed), lower, None, metric=m) for m in others}
+            m: _row(seeded_bootstrap(b["items"], [a["items"] for a in seeds], m, seed=seed), lower, None, metric=m)
+            for m in others}
     capability_rows = {}
     for capability, names in capability_groups({t: before["tasks"][t] for t in shared}).items():
         metrics = {before["tasks"][t]["primary_metric"] for t in names}
@@ -74,8 +79,8 @@ def compare(before: dict, after: dict, seed: int = 0) -> dict:
             metric = metrics.pop()
             tasks_b = [before["tasks"][t] for t in names]
             pooled_b = [{**i, "id": (t, i["id"])} for t in names for i in before["tasks"][t]["items"]]
-            pooled_a = [{**i, "id": (t, i["id"])} for t in names for i in after["tasks"][t]["items"]]
-            row = _row(paired_bootstrap(pooled_b, pooled_a, metric, seed=seed), tasks_b[0]["lower_is_better"],
+            pooled_a = [[{**i, "id": (t, i["id"])} for t in names for i in a["tasks"][t]["items"]] for a in afters]
+            row = _row(seeded_bootstrap(pooled_b, pooled_a, metric, seed=seed), tasks_b[0]["lower_is_better"],
                        _pooled_chance(tasks_b), capability=capability, metric=metric, tasks=names)
         moved = [{"task": t, **task_rows[t]} for t in names if len(names) > 1]
         moved += [{"task": t, **r} for t in names for r in task_rows[t]["other_metrics"].values()]
@@ -167,15 +172,33 @@ def largest_drop(comparison: dict, exclude: tuple[str, ...] = ()) -> float:
 
 
 def check_labels(labels: list[str] | None, result_paths: list[Path]) -> None:
-    """One distinct label per results file (a ConfigError, which is a ValueError, says what to give)."""
+    """One label per results file; a label may repeat (one recipe's seeds), the base's may not (a ConfigError,
+    which is a ValueError, says what to give)."""
     if not labels:
         return
     if len(labels) != len(result_paths):
         raise ConfigError(f"--label: {len(labels)} label{'' if len(labels) == 1 else 's'} for {len(result_paths)} "
                           f"results files; give one per file, in order (the base first), or none")
-    duplicates = sorted({x for x in labels if labels.count(x) > 1})
-    if duplicates:
-        raise ConfigError(f"--label: {', '.join(duplicates)} given twice; each results file needs its own label")
+    if labels.count(labels[0]) > 1:
+        raise ConfigError(f"--label: {labels[0]} is the base's label (the first file) and is given again; the base is "
+                          "one model: give the fine-tunes other labels (files that share a label are one recipe's "
+                          "training seeds)")
+
+
+def seed_groups(labels: list[str]) -> dict[str, list[int]]:
+    """Label -> the indices of its results files, fine-tunes only (files that share a label: one recipe's seeds),
+    in order of first appearance: ['base', 'a', 'b', 'a'] -> {'a': [1, 3], 'b': [2]}."""
+    groups: dict[str, list[int]] = {}
+    for k, label in enumerate(labels[1:], start=1):
+        groups.setdefault(label, []).append(k)
+    return groups
+
+
+def score_key(labels: list[str], k: int) -> str:
+    """The name of results file k in the report's scores: its label, or 'label/j' for the j-th seed of a label."""
+    if labels.count(labels[k]) == 1:
+        return labels[k]
+    return f"{labels[k]}/{labels[:k + 1].count(labels[k])}"
 
 
 def write_report(result_paths: list[Path], out: Path, run_dirs: list[Path] = (), labels: list[str] | None = None,
@@ -187,8 +210,11 @@ def write_report(result_paths: list[Path], out: Path, run_dirs: list[Path] = (),
     check_comparable(result_paths, results)  # the same items scored in every file, before anything is written
     labels = labels or [Path(p).stem for p in result_paths]
     base_label = labels[0]
-    comparisons = {label: compare(results[0], r, seed=seed) for label, r in zip(labels[1:], results[1:])}
-    headlines = [headline(label, c) for label, c in comparisons.items()]
+    groups = seed_groups(labels)
+    comparisons = {label: compare(results[0], [results[k] for k in ks] if len(ks) > 1 else results[ks[0]], seed=seed)
+                   for label, ks in groups.items()}
+    headlines = [headline(label if len(groups[label]) == 1 else f"{label} ({len(groups[label])} seeds)", c)
+                 for label, c in comparisons.items()]
     figures = {"capabilities": plots.capability_bars(base_label, comparisons)}
     curves = plots.training_curves(run_dirs)
     if curves:
@@ -201,7 +227,9 @@ def write_report(result_paths: list[Path], out: Path, run_dirs: list[Path] = (),
     report = {"base": base_label, "results": [str(p) for p in result_paths], "split": results[0].get("split"),
               "headlines": headlines, "comparisons": comparisons, "retention_budgets": budgets,
               "reward_hacking": hacking_lines([Path(d) for d in run_dirs], comparisons),
-              "scores": {label: {t: r["metrics"] for t, r in res["tasks"].items()} for label, res in zip(labels, results)}}
+              "seeds": {label: [str(result_paths[k]) for k in ks] for label, ks in groups.items() if len(ks) > 1},
+              "scores": {score_key(labels, k): {t: r["metrics"] for t, r in res["tasks"].items()}
+                         for k, res in enumerate(results)}}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "report.json", report)
     atomic_write_text(out / "report.md", render_markdown(report))

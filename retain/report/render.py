@@ -59,7 +59,15 @@ def _fmt_value(row: dict, key: str) -> str:
 
 def _fmt_delta(row: dict) -> str:
     change, low, high = format_change(row)
-    return f"{change}{'' if row['relative'] else ' pts'} [{low}, {high}]"
+    return f"{change}{'' if row['relative'] else ' pts'} [{low}, {high}]" + _fmt_seeds(row)
+
+
+def _fmt_seeds(row: dict) -> str:
+    """'; seeds +1.2, -0.3, +0.8' for a recipe trained with several seeds ('' for one)."""
+    seeds = row.get("per_seed") or ()
+    if len(seeds) < 2:
+        return ""
+    return "; seeds " + ", ".join(f"{100 * x:+.1f}{'%' if row['relative'] else ''}" for x in seeds)
 
 
 def _fmt_p(row: dict) -> str:
@@ -103,7 +111,11 @@ def forgetting_line(label: str, comparison: dict) -> str:
 LEGEND = ("Changes are fine-tune minus base on the same items: points (pts) for scores; for perplexities the "
           "relative change, +12% or a ratio ×1,658 (after / before) once it more than doubles; lower perplexity is "
           "better, so a rise is 'worse'. Verdict: better or worse when the 95% CI excludes 0. CIs are paired "
-          "bootstrap percentiles (2,000 resamples); p is the exact McNemar test on the items whose outcome changed. "
+          "bootstrap percentiles (2,000 resamples) over items, drawing together the items of a task that share a cluster "
+          "(the entity they are about); for a label with several results files (one recipe, one file per training "
+          "seed) the change is the seeds' mean, the CI resamples seeds and then items within each, each seed's change "
+          "follows, and a change is better or worse only if every seed moved the same way. p is the exact McNemar "
+          "test on the items whose outcome changed (one seed). "
           "A secondary row is another metric of the task that changed significantly, and differently. "
           + SEVERITY_LEGEND)
 
@@ -158,8 +170,9 @@ def render_markdown(report: dict) -> str:
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222;padding:0 1em}
 table{border-collapse:collapse;margin:1em 0;font-size:14px}th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}.better{color:#1a7f37;font-weight:600}
-.worse{color:#c62828;font-weight:600}.moderate{color:#b26a00;font-weight:600}.severe,.catastrophic{color:#fff;
-background:#c62828;font-weight:600}.headline{font-size:18px;background:#f7f7fb;border-left:4px solid #4c72b0;
+.worse{color:#c62828;font-weight:600}.moderate{color:#b26a00;font-weight:600}.severe{color:#fff;
+background:#e53935;font-weight:600}.catastrophic{color:#fff;background:#3b0000;font-weight:700;
+text-transform:uppercase}.headline{font-size:18px;background:#f7f7fb;border-left:4px solid #4c72b0;
 padding:.6em 1em;margin:.4em 0}img{max-width:100%}small{color:#666}"""
 
 

@@ -1,45 +1,77 @@
-"""How bad a loss is, graded as the seeds grade forgetting (mild, moderate, severe, catastrophic).
+"""How bad a loss is: mild, moderate, severe, catastrophic.
 
-Scores (accuracy, exact match, contains, ...), by the points lost (the seeds' benchmark drops):
+The grades follow a practitioners' account of forgetting after fine-tuning (a question-and-answer text on why
+a model's abilities drop after SFT): a moderate loss drops knowledge benchmarks by 5 to 15 points, a severe one
+by more than 15, and a catastrophic one leaves the model with almost none of what pretraining gave it. retain
+reads "almost none" relative to the base and to guessing: what is left of the capability's margin above chance.
+
+Scores (accuracy, exact match, contains, ...), by the points lost:
     mild          less than 5 points
     moderate      5 to 15 points
     severe        more than 15 points
-    catastrophic  the score ends at or below chance (the task's `chance` in its results)
-Perplexities, by the relative rise after / before - 1 (the seeds grade scores only; this mapping is retain's):
+    catastrophic  the capability keeps less than a tenth of its margin above chance
+                  ((after - chance) < 0.1 · (before - chance)), or ends at or below chance; needs the task's
+                  `chance` (in its results). 100 → 2.5 exact match, chance 0: catastrophic (2.5% of the margin
+                  kept); 100 → 12: severe (12% kept).
+Perplexities, by the relative rise after / before - 1 (the text grades scores only; this mapping is retain's):
     mild          less than +10%
     moderate      +10% to +50%
     severe        more than +50%
     catastrophic  ×10 or more (as unsure as choosing among ten times as many words: text prediction has
-                  collapsed), or at or above the task's `chance` perplexity where its results record one
-Only a significant loss (verdict "worse": the 95% CI excludes 0) is graded; a gain or a change the
-CI cannot tell from 0 is "none". A run's grade is the worst grade of any of its rows.
+                  collapsed); or, where the results record a `chance` perplexity, at or above it or keeping less
+                  than a tenth of the margin below it (in log perplexity, i.e. bits per word)
+Only a significant loss (verdict "worse": the 95% CI excludes 0, and with several seeds every seed lost) is
+graded; a gain or a change that is not shown is "none". A run's grade is the worst grade of any of its rows.
 """
 
 from __future__ import annotations
 
+import math
+
 SEVERITIES = ("none", "mild", "moderate", "severe", "catastrophic")  # in increasing order
 POINTS_MODERATE, POINTS_SEVERE = 5.0, 15.0  # points lost
+MARGIN_KEPT_CATASTROPHIC = 0.1  # catastrophic below this share of the base's margin over chance
 PERPLEXITY_MODERATE, PERPLEXITY_SEVERE, PERPLEXITY_CATASTROPHIC = 0.10, 0.50, 9.0  # after / before - 1
 
-LEGEND = ("Severity of a significant loss, as the seeds grade forgetting: mild < 5 points, moderate 5-15, "
-          "severe > 15, catastrophic = the score ends at or below chance. For perplexity (relative rise): "
-          "mild < +10%, moderate +10% to +50%, severe > +50%, catastrophic ×10 or more. "
-          "A gain or a change whose 95% CI includes 0 is graded none.")
+LEGEND = ("Severity of a significant loss, after a practitioners' grading of forgetting after fine-tuning (moderate: "
+          "knowledge scores drop 5-15 points; severe: more than 15; catastrophic: the model keeps almost none of "
+          "what pretraining gave it): mild < 5 points, moderate 5-15, severe > 15, catastrophic = the capability "
+          "keeps less than a tenth of its margin above chance, or ends at or below chance (100 → 2.5 exact match "
+          "with chance 0 is catastrophic). For perplexity (relative rise; retain's mapping, the grading covers "
+          "scores only): mild < +10%, moderate +10% to +50%, severe > +50%, catastrophic ×10 or more (as unsure as "
+          "choosing among ten times as many words), or, where a chance perplexity is recorded, at or above it or "
+          "keeping less than a tenth of the margin below it. A gain or a change not shown (95% CI includes 0, or "
+          "seeds disagree) is graded none.")
+
+
+def margin_kept(before: float, after: float, chance: float, lower_is_better: bool = False,
+                log: bool = False) -> float | None:
+    """The share of the base's margin over chance that `after` keeps (1: all of it, 0: at chance, < 0: below),
+    measured on a log scale for perplexities (`log`); None when the base itself was not better than chance."""
+    if log:
+        before, after, chance = math.log(before), math.log(after), math.log(chance)
+    margin = (chance - before) if lower_is_better else (before - chance)
+    if margin <= 1e-12:
+        return None
+    return ((chance - after) if lower_is_better else (after - chance)) / margin
 
 
 def severity(row: dict) -> str:
-    """The grade of one row of `compare` (keys: verdict, relative, delta, after, lower_is_better, chance)."""
+    """The grade of one row of `compare` (keys: verdict, relative, delta, before, after, lower_is_better, chance)."""
     if row["verdict"] != "worse":
         return "none"
     chance = row.get("chance")
+    lower_is_better = row["lower_is_better"]
+    if chance is not None:
+        at_chance = row["after"] >= chance if lower_is_better else row["after"] <= chance + 1e-9
+        kept = margin_kept(row["before"], row["after"], chance, lower_is_better, log=row["relative"])
+        if at_chance or (kept is not None and round(kept, 9) < MARGIN_KEPT_CATASTROPHIC):
+            return "catastrophic"
     if row["relative"]:
         rise = round(row["delta"], 9)  # 0.1 is not 0.1000000000000001
-        if rise >= PERPLEXITY_CATASTROPHIC or (chance is not None and row["after"] >= chance):
+        if rise >= PERPLEXITY_CATASTROPHIC:
             return "catastrophic"
         return "severe" if rise > PERPLEXITY_SEVERE else "moderate" if rise >= PERPLEXITY_MODERATE else "mild"
-    lower_is_better = row["lower_is_better"]
-    if chance is not None and (row["after"] >= chance if lower_is_better else row["after"] <= chance + 1e-9):
-        return "catastrophic"
     points = round(100 * abs(row["delta"]), 9)  # 0.85 - 0.7 is 15.000000000000002 points
     return "severe" if points > POINTS_SEVERE else "moderate" if points >= POINTS_MODERATE else "mild"
 

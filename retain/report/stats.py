@@ -2,6 +2,17 @@
 
 Every comparison is paired: item i of the base is compared with item i of the fine-tune, so the
 confidence interval reflects the change, not the spread of item difficulty.
+
+Two things widen that interval where the data call for it:
+- Clusters. An item may carry a "cluster" (the entity it is about, e.g. its country: a task's `cluster`
+  option names the field). Items that share one are not independent evidence, so the bootstrap draws
+  whole clusters; an item without one is its own cluster, which is the plain item bootstrap.
+- Training seeds. A recipe trained with several seeds gives several fine-tunes of the same base. Their
+  change is the mean of the per-seed changes, and its CI comes from a two-level bootstrap: draw the
+  seeds with replacement, then, within each drawn seed, the clusters. An item CI alone says how sure we
+  are about one trained model; the seed level says how sure we are about the recipe.
+A change is significant (`not_shown` is None) only when its 95% CI excludes 0 and, with several seeds,
+every seed moved the same way.
 """
 
 from __future__ import annotations
@@ -28,41 +39,104 @@ def statistic(items: list[dict], metric: str, index: np.ndarray | None = None) -
 @dataclass(frozen=True)
 class Change:
     before: float
-    after: float
-    delta: float  # after - before; for perplexities the relative change (after / before - 1)
+    after: float  # with several seeds: the mean of the seeds' values
+    delta: float  # after - before; for perplexities the relative change (after / before - 1); seeds: their mean
     ci_low: float
     ci_high: float
-    p_value: float | None  # exact McNemar for binary metrics
+    p_value: float | None  # exact McNemar for binary metrics (one seed; None with several)
     n: int
     relative: bool
+    per_seed: tuple[float, ...] = ()  # the change of each training seed's fine-tune, in the order given
+    clusters: int | None = None  # how many clusters the bootstrap drew (None: every item its own)
+
+
+def parts(items: list[dict], metric: str) -> np.ndarray:
+    """(n, 2) additive parts of the statistic per item: [value, 1] for a mean, [loglikelihood, words] etc. for a
+    perplexity, so that the statistic of any resample is a function of the summed parts."""
+    if metric in PERPLEXITY_DENOMINATOR:
+        return np.array([[i["loglikelihood"], i[PERPLEXITY_DENOMINATOR[metric]]] for i in items], dtype=float)
+    return np.array([[i[metric], 1.0] for i in items], dtype=float)
+
+
+def value_of(summed: np.ndarray, metric: str) -> np.ndarray:
+    """The statistic from summed parts (..., 2): a mean, or exp(-loglikelihood / denominator)."""
+    if metric in PERPLEXITY_DENOMINATOR:
+        return np.exp(-summed[..., 0] / summed[..., 1])
+    return summed[..., 0] / summed[..., 1]
+
+
+def cluster_index(items: list[dict]) -> tuple[np.ndarray, int]:
+    """(cluster number of each item, number of clusters), numbered in order of first appearance; an item without
+    a "cluster" is its own cluster (so a task without clusters is numbered 0..n-1: the plain item bootstrap)."""
+    numbers: dict = {}
+    index = [numbers.setdefault(("cluster", item["cluster"]) if item.get("cluster") is not None else ("item", k),
+                                len(numbers)) for k, item in enumerate(items)]
+    return np.array(index, dtype=int), len(numbers)
+
+
+def by_cluster(item_parts: np.ndarray, index: np.ndarray, k: int) -> np.ndarray:
+    """(k, 2) parts summed within each cluster."""
+    out = np.zeros((k, item_parts.shape[1]))
+    np.add.at(out, index, item_parts)
+    return out
+
+
+def two_level_deltas(base: np.ndarray, seeds: np.ndarray, seed_draws: np.ndarray, cluster_draws: np.ndarray,
+                     metric: str) -> np.ndarray:
+    """The resampled changes of a two-level bootstrap, for given draws.
+
+    base (K, 2) and seeds (S, K, 2): the parts per cluster of the base and of each seed's fine-tune;
+    seed_draws (R, S): which seeds resample r draws; cluster_draws (R, S, K): which clusters each drawn seed
+    resamples. Resample r's change is the mean over its S drawn seeds of that seed's change on its drawn
+    clusters (after - before, or after / before - 1 for a perplexity). Returns (R,).
+    """
+    relative = metric in PERPLEXITY_DENOMINATOR
+    total = np.zeros(seed_draws.shape[0])
+    for m in range(seed_draws.shape[1]):
+        draws = cluster_draws[:, m]  # (R, K)
+        before = value_of(base[draws].sum(axis=1), metric)
+        after = value_of(seeds[seed_draws[:, m][:, None], draws].sum(axis=1), metric)
+        total += after / before - 1 if relative else after - before
+    return total / seed_draws.shape[1]
+
+
+def seeded_bootstrap(before: list[dict], afters: list[list[dict]], metric: str, resamples: int = 2000,
+                     seed: int = 0) -> Change:
+    """The change in `metric` from the base to a recipe trained with len(afters) seeds, with a 95% percentile CI:
+    one seed resamples the clusters (items) jointly; several resample the seeds, then the clusters within each."""
+    ids = [i["id"] for i in before]
+    if any([i["id"] for i in after] != ids for after in afters):
+        raise ValueError(f"{metric}: before and after were scored on different items; compare the same split")
+    relative = metric in PERPLEXITY_DENOMINATOR
+    index, k = cluster_index(before)
+    base = by_cluster(parts(before, metric), index, k)
+    tuned = np.stack([by_cluster(parts(after, metric), index, k) for after in afters])  # (S, K, 2)
+    b = float(value_of(base.sum(axis=0), metric))
+    after_values = [float(value_of(t.sum(axis=0), metric)) for t in tuned]
+    per_seed = tuple(a / b - 1 if relative else a - b for a in after_values)
+    rng = np.random.default_rng(seed)
+    n_seeds = len(afters)
+    if n_seeds == 1:  # the item (cluster) bootstrap, draws as they always were
+        seed_draws = np.zeros((resamples, 1), dtype=int)
+        cluster_draws = rng.integers(0, k, size=(resamples, k))[:, None, :]
+    else:
+        seed_draws = rng.integers(0, n_seeds, size=(resamples, n_seeds))
+        cluster_draws = rng.integers(0, k, size=(resamples, n_seeds, k))
+    deltas = two_level_deltas(base, tuned, seed_draws, cluster_draws, metric)
+    low, high = np.percentile(deltas, [2.5, 97.5])
+    # lm-eval names a filtered metric "exact_match,strict-match": binary all the same
+    binary = metric.split(",")[0] in BINARY_METRICS
+    p = mcnemar_exact([i[metric] for i in before], [i[metric] for i in afters[0]]) \
+        if binary and n_seeds == 1 else None
+    return Change(b, float(np.mean(after_values)), float(np.mean(per_seed)), float(low), float(high), p, len(before),
+                  relative, per_seed, k if k < len(before) else None)
 
 
 def paired_bootstrap(before: list[dict], after: list[dict], metric: str, resamples: int = 2000,
                      seed: int = 0) -> Change:
-    """Bootstrap CI (95%, percentile) of the change in `metric`, resampling items jointly."""
-    if [i["id"] for i in before] != [i["id"] for i in after]:
-        raise ValueError(f"{metric}: before and after were scored on different items; compare the same split")
-    relative = metric in PERPLEXITY_DENOMINATOR
-    b, a = statistic(before, metric), statistic(after, metric)
-
-    def change(x: float, y: float) -> float:
-        return y / x - 1 if relative else y - x
-
-    rng = np.random.default_rng(seed)
-    n = len(before)
-    if relative:
-        deltas = [change(statistic(before, metric, idx), statistic(after, metric, idx))
-                  for idx in rng.integers(0, n, size=(resamples, n))]
-    else:  # vectorised: mean-type metrics
-        x = np.array([i[metric] for i in before], dtype=float)
-        y = np.array([i[metric] for i in after], dtype=float)
-        idx = rng.integers(0, n, size=(resamples, n))
-        deltas = (y[idx] - x[idx]).mean(axis=1)
-    low, high = np.percentile(deltas, [2.5, 97.5])
-    # lm-eval names a filtered metric "exact_match,strict-match": binary all the same
-    binary = metric.split(",")[0] in BINARY_METRICS
-    p = mcnemar_exact([i[metric] for i in before], [i[metric] for i in after]) if binary else None
-    return Change(b, a, change(b, a), float(low), float(high), p, n, relative)
+    """Bootstrap CI (95%, percentile) of the change in `metric` of one fine-tune, resampling items (or their
+    clusters) jointly."""
+    return seeded_bootstrap(before, [after], metric, resamples, seed)
 
 
 def mcnemar_exact(before: list[float], after: list[float]) -> float:
@@ -79,13 +153,34 @@ def mcnemar_exact(before: list[float], after: list[float]) -> float:
 NO_CHANGE = "no significant change"
 
 
+def not_shown(change: Change) -> str | None:
+    """Why `change` is not a shown effect ('the 95% CI includes 0', 'the seeds disagree in sign: ...'), or None
+    when it is: its CI excludes 0 and every training seed moved the same way."""
+    if change.ci_low <= 0 <= change.ci_high:
+        return "the 95% CI includes 0"
+    if len(change.per_seed) > 1 and (len({np.sign(x) for x in change.per_seed}) > 1 or 0 in change.per_seed):
+        unit = "%" if change.relative else " pts"
+        return "the seeds disagree in sign: " + ", ".join(f"{100 * x:+.1f}{unit}" for x in change.per_seed)
+    return None
+
+
 def verdict(change: Change, lower_is_better: bool) -> str:
     """'better' / 'worse' for the capability, in the direction that matters, or NO_CHANGE.
 
     A perplexity (lower is better) that rose is "worse"; one that fell is "better". NO_CHANGE when the
-    95% CI includes 0.
+    95% CI includes 0 or the training seeds disagree in sign (see not_shown).
     """
-    if change.ci_low <= 0 <= change.ci_high:
+    if not_shown(change):
         return NO_CHANGE
     improved = (change.delta < 0) if lower_is_better else (change.delta > 0)
     return "better" if improved else "worse"
+
+
+def claim_verdict(change: Change, sign: int) -> str:
+    """A claim's verdict from a change it predicts to be positive (`sign` +1) or negative (-1): 'supported' when
+    the change is shown (not_shown) in that direction, 'contradicted' when shown in the other, else
+    'not shown (<why>)'."""
+    why = not_shown(change)
+    if why:
+        return f"not shown ({why})"
+    return "supported" if (change.delta > 0) == (sign > 0) else "contradicted"

@@ -9,7 +9,7 @@ Sources (recorded in the model card):
 Everything is deterministic from `seed`. Outputs (under `out_dir`):
   pretrain.jsonl             {"text"} documents the base model is pretrained on
   general.jsonl              {"text"} a sample of that corpus, the default replay pool
-  suite/<task>.<split>.jsonl capability-suite items (dev and test are disjoint)
+  suite/<task>.<split>.jsonl capability-suite items (dev and test are disjoint; a country fact names its "country")
   tasks/<task>/<split>.jsonl the narrow fine-tuning tasks ({"prompt", "response"})
 """
 
@@ -142,15 +142,15 @@ def build(out_dir: Path, seed: int = 0, english_docs: int = 8000) -> dict[str, i
     }
     for split, group in (("dev", dev_countries), ("test", test_countries)):
         files[f"suite/capital_recall.{split}.jsonl"] = [
-            {"context": f"The capital of {c.name} is", "target": c.capital} for c in group]
+            {"context": f"The capital of {c.name} is", "target": c.capital, "country": c.name} for c in group]
         files[f"suite/capital_reverse.{split}.jsonl"] = [
-            {"context": f"{c.capital} is the capital of", "target": c.name} for c in group]
+            {"context": f"{c.capital} is the capital of", "target": c.name, "country": c.name} for c in group]
         files[f"suite/currency_choice.{split}.jsonl"] = [
             {"context": f"The currency of {c.name} is the", "choices": (ch := currency_choices(c, countries, rng)),
-             "gold": ch.index(c.currency)} for c in group]
+             "gold": ch.index(c.currency), "country": c.name} for c in group]
         files[f"suite/continent_choice.{split}.jsonl"] = [
             {"context": f"{c.name} is a country in", "choices": sorted(set(CONTINENTS.values()) - {"Antarctica"}),
-             "gold": sorted(set(CONTINENTS.values()) - {"Antarctica"}).index(c.continent)}
+             "gold": sorted(set(CONTINENTS.values()) - {"Antarctica"}).index(c.continent), "country": c.name}
             for c in group if c.continent != "Antarctica"]
     half = HELD_OUT_ADDITIONS // 2
     for split, group in (("dev", held_out[:half // 2]), ("test", held_out[half:])):

@@ -16,7 +16,9 @@ import shutil
 from pathlib import Path
 
 from retain.io import atomic_write_text
+from retain.report import stats
 from retain.report.build import load_results
+from retain.report.stats import claim_verdict
 from retain.sweep.summary import LEGEND, markdown_table, retained_change
 from retain.sweep import SweepConfig, expand, load_sweep
 from tools.lab.warnings_vs_forgetting import load_runs
@@ -49,13 +51,6 @@ def pts(x: float) -> str:
     return f"{100 * x:+.1f}"
 
 
-def claim_result(change, sign: int) -> str:
-    """A claim's verdict from run B's retained change over run A (its CI), `sign` +1 if B should retain more."""
-    supported = change.ci_low > 0 if sign > 0 else change.ci_high < 0
-    contradicted = change.ci_high < 0 if sign > 0 else change.ci_low > 0
-    return "supported" if supported else "contradicted" if contradicted else "not shown (CI includes 0)"
-
-
 def overrides_text(sweep: SweepConfig, name: str) -> str:
     overrides = expand(sweep)[name]
     return "baseline" if not overrides else ", ".join(f"`{k}: {json.dumps(v)}`" for k, v in overrides.items())
@@ -80,7 +75,8 @@ def sweep_section(sweep: SweepConfig, path: Path, summary: dict) -> list[str]:
         if name == BASELINE:
             continue
         c, _ = retained_change(baseline, load_results(out / "results" / f"{name}.json"), summary["task"])
-        verdict = "forgot less" if c.ci_low > 0 else "forgot more" if c.ci_high < 0 else "no significant difference"
+        verdict = {"better": "forgot less", "worse": "forgot more"}.get(stats.verdict(c, lower_is_better=False),
+                                                                        "no significant difference")
         lines.append(f"| {name} | {overrides_text(sweep, name)} | {pts(c.delta)} [{pts(c.ci_low)}, {pts(c.ci_high)}] "
                      f"| {pts(row['gain'])} | {verdict} |")
     image = f"pareto-{out.name}.png"
@@ -99,7 +95,7 @@ def claims_rows(sweep: SweepConfig, summary: dict) -> list[str]:
         if not (ra.is_file() and rb.is_file()):
             continue
         c, _ = retained_change(load_results(ra), load_results(rb), summary["task"])
-        result = claim_result(c, sign)
+        result = claim_verdict(c, sign)
         gains = f"{pts(summary['rows'][a]['gain'])} / {pts(summary['rows'][b]['gain'])}"
         rows.append(f"| {claim} | {out.name} | {a} | {b} | {pts(c.delta)} [{pts(c.ci_low)}, {pts(c.ci_high)}] | "
                     f"{gains} | {result} |")

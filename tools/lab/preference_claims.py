@@ -39,7 +39,8 @@ from retain.io import read_metrics
 from retain.report.reward_hacking import curve, hacking_lines
 from retain.report.reward_hacking import ends as trend_ends
 from retain.sweep.summary import retained_change
-from tools.lab.docs import BEGIN_KEPT, END_KEPT, claim_result, kept_span, pts
+from retain.report.stats import claim_verdict
+from tools.lab.docs import BEGIN_KEPT, END_KEPT, kept_span, pts
 
 TASK, SUITE = "qa_preference", "lab,qa_preference"
 HELDOUT_PAIRS = LAB_DATA_DIR / "tasks" / "qa_preference" / "heldout_pairs.jsonl"
@@ -169,7 +170,7 @@ def claim_rows(out: Path) -> list[str]:
     for claim, a, b, sign in CLAIMS:
         ra, rb = (load_results(ensure(out, x)) for x in (a, b))
         c, _ = retained_change(ra, rb, TASK)
-        result = claim_result(c, sign)
+        result = claim_verdict(c, sign)
         if a.startswith("grpo_template"):  # no qa_preference task here: the reward is the task
             gains = "— (the reward is the task)"
         else:
