@@ -134,7 +134,7 @@ class RetainLossMixin:
                 atomic_torch_save(f"{self.args.output_dir}/fisher.pt", {n: f.cpu() for n, f in raw.items()})
         else:
             raw = synaptic_importance(model, self._general_batches(o.file, o.steps, o.batch_size), params, o.step_lr,
-                                      o.damping)
+                                      o.relative_damping)
         model.train(was_training)
         if not o.normalize:
             return raw

@@ -3,7 +3,14 @@
 All three are one penalty, Σ_k importance_k · (θ_k − θ*_k)², with a different importance:
     L2-SP  1 for every weight (distinct from weight decay, which pulls toward 0)
     EWC    the diagonal Fisher information of the base model on general data
-    SI     the path integral of −gradient · step along a short trajectory on general data
+    SI     the path integral of −gradient · step along a short trajectory on general data, per squared move
+
+SI differs from EWC only where the path says something the squared gradient does not: a weight whose
+gradients keep one sign moves far and gets a low Ω per squared move; one whose gradients cancel (it sits at
+an optimum of the general data) barely moves and gets a high Ω. Its damping ξ must therefore be small next to
+the squared moves: with an absolute ξ far above them (1e-3 against ~3e-10 after 16 SGD steps on retain-tiny),
+Ω is Σ lr·g² / ξ, the squared-gradient Fisher up to a constant, and normalised SI is EWC. So ξ is set
+relative to the mean squared move of the weights (`relative_damping`).
 """
 
 from __future__ import annotations
@@ -75,8 +82,12 @@ def diagonal_fisher(model: torch.nn.Module, batches, params: dict[str, torch.nn.
 
 
 def synaptic_importance(model: torch.nn.Module, batches, params: dict[str, torch.nn.Parameter], lr: float,
-                        damping: float = 1e-3) -> dict[str, torch.Tensor]:
-    """SI's Ω: Σ_t −g_t·Δθ_t / (Δθ_total² + ξ), along plain SGD steps on `batches`; weights restored after."""
+                        relative_damping: float = 0.1) -> dict[str, torch.Tensor]:
+    """SI's Ω: Σ_t −g_t·Δθ_t / (Δθ_total² + ξ), along plain SGD steps on `batches`; weights restored after.
+
+    ξ = relative_damping · the mean of Δθ_total² over all the weights in `params`, so that it damps only the
+    weights that moved much less than the typical one, whatever the step size or model (see the module doc).
+    """
     start = {n: p.detach().clone() for n, p in params.items()}
     omega = {n: torch.zeros_like(p) for n, p in params.items()}
     for batch in batches:
@@ -90,7 +101,9 @@ def synaptic_importance(model: torch.nn.Module, batches, params: dict[str, torch
                 omega[name] += -p.grad * step  # contribution of this step to the loss decrease
                 p.add_(step)
     with torch.no_grad():
-        importance = {n: omega[n] / ((p.detach() - start[n]).pow(2) + damping) for n, p in params.items()}
+        moved = {n: (p.detach() - start[n]).pow(2) for n, p in params.items()}
+        damping = relative_damping * torch.cat([m.flatten() for m in moved.values()]).mean().clamp(min=1e-30)
+        importance = {n: omega[n] / (moved[n] + damping) for n, p in params.items()}
         for name, p in params.items():
             p.copy_(start[name])
     model.zero_grad(set_to_none=True)
@@ -146,8 +159,10 @@ class SIOptions:
         "help": "plain SGD steps on `file` whose path integral measures importance (the weights are restored after)"})
     batch_size: int = field(default=8, metadata={"help": "examples per SGD step"})
     step_lr: float = field(default=1e-3, metadata={"help": "learning rate of those SGD steps"})
-    damping: float = field(default=1e-3, metadata={
-        "help": "ξ in Ω = Σ −g·Δθ / (Δθ_total² + ξ): keeps weights that barely moved from dominating"})
+    relative_damping: float = field(default=0.1, metadata={
+        "help": "ξ in Ω = Σ −g·Δθ / (Δθ_total² + ξ), as a share of the mean Δθ_total² of the weights: keeps weights "
+                "that barely moved from dominating. A ξ far above the squared moves makes SI's Ω the squared-gradient "
+                "Fisher, i.e. EWC"})
     normalize: bool = field(default=True, metadata={
         "help": "divide Ω by its mean, so `weight` means what it means for L2-SP"})
     importance_in: str | None = field(default=None, metadata={
@@ -161,6 +176,8 @@ class SIOptions:
     def validate(self):
         if self.weight <= 0:
             yield "weight", f"must be > 0, got {self.weight}"
+        if self.relative_damping <= 0:
+            yield "relative_damping", f"must be > 0, got {self.relative_damping}"
         if self.file is not None and not resolve_path(self.file).is_file():
             yield "file", f"file not found: {resolve_path(self.file)}"
         if self.importance_in is not None and not resolve_path(self.importance_in).is_file():
@@ -254,7 +271,7 @@ class SI(_AnchoredPenalty):
     def importance_for(self, model, params, ctx: Context):
         o = self.options
         omega = synaptic_importance(model, general_batches(ctx, o.file, o.steps, o.batch_size), params, o.step_lr,
-                                    o.damping)
+                                    o.relative_damping)
         return accumulate(omega, o.importance_in, o.decay)
 
     def files(self) -> dict:
