@@ -1,4 +1,4 @@
-"""The role order is written once (retain.mitigations.roles.ORDER); the loop's docstring and README show it."""
+"""The role order is written once (retain.mitigations.roles.ORDER); the loop's docstring and docs/contributing.md show it."""
 
 from pathlib import Path
 
@@ -6,17 +6,17 @@ import retain.training.loop as loop
 from retain.mitigations import MITIGATIONS
 from retain.mitigations.roles import DUTIES, ORDER, ROLE_METHODS, describe_order
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+CONTRIBUTING = Path(__file__).resolve().parents[1] / "docs" / "contributing.md"
 
 
 def indented(text: str) -> str:
     return "\n".join("    " + line for line in text.splitlines())
 
 
-def test_the_loop_docstring_and_readme_show_the_one_order():
+def test_the_loop_docstring_and_the_contributor_doc_show_the_one_order():
     order = describe_order()
     assert indented(order) in loop.__doc__
-    assert order in README.read_text(encoding="utf-8")
+    assert order in CONTRIBUTING.read_text(encoding="utf-8")
 
 
 def test_every_role_method_is_named_by_the_order_and_every_mitigation_plays_a_role():
