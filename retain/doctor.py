@@ -10,13 +10,21 @@ What it looks for, each from the seeds' list of causes:
     little_data        few examples for the steps taken: the model sees each one many times
     narrow_data        most examples share one prompt template: the updates all push one way
     no_protection      no PEFT, no replay, no penalty, no KL, no budget: nothing keeps the old behaviour
+    format_gap         a chat model (its tokenizer has a chat template) trained on records not rendered through
+                       it, or a base model trained on chat-rendered records: the run teaches a format the model
+                       is not used in, and its chat (or plain) behaviour is what the task overwrites
     multi_stage        the model is another run's final/ (or checkpoint): that run's task is now what to keep
     no_dev             no data.dev: overfitting cannot be seen, nor a best checkpoint chosen
     no_retention       no retention budget: forgetting is only measured once training is over
     contradicting_data the base confidently answers the task's prompts otherwise than the data does
     new_knowledge      the base does not know most answers: new facts cost more of what it knew
 The last two come from a probe: the base's greedy answers and loss on a sample of the task's examples.
-Warnings are advice, not errors: `retain doctor` exits 0 whatever it finds (a bad config is exit 2).
+Warnings are advice, not errors: `retain doctor` exits 0 whatever it finds (a bad config is exit 2, and so is
+a combination a run refuses). Every objective a run accepts is accepted (DPO's pairs, GRPO's prompts).
+
+Advice never repeats what the config already says: a fix or recipe item whose value the config has is
+dropped. The recipe is `key=value` overrides for `retain train CONFIG`; the placeholders it uses (PLACEHOLDERS)
+are named under it, and once they are filled the command loads through the same strict schema as any run.
 """
 
 from __future__ import annotations
@@ -27,13 +35,28 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import dataclasses
+import typing
+
 import torch
 
 from retain.config import RunConfig, uses_lab_model
+from retain.data import (Completion, Conversation, PreferenceExample, Text, open_source, read_shape, render_shape,
+                         resolve_chat_template)
+from retain.mitigations import MITIGATIONS, PEFT_METHODS
+from retain.mitigations.replay import ReplayOptions
+from retain.paths import resolve_path
+from retain.preference import make_objective
+from retain.preference.data import PairExample, PromptExample, pair_texts
+from retain.strict import parse_yaml
 
-PEFT = ("lora", "loha", "lokr", "ia3", "oft", "prompt_tuning", "prefix_tuning")
-PROTECTION = PEFT + ("freeze", "progressive_unfreeze", "replay", "self_distill", "kl", "l2sp", "ewc", "si",
-                     "retention", "interpolate")
+PEFT = PEFT_METHODS
+PROTECTION = tuple(name for name in MITIGATIONS if name != "early_warnings")  # early warnings only log
+# what the recipe leaves to the user, and what to put there
+PLACEHOLDERS = {"GENERAL.jsonl": "a JSONL file of general text the model should keep (any shape retain reads)",
+                "SUITE": "the capabilities to keep: a bundled suite name (e.g. english), task or suite YAMLs, mmlu, "
+                         "lm-eval:NAME"}
+FORMAT_RECORDS = 200  # records read to tell how the data is rendered
 MAX_EPOCHS = 3  # seed 003: "1-3 epochs are common"
 PEFT_LR = (1e-4, 3e-4)  # the usual LoRA range
 
@@ -52,7 +75,8 @@ class Diagnosis:
     recipe: list[str] = field(default_factory=list)  # key=value overrides for `retain train CONFIG ...`
 
     def to_json(self) -> dict:
-        return {"facts": self.facts, "findings": [asdict(f) for f in self.findings], "recipe": self.recipe}
+        return {"facts": self.facts, "findings": [asdict(f) for f in self.findings], "recipe": self.recipe,
+                "placeholders": {name: PLACEHOLDERS[name] for name in placeholders(self.recipe)}}
 
 
 def full_ft_lr_range(n_params: int) -> tuple[float, float]:
@@ -91,25 +115,38 @@ def diagnose(config: RunConfig, probe: int = 32) -> Diagnosis:
     from retain.training.loop import total_steps_for
 
     t, m = config.training, config.mitigations
+    objective = make_objective(config)  # the run's own check: what a run refuses is refused here (exit 2)
     tokenizer = load_tokenizer(config.model)
-    data = load_dataset(config.data.train, tokenizer, config.data.format, config.data.max_length,
-                        config.data.loss_on, config.data.chat, config.data.chat_template)
+    if objective is None:
+        data = load_dataset(config.data.train, tokenizer, config.data.format, config.data.max_length,
+                            config.data.loss_on, config.data.chat, config.data.chat_template)
+    else:  # DPO's pairs, GRPO's prompts: loaded as the run loads them
+        data = objective.load(config.data.train, tokenizer, config.data)
     examples = data.examples
+    # what the analyses read: an example with a target (a pair's chosen side); GRPO's prompts have none
+    supervised = [e.chosen if isinstance(e, PairExample) else e for e in examples if not isinstance(e, PromptExample)]
     steps = total_steps_for(config, len(examples), 1)
-    epochs = steps * t.batch_size * t.grad_accum / max(len(examples), 1)
+    # the passes asked for; with max_steps, the passes those steps make
+    epochs = t.epochs if t.max_steps is None else steps * t.batch_size * t.grad_accum / max(len(examples), 1)
     model = load_model(config.model)
     n_params = sum(p.numel() for p in model.parameters())
     peft = [name for name in PEFT if name in m]
-    prompts = [tokenizer.decode(e.input_ids[:first_target(e)], skip_special_tokens=True) for e in examples]
+    prompts = ([tokenizer.decode(e.input_ids[:first_target(e)], skip_special_tokens=True) for e in supervised]
+               or [e.prompt for e in examples if isinstance(e, PromptExample)])
     shapes = Counter(template(p) for p in prompts if p.strip())
     top_shape, top_count = shapes.most_common(1)[0] if shapes else ("", 0)
     facts = {"parameters": n_params, "examples": len(examples), "steps": steps, "epochs": round(epochs, 2),
-             "lr": t.lr, "method": peft[0] if peft else "full fine-tuning", "mitigations": sorted(m),
-             "most_common_prompt_template": top_shape, "template_share": top_count / max(len(examples), 1)}
+             "lr": t.lr, "method": peft[0] if peft else "full fine-tuning", "objective": t.objective,
+             "mitigations": sorted(m), "most_common_prompt_template": top_shape,
+             "template_share": top_count / max(len(examples), 1)}
     d = Diagnosis(facts)
     add = d.findings.append
 
     low, high = full_ft_lr_range(n_params)
+    replay = m.get("replay")  # advice on replay says what the config does not have yet
+    mix_in = ("mitigations.replay.ratio=0.15" if replay is None else
+              f"more general data than mitigations.replay.ratio's {replay.ratio:g}" if replay.ratio < 0.2 else
+              "general data of more kinds in mitigations.replay")
     if not peft and t.lr > high:
         add(Finding("high_lr", f"full fine-tuning of {n_params:,} parameters at lr {t.lr:g}, {t.lr / high:.0f}x the "
                     f"top of the usual {low:g}-{high:g} for this size (seed 003: 1e-5 to 5e-6 for LLMs)",
@@ -122,18 +159,19 @@ def diagnose(config: RunConfig, probe: int = 32) -> Diagnosis:
                     "full learning rate, with AdamW's moment estimates not yet settled",
                     f"training.warmup_steps={max(1, round(0.05 * steps))} (about 5% of the {steps} steps)"))
     if epochs > MAX_EPOCHS:
+        fewer = epoch_settings(config, recommended_epochs(len(examples)), len(examples))
         add(Finding("many_epochs", f"{epochs:.1f} epochs ({steps} steps x {t.batch_size * t.grad_accum} examples "
                     f"over {len(examples)} examples): each example is seen {epochs:.0f} times",
-                    f"training.epochs={recommended_epochs(len(examples))}, or mitigations.retention with "
-                    "action: early_stop to stop when the budget stops improving"))
+                    f"{fewer[0]}, or mitigations.retention with action: early_stop to stop when the budget stops "
+                    "improving"))
     if len(examples) < 1_000 and epochs > 1:
         add(Finding("little_data", f"{len(examples)} examples, passed over {epochs:.1f} times: a small set "
                     "is memorised before it generalises, and every pass pulls further from the base",
-                    "mitigations.replay.ratio=0.15 (10-20% general data), fewer epochs, or more varied data"))
+                    f"{mix_in} (10-20% general data), fewer epochs, or more varied data"))
     if top_count >= 0.5 * len(examples) and len(examples) >= 10:
         add(Finding("narrow_data", f"{top_count / len(examples):.0%} of the prompts have one shape: "
-                    f"{top_shape!r}", "mitigations.replay.ratio=0.15 (general data mixed in), and a "
-                    "retention suite that covers what the model should keep"))
+                    f"{top_shape!r}", f"{mix_in} (general data mixed in), and a retention suite that covers "
+                    "what the model should keep"))
     if not set(m) & set(PROTECTION):
         add(Finding("no_protection", "no mitigation: every weight moves freely toward the task, with nothing "
                     "pulling toward what the base knew", "mitigations.lora, mitigations.replay, mitigations.kl "
@@ -144,15 +182,120 @@ def diagnose(config: RunConfig, probe: int = 32) -> Diagnosis:
     if config.data.dev is None:
         add(Finding("no_dev", "no data.dev: overfitting on the task cannot be seen, and a retention budget "
                     "can only rank its checkpoints by recency", "data.dev=FILE (held-out task examples)"))
+    gap = format_gap(config, tokenizer)
+    if gap is not None:
+        add(gap)
+        facts["format_gap"] = gap.cause
     if "retention" not in m:
         add(Finding("no_retention", "no retention budget: forgetting is measured only after training, when "
                     "the better checkpoints are gone", "mitigations.retention (suite, max_drop_points, "
                     "action: early_stop or repair) and mitigations.early_warnings"))
-    if probe:
-        facts["probe"] = probe_base(model, tokenizer, examples, probe)
+    if probe and supervised:
+        facts["probe"] = probe_base(model, tokenizer, supervised, probe)
         d.findings += probe_findings(facts["probe"])
-    d.recipe = recipe(config, n_params, len(examples), bool(peft))
+    d.recipe = recipe(config, n_params, len(examples), bool(peft), gap)
     return d
+
+
+def epoch_settings(config: RunConfig, epochs: int, n_examples: int) -> list[str]:
+    """`epochs` passes as the config counts them: training.epochs, or max_steps when the config sets steps
+    (then epochs is not read)."""
+    t = config.training
+    if t.max_steps is None:
+        return [f"training.epochs={epochs}"]
+    return [f"training.max_steps={max(1, math.ceil(epochs * n_examples / (t.batch_size * t.grad_accum)))}"]
+
+
+def current_value(config: RunConfig, dotted: str):
+    """The config's value at a dotted key (a mitigation absent: None)."""
+    node = config
+    for key in dotted.split("."):
+        node = node.get(key) if isinstance(node, dict) else getattr(node, key, None)
+        if node is None:
+            return None
+    return node
+
+
+def already_set(config: RunConfig, item: str) -> bool:
+    """Whether `key=value` is what the config has already (numbers compared as numbers: 1e-4 == 0.0001)."""
+    key, raw = item.split("=", 1)
+    have, want = current_value(config, key), parse_yaml(raw, item, with_line=False)
+    if isinstance(have, (int, float)) and not isinstance(have, bool) and isinstance(want, str):
+        try:
+            want = float(want)
+        except ValueError:
+            return False
+    return have is not None and have == want
+
+
+def self_rehearsal() -> bool:
+    """Whether this retain's replay can write its own data (`mitigations.replay.source: self`)."""
+    source = {f.name: f for f in dataclasses.fields(ReplayOptions)}.get("source")
+    return source is not None and "self" in typing.get_args(typing.get_type_hints(ReplayOptions)["source"])
+
+
+def record_shapes(config: RunConfig) -> list:
+    """The shapes (Text, Completion, Conversation) of the first FORMAT_RECORDS records of data.train; a
+    preference pair as its prompt and chosen answer; a record of no SFT shape (GRPO's bare prompts) skipped."""
+    src, shapes = open_source(config.data.train), []
+    for k, (where, record) in enumerate(src.rows):
+        if k == FORMAT_RECORDS:
+            break
+        try:
+            shape = read_shape(src, record, config.data.format, where)
+        except Exception:  # noqa: BLE001 — the loader has accepted the data already; this is only a look
+            continue
+        shapes.append(pair_texts(shape, shape.chosen) if isinstance(shape, PreferenceExample) else shape)
+    return shapes
+
+
+def format_gap(config: RunConfig, tokenizer) -> Finding | None:
+    """A chat model trained on records not rendered through its chat template, or a base model trained on
+    chat-rendered records (the template of data.chat_template, or retain's plain one for conversations)."""
+    own = resolve_chat_template(tokenizer)  # the model's own, as it is used: not the data's override
+    used = resolve_chat_template(tokenizer, resolve_path(config.data.chat_template) if config.data.chat_template
+                                 else None)
+    shapes = [sh for sh in record_shapes(config) if isinstance(sh, (Text, Completion, Conversation))]
+    if not shapes:
+        return None
+    chat = config.data.chat
+    of = f"{'the first ' if len(shapes) == FORMAT_RECORDS else ''}{len(shapes)} records"
+
+    def through_template(sh) -> bool:
+        return isinstance(sh, Conversation) or (isinstance(sh, Completion) and chat)
+
+    def text_of(sh, as_chat: bool) -> str:
+        text, _ = render_shape(sh, tokenizer, used if as_chat else own, "doctor", as_chat)
+        return repr(text[:200] + ("…" if len(text) > 200 else ""))
+
+    rehearse = "mitigations.replay.source=self (the base's own chat answers and plain text, rehearsed)" \
+        if self_rehearsal() else "mitigations.replay with general data in the model's chat format"
+    if not own.plain:
+        plain = [sh for sh in shapes if not through_template(sh)]
+        if len(plain) < 0.5 * len(shapes):
+            return None
+        example = next((sh for sh in plain if isinstance(sh, Completion)), None)
+        if example is None:  # plain text only: data.chat has nothing to render
+            return Finding("format_gap", f"{config.model.name} has a chat template, but {len(plain)} of "
+                           f"{of} are plain text, trained outside it: e.g. {text_of(plain[0], False)}",
+                           f"give the task as conversations, and {rehearse}")
+        return Finding("format_gap", f"{config.model.name} has a chat template, but {len(plain)} of {of} "
+                       f"are trained as plain text, not through it (data.chat is false): as trained "
+                       f"{text_of(example, False)}; through its chat template {text_of(example, True)}",
+                       f"if the model is used in chat: data.chat=true (each prompt/response becomes a user/assistant "
+                       f"exchange), and {rehearse}")
+    chatted = [sh for sh in shapes if through_template(sh)]
+    if len(chatted) < 0.5 * len(shapes):
+        return None
+    example = chatted[0]
+    as_used = (repr(example.prompt + example.completion) if isinstance(example, Completion)
+               else repr("\n".join(turn.content for turn in example.turns)[:200]))
+    return Finding("format_gap", f"{config.model.name} has no chat template (a base model, used on plain text), but "
+                   f"{len(chatted)} of {of} are rendered through {used.origin}: as trained "
+                   f"{text_of(example, True)}; as the model reads text {as_used}",
+                   ("data.chat=false (prompt and response as plain text), and " if chat else
+                    "prompt/response records instead of conversations, and ")
+                   + "mitigations.replay with plain general text, so the model keeps reading text as before")
 
 
 def multi_stage(previous: Path, config: RunConfig) -> Finding:
@@ -244,33 +387,43 @@ def probe_findings(probe: dict) -> list[Finding]:
     return out
 
 
-def recipe(config: RunConfig, n_params: int, n_examples: int, peft: bool) -> list[str]:
+def recipe(config: RunConfig, n_params: int, n_examples: int, peft: bool, gap: Finding | None = None) -> list[str]:
     """Seed 003's practice as overrides for this model and data: a low LR (or LoRA), 1-3 epochs, warmup,
-    10-20% general data, and a budget that ends at the best point."""
+    10-20% general data, and a budget that ends at the best point; data.chat when the format gap says so.
+    What the config already has is left out; the rest loads as it is once PLACEHOLDERS are filled."""
     t, m = config.training, config.mitigations
     epochs = recommended_epochs(n_examples)
     steps = max(1, math.ceil(epochs * n_examples / (t.batch_size * t.grad_accum)))
+    lab = uses_lab_model(config.model)  # the lab's general data and suite are filled in by retain
     out = []
     if peft or n_params >= 1e9:
         out += [] if peft else ["mitigations.lora.r=16", "mitigations.lora.alpha=32"]
         out.append(f"training.lr={PEFT_LR[0]:g}")
     else:
         out.append(f"training.lr={full_ft_lr_range(n_params)[1]:g}")
-    out += ([f"training.max_steps={steps}"] if t.max_steps is not None else [f"training.epochs={epochs}"])
+    out += epoch_settings(config, epochs, n_examples)
     out += [f"training.warmup_steps={max(1, round(0.05 * steps))}", "training.scheduler=cosine"]
+    if gap is not None and "data.chat=true" in gap.fix and not lab:  # the lab's tasks are scored as plain text
+        out.append("data.chat=true")
     if "replay" not in m:
         out.append("mitigations.replay.ratio=0.15")
-        if not uses_lab_model(config.model):
-            out.append("mitigations.replay.file=GENERAL.jsonl")
+        if not lab:
+            own = "mitigations.replay.source=self" if self_rehearsal() else "mitigations.replay.file=GENERAL.jsonl"
+            out.append(own)
     if "retention" not in m:
         out += ["mitigations.retention.action=early_stop", f"mitigations.retention.every={max(1, steps // 8)}"]
-        if not uses_lab_model(config.model):
+        if not lab:
             out.append("mitigations.retention.suite=SUITE")
     if "early_warnings" not in m:
         out.append(f"mitigations.early_warnings.every={max(1, steps // 20)}")
-        if not uses_lab_model(config.model):
+        if not lab:
             out.append("mitigations.early_warnings.general=GENERAL.jsonl")
-    return out
+    return [item for item in out if not already_set(config, item)]
+
+
+def placeholders(items: list[str]) -> list[str]:
+    """The PLACEHOLDERS that `items` (the recipe) use, in PLACEHOLDERS' order."""
+    return [name for name in PLACEHOLDERS if any(item.endswith("=" + name) for item in items)]
 
 
 def render(d: Diagnosis, config_path: str) -> str:
@@ -289,4 +442,7 @@ def render(d: Diagnosis, config_path: str) -> str:
         lines.append("no cause of forgetting found in this config")
     lines += ["", "suggested recipe (seed 003's practice for this model and data):",
               f"  retain train {config_path} " + " ".join(d.recipe)]
+    to_fill = placeholders(d.recipe)
+    if to_fill:
+        lines.append("  fill in: " + "; ".join(f"{name} = {PLACEHOLDERS[name]}" for name in to_fill))
     return "\n".join(lines)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
 import yaml
 
 from conftest import write_jsonl
@@ -101,3 +102,136 @@ def test_the_text_report_and_a_bad_config(make_config, tmp_path, capsys):
     assert f"retain train {tmp_path / 'run.yaml'} training.lr=" in out
     code, _, err = doctor(capsys, make_config(training={"lrr": 1e-2}), tmp_path)
     assert code == 2 and "training.lrr: unknown key" in err
+
+
+CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|> {% endif %}")
+
+
+def chat_model(tiny_model, tmp_path):
+    """The tiny model with a chat template: a chat model, as far as the doctor can tell."""
+    from transformers import AutoTokenizer
+
+    path = tmp_path / "tiny-chat"
+    shutil.copytree(tiny_model, path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def base_model(tiny_model, tmp_path):
+    """The tiny model without its chat template (the lab's tokenizers have one): a base model."""
+    path = tmp_path / "tiny-base"
+    shutil.copytree(tiny_model, path)
+    (path / "chat_template.jinja").unlink(missing_ok=True)
+    settings = json.loads((path / "tokenizer_config.json").read_text())
+    settings.pop("chat_template", None)
+    (path / "tokenizer_config.json").write_text(json.dumps(settings))
+    return path
+
+
+def recipe_line(out: str) -> list[str]:
+    """The overrides of the printed `retain train CONFIG ...` line."""
+    (line,) = [line for line in out.splitlines() if line.startswith("  retain train ")]
+    return line.split()[3:]
+
+
+def test_a_chat_model_on_plain_records_is_a_format_gap_with_both_renderings(make_config, tiny_model, tmp_path,
+                                                                            capsys):
+    config = make_config(model={"name": str(chat_model(tiny_model, tmp_path))})
+    code, out, _ = doctor(capsys, config, tmp_path, "--json", "--probe", "0")
+    gap = causes(out)["format_gap"]
+    assert code == 0 and "has a chat template" in gap["evidence"]
+    assert "36 of 36 records are trained as plain text" in gap["evidence"]
+    # the same record both ways: as trained (plain) and through the model's template
+    assert "as trained 'what is 0 plus 0 ? 0" in gap["evidence"]
+    assert "through its chat template '<|user|> what is 0 plus 0 ?\\n<|assistant|> 0" in gap["evidence"]
+    assert "data.chat=true" in gap["fix"] and "mitigations.replay" in gap["fix"]
+    assert "data.chat=true" in json.loads(out)["recipe"]
+    code, out, _ = doctor(capsys, make_config(model=config["model"], data={"chat": True}), tmp_path, "--json",
+                          "--probe", "0")
+    assert code == 0 and "format_gap" not in causes(out) and "data.chat=true" not in json.loads(out)["recipe"]
+
+
+def test_a_base_model_on_chat_rendered_records_is_a_format_gap(make_config, tiny_model, tmp_path, capsys):
+    base = {"name": str(base_model(tiny_model, tmp_path))}
+    rows = [{"messages": [{"role": "user", "content": f"what is {a} plus {a} ?"},
+                          {"role": "assistant", "content": str(2 * a)}]} for a in range(12)]
+    data = write_jsonl(tmp_path / "chat.jsonl", rows)
+    code, out, _ = doctor(capsys, make_config(model=base, data={"train": str(data)}), tmp_path, "--json", "--probe",
+                          "0")
+    gap = causes(out)["format_gap"]
+    assert code == 0 and "has no chat template" in gap["evidence"]
+    assert "12 of 12 records are rendered through" in gap["evidence"]
+    assert "as the model reads text 'what is 0 plus 0 ?\\n0'" in gap["evidence"]
+    code, out, _ = doctor(capsys, make_config(model=base), tmp_path, "--json", "--probe", "0")  # plain: no gap
+    assert "format_gap" not in causes(out)
+
+
+def test_advice_never_repeats_what_the_config_already_has(make_config, tmp_path, capsys):
+    rows = [{"prompt": f"what is {a} plus {b} ?", "response": f" {a + b}"} for a in range(6) for b in range(6)]
+    data = write_jsonl(tmp_path / "37.jsonl", rows + rows[:1])  # 37 examples: 3 epochs round up to 28 steps
+    three = make_config(data={"train": str(data)}, training={"epochs": 3, "max_steps": None, "lr": 1e-4,
+                                                            "scheduler": "cosine", "warmup_steps": 3})
+    code, out, _ = doctor(capsys, three, tmp_path, "--json", "--probe", "0")
+    assert code == 0 and "many_epochs" not in causes(out)
+    recipe = json.loads(out)["recipe"]
+    for item in ("training.epochs=3", "training.lr=0.0001", "training.scheduler=cosine", "training.warmup_steps=3"):
+        assert item not in recipe  # each is what the config says already
+    five = make_config(training={"epochs": 5, "max_steps": None})
+    assert "training.epochs=3" in causes(doctor(capsys, five, tmp_path, "--json", "--probe", "0")[1])[
+        "many_epochs"]["fix"]
+    # with max_steps the config does not read epochs: the advice is in steps (3 passes of 36 at batch 4)
+    steps = make_config(training={"max_steps": 60, "batch_size": 4})
+    fix = causes(doctor(capsys, steps, tmp_path, "--json", "--probe", "0")[1])["many_epochs"]["fix"]
+    assert fix.startswith("training.max_steps=27") and "training.epochs" not in fix
+    replayed = make_config(training={"epochs": 5, "max_steps": None},
+                           mitigations={"replay": {"ratio": 0.15, "file": str(data)}})
+    found = causes(doctor(capsys, replayed, tmp_path, "--json", "--probe", "0")[1])
+    assert "mitigations.replay.ratio=0.15" not in found["little_data"]["fix"] + found["narrow_data"]["fix"]
+
+
+@pytest.mark.parametrize("model", ["plain", "chat"])
+def test_the_printed_recipe_loads_through_the_strict_schema_once_its_placeholders_are_filled(
+        make_config, tiny_model, tmp_path, capsys, model):
+    from retain.config import load_config
+    from retain.preference import make_objective
+
+    general = write_jsonl(tmp_path / "general.jsonl", [{"text": "the capital of france is paris ."}] * 8)
+    name = str(base_model(tiny_model, tmp_path) if model == "plain" else chat_model(tiny_model, tmp_path))
+    config = make_config(model={"name": name}, training={"lr": 1e-2, "epochs": 10, "max_steps": None})
+    code, out, _ = doctor(capsys, config, tmp_path, "--probe", "0")
+    assert code == 0
+    overrides = recipe_line(out)
+    (fill,) = [line for line in out.splitlines() if line.startswith("  fill in: ")]
+    named = {part.split(" = ")[0] for part in fill[len("  fill in: "):].split("; ")}
+    used = {item.split("=", 1)[1] for item in overrides if item.split("=", 1)[1].isupper()
+            or item.endswith("=GENERAL.jsonl")}
+    assert used and used <= named  # every placeholder the recipe uses is named under it
+    filled = [item.replace("GENERAL.jsonl", str(general)).replace("=SUITE", "=english") for item in overrides]
+    loaded = load_config(tmp_path / "run.yaml", filled)  # strict: an unknown key or bad value is an error
+    make_objective(loaded)  # and no combination a run refuses
+    assert loaded.training.lr == 1e-4 and loaded.training.epochs == 3
+    assert loaded.mitigations["retention"].action == "early_stop"
+    assert loaded.data.chat is (model == "chat")
+
+
+def test_every_objective_a_run_accepts_is_accepted(make_config, tmp_path, capsys):
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": f"what is {a} plus {a} ?", "chosen": f" {2 * a}",
+                                                    "rejected": f" {2 * a + 1}"} for a in range(12)])
+    dpo = make_config(data={"train": str(pairs)}, training={"objective": "dpo"})
+    code, out, err = doctor(capsys, dpo, tmp_path, "--json", "--probe", "2")
+    assert code == 0, err
+    assert json.loads(out)["facts"]["objective"] == "dpo" and json.loads(out)["facts"]["examples"] == 12
+    assert json.loads(out)["facts"]["probe"]["examples"] == 2  # the chosen answers, against the base's
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"what is {a} plus {a} ?"} for a in range(12)])
+    grpo = make_config(data={"train": str(prompts)},
+                       training={"objective": "grpo", "grpo": {"rewards": {"format": {"pattern": "x"}}}})
+    code, out, err = doctor(capsys, grpo, tmp_path, "--json")
+    assert code == 0, err
+    assert json.loads(out)["facts"]["objective"] == "grpo" and "narrow_data" in causes(out)
+    # what a run refuses, the doctor refuses the same way (exit 2, naming the key)
+    code, _, err = doctor(capsys, make_config(data={"train": str(pairs)}, training={"objective": "dpo"},
+                                              mitigations={"dft": {}}), tmp_path)
+    assert code == 2 and "mitigations.dft" in err and "training.objective dpo" in err

@@ -33,7 +33,8 @@ def test_dft_loss_is_the_targets_probability_times_its_cross_entropy_and_the_wei
     p1 = softmax_by_hand([0.0, 0.0, 3.0, 0.0])[1]
     assert dft_weights(LOGITS, TARGETS).tolist() == pytest.approx([p0, p1], rel=1e-6)
     logits = LOGITS.clone().requires_grad_(True)
-    loss = (F.cross_entropy(logits, TARGETS, reduction="none") * DFT(DFTOptions()).token_weights(logits, TARGETS)).mean()
+    weights = DFT(DFTOptions()).token_weights(logits, TARGETS)
+    loss = (F.cross_entropy(logits, TARGETS, reduction="none") * weights).mean()
     assert loss.item() == pytest.approx((p0 * -math.log(p0) + p1 * -math.log(p1)) / 2, rel=1e-6)
     loss.backward()
     # sg(p): d/dz [p · (−log p)] = p · (softmax(z) − onehot(y)) / N; with p not detached it would differ

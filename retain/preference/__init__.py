@@ -28,7 +28,8 @@ __all__ = ["DPO", "DPOOptions", "GRPO", "GRPOOptions", "dpo_loss", "group_advant
            "make_objective"]
 
 # mitigations of the next-token loss on supervised examples: they have no meaning for pairs or prompts
-_REWEIGHTS = "weights the next-token loss's target tokens, and DPO's and GRPO's losses are not a per-token cross-entropy"
+_REWEIGHTS = ("weights the next-token loss's target tokens, and DPO's and GRPO's losses are not a per-token "
+              "cross-entropy")
 SFT_ONLY_MITIGATIONS = {
     "self_distill": "rewrites supervised examples",
     "dft": _REWEIGHTS,
