@@ -75,6 +75,8 @@ def cmd_report(args) -> int:
     paths = write_report([Path(p) for p in args.results], Path(args.out),
                          run_dirs=[Path(r) for r in args.run], labels=split_labels(args.label))
     print(paths["headline"])
+    print()
+    print(paths["verdicts"])
     print(f"report: {paths['html']}")
     return 0
 

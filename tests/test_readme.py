@@ -23,6 +23,7 @@ import pytest
 
 from retain.cli import main, parser
 from retain.config import load_config
+from retain.report.build import SHIP
 from conftest import write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
@@ -133,8 +134,11 @@ def test_the_newcomer_path_runs_as_written(newcomer, monkeypatch, capsys):
             args = args + ["mitigations.retention.limit=2"]
         assert main(args[1:] + EXTRA_ARGS.get(args[1], [])) == 0, shlex.join(args)
         ran.append(args[1])
+        if args[1] == "report":  # what changed, then how bad and whether to ship, then where the report is
+            *_, verdict, where = capsys.readouterr().out.strip().splitlines()
+            assert verdict.startswith("tuned: ") and verdict.split(" — ")[1] in SHIP.values()
+            assert where == "report: mine/report/report.html"
     assert ran == ["init", "train", "eval", "train", "eval", "report", "doctor", "train", "train", "card"]
-    assert "forgetting" in capsys.readouterr().out
     report = json.loads((newcomer / "mine" / "report" / "report.json").read_text())
     assert "task: my_data" in report["comparisons"]["tuned"]["capabilities"]
     assert (newcomer / "mine" / "run" / "final" / "README.md").read_text().startswith("---\n")
