@@ -155,18 +155,19 @@ def test_gradient_checkpointing_with_lora_and_frozen_embeddings_trains_the_adapt
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("mitigations", [{}, {"lora": {"r": 4}}], ids=["full", "lora"])
-def test_a_checkpointed_run_resumes_to_the_uninterrupted_runs_weights(make_config, tmp_path, mitigations):
+@pytest.mark.parametrize("mitigations, packing", [({}, False), ({"lora": {"r": 4}}, False), ({}, True)],
+                         ids=["full", "lora", "full-packed"])
+def test_a_checkpointed_run_resumes_to_the_uninterrupted_runs_weights(make_config, tmp_path, mitigations, packing):
     def run(name, resume=False, checkpointing=True):
         return retain.train(config_from_dict(make_config(
-            model={"gradient_checkpointing": checkpointing}, mitigations=mitigations,
+            model={"gradient_checkpointing": checkpointing}, mitigations=mitigations, data={"packing": packing},
             training={"max_steps": 4, "save_every": 2, "bf16": False}, output={"dir": str(tmp_path / name)})),
             resume=resume, progress=False)
 
     straight, plain = run("a"), run("plain", checkpointing=False)
     (tmp_path / "b" / "checkpoints").mkdir(parents=True)
     (tmp_path / "a" / "checkpoints" / "step-2").rename(tmp_path / "b" / "checkpoints" / "step-2")
-    resumed = run("b", resume=True)
+    resumed = run("b", resume=True)  # packed: the same rows, the first two steps' skipped
     name = "adapter_model.safetensors" if mitigations else "model.safetensors"
     a, b, c = (load_file(str(r.final_dir / name)) for r in (straight, resumed, plain))
     for key in a:
