@@ -197,3 +197,22 @@ def test_the_first_commands_are_make_demo_and_make_test_and_ci_runs_the_second()
     dry = subprocess.run(["make", "-n", "demo", "test"], cwd=REPO, capture_output=True, text=True,
                          env=dict(os.environ, MAKEFLAGS=""))
     assert dry.returncode == 0 and "retain demo" in dry.stdout and "pytest" in dry.stdout
+
+
+def slug(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+@pytest.mark.parametrize("name", ["README.md", "README.zh-CN.md"])
+def test_every_link_leads_somewhere(name):
+    text = (REPO / name).read_text(encoding="utf-8")
+    prose = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+    anchors = {slug(h) for h in re.findall(r"^#{1,6} (.+)$", prose, re.M)}
+    links = re.findall(r"\]\(([^)\s]+)\)", prose)
+    assert len(links) > 10
+    for link in links:
+        if link.startswith("#"):
+            assert link[1:] in anchors, f"{name}: no heading for {link}"
+        else:
+            assert (REPO / link.split("#")[0]).exists(), f"{name}: {link} is not in the repository"
