@@ -148,3 +148,13 @@ def test_two_token_reweightings_or_one_with_dpo_are_refused_by_name(make_config)
             with pytest.raises(ConfigError, match=rf"mitigations\.{name}: weights the next-token loss.*"
                                                   rf"training\.objective {objective}"):
                 make_objective(config)
+
+
+def test_packed_rows_take_dft_and_eaft_but_not_asfts_padded_row_kl(make_config, tmp_path):
+    for name in ("dft", "eaft"):
+        config = make_config(data={"packing": True}, mitigations={name: {}}, training={"max_steps": 2},
+                             output={"dir": str(tmp_path / name)})
+        rows = [r for r in retain.train(config_from_dict(config), progress=False).metrics if "loss" in r]
+        assert len(rows) == 2 and all(math.isfinite(r["loss"]) for r in rows)
+    with pytest.raises(ConfigError, match=r"data\.packing.*mitigations\.asft"):
+        config_from_dict(make_config(data={"packing": True}, mitigations={"asft": {}}))
