@@ -111,6 +111,7 @@ def test_a_packed_run_keeps_gradient_accumulation_exact(make_config, tmp_path):
 
 @pytest.mark.parametrize("section, values, says", [
     ("mitigations", {"kl": {"weight": 1.0}}, "mitigations.kl"),
+    ("mitigations", {"asft": {}}, "mitigations.asft"),
     ("mitigations", {"prompt_tuning": {}}, "mitigations.prompt_tuning"),
     ("training", {"objective": "dpo"}, "objective dpo"),
 ])

@@ -12,8 +12,8 @@
     3. train_steps       per optimizer step: the step's micro-batches, forward with token weights (role 4)
                          + loss terms (role 5), token-weighted backward (retain.training.step), gradient
                          filters (role 6), clip, stop if not finite or collapsed (retain.training.collapse),
-                         optimizer and scheduler step, log, dev loss, monitors (role 7: may stop with other weights),
-                         checkpoint if finite and not collapsing
+                         optimizer and scheduler step, log, dev loss, monitors (role 7: may stop with other
+                         weights), checkpoint if finite and not collapsing
     4. finish            weight transforms (role 8), final/ (model, or adapter [+ merged/]) if finite
 
 The roles, in the order the loop calls them (retain.mitigations.roles.ORDER; a test keeps this equal):
@@ -52,13 +52,13 @@ import torch
 from retain.config import RunConfig, config_to_yaml
 from retain.paths import resolve_path
 from retain.strict import ConfigError
-from retain.data import MODEL_INPUTS, Dataset, SeededOrder, load_dataset
+from retain.data import MODEL_INPUTS, Dataset, SeededOrder, load_dataset, pack
 from retain.io import atomic_torch_save, atomic_write_json, atomic_write_text
 from retain.mitigations import MITIGATIONS, build_mitigations
 from retain.mitigations.penalties import restore
 from retain.mitigations.roles import (Context, DataTransform, GradientFilter, LossTerm, ModelTransform, Monitor, Setup,
                                      Stateful, TokenWeights, WeightTransform, WritesFiles, playing)
-from retain.modeling import check_max_length, load_model, load_tokenizer
+from retain.modeling import check_max_length, enable_gradient_checkpointing, load_model, load_tokenizer
 from retain.training.carryover import load_optimizer_moments
 from retain.training.carryover import save_optimizer_state as save_optimizer_state_file
 from retain.training.checkpoint import (NonFiniteError, any_failed, check_finite, disk_full, last_good,
@@ -233,7 +233,9 @@ def load_and_check(config: RunConfig, out: Path, accelerator, start: Start) -> R
     check_max_length(config.data.max_length, model, config.model.name)
     mitigations = build_mitigations(config.mitigations)
     names = [name for name in MITIGATIONS if name in config.mitigations]  # build_mitigations' order
-    total_steps = total_steps_for(config, len(train_set), accelerator.num_processes)
+    packing = config.data.packing  # then a training item is a row of examples, and epochs count rows
+    n_items = len(pack(train_set.examples, config.data.max_length)) if packing else len(train_set)
+    total_steps = total_steps_for(config, n_items, accelerator.num_processes)
     if start.checkpoint is not None and start.step >= total_steps:
         raise ConfigError(f"--resume: {start.checkpoint} is at step {start.step}, but this config trains "
                           f"{total_steps} steps")
@@ -241,15 +243,26 @@ def load_and_check(config: RunConfig, out: Path, accelerator, start: Start) -> R
                   load_base_model=lambda: load_model(config.model), output_dir=out,
                   dev_examples=dev_set.examples if dev_set and objective is None else None)
 
+    if config.model.load_in_4bit:  # QLoRA: norms and head in float32, inputs that carry a gradient
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     for m in playing(mitigations, ModelTransform):  # role 1
         model = m.transform_model(model, ctx)
+    if config.model.gradient_checkpointing:  # on the model as trained (adapters included)
+        enable_gradient_checkpointing(model)
     examples = train_set.examples
     for m in playing(mitigations, DataTransform):  # role 2
         examples = m.transform_data(examples, ctx)
     report_data(accelerator, train_set, dev_set, len(examples))
+    if packing:
+        n_examples, examples = len(examples), pack(examples, config.data.max_length)
+        accelerator.print(f"packed: {n_examples} examples in {len(examples)} rows of up to "
+                          f"{config.data.max_length} tokens")
     n = accelerator.num_processes
     per_step = t.batch_size * t.grad_accum * n
-    accelerator.print(f"{total_steps} optimizer steps on {n} process{'es' if n > 1 else ''}, global batch {per_step}")
+    accelerator.print(f"{total_steps} optimizer steps on {n} process{'es' if n > 1 else ''}, global batch {per_step}"
+                      f"{' rows' if packing else ''}")
 
     optimizer = make_optimizer(model, t.lr, t.weight_decay)
     scheduler = get_scheduler("constant_with_warmup" if t.scheduler == "constant" else t.scheduler,

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from retain.data import IGNORE_INDEX, MODEL_INPUTS, collate
+from retain.data import IGNORE_INDEX, MODEL_INPUTS, collate, model_inputs
 from retain.lm_head import logits_at, rows_of
 
 
@@ -80,7 +80,7 @@ def task_forward(model, inner, batch: dict, reweighting: list | tuple = ()):
         rows = b * batch["labels"].shape[1] + t
     width = batch["input_ids"].shape[1]
     with logits_at(inner, rows, width):  # the hook sits on the unwrapped model's head; DDP calls the same module
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+        out = model(**model_inputs(batch))  # packed rows: position ids, no mask
     logits = rows_of(out.logits, rows, width)  # (N, V)
     targets = batch["labels"].flatten().index_select(0, rows + 1)  # position t of a row predicts token t + 1
     if not reweighting:
