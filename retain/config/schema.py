@@ -219,7 +219,6 @@ def fill_lab_defaults(model: ModelConfig, mitigations: dict[str, Any]) -> dict[s
 # Packed rows hold several examples: what runs its own forward on the batch, or puts tokens before it, would see
 # them as one sequence. name -> why
 UNPACKABLE = {"kl": "its base-model forward reads the batch as padded rows",
-              "asft": "its KL to the base model reads the batch as padded rows",
               "asft": "its KL to the base (kl's) reads the batch as padded rows",
               "prompt_tuning": "its virtual tokens come before the whole row",
               "prefix_tuning": "its virtual keys come before the whole row"}
