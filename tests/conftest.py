@@ -47,6 +47,14 @@ def write_jsonl(path: Path, rows: list) -> Path:
     return path
 
 
+def write_doubling_task(where: Path) -> Path:
+    """A small generation task ('what is a plus a ?' -> ' 2a', six items) for sweeps to measure gain on: task.yaml."""
+    write_jsonl(where / "task.jsonl", [{"prompt": f"what is {a} plus {a} ?", "response": f" {2 * a}"} for a in range(6)])
+    (where / "task.yaml").write_text(f"name: task\nkind: generation\ndata: {{test: {where / 'task.jsonl'}}}\n"
+                                     "fields: {context: prompt, target: response}\nmax_new_tokens: 3\n")
+    return where / "task.yaml"
+
+
 @pytest.fixture
 def qa_data(tmp_path) -> Path:
     rows = [{"prompt": f"what is {a} plus {b} ?", "response": f" {a + b}"} for a in range(6) for b in range(6)]

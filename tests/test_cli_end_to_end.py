@@ -11,7 +11,7 @@ import yaml
 from retain.config import load_config
 from retain.report.build import headline, ship_verdict
 from retain.sweep import run_sweep
-from conftest import write_jsonl
+from conftest import write_doubling_task
 
 
 def retain_cli(*args, cwd=None):
@@ -58,15 +58,11 @@ def test_a_verdict_says_how_bad_and_whether_to_ship(grade, advice):
 def test_sweep_runs_each_strategy_once_and_names_the_front(make_config, tmp_path):
     base = tmp_path / "base.yaml"
     base.write_text(yaml.safe_dump(make_config(training={"max_steps": 3})))
-    write_jsonl(tmp_path / "task.jsonl", [{"prompt": f"what is {a} plus {a} ?", "response": f" {2 * a}"}
-                                          for a in range(6)])
-    (tmp_path / "task.yaml").write_text(
-        f"name: task\nkind: generation\ndata: {{test: {tmp_path / 'task.jsonl'}}}\n"
-        "fields: {context: prompt, target: response}\nmax_new_tokens: 3\n")
+    write_doubling_task(tmp_path)
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text(yaml.safe_dump({
         "base": str(base), "task": str(tmp_path / "task.yaml"), "suite": "capital_recall,currency_choice",
-        "output": str(tmp_path / "sweep"), "limit": 4,
+        "output": str(tmp_path / "sweep"), "limit": 4, "seeds": [0],
         "strategies": {"plain": {}, "lora": {"mitigations.lora": {"r": 2}}}, "grid": {"training.lr": [1e-3, 1e-2]}},
         sort_keys=False))
     from retain.sweep import expand, load_sweep

@@ -28,8 +28,10 @@ def test_every_shipped_sweep_expands_to_valid_run_configs(path, monkeypatch):
     from retain.sweep import load_sweep, strategy_configs
 
     monkeypatch.chdir(REPO)  # sweeps name their base config relative to the repository
-    configs = strategy_configs(load_sweep(path), path)
-    assert "unprotected" in configs and len(configs) >= 6
+    sweep = load_sweep(path)
+    configs = strategy_configs(sweep, path)
+    assert len(sweep.seeds) >= 3 and "unprotected.seed0" in configs and len(configs) >= 6 * len(sweep.seeds)
+    assert {c.training.seed for c in configs.values()} == set(sweep.seeds)
 
 
 @pytest.mark.parametrize("path", CAPABILITY_FILES, ids=lambda p: p.name)

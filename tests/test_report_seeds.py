@@ -144,3 +144,14 @@ def test_perplexity_is_catastrophic_relative_to_its_chance_perplexity(before, af
     r = {"verdict": "worse", "relative": True, "delta": after / before - 1, "before": before, "after": after,
          "lower_is_better": True, "chance": chance}
     assert severity(r) == grade
+
+
+def test_two_recipes_run_with_the_same_seeds_are_compared_seed_by_seed():
+    from retain.report.stats import seed_paired_bootstrap
+
+    a = [items([1] * 8 + [0] * 2), items([1] * 6 + [0] * 4)]  # recipe A, seeds 0 and 1: 80%, 60%
+    b = [items([1] * 9 + [0] * 1), items([1] * 8 + [0] * 2)]  # recipe B: 90%, 80%
+    c = seed_paired_bootstrap(a, b, "acc")
+    assert c.per_seed == pytest.approx((0.1, 0.2)) and c.before == pytest.approx(0.7) and c.p_value is None
+    with pytest.raises(ValueError, match="1 seeds against 2"):
+        seed_paired_bootstrap(a[:1], b, "acc")

@@ -23,7 +23,7 @@ from retain.io import atomic_write_text
 from retain.report.build import compare, load_results, write_report
 from retain.report.render import format_relative
 from retain.sweep.summary import markdown_table, summarize, write_sweep_report
-from retain.sweep import expand, load_sweep
+from retain.sweep import expand, load_sweep, result_files, run_name
 
 
 def machine() -> str:
@@ -65,10 +65,12 @@ def change_table(base: dict, results: dict[str, dict]) -> list[str]:
     return lines
 
 
-def run_table(out: Path, names: list[str]) -> list[str]:
+def run_table(out: Path, names: list[str], runs: dict[str, str] | None = None) -> list[str]:
+    """One row per strategy, from its run `runs[name]` (default: the run of that name)."""
     lines = ["| strategy | steps | mean step time (s) | tokens/s | final train loss |", "|---|---|---|---|---|"]
     for name in names:
-        rows = [json.loads(l) for l in (out / "runs" / name / "metrics.jsonl").read_text().splitlines() if l.strip()]
+        run = (runs or {}).get(name, name)
+        rows = [json.loads(l) for l in (out / "runs" / run / "metrics.jsonl").read_text().splitlines() if l.strip()]
         train = [r for r in rows if "tokens_per_s" in r]
         if not train:
             continue
@@ -127,17 +129,19 @@ def main() -> None:
     out = Path(sweep.output)
     names = list(expand(sweep))
     # The summary again, with this build's report code (the sweep may have run on an older one).
-    summary = summarize(out / "base.json", {n: out / "results" / f"{n}.json" for n in names}, Path(sweep.task).stem)
+    summary = summarize(out / "base.json", {n: result_files(sweep, n) for n in names}, Path(sweep.task).stem)
     write_sweep_report(summary, out)
     task = summary["task"]
     base = load_results(out / "base.json")
-    results = {n: load_results(out / "results" / f"{n}.json") for n in names}
+    first = sweep.seeds[0]  # the per-task tables show one trained model per strategy: the first seed's
+    results = {n: load_results(result_files(sweep, n)[0]) for n in names}
     shutil.copyfile(out / "pareto.png", docs / "real-model-pareto.png")
     best = max((n for n in summary["pareto_front"] if n != "unprotected"),
                key=lambda n: summary["rows"][n]["gain"], default=names[-1])
-    report = write_report([out / "base.json", out / "results" / "unprotected.json", out / "results" / f"{best}.json"],
-                          out / "report", run_dirs=[out / "runs" / "unprotected", out / "runs" / best],
-                          labels=["base", "unprotected", best])
+    shown = ("unprotected", best)  # every seed's results, under the strategy's label
+    report = write_report([out / "base.json", *(f for n in shown for f in result_files(sweep, n))], out / "report",
+                          run_dirs=[out / "runs" / run_name(sweep, n, first) for n in shown],
+                          labels=["base", *(n for n in shown for _ in sweep.seeds)])
     shot = screenshot(report["html"], docs / "real-model-report.png")
     wall = out / "wall_seconds"
     wall_text = f"{int(wall.read_text()) / 60:.0f} minutes" if wall.is_file() else "not recorded"
@@ -160,7 +164,7 @@ def main() -> None:
         "lm-eval's `mmlu`).", "",
         "## The base model", "", *base_table(base), "",
         "Perplexity is word perplexity (lower is better); every other score is in percent.", "",
-        "## Change per task (points; perplexity as a ratio), paired bootstrap 95% CI", "",
+        f"## Change per task (points; perplexity as a ratio), paired bootstrap 95% CI, training seed {first}", "",
         "Bold: the CI excludes 0 (a significant change). A perplexity change above ×1 (or +%) is worse.", "",
         *change_table(base, results), "",
         "## New skill against forgetting", "", markdown_table(summary), "",
@@ -171,7 +175,7 @@ def main() -> None:
         *not_significant(base, results, task), "",
         "Which letter each model picks on MMLU (its highest-loglikelihood choice):", "",
         *letter_choices({"base": base, **results}), "",
-        "## Training throughput", "", *run_table(out, names), "",
+        "## Training throughput", "", *run_table(out, names, {n: run_name(sweep, n, first) for n in names}), "",
         "## The report", "",
         (f"`retain report` of base, unprotected and {best}:" + "\n\n![report](real-model-report.png)" if shot else
          f"`retain report` of base, unprotected and {best} is in `{report['html']}` (no browser here for a screenshot)."),

@@ -85,7 +85,8 @@ def two_level_deltas(base: np.ndarray, seeds: np.ndarray, seed_draws: np.ndarray
                      metric: str) -> np.ndarray:
     """The resampled changes of a two-level bootstrap, for given draws.
 
-    base (K, 2) and seeds (S, K, 2): the parts per cluster of the base and of each seed's fine-tune;
+    base (K, 2) and seeds (S, K, 2): the parts per cluster of the base and of each seed's fine-tune (or base
+    (S, K, 2): a reference of its own per seed, e.g. another recipe run with the same seeds);
     seed_draws (R, S): which seeds resample r draws; cluster_draws (R, S, K): which clusters each drawn seed
     resamples. Resample r's change is the mean over its S drawn seeds of that seed's change on its drawn
     clusters (after - before, or after / before - 1 for a perplexity). Returns (R,).
@@ -94,8 +95,9 @@ def two_level_deltas(base: np.ndarray, seeds: np.ndarray, seed_draws: np.ndarray
     total = np.zeros(seed_draws.shape[0])
     for m in range(seed_draws.shape[1]):
         draws = cluster_draws[:, m]  # (R, K)
-        before = value_of(base[draws].sum(axis=1), metric)
-        after = value_of(seeds[seed_draws[:, m][:, None], draws].sum(axis=1), metric)
+        drawn_seed = seed_draws[:, m][:, None]
+        before = value_of((base[draws] if base.ndim == 2 else base[drawn_seed, draws]).sum(axis=1), metric)
+        after = value_of(seeds[drawn_seed, draws].sum(axis=1), metric)
         total += after / before - 1 if relative else after - before
     return total / seed_draws.shape[1]
 
@@ -104,16 +106,33 @@ def seeded_bootstrap(before: list[dict], afters: list[list[dict]], metric: str, 
                      seed: int = 0) -> Change:
     """The change in `metric` from the base to a recipe trained with len(afters) seeds, with a 95% percentile CI:
     one seed resamples the clusters (items) jointly; several resample the seeds, then the clusters within each."""
+    return _bootstrap([before], afters, metric, resamples, seed)
+
+
+def seed_paired_bootstrap(befores: list[list[dict]], afters: list[list[dict]], metric: str, resamples: int = 2000,
+                          seed: int = 0) -> Change:
+    """The change from recipe A to recipe B, both trained with the same seeds: seed s of B against seed s of A
+    (same data order), the same two-level bootstrap over the seed pairs. `before` is A's mean."""
+    if len(befores) != len(afters):
+        raise ValueError(f"{metric}: {len(befores)} seeds against {len(afters)}; compare recipes run with the same seeds")
+    return _bootstrap(befores, afters, metric, resamples, seed)
+
+
+def _bootstrap(befores: list[list[dict]], afters: list[list[dict]], metric: str, resamples: int, seed: int) -> Change:
+    before = befores[0]
     ids = [i["id"] for i in before]
-    if any([i["id"] for i in after] != ids for after in afters):
+    if any([i["id"] for i in other] != ids for other in befores + afters):
         raise ValueError(f"{metric}: before and after were scored on different items; compare the same split")
     relative = metric in PERPLEXITY_DENOMINATOR
     index, k = cluster_index(before)
-    base = by_cluster(parts(before, metric), index, k)
+    bases = np.stack([by_cluster(parts(b, metric), index, k) for b in befores])  # (1 or S, K, 2)
+    base = bases[0] if len(befores) == 1 else bases
     tuned = np.stack([by_cluster(parts(after, metric), index, k) for after in afters])  # (S, K, 2)
-    b = float(value_of(base.sum(axis=0), metric))
+    before_values = [float(value_of(b.sum(axis=0), metric)) for b in bases]
+    b = float(np.mean(before_values))
     after_values = [float(value_of(t.sum(axis=0), metric)) for t in tuned]
-    per_seed = tuple(a / b - 1 if relative else a - b for a in after_values)
+    references = before_values if len(befores) > 1 else before_values * len(afters)  # what each seed is compared to
+    per_seed = tuple(a / r - 1 if relative else a - r for a, r in zip(after_values, references))
     rng = np.random.default_rng(seed)
     n_seeds = len(afters)
     if n_seeds == 1:  # the item (cluster) bootstrap, draws as they always were
@@ -127,7 +146,7 @@ def seeded_bootstrap(before: list[dict], afters: list[list[dict]], metric: str, 
     # lm-eval names a filtered metric "exact_match,strict-match": binary all the same
     binary = metric.split(",")[0] in BINARY_METRICS
     p = mcnemar_exact([i[metric] for i in before], [i[metric] for i in afters[0]]) \
-        if binary and n_seeds == 1 else None
+        if binary and n_seeds == 1 and len(befores) == 1 else None
     return Change(b, float(np.mean(after_values)), float(np.mean(per_seed)), float(low), float(high), p, len(before),
                   relative, per_seed, k if k < len(before) else None)
 

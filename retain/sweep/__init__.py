@@ -1,6 +1,8 @@
 """Sweeps: many strategies on one task (run.py: expand, write and run the configs) and what they show
 (summary.py: retained change with paired CIs, the table, the Pareto front and its plot)."""
 
-from retain.sweep.run import SweepConfig, expand, load_sweep, run_configs, run_sweep, strategy_configs
+from retain.sweep.run import (SweepConfig, expand, load_sweep, result_files, run_configs, run_name, run_sweep,
+                              strategy_configs)
 
-__all__ = ["SweepConfig", "expand", "load_sweep", "run_configs", "run_sweep", "strategy_configs"]
+__all__ = ["SweepConfig", "expand", "load_sweep", "result_files", "run_configs", "run_name", "run_sweep",
+           "strategy_configs"]

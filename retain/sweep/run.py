@@ -8,15 +8,19 @@ A sweep YAML:
     limit: null                             # items per task (for quick sweeps)
     batch_size: 64                          # evaluation requests per forward pass; device: cuda (default: auto)
     common: {training.lr: 1.0e-4}           # applied to every strategy before its own overrides
+    seeds: [0, 1, 2]                        # training seeds each strategy runs with (default: 3 seeds)
     strategies:                             # name -> dotted overrides of the base config
       full: {}
       lora: {mitigations.lora: {r: 8}, training.lr: 1.0e-3}
     grid:                                   # optional: every combination, named by its values
       training.lr: [1.0e-4, 1.0e-3]
 
-Each strategy becomes an ordinary run config, <output>/configs/<name>.yaml, trained with
-`retain train` semantics into <output>/runs/<name>/ and evaluated on the test split. Finished
-runs (their results file exists) are skipped, so a killed sweep resumes where it was.
+Each strategy and seed becomes an ordinary run config, <output>/configs/<run>.yaml, trained with
+`retain train` semantics into <output>/runs/<run>/ and evaluated on the test split into
+<output>/results/<run>.json; <run> is the strategy's name, with `.seed<S>` appended when the sweep has more
+than one seed (run_name). Finished runs (their results file exists) are skipped, so a killed sweep resumes where
+it was. The summary compares each strategy over its seeds: one run measures one trained model, several
+measure the recipe (retain.report.stats).
 """
 
 from __future__ import annotations
@@ -47,10 +51,13 @@ class SweepConfig:
     common: dict[str, Any] = field(default_factory=dict)  # dotted overrides applied to every strategy first
     strategies: dict[str, Any] = field(default_factory=dict)
     grid: dict[str, Any] = field(default_factory=dict)
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # training.seed of each strategy's runs
 
     def validate(self):
         if not self.strategies and not self.grid:
             yield "strategies", "give at least one strategy or a grid"
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            yield "seeds", f"expected a non-empty list of distinct training seeds, got {self.seeds!r}"
         for name, overrides in self.strategies.items():
             if not isinstance(overrides, dict):
                 yield f"strategies.{name}", f"expected a mapping of dotted keys to values, got {overrides!r}"
@@ -71,8 +78,18 @@ def expand(sweep: SweepConfig) -> dict[str, dict]:
     return strategies
 
 
+def run_name(sweep: SweepConfig, strategy: str, seed: int) -> str:
+    """The name of one run of a strategy: the strategy's own with one seed, 'name.seed<S>' with several."""
+    return strategy if len(sweep.seeds) == 1 else f"{strategy}.seed{seed}"
+
+
+def result_files(sweep: SweepConfig, strategy: str) -> list[Path]:
+    """The results files of a strategy's runs, one per seed, in the order of `seeds`."""
+    return [Path(sweep.output) / "results" / f"{run_name(sweep, strategy, s)}.json" for s in sweep.seeds]
+
+
 def strategy_configs(sweep: SweepConfig, where: Path) -> dict:
-    """Strategy name -> its complete RunConfig (base + overrides, output under the sweep's directory).
+    """Run name -> its complete RunConfig (base + overrides + its seed, output under the sweep's directory).
 
     Every strategy is checked here, so a bad override fails before any training.
     """
@@ -84,14 +101,19 @@ def strategy_configs(sweep: SweepConfig, where: Path) -> dict:
         raise ConfigError(f"{where}: base: {sweep.base} is not a run config (expected a mapping of sections)")
     configs = {}
     for name, overrides in expand(sweep).items():
-        data = copy.deepcopy(base)
-        for dotted, value in {**sweep.common, **overrides}.items():
-            set_dotted(data, dotted, value, f"{where}: strategies.{name}")
-        set_dotted(data, "output.dir", str(Path(sweep.output) / "runs" / name))
-        try:
-            configs[name] = config_from_dict(data)
-        except ConfigError as e:
-            raise ConfigError(f"{where}: strategies.{name}: {e}") from None
+        if "training.seed" in {**sweep.common, **overrides}:
+            raise ConfigError(f"{where}: strategies.{name}: training.seed is set by the sweep's `seeds` (each "
+                              f"strategy runs with every seed in it); list the seeds there instead")
+        for seed in sweep.seeds:
+            data = copy.deepcopy(base)
+            for dotted, value in {**sweep.common, **overrides, "training.seed": seed}.items():
+                set_dotted(data, dotted, value, f"{where}: strategies.{name}")
+            run = run_name(sweep, name, seed)
+            set_dotted(data, "output.dir", str(Path(sweep.output) / "runs" / run))
+            try:
+                configs[run] = config_from_dict(data)
+            except ConfigError as e:
+                raise ConfigError(f"{where}: strategies.{name}: {e}") from None
     return configs
 
 
@@ -121,7 +143,6 @@ def run_sweep(path: Path, progress: bool = True) -> dict:
         print(f"evaluating the base model {base_model}")
         evaluate_path(base_model, suite, "test", base_results, limit=sweep.limit, progress=progress,
                       batch_size=sweep.batch_size, device=sweep.device)
-    results = {}
     for k, (name, config_path) in enumerate(configs.items(), 1):
         result_path = out / "results" / f"{name}.json"
         if result_path.is_file():  # written last, after training and evaluation: the run is finished
@@ -131,7 +152,7 @@ def run_sweep(path: Path, progress: bool = True) -> dict:
             run = train(load_config(config_path), overwrite=True, progress=progress)
             evaluate_path(str(run.final_dir), suite, "test", result_path, limit=sweep.limit, progress=progress,
                           batch_size=sweep.batch_size, device=sweep.device)
-        results[name] = result_path
+    results = {name: result_files(sweep, name) for name in expand(sweep)}
     summary = summarize(base_results, results, task=Path(sweep.task).stem)
     atomic_write_json(out / "summary.json", summary)
     write_sweep_report(summary, out)

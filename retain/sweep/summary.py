@@ -9,23 +9,34 @@ from retain.report.build import compare, largest_drop, load_results
 from retain.report.render import format_relative
 from retain.report.severity import LEGEND as SEVERITY_LEGEND
 from retain.report.severity import worst
-from retain.report.stats import paired_bootstrap
+from retain.report.stats import seed_paired_bootstrap
 
 
-def retained_change(before: dict, after: dict, task: str):
-    """Paired change over the pooled items of every score-type capability task except `task`."""
-    names = [n for n, t in before["tasks"].items()
+def retained_change(before: dict | list[dict], after: dict | list[dict], task: str):
+    """Paired change over the pooled items of every score-type capability task except `task`.
+
+    Either side may be a list of results, one per training seed: a base against a recipe's seeds, or recipe A's
+    seeds against recipe B's (seed s against seed s), with the two-level bootstrap of retain.report.stats."""
+    befores, afters = (x if isinstance(x, list) else [x] for x in (before, after))
+    names = [n for n, t in befores[0]["tasks"].items()
              if n != task and not t["lower_is_better"] and t["kind"] in ("multiple_choice", "generation")]
-    pooled = [[{**i, "id": (n, i["id"]), "score": i[r["tasks"][n]["primary_metric"]]} for n in names
-               for i in r["tasks"][n]["items"]] for r in (before, after)]
-    return paired_bootstrap(pooled[0], pooled[1], "score"), names
+
+    def pooled(r: dict) -> list[dict]:
+        return [{**i, "id": (n, i["id"]), "score": i[r["tasks"][n]["primary_metric"]]} for n in names
+                for i in r["tasks"][n]["items"]]
+
+    if len(befores) == 1:
+        befores = befores * len(afters)  # one base for every seed
+    return seed_paired_bootstrap([pooled(r) for r in befores], [pooled(r) for r in afters], "score"), names
 
 
-def summarize(base_path: Path, result_paths: dict[str, Path], task: str) -> dict:
+def summarize(base_path: Path, result_paths: dict[str, Path | list[Path]], task: str) -> dict:
+    """The sweep's rows against the base; a strategy's results are one file, or a list: one per training seed."""
     base = load_results(base_path)
     rows, pooled_tasks = {}, []
-    for name, path in result_paths.items():
-        after = load_results(path)
+    for name, paths in result_paths.items():
+        afters = [load_results(p) for p in (paths if isinstance(paths, list) else [paths])]
+        after = afters if len(afters) > 1 else afters[0]
         comparison = compare(base, after)
         gain = comparison["tasks"][task]
         retained, pooled_tasks = retained_change(base, after, task)
@@ -34,6 +45,7 @@ def summarize(base_path: Path, result_paths: dict[str, Path], task: str) -> dict
             "gain": gain["delta"], "gain_ci": [gain["ci_low"], gain["ci_high"]], "task_after": gain["after"],
             "retained_change": retained.delta, "retained_ci": [retained.ci_low, retained.ci_high],
             "retained_after": retained.after,
+            "seeds": len(afters), "gain_per_seed": list(gain["per_seed"]), "retained_per_seed": list(retained.per_seed),
             "max_drop": largest_drop(comparison, exclude=(gain["capability"],)),
             "severity": worst(r["severity"] for r in others.values()),
             "perplexity_changes": {t: {"delta": r["delta"], "ci": [r["ci_low"], r["ci_high"]], "verdict": r["verdict"]}

@@ -22,7 +22,7 @@ from retain.io import read_metrics
 from retain.mitigations import MITIGATIONS, PEFT_METHODS
 from retain.mitigations.early_warnings import EarlyWarnings
 from retain.mitigations.roles import Monitor, WeightTransform
-from retain.sweep import SweepConfig
+from retain.sweep import SweepConfig, run_name
 
 MAIN_SIGNALS = ("kl_general", "kl_task", "drift/all")
 ALL = "all sweeps"  # the scope of the pooled runs
@@ -96,7 +96,7 @@ def blind_spot(mitigations: dict) -> str | None:
     """Why a run's signals cannot see its final weights (from the MITIGATIONS table's roles), or None."""
     for name in mitigations:
         cls = MITIGATIONS[name][1]
-        if issubclass(cls, WeightTransform):
+        if issubclass(cls, WeightTransform) and not getattr(cls, "keeps_outputs", False):
             return f"`{name}` changes the weights after training"
         if issubclass(cls, Monitor) and cls is not EarlyWarnings:
             return f"`{name}` may end the run at an earlier check's weights"
@@ -107,7 +107,7 @@ def load_runs(sweep: SweepConfig, summary: dict) -> list[Run]:
     """The sweep's runs that logged early warnings, with their final forgetting."""
     out, runs = Path(sweep.output), []
     for name, row in summary["rows"].items():
-        run_dir = out / "runs" / name
+        run_dir = out / "runs" / run_name(sweep, name, sweep.seeds[0])  # the first seed's logs; forgetting: the mean
         rows = read_metrics(run_dir)
         checks = sorted((r for r in rows if any(k.startswith("warn/") for k in r)), key=lambda r: r["step"])
         if not checks:

@@ -1,0 +1,40 @@
+"""A sweep runs each strategy with several training seeds and summarises the recipe over them."""
+
+import pytest
+import yaml
+
+from retain.config import load_config
+from retain.strict import ConfigError
+from retain.sweep import load_sweep, result_files, run_sweep, strategy_configs
+from conftest import write_doubling_task
+
+
+def sweep_file(tmp_path, make_config, **fields):
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump(make_config(training={"max_steps": 2, "bf16": False})))
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump({"base": str(base), "task": str(write_doubling_task(tmp_path)), "suite": "capital_recall",
+                                     "output": str(tmp_path / "sweep"), "limit": 4, **fields}, sort_keys=False))
+    return sweep
+
+
+def test_each_strategy_runs_once_per_seed_and_its_row_holds_every_seed(make_config, tmp_path):
+    sweep = sweep_file(tmp_path, make_config, seeds=[0, 1], strategies={"plain": {}})
+    configs = strategy_configs(load_sweep(sweep), sweep)
+    assert {name: c.training.seed for name, c in configs.items()} == {"plain.seed0": 0, "plain.seed1": 1}
+    summary = run_sweep(sweep, progress=False)
+    assert [p.name for p in result_files(load_sweep(sweep), "plain")] == ["plain.seed0.json", "plain.seed1.json"]
+    assert all(p.is_file() for p in result_files(load_sweep(sweep), "plain"))
+    assert load_config(tmp_path / "sweep" / "configs" / "plain.seed1.yaml").training.seed == 1
+    row = summary["rows"]["plain"]
+    assert row["seeds"] == 2 and len(row["gain_per_seed"]) == 2 and len(row["retained_per_seed"]) == 2
+    assert row["gain"] == pytest.approx(sum(row["gain_per_seed"]) / 2)
+
+
+def test_seeds_default_to_three_and_a_strategy_may_not_set_its_own(make_config, tmp_path):
+    sweep = sweep_file(tmp_path, make_config, strategies={"plain": {}})
+    assert load_sweep(sweep).seeds == [0, 1, 2]
+    assert list(strategy_configs(load_sweep(sweep), sweep)) == ["plain.seed0", "plain.seed1", "plain.seed2"]
+    sweep = sweep_file(tmp_path, make_config, strategies={"plain": {"training.seed": 3}})
+    with pytest.raises(ConfigError, match=r"strategies.plain: training.seed is set by the sweep's `seeds`"):
+        strategy_configs(load_sweep(sweep), sweep)
