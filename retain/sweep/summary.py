@@ -18,16 +18,23 @@ def retained_change(before: dict | list[dict], after: dict | list[dict], task: s
     Either side may be a list of results, one per training seed: a base against a recipe's seeds, or recipe A's
     seeds against recipe B's (seed s against seed s), with the two-level bootstrap of retain.report.stats."""
     befores, afters = (x if isinstance(x, list) else [x] for x in (before, after))
-    names = [n for n, t in befores[0]["tasks"].items()
-             if n != task and not t["lower_is_better"] and t["kind"] in ("multiple_choice", "generation")]
-
-    def pooled(r: dict) -> list[dict]:
-        return [{**i, "id": (n, i["id"]), "score": i[r["tasks"][n]["primary_metric"]]} for n in names
-                for i in r["tasks"][n]["items"]]
-
+    names = retained_tasks(befores[0], task)
     if len(befores) == 1:
         befores = befores * len(afters)  # one base for every seed
-    return seed_paired_bootstrap([pooled(r) for r in befores], [pooled(r) for r in afters], "score"), names
+    return seed_paired_bootstrap([retained_items(r, names) for r in befores], [retained_items(r, names) for r in afters],
+                                 "score"), names
+
+
+def retained_tasks(results: dict, task: str) -> list[str]:
+    """The score-type capability tasks other than the fine-tuning `task`: what a fine-tune should keep."""
+    return [n for n, t in results["tasks"].items()
+            if n != task and not t["lower_is_better"] and t["kind"] in ("multiple_choice", "generation")]
+
+
+def retained_items(results: dict, names: list[str]) -> list[dict]:
+    """The items of tasks `names` pooled, each scored by its task's primary metric under the key "score"."""
+    return [{**i, "id": (n, i["id"]), "score": i[results["tasks"][n]["primary_metric"]]} for n in names
+            for i in results["tasks"][n]["items"]]
 
 
 def summarize(base_path: Path, result_paths: dict[str, Path | list[Path]], task: str) -> dict:

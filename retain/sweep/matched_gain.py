@@ -1,0 +1,92 @@
+"""Forgetting at matched task gain: how much a recipe forgets at the point of its own path where it has learned
+as much of the task as a reference.
+
+A method that learns less also forgets less, so comparing two recipes' end points confounds how far each went
+with how well each protects. Read off each recipe's path instead — its checkpoints in order, or its WiSE-FT line
+from the base (interpolation α = 0 … 1) — the retained-capability change where the task gain first reaches a
+target (by default 95% of the unprotected run's gain), interpolating linearly between the two points around it.
+
+    target_gain(base, reference, task, share=0.95) -> float
+    forgetting_at_gain(base, path, task, target) -> MatchedForgetting | None (None: the path never gets there)
+
+The CI resamples the items (the task's, and the retained capabilities' pooled, each by cluster where items carry
+one) with the same draws at every point of the path, and finds the crossing again in each resample; the target
+is held fixed. One trained path is one seed: combine seeds as retain.report.stats does (not done here).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from retain.report.stats import by_cluster, cluster_index, parts, value_of
+from retain.sweep.summary import retained_items, retained_tasks
+
+
+@dataclass(frozen=True)
+class MatchedForgetting:
+    target: float  # the task gain matched (a fraction: 0.4 = 40 points)
+    position: float  # where along the path it is reached: index of the point before it + the share of the step
+    retained_change: float  # the retained capabilities' change (after - before) at that position
+    ci_low: float
+    ci_high: float
+    reached: float  # the share of resamples whose path reaches the target (the CI is over those)
+
+
+def target_gain(base: dict, reference: dict, task: str, share: float = 0.95) -> float:
+    """`share` of the reference run's gain on `task` over the base (its primary metric)."""
+    metric = base["tasks"][task]["primary_metric"]
+    before, after = (value_of(parts(r["tasks"][task]["items"], metric).sum(axis=0), metric) for r in (base, reference))
+    return float(share * (after - before))
+
+
+def _crossing(gains: np.ndarray, changes: np.ndarray, target: float) -> tuple[np.ndarray, np.ndarray]:
+    """gains, changes (R, P) along a path of P points -> (position, change) (R,) where the gain first reaches
+    `target`, linearly interpolated; NaN where it never does."""
+    reached = gains >= target
+    first = np.where(reached.any(axis=1), reached.argmax(axis=1), -1)
+    rows = np.arange(len(gains))
+    position, change = np.full(len(gains), np.nan), np.full(len(gains), np.nan)
+    at_start = first == 0
+    position[at_start], change[at_start] = 0.0, changes[at_start, 0]
+    inner = first > 0
+    i, r = first[inner], rows[inner]
+    share = (target - gains[r, i - 1]) / (gains[r, i] - gains[r, i - 1])
+    position[inner] = i - 1 + share
+    change[inner] = changes[r, i - 1] + share * (changes[r, i] - changes[r, i - 1])
+    return position, change
+
+
+def _path_values(base_items: list[dict], path_items: list[list[dict]], metric: str,
+                 draws: np.ndarray | None) -> np.ndarray:
+    """(R, P) change of each path point over the base, on each resample of clusters `draws` (R, K), or (1, P)."""
+    index, k = cluster_index(base_items)
+    base = by_cluster(parts(base_items, metric), index, k)
+    points = np.stack([by_cluster(parts(items, metric), index, k) for items in path_items])  # (P, K, 2)
+    if draws is None:
+        return (value_of(points.sum(axis=1), metric) - value_of(base.sum(axis=0), metric))[None, :]
+    before = value_of(base[draws].sum(axis=1), metric)  # (R,)
+    return np.stack([value_of(p[draws].sum(axis=1), metric) - before for p in points], axis=1)
+
+
+def forgetting_at_gain(base: dict, path: list[dict], task: str, target: float, resamples: int = 2000,
+                       seed: int = 0) -> MatchedForgetting | None:
+    """The retained-capability change where the recipe's `path` (results in order, from nearest the base to its
+    end) first gains `target` on `task`; None if no point of the path gains that much."""
+    metric = base["tasks"][task]["primary_metric"]
+    names = retained_tasks(base, task)
+    task_sets = (base["tasks"][task]["items"], [r["tasks"][task]["items"] for r in path], metric)
+    kept_sets = (retained_items(base, names), [retained_items(r, names) for r in path], "score")
+    position, change = _crossing(_path_values(*task_sets, None), _path_values(*kept_sets, None), target)
+    if np.isnan(position[0]):
+        return None
+    rng = np.random.default_rng(seed)
+    task_k, kept_k = cluster_index(task_sets[0])[1], cluster_index(kept_sets[0])[1]
+    task_draws = rng.integers(0, task_k, size=(resamples, task_k))
+    kept_draws = rng.integers(0, kept_k, size=(resamples, kept_k))
+    _, changes = _crossing(_path_values(*task_sets, task_draws), _path_values(*kept_sets, kept_draws), target)
+    found = changes[~np.isnan(changes)]
+    low, high = np.percentile(found, [2.5, 97.5]) if len(found) else (np.nan, np.nan)
+    return MatchedForgetting(target, float(position[0]), float(change[0]), float(low), float(high),
+                             len(found) / resamples)
