@@ -155,3 +155,26 @@ def test_two_recipes_run_with_the_same_seeds_are_compared_seed_by_seed():
     assert c.per_seed == pytest.approx((0.1, 0.2)) and c.before == pytest.approx(0.7) and c.p_value is None
     with pytest.raises(ValueError, match="1 seeds against 2"):
         seed_paired_bootstrap(a[:1], b, "acc")
+
+
+def test_severe_and_catastrophic_look_different_and_the_legend_says_why(tmp_path):
+    import re
+
+    from retain.report.render import CSS
+
+    paths = []
+    for name, values in {"base": [1] * 40, "severe": [1] * 32 + [0] * 8, "collapsed": [1] + [0] * 39}.items():
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(results(values)))
+    out = write_report(paths, tmp_path / "r")
+    page = out["html"].read_text()
+    assert "<td class='severe'>severe</td>" in page and "<td class='catastrophic'>catastrophic</td>" in page
+
+    def rule(name):
+        return re.search(r"\.%s\{([^}]*)\}" % name, CSS).group(1)
+
+    assert "background" in rule("catastrophic") and rule("severe") != rule("catastrophic")
+    text = out["md"].read_text()  # 100 -> 2.5 exact match with chance 0: catastrophic, and the legend says why
+    assert "collapsed: catastrophic forgetting" in out["headline"]
+    assert "keeps less than a tenth of its margin above chance" in text and "For perplexity" in text
+    assert "practitioners' grading of forgetting after fine-tuning" in text
