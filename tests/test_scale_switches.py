@@ -251,6 +251,27 @@ def test_load_in_4bit_needs_an_adapter_and_no_merged_export(make_config, monkeyp
         config_from_dict(make_config(model={"load_in_4bit": True}, **extra))
 
 
+def test_load_in_4bit_asks_transformers_for_nf4_on_the_gpu(monkeypatch):
+    from retain.modeling import loading_options
+
+    monkeypatch.setattr("retain.modeling.four_bit_problem", lambda: None)  # as on a CUDA machine with bitsandbytes
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    options = loading_options(ModelConfig(name="m", load_in_4bit=True, attn_implementation="sdpa"))
+    quantization = options["quantization_config"]
+    assert quantization.load_in_4bit and quantization.bnb_4bit_quant_type == "nf4"
+    assert quantization.bnb_4bit_use_double_quant and quantization.bnb_4bit_compute_dtype == torch.bfloat16
+    assert options["device_map"] == {"": 0} and options["attn_implementation"] == "sdpa"
+    assert loading_options(ModelConfig(name="m")) == {}  # unset: transformers' own defaults
+
+
+def test_flash_attention_installed_but_no_cuda_is_a_config_error(make_config, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: object())  # flash_attn "installed"
+    with pytest.raises(ConfigError, match=r"model\.attn_implementation: flash_attention_2 runs on a CUDA GPU only"):
+        config_from_dict(make_config(model={"attn_implementation": "flash_attention_2"}))
+
+
 # --- torch as a range -----------------------------------------------------------------------------------------
 
 def test_torch_is_a_range_the_pinned_build_satisfies():
