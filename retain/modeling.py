@@ -344,10 +344,13 @@ def enable_gradient_checkpointing(model) -> None:
     embeddings frozen (LoRA, freezing) their output is made to require a gradient, as peft does for
     checkpointed adapters, so a checkpointed layer always has a gradient to pass back."""
     enable = getattr(model, "activation_checkpointing_enable", None)  # the name from transformers 5.x on
-    if enable is not None:
-        enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    try:
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    except ValueError as e:  # transformers: "<Class> does not support activation checkpointing."
+        raise ConfigError(f"model.gradient_checkpointing: {e} — set it to false for this model") from None
     embeddings = model.get_input_embeddings()
     if embeddings is not None and not any(p.requires_grad for p in embeddings.parameters()):
         model.enable_input_require_grads()

@@ -176,6 +176,13 @@ def test_a_checkpointed_run_resumes_to_the_uninterrupted_runs_weights(make_confi
         torch.testing.assert_close(a[key], c[key], rtol=1e-4, atol=1e-6)  # what checkpointing changes: nothing
 
 
+def test_a_model_without_checkpointing_support_is_a_config_error(tiny, monkeypatch):
+    model, _ = tiny
+    monkeypatch.setattr(type(model), "supports_gradient_checkpointing", False)
+    with pytest.raises(ConfigError, match=r"model\.gradient_checkpointing: .*does not support .* set it to false"):
+        enable_gradient_checkpointing(model)
+
+
 # --- model.attn_implementation --------------------------------------------------------------------------------
 
 def test_attn_implementation_reaches_the_model_and_eager_equals_sdpa(tiny_model, examples):
