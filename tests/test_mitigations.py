@@ -74,6 +74,7 @@ SMOKE = {
     "lokr": {"r": 4},
     "ia3": {},
     "oft": {"block_size": 16},
+    "osf": {"effective_rank": 0.5},
     "prompt_tuning": {"num_virtual_tokens": 4},
     "prefix_tuning": {"num_virtual_tokens": 4},
     "replay": {"ratio": 0.2},
@@ -91,7 +92,7 @@ SMOKE = {
     "interpolate": {"alpha": 0.5},
     "early_warnings": {"every": 2, "examples": 4},
 }
-PEFT = {"lora", "loha", "lokr", "ia3", "oft", "prompt_tuning", "prefix_tuning"}
+PEFT = {"lora", "loha", "lokr", "ia3", "oft", "osf", "prompt_tuning", "prefix_tuning"}
 
 
 def test_smoke_table_covers_every_mitigation():

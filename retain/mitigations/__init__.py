@@ -14,8 +14,8 @@ from retain.mitigations.distill import KLOptions, KLToBase
 from retain.mitigations.early_warnings import EarlyWarnings, EarlyWarningsOptions
 from retain.mitigations.freezing import Freeze, FreezeOptions, ProgressiveUnfreeze, ProgressiveUnfreezeOptions
 from retain.mitigations.interpolation import Interpolate, InterpolateOptions
-from retain.mitigations.peft_methods import (IA3, OFT, IA3Options, LoHa, LoKr, Lora, LoraOptions, LowRankOptions,
-                                             OFTOptions, PrefixTuning, PromptTuning, VirtualTokensOptions)
+from retain.mitigations.peft_methods import (IA3, OFT, OSF, IA3Options, LoHa, LoKr, Lora, LoraOptions, LowRankOptions,
+                                             OFTOptions, OSFOptions, PrefixTuning, PromptTuning, VirtualTokensOptions)
 from retain.mitigations.penalties import EWC, L2SP, SI, EWCOptions, L2SPOptions, SIOptions
 from retain.mitigations.replay import Replay, ReplayOptions
 from retain.mitigations.retention import RetentionBudget, RetentionOptions
@@ -26,11 +26,12 @@ from retain.mitigations.token_weights import ASFT, DFT, EAFT, ASFTOptions, DFTOp
 MITIGATIONS: dict[str, tuple[type, type]] = {
     # transform the model
     "freeze": (FreezeOptions, Freeze),
-    "lora": (LoraOptions, Lora),  # also DoRA (use_dora) and rsLoRA (use_rslora)
+    "lora": (LoraOptions, Lora),  # also DoRA, rsLoRA, and the PiSSA/OLoRA/CorDA/EVA/MiCA starts (init)
     "loha": (LowRankOptions, LoHa),
     "lokr": (LowRankOptions, LoKr),
     "ia3": (IA3Options, IA3),
     "oft": (OFTOptions, OFT),
+    "osf": (OSFOptions, OSF),
     "prompt_tuning": (VirtualTokensOptions, PromptTuning),
     "prefix_tuning": (VirtualTokensOptions, PrefixTuning),
     # transform the data
@@ -54,7 +55,7 @@ MITIGATIONS: dict[str, tuple[type, type]] = {
     # transform the weights after training
     "interpolate": (InterpolateOptions, Interpolate),
 }
-PEFT_METHODS = ("lora", "loha", "lokr", "ia3", "oft", "prompt_tuning", "prefix_tuning")
+PEFT_METHODS = ("lora", "loha", "lokr", "ia3", "oft", "osf", "prompt_tuning", "prefix_tuning")
 TOKEN_REWEIGHTING = ("dft", "eaft", "asft")  # each is its paper's loss; a product of two is none of them
 
 

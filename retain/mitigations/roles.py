@@ -85,6 +85,10 @@ class Monitor(Protocol):
 
 @runtime_checkable
 class WeightTransform(Protocol):
+    """A class whose transform keeps every output as it was (it only re-expresses the weights: LoRA's
+    PiSSA start turned back into a plain LoRA) sets `keeps_outputs = True`; what scores or watches the
+    model during training may then skip it."""
+
     def transform_weights(self, model: torch.nn.Module, ctx: Context) -> torch.nn.Module: ...
 
 

@@ -110,7 +110,8 @@ class DevCheck:
         self.tasks = [t for t in load_suite(tuning.suite)
                       if t.name == tuning.task or (t.kind in scores and not t.lower_is_better)]
         self.tokenizer = load_tokenizer(config.model)
-        self.transforms = playing(build_mitigations(config.mitigations), WeightTransform)
+        self.transforms = [m for m in playing(build_mitigations(config.mitigations), WeightTransform)
+                           if not getattr(m, "keeps_outputs", False)]  # one that keeps outputs changes no score
         base_model: list = []  # loaded once, at the first check that needs it
 
         def load_base():
