@@ -178,3 +178,17 @@ def test_severe_and_catastrophic_look_different_and_the_legend_says_why(tmp_path
     assert "collapsed: catastrophic forgetting" in out["headline"]
     assert "keeps less than a tenth of its margin above chance" in text and "For perplexity" in text
     assert "practitioners' grading of forgetting after fine-tuning" in text
+
+
+def test_cli_report_groups_files_that_share_a_label_as_seeds(tmp_path, capsys):
+    from retain.cli import main
+
+    paths = []
+    for name, values in {"base": [1] * 20, "a0": [1] * 10 + [0] * 10, "a1": [1] * 12 + [0] * 8}.items():
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(results(values)))
+    assert main(["report", *map(str, paths), "--label", "base,a,a", "--out", str(tmp_path / "r")]) == 0
+    assert "a (2 seeds): severe forgetting" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["report", "--help"])
+    assert "Files that share a label are one recipe trained with several seeds" in " ".join(capsys.readouterr().out.split())
