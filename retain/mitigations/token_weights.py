@@ -8,10 +8,11 @@ gradient):
 
     DFT   w_i = sg(p(y_i))                       Wu et al. 2025, "On the Generalization of SFT: A Reinforcement
                                                  Learning Perspective with Reward Rectification" (Dynamic
-                                                 Fine-Tuning): SFT's gradient is a policy gradient with the
+                                                 Fine-Tuning; arXiv 2508.05629): SFT's gradient is a policy gradient with the
                                                  implicit reward 1/p; multiplying by p rectifies it
     EAFT  w_i = sg(H_k(p) / ln k) ** alpha        Diao et al. 2026, "Entropy-Adaptive Fine-Tuning: Resolving
-                                                 Confident Conflicts to Mitigate Forgetting": H_k the entropy of
+                                                 Confident Conflicts to Mitigate Forgetting" (arXiv
+                                                 2601.02151): H_k the entropy of
                                                  p renormalised over its top-k tokens, divided by its largest
                                                  value ln k; a token the model is sure of (low entropy) but that
                                                  the data contradicts barely moves it (k = 20 and alpha = 1 as in
@@ -19,6 +20,12 @@ gradient):
     ASFT  DFT's loss + weight · KL(base‖model)   Zhu et al. 2025, "Anchored Supervised Fine-Tuning": DFT drifts;
                                                  a forward KL to the base at the same targets anchors it (the
                                                  KL of retain.mitigations.distill, weight 0.1 as in LLaMA-Factory)
+
+Measured on the lab (city -> country, facts the base does not know: its probability of each answer token is
+near 0; seed 0, 211 steps, full fine-tuning at lr 1e-4 with cosine and 20 warmup steps): EAFT gained +75.5
+points on the task against SFT's +70.5 with the same forgetting (-6.8 and -6.6 points of the retained
+capabilities); DFT and ASFT learned almost nothing (+2.0, +0.0): p(y) ≈ 0 weights the new answers away.
+At lr 1e-3 DFT and ASFT also learned nothing and lost as much as SFT. They suit data the model half-knows.
 
 The weights multiply the per-token loss inside the micro-batch's mean over its targets, so the step
 stays exact under gradient accumulation and data parallelism (retain.training.step). They are
