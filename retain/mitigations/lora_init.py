@@ -12,6 +12,10 @@
     mica     MiCA: B from the weights' r least singular directions and frozen, A = 0 and trained; the base
              is untouched
 
+Measured on the lab (seed 0, rank-16 adapters at lr 1e-3, 211 steps; task gain / retained capabilities
+change, points): default LoRA +91.5 / -33.0, pissa +94.0 / -61.0 (it trains the directions the knowledge
+is in), corda +96.0 / -33.6, mica +73.0 / -23.4; OSF (mitigations.osf, half the spectrum frozen) +98.5 / -16.4.
+
 pissa, olora and corda change the base weights (they hold the residual). Before final/ is written the
 trained adapter is turned back into a plain LoRA on the original weights, as peft's conversion does:
 ΔW = B·A − B0·A0 = [B | −B0]·[A ; A0], a rank-2r adapter, so final/ loads on the base model it names.
