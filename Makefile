@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # torch is installed in the same pip command as the rest so the CPU build on disk is chosen.
 PIP_INSTALL := $(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
 
-.PHONY: demo test bench clean real-model real-study continual-study tune-study
+.PHONY: demo test bench clean real-model real-study continual-study tune-study report-screenshot
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,7 +36,7 @@ real-study: $(VENV)/.installed-real
 	mkdir -p runs/real-study
 	start=$$(date +%s) && HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/retain sweep configs/sweeps/real-smollm2.yaml \
 		&& echo $$(( $$(date +%s) - $$start )) > runs/real-study/wall_seconds
-	$(BIN)/python tools/real_study.py configs/sweeps/real-smollm2.yaml --out docs
+	$(BIN)/python -m tools.real_study configs/sweeps/real-smollm2.yaml --out docs
 
 $(VENV)/.installed-tune: pyproject.toml | $(BIN)/python
 	$(PIP_INSTALL) -e '.[tune]'
@@ -52,6 +52,11 @@ tune-study: $(VENV)/.installed-tune
 		runs/tune-lab/report.md > docs/tune-lab-report.md
 	cp runs/tune-lab/pareto.png docs/tune-lab-pareto.png
 	cp runs/tune-lab/trials.png docs/tune-lab-trials.png
+
+# README's picture of the report (docs/report-screenshot.png): the demo's runs and one held to a retention
+# budget (configs/retention-budget.yaml), drawn by headless Chromium (apt-get install chromium). A few minutes.
+report-screenshot: $(VENV)/.installed-base
+	HF_HUB_OFFLINE=1 $(BIN)/python -m tools.report_screenshot --demo runs/demo-report --out docs/report-screenshot.png
 
 # The continual-learning study on the lab (docs/continual.md): configs/sequences/lab.yaml under each
 # strategy (naive, optimizer reuse, online EWC, online SI, replay buffer, isolated adapters + router (two ways),

@@ -247,7 +247,9 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="before/after forgetting report", parents=[common])
     r.add_argument("results", nargs="+", help="results.json of the base first, then one or more fine-tunes")
     r.add_argument("--out", required=True)
-    r.add_argument("--run", action="append", default=[], help="run dir whose metrics.jsonl to plot (repeatable)")
+    r.add_argument("--run", action="append", default=[], help="a training run's output.dir (repeatable): its curves, early "
+                   "warnings, retention checks and config (for `retain doctor`'s advice) go into the report. A "
+                   "fine-tune's run is also found without it: the run whose final/ its results file scored")
     r.add_argument("--label", action="append", help="a name per results file, in order: --label base,a,b or "
                    "--label base --label a --label b. Files that share a label are one recipe trained with several "
                    "seeds (one file per seed): --label base,ewc,ewc,ewc,lora,lora,lora reports each recipe's mean "

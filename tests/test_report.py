@@ -381,3 +381,99 @@ def test_metrics_of_a_killed_run_read_up_to_the_half_written_line(tmp_path):
     trend = reward_trend(tmp_path)  # means of the first and last fifth: steps 1-2 and 9-10
     assert trend["start"] == pytest.approx(0.15) and trend["end"] == pytest.approx(0.95)
     assert read_metrics(tmp_path / "no-such-run") == []
+
+
+# --- what the report says to do: verdict lines, forgetting over training, answers that changed, next steps ---
+
+def fake_run(where, retention: dict | None = None, config: dict | None = None, metrics: list | None = None):
+    """A run dir as training leaves it (config.yaml, metrics.jsonl, final/), with a retention.json if given."""
+    import yaml
+
+    (where / "final").mkdir(parents=True)
+    (where / "config.yaml").write_text(yaml.safe_dump(config or {}))
+    (where / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in metrics or [{"step": 1, "loss/task": 2.0}]))
+    if retention is not None:
+        (where / "retention.json").write_text(json.dumps(retention))
+    return where
+
+
+def test_verdict_lines_say_how_bad_and_whether_to_ship_with_the_budget(tmp_path):
+    from retain.report.build import verdict_line
+
+    base = results({"facts": ("facts", [1] * 200)})
+    collapsed = compare(base, results({"facts": ("facts", [0] * 200)}))
+    assert verdict_line("unprotected", collapsed) == \
+        "unprotected: catastrophic forgetting (worst: facts) — do not ship"
+    mild = results({"facts": ("facts", [0] * 8 + [1] * 192)})  # 4 points lost, every time the same way
+    run = fake_run(tmp_path / "run", retention={"max_drop_points": 5.0, "max_perplexity_increase": 0.1, "suite": "lab",
+                                                "action": "stop", "every": 20, "outcome": None, "checks": []})
+    paths = []
+    for name, res in (("base", base), ("protected", {**mild, "model": str(run / "final")})):
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(res))
+    out = write_report(paths, tmp_path / "report", labels=["base", "protected"])  # the run found from the model path
+    line = "protected: mild forgetting (worst: facts) — ship it: every loss under 5 points (perplexity +10%); " \
+           "on these items every task is within its 5-point retention budget"
+    assert out["verdicts"] == line
+    assert line in out["md"].read_text().split("\n- ")[0]  # on top, before the headlines
+    assert verdict_line("protected", compare(base, mild), 2.0).endswith(
+        "on these items facts lost 4.0 pts, over its 2-point retention budget")
+
+
+def generation(predictions: list[str], targets: list[str]) -> dict:
+    its = [{"id": i, "exact_match": float(p.strip() == t), "prediction": p, "context": f"Q{i}: capital?", "target": t}
+           for i, (p, t) in enumerate(zip(predictions, targets))]
+    return {"split": "test", "tasks": {"capitals": {
+        "kind": "generation", "capability": "facts", "primary_metric": "exact_match", "lower_is_better": False,
+        "chance": 0.0, "n": len(its), "metrics": {"exact_match": sum(i["exact_match"] for i in its) / len(its)},
+        "items": its}}}
+
+
+def test_answers_before_and_after_are_only_those_whose_outcome_changed():
+    from retain.report.answers import changed_answers
+
+    targets = ["Paris", "Rome", "Oslo", "Lima", "Bern", "Kyiv"]
+    before = generation(["Paris", "Rome", "Oslo", "Lima", "Bonn", "Kyiv"], targets)
+    after = generation(["France.", "Rome", "Oslo, Norway", "Lima", "Bern", "Ukraine"], targets)
+    shown = changed_answers(before, after)["capitals"]
+    # items 0, 2 and 5 lost (losses first, in item order), item 4 gained; 1 and 3 unchanged are never shown
+    assert [(a["id"], a["outcome"]) for a in shown] == [(0, "lost"), (2, "lost"), (5, "lost")]
+    assert (shown[0]["prompt"], shown[0]["target"], shown[0]["before"], shown[0]["after"]) == \
+        ("Q0: capital?", "Paris", "Paris", "France.")
+    assert [a["id"] for a in changed_answers(before, after, per_task=5)["capitals"]] == [0, 2, 5, 4]
+    assert changed_answers(before, before) == {}
+
+
+def test_the_forgetting_plot_is_drawn_when_the_run_logged_checks_and_only_then(tmp_path):
+    from retain.report import plots
+
+    check = {"units": {"facts": "points", "english": "relative"}, "within_budget": True}
+    checked = fake_run(tmp_path / "checked", retention={
+        "suite": "lab", "action": "stop", "every": 20, "outcome": None, "max_drop_points": 2.0, "max_perplexity_increase": 0.2, "start": {"step": 0, "drops": {"facts": 0.0,
+                                                                                               "english": 0.0}},
+        "checks": [{**check, "step": s, "drops": {"facts": d, "english": d / 10}} for s, d in ((20, 1.0), (40, 3.0))]})
+    logged = fake_run(tmp_path / "logged", metrics=[{"step": 20, "retention/max_drop_points": 1.0}])
+    plain = fake_run(tmp_path / "plain")
+    assert plots.forgetting_curves([checked]) and plots.forgetting_curves([logged])
+    assert plots.forgetting_curves([plain]) is None and plots.forgetting_curves([]) is None
+    base = results({"facts": ("facts", [1] * 20)})
+    for run in (checked, plain):
+        paths = [tmp_path / "base.json", tmp_path / f"{run.name}.json"]
+        paths[0].write_text(json.dumps(base))
+        paths[1].write_text(json.dumps({**base, "model": str(run / "final")}))
+        page = write_report(paths, tmp_path / f"report-{run.name}")["html"].read_text()
+        assert ("alt='forgetting over training'" in page) == (run is checked)
+
+
+def test_what_to_try_next_names_the_doctors_findings_for_the_runs_config(tmp_path, make_config):
+    config = make_config(training={"lr": 1e-2, "max_steps": 6})
+    run = fake_run(tmp_path / "unprotected", config=config)
+    paths = [tmp_path / "base.json", tmp_path / "tuned.json"]
+    paths[0].write_text(json.dumps(results({"facts": ("facts", [1] * 40)})))
+    paths[1].write_text(json.dumps({**results({"facts": ("facts", [0] * 40)}), "model": str(run / "final")}))
+    out = write_report(paths, tmp_path / "report")
+    advice = json.loads(out["json"].read_text())["next_steps"]["tuned"]
+    assert "high_lr" in [f["cause"] for f in advice["findings"]] and "training.lr=" in advice["command"]
+    md = out["md"].read_text()
+    assert "## tuned: what to try next" in md and "**high_lr**" in md and f"retain train {run / 'config.yaml'}" in md
+    assert "what to try next" in out["html"].read_text()

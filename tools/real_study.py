@@ -24,6 +24,7 @@ from retain.report.build import compare, load_results, write_report
 from retain.report.render import format_relative
 from retain.sweep.summary import markdown_table, summarize, write_sweep_report
 from retain.sweep import expand, load_sweep, result_files, run_name
+from tools.report_screenshot import screenshot
 
 
 def machine() -> str:
@@ -107,15 +108,6 @@ def letter_choices(results: dict[str, dict]) -> list[str]:
     if not lines:
         return []
     return ["| model | task | A | B | C | D | acc |", "|---|---|---|---|---|---|---|", *lines]
-
-
-def screenshot(html: Path, png: Path) -> bool:
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser is None:
-        return False
-    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={png}",
-                    "--window-size=1200,1800", f"file://{html.resolve()}"], capture_output=True, timeout=120)
-    return png.is_file()
 
 
 def main() -> None:

@@ -36,8 +36,9 @@ def score_generation(lm, items: list[dict], until: tuple[str, ...], max_new_toke
                      answer_regex: str | None = None) -> tuple[dict, list[dict]]:
     predictions = lm.generate_until([(it["context"], until, max_new_tokens) for it in items])
     pattern = re.compile(answer_regex) if answer_regex else None
-    records = [{"id": it["id"], **M.generation_item(p, it["target"], pattern), "prediction": p}
-               for it, p in zip(items, predictions)]
+    # the prompt and target beside the prediction: the report shows answers that changed (retain.report.answers)
+    records = [{"id": it["id"], **M.generation_item(p, it["target"], pattern), "prediction": p,
+                "context": it["context"], "target": it["target"]} for it, p in zip(items, predictions)]
     keys = ("exact_match", "contains") + (("regex_match",) if pattern else ())
     return M.mean_aggregate(records, keys), records
 

@@ -13,8 +13,10 @@ from retain.strict import ConfigError
 from retain.io import atomic_write_json, atomic_write_text
 from retain.report import plots
 from retain.report.render import format_change, metric_words, render_html, render_markdown
+from retain.report.answers import changed_answers
 from retain.report.results import check_comparable, load_results, load_run_file
 from retain.report.reward_hacking import hacking_lines
+from retain.report.runs import next_steps, run_of
 from retain.report.severity import rank, severity
 from retain.report.stats import NO_CHANGE, PERPLEXITY_DENOMINATOR, Change, seeded_bootstrap, verdict
 
@@ -164,6 +166,22 @@ def ship_verdict(label: str, comparison: dict) -> str:
     return f"{label}: {lead} — {SHIP[grade]}"
 
 
+def verdict_line(label: str, comparison: dict, budget_points: float | None = None) -> str:
+    """The ship verdict, and for a run held to a retention budget whether the report's items kept to it: 'protected:
+    mild forgetting (worst: arithmetic) — ship it: ...; on these items every task is within its 5-point retention
+    budget' (the budget itself was checked on the dev split while training)."""
+    line = ship_verdict(label, comparison)
+    if budget_points is None:
+        return line
+    # the budget holds each task's primary score (retain.mitigations.retention), so it is read per task here too
+    lost, task = max([(0.0, None)] + [(-100 * r["delta"] if not r["lower_is_better"] else 100 * r["delta"], t)
+                                      for t, r in comparison["tasks"].items() if not r["relative"]],
+                     key=lambda lt: lt[0])
+    if lost <= budget_points:
+        return f"{line}; on these items every task is within its {budget_points:g}-point retention budget"
+    return f"{line}; on these items {task} lost {lost:.1f} pts, over its {budget_points:g}-point retention budget"
+
+
 def largest_drop(comparison: dict, exclude: tuple[str, ...] = ()) -> float:
     """The largest loss (as a fraction: 0.6 = 60 points) among score-type capabilities not in `exclude`, in the
     direction that matters (0 if none got worse)."""
@@ -215,7 +233,13 @@ def write_report(result_paths: list[Path], out: Path, run_dirs: list[Path] = (),
                    for label, ks in groups.items()}
     headlines = [headline(label if len(groups[label]) == 1 else f"{label} ({len(groups[label])} seeds)", c)
                  for label, c in comparisons.items()]
+    # the run behind each fine-tune (its first seed's): a --run, or the run whose final/ its results scored
+    runs = {label: run_of(results[ks[0]], run_dirs) for label, ks in groups.items()}
+    run_dirs = list({Path(d).resolve(): Path(d) for d in [*run_dirs, *filter(None, runs.values())]}.values())
     figures = {"capabilities": plots.capability_bars(base_label, comparisons)}
+    forgetting_over_steps = plots.forgetting_curves(run_dirs)
+    if forgetting_over_steps:
+        figures["forgetting over training"] = forgetting_over_steps
     curves = plots.training_curves(run_dirs)
     if curves:
         figures["training"] = curves
@@ -224,8 +248,15 @@ def write_report(result_paths: list[Path], out: Path, run_dirs: list[Path] = (),
         figures["early warnings"] = warnings
     budgets = {str(d): load_run_file(Path(d) / "retention.json")
                for d in run_dirs if (Path(d) / "retention.json").is_file()}
+    budget_of = {label: (budgets.get(str(run)) or {}).get("max_drop_points") for label, run in runs.items()}
     report = {"base": base_label, "results": [str(p) for p in result_paths], "split": results[0].get("split"),
-              "headlines": headlines, "comparisons": comparisons, "retention_budgets": budgets,
+              "models": {score_key(labels, k): res.get("model") for k, res in enumerate(results)},
+              "verdicts": {label: verdict_line(label, c, budget_of[label]) for label, c in comparisons.items()},
+              "headlines": headlines,
+              "answers": {label: changed_answers(results[0], results[ks[0]]) for label, ks in groups.items()},
+              "next_steps": {label: next_steps(runs[label]) for label, c in comparisons.items()
+                             if rank(c["forgetting"]["severity"]) >= rank("moderate") and runs[label]},
+              "comparisons": comparisons, "retention_budgets": budgets,
               "reward_hacking": hacking_lines([Path(d) for d in run_dirs], comparisons),
               "seeds": {label: [str(result_paths[k]) for k in ks] for label, ks in groups.items() if len(ks) > 1},
               "scores": {score_key(labels, k): {t: r["metrics"] for t, r in res["tasks"].items()}
@@ -235,7 +266,7 @@ def write_report(result_paths: list[Path], out: Path, run_dirs: list[Path] = (),
     atomic_write_text(out / "report.md", render_markdown(report))
     atomic_write_text(out / "report.html", render_html(report, figures))
     return {"json": out / "report.json", "md": out / "report.md", "html": out / "report.html",
-            "headline": "\n".join(headlines), "verdicts": "\n".join(ship_verdict(k, c) for k, c in comparisons.items())}
+            "headline": "\n".join(headlines), "verdicts": "\n".join(report["verdicts"].values())}
 
 
-__all__ = ["Change", "compare", "headline", "ship_verdict", "write_report", "largest_drop"]
+__all__ = ["Change", "compare", "headline", "ship_verdict", "verdict_line", "write_report", "largest_drop"]

@@ -57,9 +57,12 @@ def _score_panel(ax, base_label: str, comparisons: dict, points: list[str]) -> N
         else:
             rows = [comparisons[name]["capabilities"][c] for c in points]
             values = [100 * r["after"] for r in rows]
-            err = [[100 * (r["delta"] - r["ci_low"]) for r in rows], [100 * (r["ci_high"] - r["delta"]) for r in rows]]
+            # the CI of the change, placed at base + change (the after-score), inside the score's range 0-100
+            lows = [min(max(100 * (r["before"] + r["ci_low"]), 0), v) for r, v in zip(rows, values)]
+            highs = [max(min(100 * (r["before"] + r["ci_high"]), 100), v) for r, v in zip(rows, values)]
+            err = [[v - low for v, low in zip(values, lows)], [high - v for v, high in zip(values, highs)]]
             ax.barh(ys, values, height=width, color=COLORS[k % len(COLORS)], xerr=err, capsize=3, label=name)
-            ends = [v + high for v, high in zip(values, err[1])]
+            ends = highs
         for y, v, end in zip(ys, values, ends):  # the value beside the bar: a 0 is a visible "0.0", not nothing
             ax.text(max(end, 0) + 1, y, f"{v:.1f}", va="center", fontsize=6, color="#444")
             if v == 0:
@@ -68,7 +71,8 @@ def _score_panel(ax, base_label: str, comparisons: dict, points: list[str]) -> N
     ax.invert_yaxis()
     ax.set_xlabel("score (%), error bars: paired bootstrap 95% CI of the change")
     ax.set_xlim(-1, 110)
-    ax.legend(loc="lower right", fontsize=8)
+    # above the panel, not over it: any corner inside can hide the end of a bar
+    ax.legend(loc="lower left", bbox_to_anchor=(0, 1.0), ncol=len(labels) + 1, fontsize=8, frameon=False)
 
 
 def _perplexity_panel(ax, comparisons: dict, relative: list[str]) -> None:
@@ -92,7 +96,39 @@ def _perplexity_panel(ax, comparisons: dict, relative: list[str]) -> None:
     ax.set_xticks(range(len(relative)), [f"{c}\n(perplexity)" for c in relative], fontsize=8)
     ax.set_ylabel("perplexity after / before (log scale; above 1 is worse)")
     if len(labels) > 1:
-        ax.legend(fontsize=7)
+        ax.legend(loc="lower left", bbox_to_anchor=(0, 1.0), ncol=len(labels), fontsize=7, frameon=False)
+
+
+# where a point's label may go, in points from the point, tried in order: right, above, below, left
+LABEL_OFFSETS = [(5, 4, "left"), (5, -10, "left"), (-5, 4, "right"), (-5, -10, "right"), (5, 14, "left"),
+                 (5, -20, "left"), (-5, 14, "right"), (-5, -20, "right"), (0, 24, "center"), (0, -30, "center")]
+
+
+def place_labels(ax, points: list[tuple[float, float]], names: list[str], fontsize: int = 8) -> None:
+    """Label each point beside it where the label overlaps no earlier label or other point's marker (the first
+    free place of LABEL_OFFSETS; if none is free, the least crowded one, with a thin line to its point)."""
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    to_pixels = ax.transData.transform
+    markers = [to_pixels(p) for p in points]
+    placed = []  # bounding boxes (pixels) of the labels so far
+    for (x, y), name in zip(points, names):
+        best = None
+        for dx, dy, ha in LABEL_OFFSETS:
+            text = ax.annotate(name, (x, y), textcoords="offset points", xytext=(dx, dy), ha=ha, fontsize=fontsize)
+            box = text.get_window_extent(renderer).expanded(1.05, 1.1)
+            clashes = sum(box.overlaps(b) for b in placed) + sum(box.contains(*m) for m in markers)
+            if best is None or clashes < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (clashes, text, box, (dx, dy))
+            else:
+                text.remove()
+            if clashes == 0:
+                break
+        if best[0]:
+            best[1].set_arrowprops({"arrowstyle": "-", "color": "#999", "linewidth": 0.5})
+        placed.append(best[2])
 
 
 def _positive(points: list[tuple[float, float]]) -> tuple[list[tuple[float, float]], int]:
@@ -156,3 +192,76 @@ def warning_curves(run_dirs: list[Path]) -> bytes | None:
     drift_ax.set_title("Weight drift per layer")
     drift_ax.legend(fontsize=6, ncol=2)
     return _png(fig)
+
+
+def _retention_checks(run: Path) -> list[dict]:
+    """The run's retention checks (retention.json: the start, then every check), [] without a budget."""
+    from retain.report.results import load_run_file
+
+    path = run / "retention.json"
+    if not path.is_file():
+        return []
+    b = load_run_file(path)
+    return [b["start"]] + b["checks"] if "start" in b else b.get("checks", [])
+
+
+def forgetting_curves(run_dirs: list[Path]) -> bytes | None:
+    """How forgetting developed over training, from what each run logged: the drop of every task its retention
+    budget checked, in points (left) and for perplexities as the relative rise (right), with the budget as a
+    dotted line; a run with checks in metrics.jsonl only (retention/max_drop_points, ...) draws its largest drop.
+    One colour per run. None if no run logged a retention check."""
+    series = []  # (run, colour, unit, name, points)
+    for k, run in enumerate(Path(d) for d in run_dirs):
+        color = COLORS[(k + 1) % len(COLORS)]
+        checks = _retention_checks(run)
+        if checks:
+            units = checks[-1].get("units") or {}
+            for task in checks[-1]["drops"]:
+                unit = units.get(task, "points")
+                pts = [(c["step"], c["drops"][task] * (100 if unit == "relative" else 1)) for c in checks
+                       if task in c["drops"]]
+                series.append((run, color, unit, task, pts))
+            continue
+        rows = read_metrics(run)
+        for key, unit in (("retention/max_drop_points", "points"), ("retention/max_perplexity_increase", "relative")):
+            pts = [(r["step"], r[key] * (100 if unit == "relative" else 1)) for r in rows if key in r]
+            if pts:
+                series.append((run, color, unit, "largest drop", pts))
+    if not series:
+        return None
+    units = [u for u in ("points", "relative") if any(s[2] == u for s in series)]
+    fig, axes = plt.subplots(1, len(units), figsize=(12 if len(units) == 2 else 8, 4), squeeze=False)
+    styles = ["-", "--", ":", "-."]
+    for ax, unit in zip(axes[0], units):
+        mine = [s for s in series if s[2] == unit]
+        for j, (run, color, _, task, pts) in enumerate(mine):
+            ax.plot(*zip(*pts), styles[j % len(styles)], color=color, marker="o", markersize=3,
+                    label=f"{run.name}: {task}")
+        for run in dict.fromkeys(s[0] for s in mine):
+            for limit in _budget_limits(run, unit, [s[3] for s in mine if s[0] == run]):
+                ax.axhline(limit, color="#c62828", linestyle=":", linewidth=1)
+                ax.annotate(f"budget ({run.name})", (0, limit), fontsize=6, color="#c62828", va="bottom")
+        ax.axhline(0, color="black", linewidth=0.6)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("drop from the base (points)" if unit == "points" else "perplexity rise (%)")
+        ax.legend(fontsize=6, ncol=2)
+    axes[0][0].set_title("Forgetting over training (retention checks on the dev split)")
+    return _png(fig)
+
+
+def _budget_limits(run: Path, unit: str, tasks: list[str]) -> list[float]:
+    """The run's budgets for these tasks in the plot's unit (points, or % for perplexities): each task's own
+    (retention.json `tasks`, weight > 0), else the run's one budget of that unit; [] without retention.json."""
+    from retain.report.results import load_run_file
+
+    path = run / "retention.json"
+    if not path.is_file():
+        return []
+    b = load_run_file(path)
+    scale = 100 if unit == "relative" else 1
+    own = b.get("tasks") or {}
+    limits = {own[t]["budget"] for t in tasks if t in own and own[t].get("weight", 1) > 0}
+    if not limits:
+        value = b.get("max_drop_points" if unit == "points" else "max_perplexity_increase")
+        limits = {value} if value is not None else set()
+    return sorted(scale * v for v in limits)

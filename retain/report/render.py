@@ -11,7 +11,9 @@ import base64
 import html
 import math
 
+from retain.report.answers import answers_html, answers_markdown
 from retain.report.retention import retention_html, retention_markdown
+from retain.report.runs import next_steps_html, next_steps_markdown
 from retain.report.severity import LEGEND as SEVERITY_LEGEND
 
 
@@ -150,11 +152,28 @@ def budget_lines(report: dict) -> list[str]:
     return lines
 
 
+def compared_line(report: dict) -> str:
+    """'Base model: retain-tiny; fine-tunes: unprotected (runs/demo/unprotected/final), protected (...); scored on
+    the test split.' (a results file's label, then the model it scored when that says more)."""
+    models = report.get("models", {})
+
+    def named(label: str) -> str:
+        model = models.get(label)
+        return label if not model or model == label else f"{label} ({model})"
+
+    base = models.get(report["base"]) or report["base"]
+    tuned = ", ".join(named(k) for k in models if k != report["base"])
+    return (f"Base model: {base}" + (f"; fine-tunes: {tuned}" if tuned else "")
+            + f"; scored on the {report['split']} split.")
+
+
 def render_markdown(report: dict) -> str:
-    lines = ["# Forgetting report", "", f"Base: **{report['base']}**; split: {report['split']}.", ""]
+    lines = ["# Forgetting report", "", compared_line(report), ""]
+    lines += [f"**{v}**  " for v in report.get("verdicts", {}).values()] + [""]
     lines += [f"- {h}" for h in report["headlines"]] + [""]
     lines += [f"> {line}" for line in budget_lines(report)] + ([""] if budget_lines(report) else [])
     lines += [f"> **{line}**" for line in report.get("reward_hacking", [])] + ([""] if report.get("reward_hacking") else [])
+    lines += next_steps_markdown(report)
     for label, comparison in report["comparisons"].items():
         lines += [f"**{forgetting_line(label, comparison)}**", ""] if comparison.get("forgetting") else []
         for title, key, col in (("capability", "capabilities", "capability"), ("task", "tasks", "task")):
@@ -162,7 +181,7 @@ def render_markdown(report: dict) -> str:
             lines += [f"## {label}: per {title}", "", "| " + " | ".join(header) + " |",
                       "|" + "---|" * len(header)]
             lines += ["| " + " | ".join(row) + " |" for row in body] + [""]
-    lines += retention_markdown(report)
+    lines += answers_markdown(report) + retention_markdown(report)
     lines += [LEGEND, ""]
     return "\n".join(lines)
 
@@ -176,16 +195,28 @@ text-transform:uppercase}.headline{font-size:18px;background:#f7f7fb;border-left
 padding:.6em 1em;margin:.4em 0}img{max-width:100%}small{color:#666}"""
 
 
+# the verdict lines on top: one box per run, its border in the colour of its grade
+CSS_VERDICTS = """.verdict{font-size:19px;font-weight:600;padding:.5em 1em;margin:.3em 0;border-left:8px solid #1a7f37;
+background:#f4fbf6}.verdict.moderate{border-color:#b26a00;background:#fff8ec}.verdict.severe{border-color:#e53935;
+background:#fdeeee;color:#222;text-transform:none}.verdict.catastrophic{border-color:#3b0000;background:#f6e6e6;
+color:#3b0000;text-transform:none}pre{background:#f6f8fa;padding:.6em;white-space:pre-wrap}.next{border:1px solid #ddd;
+padding:0 1em;margin:1em 0}table.answers td,table.answers th{text-align:left}table.answers td{font-family:monospace;
+font-size:13px}"""
+
+
 def render_html(report: dict, figures: dict[str, bytes]) -> str:
     esc = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>retain: forgetting report</title>"
-             f"<style>{CSS}</style></head><body><h1>Forgetting report</h1>",
-             f"<p>Base <b>{esc(report['base'])}</b>, split <b>{esc(str(report['split']))}</b>.</p>"]
+             f"<style>{CSS}{CSS_VERDICTS}</style></head><body><h1>Forgetting report</h1>",
+             f"<p>{esc(compared_line(report))}</p>"]
+    parts += [f"<div class='verdict {esc(report['comparisons'][label]['forgetting']['severity'])}'>{esc(v)}</div>"
+              for label, v in report.get("verdicts", {}).items()]
     parts += [f"<div class='headline'>{esc(h)}</div>" for h in report["headlines"]]
     parts += [f"<p><b>{esc(line)}</b></p>" for line in budget_lines(report)]
     parts += [f"<p class='severe'>{esc(line)}</p>" for line in report.get("reward_hacking", [])]
     for name, png in figures.items():
         parts.append(f"<img alt='{esc(name)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>")
+    parts += next_steps_html(report)
     for label, comparison in report["comparisons"].items():
         if comparison.get("forgetting"):
             grade = comparison["forgetting"]["severity"]
@@ -198,6 +229,6 @@ def render_html(report: dict, figures: dict[str, bytes]) -> str:
                 parts.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row[:-2])
                              + "".join(f"<td class='{esc(c)}'>{esc(c)}</td>" for c in row[-2:]) + "</tr>")
             parts.append("</table>")
-    parts += retention_html(report)
+    parts += answers_html(report) + retention_html(report)
     parts.append(f"<p><small>{esc(LEGEND)} Generated by retain.</small></p></body></html>")
     return "\n".join(parts)

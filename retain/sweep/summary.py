@@ -119,10 +119,11 @@ LEGEND = ("Points are percentage points; the retained capabilities pool the item
 
 
 def pareto_plot(summary: dict) -> bytes:
-    from retain.report.plots import COLORS, _png, plt
+    from retain.report.plots import COLORS, _png, place_labels, plt
 
     fig, ax = plt.subplots(figsize=(8, 5.5))
     front = summary["pareto_front"]
+    labelled = []
     for k, (name, r) in enumerate(summary["rows"].items()):
         x, y = -100 * r["retained_change"], 100 * r["gain"]
         xerr = [[x - (-100 * r["retained_ci"][1])], [-100 * r["retained_ci"][0] - x]]
@@ -130,12 +131,14 @@ def pareto_plot(summary: dict) -> bytes:
         on_front = name in front
         ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o" if on_front else "s", capsize=3,
                     color=COLORS[0] if on_front else COLORS[7], alpha=1.0 if on_front else 0.7)
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        labelled.append(((x, y), name))
     pts = sorted((-100 * summary["rows"][n]["retained_change"], 100 * summary["rows"][n]["gain"]) for n in front)
     if len(pts) > 1:
         ax.plot(*zip(*pts), "-", color=COLORS[0], alpha=0.5, label="Pareto front")
         ax.legend()
     ax.axvline(0, color="black", linewidth=0.6)
+    fig.canvas.draw()  # the axes' final limits, so that label boxes are measured where they will be drawn
+    place_labels(ax, [p for p, _ in labelled], [n for _, n in labelled])
     ax.set_xlabel(f"capability loss (pts, items pooled over {len(summary['retained_tasks'])} retained tasks; "
                   "left is better)")
     ax.set_ylabel(f"gain on {summary['task']} (pts)")
