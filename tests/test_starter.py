@@ -13,25 +13,6 @@ from retain.config import load_config
 from retain.evaluation.tasks import load_suite
 from conftest import write_jsonl
 
-CHAT_TEMPLATE = ("{% for m in messages %}{{ '<|' + m['role'] + '|>\\n' + m['content'] }}"
-                 "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}{{ '\\n' }}{% endfor %}"
-                 "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}")
-
-
-@pytest.fixture(scope="module")
-def chat_model(tiny_model, tmp_path_factory):
-    """The tiny model with a chat template: what an instruct model looks like to retain."""
-    import shutil
-
-    from transformers import AutoTokenizer
-
-    path = shutil.copytree(tiny_model, tmp_path_factory.mktemp("chat") / "model")
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    tokenizer.chat_template = CHAT_TEMPLATE
-    tokenizer.save_pretrained(path)
-    return path
-
-
 def qa_records(n=20):
     return [{"prompt": f"what is {a} plus {a} ?", "response": f" {2 * a} is the sum" + " ." * (a % 5)}
             for a in range(n)]

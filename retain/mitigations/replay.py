@@ -1,12 +1,14 @@
-"""Replay: mix general data back into the task data at an exact ratio."""
+"""Replay: mix general data back into the task data at an exact ratio: from a file, or written by the base
+model itself before training (`source: self`, retain.mitigations.rehearsal)."""
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field, replace
-from typing import ClassVar
+from typing import Literal
 
 from retain.paths import resolve_path
+from retain.mitigations.rehearsal import RehearsalSettings, self_rehearsal
 from retain.mitigations.roles import Context
 
 GENERAL_DATA_HELP = "a JSONL file of general text the model should keep (any shape retain reads)"
@@ -33,16 +35,56 @@ class ReplayOptions:
         "help": "share of the mixed training examples that are general data, in (0, 1)"})
     file: str | None = field(default=None, metadata={
         "help": "JSONL of general data, any shape retain reads; required unless the model is retain-tiny"})
-    seed: int = field(default=0, metadata={"help": "seed for drawing the replay examples from the file"})
+    seed: int = field(default=0, metadata={"help": "seed for drawing the replay examples (and, source self, "
+                                                   "for the base's sampling)"})
+    source: Literal["file", "self"] = field(default="file", metadata={
+        "help": "file: replay `file`; self: the base model writes its own replay data before training (chat "
+                "exchanges in its chat template and plain text), cached per model and settings"})
+    samples: int = field(default=200, metadata={"help": "source self: how many records the base writes"})
+    chat_share: float = field(default=0.7, metadata={
+        "help": "source self: share of chat exchanges among them (the rest plain text); a model without a chat "
+                "template writes plain text only"})
+    prompts: str | None = field(default=None, metadata={
+        "help": "source self: a file of user prompts (JSONL with a prompt field, or one per line) for the base to "
+                "answer, instead of prompts it writes from its template's user-turn opening"})
+    max_new_tokens: int = field(default=128, metadata={
+        "help": "source self: the longest answer or text, in tokens (an answer it cuts is dropped)"})
+    answer_temperature: float = field(default=0.0, metadata={
+        "help": "source self: sampling temperature of the base's answers; 0: greedy"})
+    cache_dir: str | None = field(default=None, metadata={
+        "help": "source self: where the written records are kept; null: $RETAIN_CACHE/rehearsal, else "
+                "~/.cache/retain/rehearsal"})
 
-    # what retain.config.fill_lab_defaults fills in for retain-tiny (and asks any other model for)
-    LAB_DEFAULTS: ClassVar[dict] = {"file": ("lab:general.jsonl", GENERAL_DATA_HELP)}
+    @property
+    def LAB_DEFAULTS(self) -> dict:  # noqa: N802 (what retain.config.fill_lab_defaults reads)
+        """What fill_lab_defaults fills in for retain-tiny (and asks any other model for): the file, unless the
+        base writes its own."""
+        return {} if self.source == "self" else {"file": ("lab:general.jsonl", GENERAL_DATA_HELP)}
 
     def validate(self):
         if not 0 < self.ratio < 1:
             yield "ratio", f"must be in (0, 1), got {self.ratio}"
         if self.file is not None and not resolve_path(self.file).is_file():
             yield "file", f"file not found: {resolve_path(self.file)}"
+        if self.source == "self":
+            if self.file is not None:
+                yield "file", "source is self (the base writes the replay data): drop file, or set source: file"
+            if self.samples < 1:
+                yield "samples", f"must be at least 1, got {self.samples}"
+            if not 0 <= self.chat_share <= 1:
+                yield "chat_share", f"must be in [0, 1], got {self.chat_share}"
+            if self.max_new_tokens < 1:
+                yield "max_new_tokens", f"must be at least 1, got {self.max_new_tokens}"
+            if self.answer_temperature < 0:
+                yield "answer_temperature", f"must be 0 (greedy) or more, got {self.answer_temperature}"
+            if self.prompts is not None and not resolve_path(self.prompts).is_file():
+                yield "prompts", f"file not found: {resolve_path(self.prompts)}"
+        elif self.prompts is not None:
+            yield "prompts", "only for source: self (the base answers them)"
+
+    def rehearsal(self) -> RehearsalSettings:
+        return RehearsalSettings(samples=self.samples, chat_share=self.chat_share, max_new_tokens=self.max_new_tokens,
+                                 answer_temperature=self.answer_temperature, seed=self.seed, prompts=self.prompts)
 
 
 class Replay:
@@ -54,6 +96,11 @@ class Replay:
     def transform_data(self, examples: list, ctx: Context) -> list:
         from retain.data import load_dataset
 
-        pool = load_dataset(resolve_path(self.options.file), ctx.tokenizer, "auto", ctx.max_length, "all")
+        o = self.options
+        if o.source == "self":
+            path = self_rehearsal(o.rehearsal(), ctx.model_source, ctx.tokenizer, ctx.load_base_model, o.cache_dir)
+        else:
+            path = resolve_path(o.file)
+        pool = load_dataset(path, ctx.tokenizer, "auto", ctx.max_length, "all")
         pool = [replace(e, replay=True) for e in pool.examples]
         return mix_replay(examples, pool, self.options.ratio, self.options.seed)

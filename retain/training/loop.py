@@ -58,7 +58,8 @@ from retain.mitigations import MITIGATIONS, build_mitigations
 from retain.mitigations.penalties import restore
 from retain.mitigations.roles import (Context, DataTransform, GradientFilter, LossTerm, ModelTransform, Monitor, Setup,
                                      Stateful, TokenWeights, WeightTransform, WritesFiles, playing)
-from retain.modeling import check_max_length, enable_gradient_checkpointing, load_model, load_tokenizer
+from retain.modeling import (check_max_length, enable_gradient_checkpointing, load_model, load_tokenizer,
+                             model_source)
 from retain.training.carryover import load_optimizer_moments
 from retain.training.carryover import save_optimizer_state as save_optimizer_state_file
 from retain.training.checkpoint import (NonFiniteError, any_failed, check_finite, disk_full, last_good,
@@ -241,7 +242,8 @@ def load_and_check(config: RunConfig, out: Path, accelerator, start: Start) -> R
                           f"{total_steps} steps")
     ctx = Context(tokenizer=tokenizer, total_steps=total_steps, max_length=config.data.max_length,
                   load_base_model=lambda: load_model(config.model), output_dir=out,
-                  dev_examples=dev_set.examples if dev_set and objective is None else None)
+                  dev_examples=dev_set.examples if dev_set and objective is None else None,
+                  model_source=model_source(config.model))
 
     if config.model.load_in_4bit:  # QLoRA: norms and head in float32, inputs that carry a gradient
         from peft import prepare_model_for_kbit_training
