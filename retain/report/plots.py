@@ -89,9 +89,15 @@ def _perplexity_panel(ax, comparisons: dict, relative: list[str]) -> None:
                yerr=err, capsize=3, label=name)
         for x, ratio, r in zip(xs, ratios, rows):
             words = {"better": "better", "worse": "worse"}.get(r["verdict"], "n.s.")
-            ax.annotate(f"{format_relative(r['delta'])}\n({words})", (x, ratio), textcoords="offset points",
+            end = 1 + (r["ci_high"] if ratio >= 1 else r["ci_low"])  # beyond the error bar, not over it
+            ax.annotate(f"{format_relative(r['delta'])}\n({words})", (x, end), textcoords="offset points",
                         xytext=(0, 4 if ratio >= 1 else -16), ha="center", fontsize=6)
     ax.set_yscale("log")
+    # room above the highest error bar (and below the lowest) for its label
+    highs = [1 + comparisons[n]["capabilities"][c]["ci_high"] for n in labels for c in relative]
+    lows = [1 + comparisons[n]["capabilities"][c]["ci_low"] for n in labels for c in relative]
+    low, high = ax.get_ylim()
+    ax.set_ylim(min(low, min(lows) / 1.5), max(high, max(highs) * 3))
     ax.axhline(1, color="black", linewidth=0.8)
     ax.set_xticks(range(len(relative)), [f"{c}\n(perplexity)" for c in relative], fontsize=8)
     ax.set_ylabel("perplexity after / before (log scale; above 1 is worse)")
@@ -231,11 +237,11 @@ def forgetting_curves(run_dirs: list[Path]) -> bytes | None:
         return None
     units = [u for u in ("points", "relative") if any(s[2] == u for s in series)]
     fig, axes = plt.subplots(1, len(units), figsize=(12 if len(units) == 2 else 8, 4), squeeze=False)
-    styles = ["-", "--", ":", "-."]
+    styles, markers = ["-", "--", ":", "-."], "osd^v*P"  # one look per task (colour: per run)
     for ax, unit in zip(axes[0], units):
         mine = [s for s in series if s[2] == unit]
         for j, (run, color, _, task, pts) in enumerate(mine):
-            ax.plot(*zip(*pts), styles[j % len(styles)], color=color, marker="o", markersize=3,
+            ax.plot(*zip(*pts), styles[j % len(styles)], color=color, marker=markers[j % len(markers)], markersize=4,
                     label=f"{run.name}: {task}")
         for run in dict.fromkeys(s[0] for s in mine):
             for limit in _budget_limits(run, unit, [s[3] for s in mine if s[0] == run]):
