@@ -17,7 +17,7 @@ The kinds, one small pure function each (`completion -> float`, most in [0, 1]):
     function            your own: `module:function` or `path/to/file.py:function`, called as TRL calls a reward
                         function, fn(prompts=[...], completions=[...], reference=[...]) -> [float, ...]
 
-Why composite: the seeds warn that a reward for the template alone lets the model drop what it knew (any
+Why composite: practitioners' accounts of forgetting in RL tuning warn that a reward for the template alone lets the model drop what it knew (any
 answer in the right shape scores); a knowledge term makes the facts pay, and similarity to the base is a
 leash on the outputs, beside the KL leash on the distribution.
 """

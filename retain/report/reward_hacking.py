@@ -4,7 +4,7 @@ A GRPO run logs its reward (grpo/reward) and its KL to the base (grpo/kl) in met
 implicit reward margin (dpo/reward_margin). The reward going up says the objective was met; the report's
 comparison says what it cost. When the reward rose and a capability got significantly worse (verdict worse,
 graded moderate or beyond), the report says so, with the reward and KL at the start and end of training:
-the seeds' warning that a reward which pays for the template alone lets the model drop what it knew.
+the warning, in practitioners' accounts of forgetting in preference and RL tuning, that a reward which pays for the template alone lets the model drop what it knew.
 """
 
 from __future__ import annotations

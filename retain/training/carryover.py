@@ -5,7 +5,8 @@
 
 What carries over is the per-weight state only (AdamW's moments and step count); the new run's
 hyperparameters (lr, weight decay, schedule) stay its own. Resetting is retain's default between
-stages, as the seeds recommend; carrying over exists so that recommendation can be measured.
+stages, as practitioners' accounts of forgetting after fine-tuning recommend (optimizer state carried
+across stages is one of the causes they name); carrying over exists so that recommendation can be measured.
 The two runs must train the same weights in the same order (full fine-tuning of the previous
 stage's model does). Written for one process or DDP, where the optimizer holds whole tensors.
 """
