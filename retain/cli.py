@@ -229,7 +229,7 @@ def parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="score a model on a capability suite", parents=[common])
     e.add_argument("model", help="model dir or hub id, adapter dir, a .gguf file, or an alias (retain-tiny, "
-                   "smollm2-135m-instruct)")
+                   "smollm2-135m-instruct, gemma3-270m)")
     e.add_argument("--suite", required=True, help="what to score, comma-separated: bundled names (lab, city_country), "
                    "task/suite YAMLs (retain's or lm-eval's format), mmlu, mmlu:SUBJECT[@K], lm-eval:NAME")
     e.add_argument("--split", default="test", choices=["dev", "test"])

