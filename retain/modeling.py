@@ -26,7 +26,8 @@ class ModelConfig:
     """The `model:` section of a run config: which causal LM to start from."""
 
     name: str = field(metadata={
-        "help": "Hugging Face id, local directory, a .gguf file, or an alias: retain-tiny, smollm2-135m-instruct, gemma3-270m"})
+        "help": "Hugging Face id, local directory, a .gguf file, or an alias: retain-tiny, smollm2-135m-instruct, "
+                "gemma3-270m"})
     # Dequantized once into retain's cache ($RETAIN_CACHE, else ~/.cache/retain) and loaded from there.
     gguf_file: str | None = field(default=None, metadata={
         "help": "a GGUF file in `name` (a directory or hub repo), e.g. model.Q4_1.gguf; an alias may name its own"})
