@@ -10,6 +10,7 @@ import yaml
 
 from conftest import write_jsonl
 from retain.cli import main
+from retain.doctor import self_rehearsal
 from retain.paths import resolve_path
 
 
@@ -41,7 +42,8 @@ def test_a_reckless_config_gets_every_config_cause_with_evidence_and_a_fix(make_
     recipe = json.loads(out)["recipe"]
     assert "training.lr=0.0001" in recipe and "training.epochs=3" in recipe
     assert "mitigations.replay.ratio=0.15" in recipe
-    assert "mitigations.replay.file=GENERAL.jsonl" in recipe  # not the lab's data for a model that is not the lab's
+    # not the lab's data for a model that is not the lab's: the model's own rehearsal, or a file the user names
+    assert ("mitigations.replay.source=self" if self_rehearsal() else "mitigations.replay.file=GENERAL.jsonl") in recipe
 
 
 def test_a_careful_config_gets_none_of_them(make_config, qa_data, tmp_path, capsys):
