@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # torch is installed in the same pip command as the rest so the CPU build on disk is chosen.
 PIP_INSTALL := $(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
 
-.PHONY: demo test bench clean real-model gemma-model real-study continual-study tune-study report-screenshot
+.PHONY: demo test bench clean real-model gemma-model real-study real-rehearsal continual-study tune-study report-screenshot
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,15 @@ real-study: $(VENV)/.installed-real
 	start=$$(date +%s) && HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/retain sweep configs/sweeps/real-smollm2.yaml \
 		&& echo $$(( $$(date +%s) - $$start )) > runs/real-study/wall_seconds
 	$(BIN)/python -m tools.real_study configs/sweeps/real-smollm2.yaml --out docs
+
+# Self-rehearsal on the real model (docs/self-rehearsal.md; about 25 minutes per seed on 2 CPU cores, 3 seeds; not
+# part of `make test`): SmolLM2 on the city task unprotected and with replay.source self (at 30% without and with
+# KL on the base's records, and at its defaults); the sweep's summary goes to docs/self-rehearsal-sweep.md.
+# Resumable: finished runs are skipped.
+real-rehearsal: $(VENV)/.installed-real
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/retain sweep configs/sweeps/real-smollm2-rehearsal.yaml
+	sed -e 's|(pareto.png)|(self-rehearsal-pareto.png)|' runs/real-rehearsal/summary.md > docs/self-rehearsal-sweep.md
+	cp runs/real-rehearsal/pareto.png docs/self-rehearsal-pareto.png
 
 $(VENV)/.installed-tune: pyproject.toml | $(BIN)/python
 	$(PIP_INSTALL) -e '.[tune]'

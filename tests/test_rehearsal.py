@@ -123,9 +123,21 @@ def test_source_self_settings_are_checked(make_config):
     base = make_config()  # not the lab's model: replay from a file would have to name one
     with pytest.raises(ConfigError, match="replay.file: required"):
         config_from_dict({**base, "mitigations": {"replay": {}}})
-    config_from_dict({**base, "mitigations": {"replay": {"source": "self"}}})  # the base writes its own
+    # the base writes its own; alone, source self brings its measured defaults: half the examples, and KL to the
+    # base on their tokens (unless the config has its own kl, or kl_weight 0)
+    mitigations = config_from_dict({**base, "mitigations": {"replay": {"source": "self"}}}).mitigations
+    assert mitigations["replay"].ratio == 0.5
+    assert (mitigations["kl"].weight, mitigations["kl"].apply_to) == (1.0, "replay")
+    own = config_from_dict({**base, "mitigations": {"replay": {"source": "self", "ratio": 0.3},
+                                                    "kl": {"weight": 0.2}}}).mitigations
+    assert own["replay"].ratio == 0.3 and (own["kl"].weight, own["kl"].apply_to) == (0.2, "all")
+    assert "kl" not in config_from_dict({**base, "mitigations": {"replay": {"source": "self", "kl_weight": 0}}}
+                                        ).mitigations
+    from_file = config_from_dict({**base, "mitigations": {"replay": {"file": str(base["data"]["train"])}}}).mitigations
+    assert from_file["replay"].ratio == 0.15 and "kl" not in from_file
     for bad, key in [({"source": "self", "file": "lab:general.jsonl"}, "file"), ({"source": "self", "samples": 0},
                      "samples"), ({"source": "self", "chat_share": 1.5}, "chat_share"),
+                     ({"source": "self", "kl_weight": -1}, "kl_weight"),
                      ({"prompts": "x.jsonl"}, "prompts")]:
         with pytest.raises(ConfigError, match=f"replay.{key}"):
             config_from_dict({**base, "mitigations": {"replay": bad}})

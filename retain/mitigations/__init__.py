@@ -17,7 +17,7 @@ from retain.mitigations.interpolation import Interpolate, InterpolateOptions
 from retain.mitigations.peft_methods import (IA3, OFT, OSF, IA3Options, LoHa, LoKr, Lora, LoraOptions, LowRankOptions,
                                              OFTOptions, OSFOptions, PrefixTuning, PromptTuning, VirtualTokensOptions)
 from retain.mitigations.penalties import EWC, L2SP, SI, EWCOptions, L2SPOptions, SIOptions
-from retain.mitigations.replay import Replay, ReplayOptions
+from retain.mitigations.replay import Replay, ReplayOptions, implied_kl
 from retain.mitigations.retention import RetentionBudget, RetentionOptions
 from retain.mitigations.roles import check_roles
 from retain.mitigations.self_distill import SelfDistill, SelfDistillOptions
@@ -86,4 +86,6 @@ def parse_mitigations(data: Any) -> dict[str, Any]:
     if len(reweighting) > 1:
         raise ConfigError(f"mitigations.{reweighting[1]}: only one token reweighting can weight the task loss "
                           f"(also given: {reweighting[0]}); asft is dft with a KL to the base")
+    if "replay" in parsed:  # source self brings its KL on the rehearsal tokens (replay.kl_weight)
+        parsed.update(implied_kl(parsed["replay"], parsed))
     return parsed

@@ -8,10 +8,24 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from retain.paths import resolve_path
+from retain.mitigations.distill import KLOptions
 from retain.mitigations.rehearsal import RehearsalSettings, self_rehearsal
 from retain.mitigations.roles import Context
 
 GENERAL_DATA_HELP = "a JSONL file of general text the model should keep (any shape retain reads)"
+
+
+# The default share of replayed examples: 0.15 of general data from a file (the 10-20% practitioners use); 0.5 of
+# the base's own records, which held SmolLM2's chat answers and plain text where 0.3 did not (docs/self-rehearsal.md)
+FILE_RATIO, SELF_RATIO = 0.15, 0.5
+
+
+def implied_kl(replay: ReplayOptions, given: dict) -> dict:
+    """What `replay.source: self` adds to the mitigations: KL to the base on the rehearsal tokens (on-policy
+    distillation, `kl_weight`), unless the config gives its own `kl` or sets kl_weight 0."""
+    if replay.source != "self" or replay.kl_weight == 0 or "kl" in given:
+        return {}
+    return {"kl": KLOptions(weight=replay.kl_weight, apply_to="replay")}
 
 
 def replay_count(n_task: int, ratio: float) -> int:
@@ -31,8 +45,9 @@ def mix_replay(task: list, pool: list, ratio: float, seed: int) -> list:
 
 @dataclass(frozen=True)
 class ReplayOptions:
-    ratio: float = field(default=0.15, metadata={
-        "help": "share of the mixed training examples that are general data, in (0, 1)"})
+    ratio: float | None = field(default=None, metadata={
+        "help": "share of the mixed training examples that are general data, in (0, 1); null: 0.15 from a file, "
+                "0.5 when the base writes them (source self; measured on SmolLM2: docs/self-rehearsal.md)"})
     file: str | None = field(default=None, metadata={
         "help": "JSONL of general data, any shape retain reads; required unless the model is retain-tiny"})
     seed: int = field(default=0, metadata={"help": "seed for drawing the replay examples (and, source self, "
@@ -51,9 +66,16 @@ class ReplayOptions:
         "help": "source self: the longest answer or text, in tokens (an answer it cuts is dropped)"})
     answer_temperature: float = field(default=0.0, metadata={
         "help": "source self: sampling temperature of the base's answers; 0: greedy"})
+    kl_weight: float = field(default=1.0, metadata={
+        "help": "source self: weight of a KL to the base on the rehearsal tokens (mitigations.kl with apply_to: "
+                "replay), added unless mitigations.kl is given; 0: none"})
     cache_dir: str | None = field(default=None, metadata={
         "help": "source self: where the written records are kept; null: $RETAIN_CACHE/rehearsal, else "
                 "~/.cache/retain/rehearsal"})
+
+    def __post_init__(self):
+        if self.ratio is None:  # frozen: the default that depends on the source, set once
+            object.__setattr__(self, "ratio", SELF_RATIO if self.source == "self" else FILE_RATIO)
 
     @property
     def LAB_DEFAULTS(self) -> dict:  # noqa: N802 (what retain.config.fill_lab_defaults reads)
@@ -75,6 +97,8 @@ class ReplayOptions:
                 yield "chat_share", f"must be in [0, 1], got {self.chat_share}"
             if self.max_new_tokens < 1:
                 yield "max_new_tokens", f"must be at least 1, got {self.max_new_tokens}"
+            if self.kl_weight < 0:
+                yield "kl_weight", f"must be 0 (no KL) or more, got {self.kl_weight}"
             if self.answer_temperature < 0:
                 yield "answer_temperature", f"must be 0 (greedy) or more, got {self.answer_temperature}"
             if self.prompts is not None and not resolve_path(self.prompts).is_file():
