@@ -10,7 +10,7 @@ from retain.mitigations.freezing import FreezeOptions
 from retain.mitigations.peft_methods import LoraOptions
 
 REPO = Path(__file__).resolve().parents[1]
-CAPABILITY_FILES = sorted([*(REPO / "configs").rglob("tasks/*.yaml"), *(REPO / "configs").rglob("suite.yaml")])
+CAPABILITY_FILES = sorted([*(REPO / "configs").rglob("tasks/*.yaml"), *(REPO / "configs").rglob("*suite.yaml")])
 SHIPPED = sorted(p for p in (REPO / "configs").rglob("*.yaml")
                  if p.parent.name not in ("accelerate", "sweeps", "sequences", "tune") and p not in CAPABILITY_FILES)
 SWEEPS = sorted((REPO / "configs" / "sweeps").glob("*.yaml"))

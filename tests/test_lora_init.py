@@ -133,3 +133,19 @@ def test_a_pissa_run_writes_a_final_adapter_that_equals_its_merged_model(make_co
     adapter = PeftModel.from_pretrained(base, result.final_dir).eval()
     torch.testing.assert_close(logits(adapter), logits(merged), rtol=0, atol=1e-4)
     assert not torch.allclose(logits(merged), logits(AutoModelForCausalLM.from_pretrained(config["model"]["name"])))
+
+
+def test_plain_lora_trains_without_attrs(make_config, tmp_path):
+    """peft's CorDA module imports `attrs`, which a plain install of retain may not have (a newcomer's `retain train`
+    on the LoRA config `retain init` writes crashed on it): only a CorDA start may import it."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    path = tmp_path / "lora.yaml"
+    path.write_text(yaml.safe_dump(make_config(mitigations={"lora": {"r": 4}}, training={"max_steps": 1})))
+    blocked = ("import sys; sys.modules['attr'] = sys.modules['attrs'] = None; "  # `import attr` now fails
+               "from retain.cli import main; raise SystemExit(main(['train', sys.argv[1]]))")
+    proc = subprocess.run([sys.executable, "-c", blocked, str(path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]

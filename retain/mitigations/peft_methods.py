@@ -79,7 +79,6 @@ class Lora:
     def transform_model(self, model, ctx: Context):
         from peft import EvaConfig, LoraConfig, get_peft_model, initialize_lora_eva_weights
         from peft.tuners.lora.config import CordaConfig
-        from peft.tuners.lora.corda import preprocess_corda
 
         o = self.options
         init = {"default": True}.get(o.init, o.init)
@@ -93,6 +92,9 @@ class Lora:
         batches = (init_batches(o.init_data, ctx.tokenizer, ctx.max_length, o.init_examples,
                                 1 if o.init == "corda" else INIT_BATCH) if o.init_data else [])
         if o.init == "corda":  # the covariance of each layer's inputs on the general data
+            # imported only here: peft's corda module needs `attrs`, which a plain install may not have
+            from peft.tuners.lora.corda import preprocess_corda
+
             preprocess_corda(model, config, run_model=lambda: run_batches(model, batches))
         if o.init == "eva":
             model = get_peft_model(model, config, low_cpu_mem_usage=True)
