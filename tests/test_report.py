@@ -418,6 +418,15 @@ def test_verdict_lines_say_how_bad_and_whether_to_ship_with_the_budget(tmp_path)
     assert line in out["md"].read_text().split("\n- ")[0]  # on top, before the headlines
     assert verdict_line("protected", compare(base, mild), 2.0).endswith(
         "on these items facts lost 4.0 pts, over its 2-point retention budget")
+    # kept everything, learned nothing: the task (a capability named "task: ...") did not improve
+    task = ("task: towns", [0] * 200)
+    unchanged = compare(results({"facts": ("facts", [1] * 200), "towns": task}),
+                        results({"facts": ("facts", [1] * 200), "towns": task}))
+    assert verdict_line("tuned", unchanged) == \
+        "tuned: no significant forgetting — nothing to ship: task: towns did not improve significantly"
+    learned = compare(results({"facts": ("facts", [1] * 200), "towns": task}),
+                      results({"facts": ("facts", [1] * 200), "towns": ("task: towns", [1] * 200)}))
+    assert verdict_line("tuned", learned) == "tuned: no significant forgetting — ship it: nothing it knew was lost"
 
 
 def generation(predictions: list[str], targets: list[str]) -> dict:

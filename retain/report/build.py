@@ -163,6 +163,11 @@ def ship_verdict(label: str, comparison: dict) -> str:
     grade = comparison.get("forgetting", {}).get("severity", "none")
     where = comparison.get("forgetting", {}).get("worst")
     lead = "no significant forgetting" if grade == "none" else f"{grade} forgetting (worst: {where})"
+    # The fine-tuning task is the capability named "task: ..." (retain init and the lab's task files name it so):
+    # a run that kept everything but did not learn it has nothing to ship either.
+    tasks = {c: r for c, r in comparison.get("capabilities", {}).items() if c.startswith("task:")}
+    if SHIP[grade].startswith("ship it") and tasks and not any(r["verdict"] == "better" for r in tasks.values()):
+        return f"{label}: {lead} — nothing to ship: {', '.join(tasks)} did not improve significantly"
     return f"{label}: {lead} — {SHIP[grade]}"
 
 
