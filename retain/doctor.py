@@ -1,9 +1,10 @@
-"""`retain doctor CONFIG`: before training, the causes of forgetting the seeds name, looked for in a run config.
+"""`retain doctor CONFIG`: before training, the causes of forgetting that practitioners' accounts of
+fine-tuning name, looked for in a run config.
 
     diagnose(config, probe=32) -> Diagnosis      findings (cause, evidence, the retain setting that
                                                  addresses it) and a recipe adapted to the model and data
 
-What it looks for, each from the seeds' list of causes:
+What it looks for, each from those accounts' list of causes:
     high_lr            full fine-tuning at a learning rate above the usual range for the model's size
     no_warmup          full fine-tuning that starts at full learning rate
     many_epochs        more than 3 passes over the data (the practice is 1-3)
@@ -57,7 +58,7 @@ PLACEHOLDERS = {"GENERAL.jsonl": "a JSONL file of general text the model should 
                 "SUITE": "the capabilities to keep: a bundled suite name (e.g. english), task or suite YAMLs, mmlu, "
                          "lm-eval:NAME"}
 FORMAT_RECORDS = 200  # records read to tell how the data is rendered
-MAX_EPOCHS = 3  # seed 003: "1-3 epochs are common"
+MAX_EPOCHS = 3  # practitioners' accounts of full fine-tuning: "1-3 epochs are common"
 PEFT_LR = (1e-4, 3e-4)  # the usual LoRA range
 
 
@@ -149,7 +150,7 @@ def diagnose(config: RunConfig, probe: int = 32) -> Diagnosis:
               "general data of more kinds in mitigations.replay")
     if not peft and t.lr > high:
         add(Finding("high_lr", f"full fine-tuning of {n_params:,} parameters at lr {t.lr:g}, {t.lr / high:.0f}x the "
-                    f"top of the usual {low:g}-{high:g} for this size (seed 003: 1e-5 to 5e-6 for LLMs)",
+                    f"top of the usual {low:g}-{high:g} for this size (practitioners' range for full fine-tuning of LLMs: 1e-5 to 5e-6)",
                     f"training.lr={high:g}, or mitigations.lora (then lr {PEFT_LR[0]:g}-{PEFT_LR[1]:g})"))
     elif peft and t.lr > 3 * PEFT_LR[1]:
         add(Finding("high_lr", f"{peft[0]} at lr {t.lr:g}, above the usual {PEFT_LR[0]:g}-{PEFT_LR[1]:g} for adapters",
@@ -308,7 +309,7 @@ def multi_stage(previous: Path, config: RunConfig) -> Finding:
            f"mitigations.ewc (and fisher_in: {previous}/fisher.pt, written by a stage with ewc)")
     return Finding("multi_stage", f"model.name is the output of the run in {previous} (trained on {task}). retain "
                    "starts this stage with fresh optimizer state (AdamW's moments are not carried over, the reset "
-                   "the seeds recommend), but that stage's task is now something to keep, and nothing keeps it",
+                   "practitioners recommend), but that stage's task is now something to keep, and nothing keeps it",
                    f"its dev data in mitigations.retention.suite, mitigations.replay.file={task}, or {ewc}")
 
 
@@ -440,7 +441,7 @@ def render(d: Diagnosis, config_path: str) -> str:
         lines += [f"{k}. {finding.cause}: {finding.evidence}", f"   set: {finding.fix}"]
     if not d.findings:
         lines.append("no cause of forgetting found in this config")
-    lines += ["", "suggested recipe (seed 003's practice for this model and data):",
+    lines += ["", "suggested recipe (common practice, fitted to this model and data):",
               f"  retain train {config_path} " + " ".join(d.recipe)]
     to_fill = placeholders(d.recipe)
     if to_fill:
