@@ -31,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from retain.errors import ConfigError, DataError
+from retain.gguf import cache_root, file_sha256
 from retain.io import atomic_write_text
 from retain.paths import resolve_path
 
@@ -51,8 +52,7 @@ class RehearsalSettings:
 
 
 def cache_dir(settings_dir: str | None) -> Path:
-    return Path(settings_dir).expanduser() if settings_dir else \
-        Path(os.environ.get("RETAIN_CACHE") or "~/.cache/retain").expanduser() / "rehearsal"
+    return Path(settings_dir).expanduser() if settings_dir else cache_root() / "rehearsal"
 
 
 def model_fingerprint(source: str, chat_template: str | None) -> str:
@@ -75,7 +75,7 @@ def model_fingerprint(source: str, chat_template: str | None) -> str:
 def cache_file(root: Path, fingerprint: str, settings: RehearsalSettings) -> Path:
     described = {**asdict(settings), "version": FORMAT_VERSION, "batch_size": None}  # batching changes nothing
     if settings.prompts:
-        described["prompts"] = hashlib.sha256(resolve_path(settings.prompts).read_bytes()).hexdigest()
+        described["prompts"] = file_sha256(resolve_path(settings.prompts))
     key = hashlib.sha256(json.dumps([fingerprint, described], sort_keys=True).encode()).hexdigest()[:16]
     return root / f"{key}.jsonl"
 
@@ -187,7 +187,7 @@ def write_records(model, tokenizer, settings: RehearsalSettings) -> list[dict]:
     return records
 
 
-def self_rehearsal(settings: RehearsalSettings, source: str, tokenizer, load_model, settings_dir: str | None,
+def self_rehearsal(settings: RehearsalSettings, source: str | None, tokenizer, load_model, settings_dir: str | None,
                    log=print) -> Path:
     """The JSONL of the base's rehearsal records for these settings: read from the cache, or written now by the
     model `load_model()` returns (loaded only then)."""

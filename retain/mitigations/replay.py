@@ -122,7 +122,8 @@ class Replay:
 
         o = self.options
         if o.source == "self":
-            path = self_rehearsal(o.rehearsal(), ctx.model_source, ctx.tokenizer, ctx.load_base_model, o.cache_dir)
+            source = ctx.model_source() if ctx.model_source else None
+            path = self_rehearsal(o.rehearsal(), source, ctx.tokenizer, ctx.load_base_model, o.cache_dir)
         else:
             path = resolve_path(o.file)
         pool = load_dataset(path, ctx.tokenizer, "auto", ctx.max_length, "all")

@@ -27,7 +27,9 @@ class Context:
     load_base_model: Callable[[], torch.nn.Module]  # a fresh copy of the run's starting model
     output_dir: Path
     dev_examples: list | None = None  # the tokenized data.dev examples, if the run has a dev set
-    model_source: str = ""  # the starting model's local directory or hub id (what its weights are known by)
+    # the starting model's local directory or hub id (what its weights are known by); a call, because resolving a
+    # GGUF file hashes it, which only self-rehearsal needs
+    model_source: Callable[[], str] | None = None
 
 
 @runtime_checkable

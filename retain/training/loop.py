@@ -243,7 +243,7 @@ def load_and_check(config: RunConfig, out: Path, accelerator, start: Start) -> R
     ctx = Context(tokenizer=tokenizer, total_steps=total_steps, max_length=config.data.max_length,
                   load_base_model=lambda: load_model(config.model), output_dir=out,
                   dev_examples=dev_set.examples if dev_set and objective is None else None,
-                  model_source=model_source(config.model))
+                  model_source=lambda: model_source(config.model))
 
     if config.model.load_in_4bit:  # QLoRA: norms and head in float32, inputs that carry a gradient
         from peft import prepare_model_for_kbit_training
