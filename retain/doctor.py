@@ -187,7 +187,7 @@ def diagnose(config: RunConfig, probe: int = 32) -> Diagnosis:
     if gap is not None:
         add(gap)
         facts["format_gap"] = gap.cause
-    if "retention" not in m:
+    if not holds_a_budget(m):
         add(Finding("no_retention", "no retention budget: forgetting is measured only after training, when "
                     "the better checkpoints are gone", "mitigations.retention (suite, max_drop_points, "
                     "action: early_stop or repair) and mitigations.early_warnings"))
@@ -411,8 +411,10 @@ def recipe(config: RunConfig, n_params: int, n_examples: int, peft: bool, gap: F
         if not lab:
             own = "mitigations.replay.source=self" if self_rehearsal() else "mitigations.replay.file=GENERAL.jsonl"
             out.append(own)
-    if "retention" not in m:
+    if not holds_a_budget(m):
         out += ["mitigations.retention.action=early_stop", f"mitigations.retention.every={max(1, steps // 8)}"]
+        if "retention" in m:  # checks that only measured: their `ignore`s go, the budget's defaults hold
+            out.append("mitigations.retention.tasks={}")
         if not lab:
             out.append("mitigations.retention.suite=SUITE")
     if "early_warnings" not in m:
@@ -420,6 +422,12 @@ def recipe(config: RunConfig, n_params: int, n_examples: int, peft: bool, gap: F
         if not lab:
             out.append("mitigations.early_warnings.general=GENERAL.jsonl")
     return [item for item in out if not already_set(config, item)]
+
+
+def holds_a_budget(m: dict) -> bool:
+    """A retention budget in force: one, and not checks that only measure (every task given `ignore`)."""
+    r = m.get("retention")
+    return r is not None and not (r.tasks and all(v == "ignore" for v in r.tasks.values()))
 
 
 def placeholders(items: list[str]) -> list[str]:

@@ -43,6 +43,12 @@ def test_demo_quick_runs_the_whole_lab_and_ends_with_the_verdicts_and_the_report
         assert line == ship_verdict(label, report["comparisons"][label])
     assert where.startswith(f"report: {tmp_path / 'demo' / 'report' / 'report.html'}")
     assert "fine-tuning: protected (ewc, lr 0.0001)" in proc.stdout  # the recipe docs/tune.md recommends
+    # each run logged retention checks that only measured (no budget claimed), drawn as forgetting over training
+    page = (tmp_path / "demo" / "report" / "report.html").read_text()
+    assert "alt='forgetting over training'" in page and "none held to a budget" in page
+    for name in ("unprotected", "protected"):
+        checks = json.loads((tmp_path / "demo" / name / "retention.json").read_text())
+        assert checks["outcome"] is None and [c["step"] for c in checks["checks"]] == [6]
 
 
 @pytest.mark.parametrize("grade, advice", [("none", "ship it"), ("mild", "ship it"), ("moderate", "review before"),

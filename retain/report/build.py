@@ -15,6 +15,7 @@ from retain.report import plots
 from retain.report.render import format_change, metric_words, render_html, render_markdown
 from retain.report.answers import changed_answers
 from retain.report.results import check_comparable, load_results, load_run_file
+from retain.report.retention import measured_only
 from retain.report.reward_hacking import hacking_lines
 from retain.report.runs import next_steps, run_of
 from retain.report.severity import rank, severity
@@ -253,7 +254,8 @@ def write_report(result_paths: list[Path], out: Path, run_dirs: list[Path] = (),
         figures["early warnings"] = warnings
     budgets = {str(d): load_run_file(Path(d) / "retention.json")
                for d in run_dirs if (Path(d) / "retention.json").is_file()}
-    budget_of = {label: (budgets.get(str(run)) or {}).get("max_drop_points") for label, run in runs.items()}
+    budget_of = {label: None if measured_only(budgets.get(str(run)) or {}) else
+                 (budgets.get(str(run)) or {}).get("max_drop_points") for label, run in runs.items()}
     report = {"base": base_label, "results": [str(p) for p in result_paths], "split": results[0].get("split"),
               "models": {score_key(labels, k): res.get("model") for k, res in enumerate(results)},
               "verdicts": {label: verdict_line(label, c, budget_of[label]) for label, c in comparisons.items()},

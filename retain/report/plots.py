@@ -257,7 +257,8 @@ def forgetting_curves(run_dirs: list[Path]) -> bytes | None:
 
 def _budget_limits(run: Path, unit: str, tasks: list[str]) -> list[float]:
     """The run's budgets for these tasks in the plot's unit (points, or % for perplexities): each task's own
-    (retention.json `tasks`, weight > 0), else the run's one budget of that unit; [] without retention.json."""
+    (retention.json `tasks`, weight > 0; none for ignored ones), else the run's one budget of that unit; [] without
+    retention.json."""
     from retain.report.results import load_run_file
 
     path = run / "retention.json"
@@ -267,7 +268,7 @@ def _budget_limits(run: Path, unit: str, tasks: list[str]) -> list[float]:
     scale = 100 if unit == "relative" else 1
     own = b.get("tasks") or {}
     limits = {own[t]["budget"] for t in tasks if t in own and own[t].get("weight", 1) > 0}
-    if not limits:
+    if not limits and not any(t in own for t in tasks):  # tasks ignored (weight 0) have no budget to draw
         value = b.get("max_drop_points" if unit == "points" else "max_perplexity_increase")
         limits = {value} if value is not None else set()
     return sorted(scale * v for v in limits)

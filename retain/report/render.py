@@ -12,7 +12,7 @@ import html
 import math
 
 from retain.report.answers import answers_html, answers_markdown
-from retain.report.retention import retention_html, retention_markdown
+from retain.report.retention import measured_only, retention_html, retention_markdown
 from retain.report.runs import next_steps_html, next_steps_markdown
 from retain.report.severity import LEGEND as SEVERITY_LEGEND
 
@@ -137,6 +137,10 @@ def budget_lines(report: dict) -> list[str]:
     for run, b in report.get("retention_budgets", {}).items():
         outcome = b["outcome"]
         checks = b["checks"]
+        if measured_only(b):
+            lines.append(f"Retention checks of {run}: every task of {b['suite']} measured on its dev split every "
+                         f"{b['every']} steps ({len(checks)} checks), none held to a budget.")
+            continue
         if outcome and "chosen" in outcome:  # a budget that chose among kept points (retain.report.retention)
             lines.append(f"Retention budget of {run}: {_budget_text(b)} on the dev split of {b['suite']}, checked "
                          f"every {b['every']} steps; {outcome['why']}: action {outcome['action']} ended at "

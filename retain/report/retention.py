@@ -46,6 +46,9 @@ def checks_table(b: dict) -> tuple[list[str], list[list[str]]]:
 
 def summary(b: dict) -> list[str]:
     """Sentences: the budget per task, what ranks the points, and where the run ended and why."""
+    if measured_only(b):
+        return [f"Every task ignored (weight 0): measured on the dev split at {len(b['checks'])} checks and recorded, "
+                "never a breach; the run ended with its last weights."]
     task = b.get("task") or {}
     ranked = (f"Points are ranked by the dev {task['metric']} of {task['source']} "
               f"({'higher' if task['higher_is_better'] else 'lower'} is better)." if task.get("source") else
@@ -79,13 +82,23 @@ def has_section(b: dict) -> bool:
     return "start" in b and "tasks" in b
 
 
+def measured_only(b: dict) -> bool:
+    """Checks without a budget: every task `ignore`d (weight 0), so each was measured and recorded, never a breach
+    (what `retain demo` runs to draw forgetting over training)."""
+    return bool(b.get("tasks")) and all(t["weight"] == 0 for t in b["tasks"].values())
+
+
+def _title(b: dict) -> str:
+    return "Retention checks (no budget)" if measured_only(b) else "Retention budget"
+
+
 def retention_markdown(report: dict) -> list[str]:
     lines = []
     for run, b in report.get("retention_budgets", {}).items():
         if not has_section(b):
             continue
         header, rows = checks_table(b)
-        lines += [f"## Retention budget: {run}", ""] + summary(b) + [""]
+        lines += [f"## {_title(b)}: {run}", ""] + summary(b) + [""]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(r) + " |" for r in rows] + [""]
     return lines
@@ -98,7 +111,7 @@ def retention_html(report: dict) -> list[str]:
         if not has_section(b):
             continue
         header, rows = checks_table(b)
-        parts.append(f"<h2>Retention budget: {esc(run)}</h2>" + "".join(f"<p>{esc(s)}</p>" for s in summary(b)))
+        parts.append(f"<h2>{_title(b)}: {esc(run)}</h2>" + "".join(f"<p>{esc(s)}</p>" for s in summary(b)))
         parts.append("<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>"
                      + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows)
                      + "</table>")
