@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import os
 import sys
 import traceback
@@ -46,6 +47,11 @@ def cmd_train(args) -> int:
                           allow_config_change=args.allow_config_change)
     if int(os.environ.get("RANK", "0")) == 0:  # under accelerate launch / torchrun: once, not per process
         print(f"trained {result.steps} steps; final weights: {result.final_dir}; metrics: {result.metrics_path}")
+        budget = Path(result.output_dir) / "retention.json"
+        if budget.is_file():  # how the retention budget ended: held, or what broke it and what it did
+            from retain.report.render import budget_lines
+
+            print(*budget_lines({"retention_budgets": {str(result.output_dir): json.loads(budget.read_text())}}))
     return 0
 
 
