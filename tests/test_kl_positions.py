@@ -116,7 +116,7 @@ def test_the_loop_term_equals_the_full_logits_kl(tiny_model, peft, options):
             for p in model.parameters():
                 p.add_(torch.randn_like(p) * 0.05)
     teacher_forwards = []
-    head = (kl.reference or model).get_output_embeddings()
+    head = (kl.reference.copy or model).get_output_embeddings()
     head.register_forward_hook(lambda m, i, out: teacher_forwards.append(out.shape))
     o = kl.options
     for index in (None, (3, 1, 4, 0), (3, 1, 4, 0)):  # no index; first sight (syncs); seen (static size)

@@ -116,6 +116,7 @@ def test_grpo_loss_equals_trls_grpo_trainer(tiny_model, tmp_path):
     from trl import GRPOConfig, GRPOTrainer
 
     from retain.data import Example, collate
+    from retain.model.reference import Reference
     from retain.preference import GRPO, GRPOOptions
     from retain.preference.logprobs import token_logps
 
@@ -132,7 +133,7 @@ def test_grpo_loss_equals_trls_grpo_trainer(tiny_model, tmp_path):
     trainer.current_gradient_accumulation_steps = 1
 
     ours = GRPO(GRPOOptions(kl_coef=0.2, temperature=0.7, group_size=3, rewards={"f": {"kind": "length"}}), False)
-    ours.reference.setup(load(tiny_model)[0])
+    ours.reference = Reference(load(tiny_model)[0])  # a frozen copy of the base
     rows = [Example(prompt + c, [-100] * len(prompt) + c) for c in completions]
     batch = collate(rows, tokenizer.pad_token_id)
     batch.update(n_sampled=3, advantages=advantages,

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from retain.errors import ConfigError
+from retain.model.reference import adapters_disabled
 
 BASE = "base"  # the candidate with every adapter off
 
@@ -54,10 +55,7 @@ def load_adapter_set(base: str, adapters: dict[str, Path], dtype: str = "float32
 def use_adapter(model, name: str | None):
     """Run the block with adapter `name` active; None or BASE: with every adapter off."""
     if name in (None, BASE):
-        if hasattr(model, "disable_adapter"):
-            with model.disable_adapter():
-                yield model
-        else:  # a plain model: there is nothing to turn off
+        with adapters_disabled(model):  # a plain model is its own base
             yield model
         return
     model.set_adapter(name)

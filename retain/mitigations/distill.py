@@ -1,7 +1,7 @@
 """Distillation from the frozen base model: keep the fine-tune's next-token distribution near the base's.
 
-Under PEFT the reference is the same model with its adapters disabled (no second copy); for full
-fine-tuning, a frozen copy made before the first step. `cache_top_k` stores the base's top-k
+The base is retain.model.reference's: under PEFT the same model with its adapters disabled (no second
+copy); for full fine-tuning, a frozen copy made before the first step. `cache_top_k` stores the base's top-k
 log-probs of each example the first time it is seen, so later epochs skip the reference forward.
 
 Why a step with KL costs little more than the base's forward:
@@ -17,22 +17,21 @@ Why a step with KL costs little more than the base's forward:
   carry their examples' indices (`batch["index"]`, host ints), each example's number of KL positions
   is remembered the first time (one `nonzero`, which syncs), and later batches gather with
   `nonzero_static` of the known size. The cached teacher's rows are found from the same indices.
-- The base runs under inference_mode, in the run's compute dtype (accelerate's autocast wraps the
-  model's forward, and the frozen copy's).
+- The base runs under no_grad, in the run's compute dtype (accelerate's autocast wraps the model's
+  forward, and the frozen copy's).
 """
 
 from __future__ import annotations
 
-import copy
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-from retain.lm_head import logits_at, rows_of, shifted_rows
+from retain.lm_head import shifted_rows
 from retain.mitigations.roles import Context
+from retain.model.reference import Reference
 
 # Rows per chunk of the KL: about CHUNK_ELEMENTS / V, never fewer than CHUNK_MIN_ROWS. On a CPU, chunks whose
 # four float32 temporaries stay in cache (1 MB each: 64 rows of a 4k vocabulary ran the KL 20% faster than
@@ -243,15 +242,12 @@ class KLToBase:
 
     def __init__(self, options: KLOptions):
         self.options = options
-        self.reference = None  # frozen copy (full fine-tuning) or None (PEFT: adapters disabled)
+        self.reference: Reference | None = None  # the base model, from setup on
         self.cache = TopKCache(options.cache_top_k)
         self.counts: dict[int, int] = {}  # example index -> its number of KL positions (host)
 
     def setup(self, model, ctx: Context) -> None:
-        from peft import PeftModel
-
-        if not isinstance(model, PeftModel):
-            self.reference = copy.deepcopy(model).eval().requires_grad_(False)
+        self.reference = Reference(model)
 
     def nonzero(self, batch: dict, flags: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(N,) long: where the 1-D `flags` are set, in order; `mask` (B, T) are the batch's KL positions.
@@ -290,21 +286,8 @@ class KLToBase:
         return logits, picked, targets[picked]
 
     def teacher_logits_at(self, model, batch: dict, rows: torch.Tensor) -> torch.Tensor:
-        """(N, V) logits of the base model at the batch's flat positions `rows`, under inference_mode."""
-        ref = self.reference or model
-        width = batch["input_ids"].shape[1]
-        was_training = ref.training  # the frozen copy is in eval mode already; the PEFT model is training
-        if was_training:
-            ref.eval()  # no dropout in the reference
-        try:
-            with torch.inference_mode(), (model.disable_adapter() if self.reference is None else nullcontext()), \
-                    logits_at(ref, rows, width):
-                logits = ref(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                             use_cache=False).logits
-        finally:
-            if was_training:
-                ref.train()
-        return rows_of(logits, rows, width)
+        """(N, V) logits of the base model at the batch's flat positions `rows`, under no_grad."""
+        return self.reference.logits(model, batch, rows)
 
     def cached_teacher(self, model, batch: dict, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(ids, logprobs), each (N, k): the base's top-k at the batch's KL positions `rows` (flat b·T + t),

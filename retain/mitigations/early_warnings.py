@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import random
 import re
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -29,6 +28,7 @@ import torch.nn.functional as F
 from retain.mitigations.penalties import trainable
 from retain.mitigations.replay import GENERAL_DATA_HELP
 from retain.mitigations.roles import Context, Decision
+from retain.model.reference import Reference
 from retain.paths import resolve_path
 
 
@@ -144,13 +144,10 @@ class EarlyWarnings:
         return logits[mask.to(device)]  # (N, V): only the scored positions
 
     def _reference(self, model, examples: list) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        was_training = model.training
-        model.eval()
-        with model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext():  # the base itself
-            ref = [top_k_reference(self._logits(model, batch, mask), self.options.top_k) for batch, mask in
-                   self._batches(examples)]
-        model.train(was_training)
-        return ref
+        """The base's top-k at the examples' scored positions: at setup `model` is still the base (no copy kept)."""
+        with Reference(model, copy=False).model(model) as base:
+            return [top_k_reference(self._logits(base, batch, mask), self.options.top_k) for batch, mask in
+                    self._batches(examples)]
 
     @torch.no_grad()
     def _kl(self, model, name: str) -> float:

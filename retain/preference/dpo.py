@@ -26,8 +26,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from retain.model.reference import Reference
 from retain.preference.data import PairExample, collate_pairs, load_pairs
-from retain.preference.logprobs import Reference, Tally, sequence_logps, token_logps
+from retain.preference.logprobs import Tally, sequence_logps, token_logps
 from retain.preference.options import DPOOptions
 
 
@@ -64,7 +65,7 @@ class DPO:
         self.options = options
         self.replay = replay  # replay's general examples ride in the batches: their LM loss is a term
         self.batch_size = batch_size
-        self.reference = Reference()
+        self.reference: Reference | None = None  # the base model, from setup on
         self.tally = Tally()
 
     # --- data ---
@@ -79,7 +80,7 @@ class DPO:
     def setup(self, model, ctx, train_examples: list, dev_examples: list | None) -> None:
         """The reference: precomputed log-probs (then no copy is kept), adapters disabled, or a frozen copy."""
         precompute = self.options.precompute_reference
-        self.reference.setup(model, keep_copy=not precompute)
+        self.reference = Reference(model, copy=not precompute)
         if precompute:  # `model` is still the base here: setup runs before the first step and any resume
             for examples in (train_examples, dev_examples or []):
                 self.precompute(model, [x for x in examples if isinstance(x, PairExample)], ctx.tokenizer.pad_token_id)

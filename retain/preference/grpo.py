@@ -25,9 +25,10 @@ from __future__ import annotations
 import torch
 
 from retain.data import Example, collate
+from retain.model.reference import Reference
 from retain.preference.data import PromptExample, collate_prompts, load_prompts
 from retain.preference.dpo import to_device
-from retain.preference.logprobs import Reference, Tally, ce_sum, token_logps
+from retain.preference.logprobs import Tally, ce_sum, token_logps
 from retain.preference.options import GRPOOptions
 from retain.preference.rewards import CompositeReward, RewardInput
 
@@ -100,7 +101,7 @@ class GRPO:
         self.replay = replay
         self.reward = CompositeReward(options.rewards)
         self.kl_coef = options.kl_coef
-        self.reference = Reference()
+        self.reference: Reference | None = None  # the base model, from setup on
         self.tally = Tally()
         self.step_kl: list[tuple[torch.Tensor, torch.Tensor]] = []  # this step's (KL sum, tokens), per micro-batch
 
@@ -117,7 +118,7 @@ class GRPO:
         """The reference (the KL is logged even at kl_coef 0), and the base's greedy answers if a term needs them."""
         self.tokenizer = ctx.tokenizer
         self.max_length = ctx.max_length
-        self.reference.setup(model)
+        self.reference = Reference(model)
         if self.reward.needs_base_answers:
             prompts = [x for x in [*train_examples, *(dev_examples or [])] if isinstance(x, PromptExample)]
             self.base_answers(model, prompts)

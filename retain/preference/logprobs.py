@@ -1,15 +1,8 @@
-"""What both preference objectives need: per-token log-probs of the target tokens, the frozen reference, and
-on-device sums of logged metrics.
-
-The reference is the base model the run started from: under PEFT the same model with its adapters disabled
-(no second copy, as TRL does); otherwise a frozen copy made before the first step, unless nothing needs it
-after setup (DPO with precomputed reference log-probs).
+"""What both preference objectives need besides their reference (retain.model.reference): per-token
+log-probs of the target tokens, and on-device sums of logged metrics.
 """
 
 from __future__ import annotations
-
-import copy
-from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -37,39 +30,6 @@ def token_logps(logits: torch.Tensor, labels: torch.Tensor, temperature: float =
 def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """(N,): the summed log-prob of each row's target tokens (a completion's log-likelihood)."""
     return token_logps(logits, labels, temperature).sum(-1)
-
-
-class Reference:
-    """The base model's forward: adapters disabled under PEFT, else a frozen copy (made by `setup`)."""
-
-    def __init__(self):
-        self.copy: torch.nn.Module | None = None
-
-    def setup(self, model: torch.nn.Module, keep_copy: bool = True) -> None:
-        from peft import PeftModel
-
-        if keep_copy and not isinstance(model, PeftModel):
-            self.copy = copy.deepcopy(model).eval().requires_grad_(False)
-
-    @contextmanager
-    def model(self, model: torch.nn.Module):
-        """The reference to call, in eval mode (no dropout), for the duration of the block. Before the first
-        step (setup) `model` itself is the base, so no copy is needed there."""
-        from peft import PeftModel
-
-        ref = self.copy if self.copy is not None else model
-        peft = self.copy is None and isinstance(model, PeftModel)
-        was_training = ref.training
-        ref.eval()
-        try:
-            with torch.no_grad(), (model.disable_adapter() if peft else nullcontext()):
-                yield ref
-        finally:
-            ref.train(was_training)
-
-    def logits(self, model: torch.nn.Module, batch: dict) -> torch.Tensor:
-        with self.model(model) as ref:
-            return ref(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
 
 class Tally:
