@@ -20,8 +20,10 @@ def load(tiny_model):
     return AutoModelForCausalLM.from_pretrained(tiny_model), AutoTokenizer.from_pretrained(tiny_model)
 
 
-def make_trainer(kind: str, model, tokenizer, out: Path, rows=ROWS, callbacks=(), retain_losses=None, **args):
-    """A real Trainer ("trainer": retain's tokenization and collate) or TRL SFTTrainer ("sft": its own) on `rows`."""
+def make_trainer(kind: str, model, tokenizer, out: Path, rows=ROWS, callbacks=(), retain_losses=None,
+                 trainer_class=None, **args):
+    """A real Trainer ("trainer": retain's tokenization and collate; `trainer_class` in place of RetainLossMixin +
+    Trainer) or TRL SFTTrainer ("sft": its own) on `rows`."""
     from retain.integrations import RetainLossMixin
 
     settings = {**dict(output_dir=str(out), max_steps=3, per_device_train_batch_size=4, learning_rate=1e-2,
@@ -47,7 +49,7 @@ def make_trainer(kind: str, model, tokenizer, out: Path, rows=ROWS, callbacks=()
     examples = [tokenize(r["prompt"] + r["response"] + tokenizer.eos_token,
                          [(len(r["prompt"]), len(r["prompt"]) + len(r["response"]) + len(tokenizer.eos_token))],
                          tokenizer, "response") for r in rows]
-    return Plain(model=model, args=TrainingArguments(**settings), train_dataset=examples,
+    return (trainer_class or Plain)(model=model, args=TrainingArguments(**settings), train_dataset=examples,
                  eval_dataset=examples if "eval_strategy" in args else None, processing_class=tokenizer,
                  data_collator=lambda b: collate(b, tokenizer.pad_token_id), callbacks=list(callbacks),
                  retain_losses=retain_losses)

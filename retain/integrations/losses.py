@@ -4,51 +4,80 @@
     trainer = MyTrainer(model=..., args=..., train_dataset=...,
                         retain_losses={"kl": {"weight": 0.3}, "l2sp": {"weight": 0.01}})
 
-The loss the trainer backpropagates is its own task loss plus each named term, the terms of
-retain's `mitigations:` section with the same options and the same pure functions:
-    kl     weight · KL to the base model (retain.mitigations.distill.kl_divergence); the base is the
-           same model with its adapters disabled under peft, else a frozen copy made before the first step
-    l2sp   weight/2 · Σ (θ − θ0)²                (retain.mitigations.penalties.weighted_l2)
-    ewc    weight/2 · Σ F (θ − θ0)², F the diagonal Fisher on `file` (general data)
-    si     weight/2 · Σ Ω (θ − θ0)², Ω SI's path integral on `file`
-Each term is logged by name with the trainer's own logs (`loss/kl`, ... beside `loss/task`), as the
-mean per optimizer step since the last log, like the trainer's `loss`.
+`retain_losses` is a config's `mitigations:` section restricted to the loss side: the mitigations of
+retain's table (retain.mitigations.MITIGATIONS) whose classes weight the task loss's tokens (dft, eaft,
+asft) or add a loss term (kl, l2sp, ewc, si), with the same options. The mixin builds the same role
+objects retain's loop builds and drives them as the loop does (retain.mitigations.roles):
+    setup            at the first training step, on the weights then (anchors, Fisher, SI's Ω, the base
+                     model's reference: the model with its adapters disabled under peft, else a frozen copy)
+    token_weights    the task loss becomes the mean over the targets of weight · cross-entropy, computed
+                     by the loop's SFT objective (retain.objectives.sft) in place of the trainer's
+    loss_term        added to the trainer's loss, logged by name (`loss/kl`, ... beside `loss/task`) as the
+                     mean per optimizer step since the last log, like the trainer's `loss`
+    state_dict       saved in each trainer checkpoint (retain_roles.pt) and loaded when the trainer
+                     resumes from it: a resumed run keeps the anchors and importance of its first start
+    files            fisher.pt, si_importance.pt, ... in args.output_dir after setup, on the main process
+A mitigation that plays any other role (transforms the model or the data, filters gradients, decides
+to stop) is refused by name: apply it before the trainer, or use RetainCallback for a budget.
 
-Weighting follows retain.training.step: a KL term is a mean over the micro-batch's target positions
-and is weighted like the task loss (by target tokens when the trainer normalises by
-`num_items_in_batch`); a penalty on the weights alone counts once per optimizer step.
-
-Anchors, reference and importance are taken at the first training step, from the weights then.
-Not supported here: KL's `cache_top_k`, resuming with the anchors of the original start (a resumed
-trainer anchors at the resumed weights), and sharded models (FSDP, DeepSpeed ZeRO-3).
+Weighting follows retain.training.step: a term that is a mean over the micro-batch's target positions
+is weighted like the task loss (by target tokens when the trainer normalises by `num_items_in_batch`);
+a term on the weights alone (`per_step`) counts once per optimizer step.
+Not supported: sharded models (FSDP, DeepSpeed ZeRO-3).
 """
 
 from __future__ import annotations
 
-import copy
 import sys
-from contextlib import nullcontext
+from contextlib import contextmanager
+from pathlib import Path
+from types import SimpleNamespace
 
 import torch
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
-from retain.data import IGNORE_INDEX, collate, load_dataset
-from retain.mitigations import MITIGATIONS, parse_mitigations
-from retain.mitigations.distill import kl_divergence, positions
-from retain.mitigations.penalties import diagonal_fisher, snapshot, synaptic_importance, trainable, weighted_l2
-from retain.paths import resolve_path
+from retain.data import IGNORE_INDEX
+from retain.integrations.callback import role_context
+from retain.io import atomic_torch_save
+from retain.mitigations import MITIGATIONS, build_mitigations, parse_mitigations
+from retain.mitigations.roles import DUTIES, ORDER, LossTerm, Setup, Stateful, TokenWeights, playing
+from retain.model.reference import FORWARD_INPUTS
+from retain.objectives.sft import SFT
 from retain.strict import ConfigError
+from retain.training.loop import write_files
 
-LOSS_TERMS = ("kl", "l2sp", "ewc", "si")
+LOSS_ROLES = (Setup, TokenWeights, LossTerm)  # what a trainer's compute_loss can drive, besides the duties
+ROLES_FILE = "retain_roles.pt"  # the roles' state in each trainer checkpoint
 DEFAULT_MAX_LENGTH = 512  # general data's truncation when the trainer's args name none (as data.max_length)
+
+
+def roles_of(cls: type) -> list:
+    """The roles (retain.mitigations.roles.ORDER and DUTIES) a mitigation class plays, by its methods."""
+    return [r for r in ORDER + DUTIES if any(callable(getattr(cls, m, None)) for m in r.methods)]
+
+
+def refused_role(cls: type):
+    """The first role of `cls` a trainer's loss cannot play (None: every role of it is loss-side)."""
+    return next((r for r in roles_of(cls) if r in ORDER and r.protocol not in LOSS_ROLES), None)
+
+
+# From the table: every mitigation whose roles are all loss-side and that touches the loss, in table order.
+LOSS_TERMS = tuple(name for name, (_, cls) in MITIGATIONS.items() if refused_role(cls) is None
+                   and any(r.protocol in (TokenWeights, LossTerm) for r in roles_of(cls)))
 
 
 def parse_loss_terms(terms: dict | None) -> dict:
     """name -> options dataclass, checked as retain checks a config's `mitigations:` (options objects pass)."""
     terms = dict(terms or {})
-    unknown = [name for name in terms if name not in LOSS_TERMS]
-    if unknown:
-        raise ConfigError(f"retain_losses.{unknown[0]}: not a loss term usable in a Trainer "
-                          f"(these are: {', '.join(LOSS_TERMS)})")
+    for name in terms:
+        if name not in MITIGATIONS:
+            raise ConfigError(f"retain_losses.{name}: not one of retain's mitigations (loss-side ones: "
+                              f"{', '.join(LOSS_TERMS)})")
+        role = refused_role(MITIGATIONS[name][1])
+        if role is not None:
+            raise ConfigError(f"retain_losses.{name}: not usable in a Trainer's loss — {name} plays "
+                              f"{role.protocol.__name__} ({role.when}): apply it outside the loss (a retention "
+                              f"budget: RetainCallback); loss-side ones: {', '.join(LOSS_TERMS)}")
     given = {n: o for n, o in terms.items() if not isinstance(o, (dict, bool)) and o is not None}
     for name, o in given.items():  # an options object is checked as its YAML would be
         expected = MITIGATIONS[name][0]
@@ -58,14 +87,11 @@ def parse_loss_terms(terms: dict | None) -> dict:
             raise ConfigError(f"retain_losses.{name}.{key}: {problem}")
     parsed = parse_mitigations({n: o for n, o in terms.items() if n not in given})
     options = {**parsed, **given}
-    for name in ("ewc", "si"):
-        if name in options and options[name].file is None:
-            raise ConfigError(f"retain_losses.{name}.file: required — the general data (JSONL) its importance is "
-                              f"measured on, e.g. lab:general.jsonl")
-    kl = options.get("kl")
-    if kl is not None and kl.cache_top_k:
-        raise ConfigError("retain_losses.kl.cache_top_k: not supported inside a Trainer; leave it 0")
-    return {name: options[name] for name in LOSS_TERMS if name in options}  # table order, as retain's loop
+    for name, o in options.items():  # what a config fills from the lab for retain-tiny must be given here
+        for key, (_, help_text) in getattr(type(o), "LAB_DEFAULTS", {}).items():
+            if getattr(o, key) is None:
+                raise ConfigError(f"retain_losses.{name}.{key}: required — {help_text}")
+    return {name: options[name] for name in MITIGATIONS if name in options}  # table order, as retain's loop
 
 
 def _fuses_lm_head(trainer) -> bool:
@@ -74,13 +100,20 @@ def _fuses_lm_head(trainer) -> bool:
     return trl is not None and isinstance(trainer, trl.SFTTrainer)
 
 
-def _forward_inputs(batch: dict) -> dict:
-    """What a plain forward needs for logits: ids and their mask (or positions, for padding-free batches)."""
-    return {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+@contextmanager
+def class_forward(model, active: bool):
+    """Within the block, `model` runs its class's forward: TRL's fused LM head is an instance `forward` that
+    closes over the original model, so a frozen copy made with it would run the student."""
+    saved = model.__dict__.pop("forward", None) if active else None
+    try:
+        yield
+    finally:
+        if saved is not None:
+            model.forward = saved
 
 
 class RetainLossMixin:
-    """Put before a `transformers.Trainer` subclass (Trainer, SFTTrainer) to add retain's loss terms.
+    """Put before a `transformers.Trainer` subclass (Trainer, SFTTrainer) to add retain's loss-side mitigations.
 
     `retain_losses`: name -> options, as in a config's `mitigations:` (dicts, or the options dataclasses).
     A batch may carry `replay` ((B,) bool, as retain.data.collate writes it) for KL's `apply_to`.
@@ -88,103 +121,55 @@ class RetainLossMixin:
 
     def __init__(self, *args, retain_losses: dict | None = None, **kwargs):
         self.retain_losses = parse_loss_terms(retain_losses)
+        self.retain_roles = dict(zip(self.retain_losses, build_mitigations(self.retain_losses)))
         self._retain_ready = False
-        self._retain_reference = None  # frozen copy of the base for KL under full fine-tuning
-        self._retain_anchor: dict[str, torch.Tensor] = {}
-        self._retain_importance: dict[str, dict[str, torch.Tensor] | None] = {}
+        self._retain_resume: Path | None = None  # the checkpoint a resumed train() started from
         self._retain_sums: dict[str, torch.Tensor] = {}  # Σ value · share since the last log
         self._retain_logged_step = 0
         super().__init__(*args, **kwargs)
 
-    # --- setup: the base's reference, anchor and importance, from the weights at the first step ---
+    def _roles(self, role: type) -> list:
+        return playing(list(self.retain_roles.values()), role)
+
+    # --- setup, state and files: once, at the first training step ---
 
     def _retain_setup(self, model) -> None:
-        from peft import PeftModel
-
-        if "kl" in self.retain_losses and not isinstance(model, PeftModel):
-            reference = copy.deepcopy(model).eval().requires_grad_(False)
-            # TRL's fused LM head sets an instance `forward` that closes over the original model's bound forward:
-            # on a copy it would run the student. The class's forward is the plain one.
-            reference.__dict__.pop("forward", None)
-            self._retain_reference = reference
-        penalties = [n for n in ("l2sp", "ewc", "si") if n in self.retain_losses]
-        if penalties:
-            self._retain_anchor = snapshot(model)
-        for name in penalties:
-            self._retain_importance[name] = self._importance(name, model)
+        """Role 3 (Setup) on the weights as they are, then a resumed checkpoint's state, then the roles' files."""
+        tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
+        ctx = role_context(tokenizer, total_steps=self.state.max_steps, output_dir=Path(self.args.output_dir),
+                           max_length=getattr(self.args, "max_length", None) or DEFAULT_MAX_LENGTH)
+        was_training = model.training
+        model.eval()  # importance and reference of the model as it is, without dropout noise (as retain's setup)
+        with class_forward(model, _fuses_lm_head(self)):
+            for m in self._roles(Setup):
+                m.setup(model, ctx)
+        model.train(was_training)
+        states = self._retain_resume / ROLES_FILE if self._retain_resume is not None else None
+        if states is not None and states.is_file():
+            saved = torch.load(states, map_location="cpu", weights_only=True)
+            for name, m in self.retain_roles.items():
+                if isinstance(m, Stateful) and name in saved:
+                    m.load_state_dict(saved[name])
+        write_files(self.accelerator, Path(self.args.output_dir), list(self.retain_roles.values()))
         self._retain_logged_step = self.state.global_step
         self._retain_ready = True
 
-    def _importance(self, name: str, model) -> dict[str, torch.Tensor] | None:
-        """None for L2-SP; EWC's Fisher or SI's Ω on the general data, divided by its mean when `normalize`."""
-        o = self.retain_losses[name]
-        if name == "l2sp":
-            return None
-        was_training = model.training
-        model.eval()  # importance of the model as it is, without dropout noise (as retain's setup runs)
-        params = trainable(model)
-        if name == "ewc":
-            raw = diagonal_fisher(model, self._general_batches(o.file, o.batches, o.batch_size), params)
-            if o.fisher_in:
-                previous = torch.load(resolve_path(o.fisher_in), map_location="cpu", weights_only=True)
-                raw = {n: o.decay * previous[n].to(f.device) + f if n in previous else f for n, f in raw.items()}
-            if o.save_fisher and self.args.should_save:
-                from retain.io import atomic_torch_save
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
+        """The trainer's train(); a checkpoint it resumes from also restores the roles' state (anchors, Ω, F)."""
+        resume = resume_from_checkpoint
+        if resume is True:
+            resume = get_last_checkpoint(self.args.output_dir)
+        self._retain_resume = Path(resume) if isinstance(resume, (str, Path)) else None
+        return super().train(resume_from_checkpoint, *args, **kwargs)
 
-                atomic_torch_save(f"{self.args.output_dir}/fisher.pt", {n: f.cpu() for n, f in raw.items()})
-        else:
-            raw = synaptic_importance(model, self._general_batches(o.file, o.steps, o.batch_size), params, o.step_lr,
-                                      o.relative_damping)
-        model.train(was_training)
-        if not o.normalize:
-            return raw
-        mean = torch.cat([v.flatten() for v in raw.values()]).mean().clamp(min=1e-30)
-        return {n: v / mean for n, v in raw.items()}
+    def _save_checkpoint(self, model, trial, *args, **kwargs):
+        super()._save_checkpoint(model, trial, *args, **kwargs)
+        stateful = {n: m for n, m in self.retain_roles.items() if isinstance(m, Stateful)}
+        if stateful and self._retain_ready and self.args.should_save:
+            folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            atomic_torch_save(folder / ROLES_FILE, {n: m.state_dict() for n, m in stateful.items()})
 
-    def _general_batches(self, file: str, n_batches: int, batch_size: int):
-        """The first batches of a general-data file, every token a target (as retain's EWC and SI read it)."""
-        tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
-        max_length = getattr(self.args, "max_length", None) or DEFAULT_MAX_LENGTH
-        data = load_dataset(resolve_path(file), tokenizer, "auto", max_length, "all").examples
-        device = self.args.device
-        for i in range(0, min(len(data), n_batches * batch_size), batch_size):
-            batch = collate(data[i: i + batch_size], tokenizer.pad_token_id)
-            yield {k: v.to(device) for k, v in batch.items()}
-
-    # --- the terms ---
-
-    def _teacher_logits(self, model, batch: dict) -> torch.Tensor:
-        """(B, T, V) logits of the base: the frozen copy, or the model with its adapters disabled."""
-        ref = self._retain_reference or model
-        was_training = ref.training
-        ref.eval()  # no dropout in the reference
-        with torch.no_grad(), (model.disable_adapter() if self._retain_reference is None else nullcontext()):
-            logits = ref(**_forward_inputs(batch)).logits
-        ref.train(was_training)
-        return logits
-
-    def retain_terms(self, model, batch: dict, student_logits) -> dict[str, torch.Tensor]:
-        """Each term's value on this micro-batch (0-dim tensors with their graph), by name.
-
-        model: the unwrapped model; batch: with `labels` (B, T); student_logits: (B, T, V) or None (then
-        computed here, with gradient, for KL only).
-        """
-        values = {}
-        params = trainable(model) if self._retain_anchor else {}
-        for name, o in self.retain_losses.items():
-            if name == "kl":
-                if o.apply_to != "all" and "replay" not in batch:
-                    raise ValueError(f"retain_losses.kl.apply_to={o.apply_to!r} needs a `replay` flag per example "
-                                     "in the batch (retain.data.collate writes it); use apply_to: all")
-                if student_logits is None:
-                    student_logits = model(**_forward_inputs(batch)).logits
-                mask = positions(batch, o.apply_to)
-                values[name] = o.weight * kl_divergence(student_logits, self._teacher_logits(model, batch), mask,
-                                                        o.temperature, o.direction)
-            else:
-                values[name] = 0.5 * o.weight * weighted_l2(params, self._retain_anchor,
-                                                            self._retain_importance[name])
-        return values
+    # --- the loss ---
 
     def _loss_is_scaled(self, num_items_in_batch) -> bool:
         """Whether the trainer's loss is already normalised over the whole step (Trainer.training_step's rule)."""
@@ -192,9 +177,40 @@ class RetainLossMixin:
             return self.loss_is_scaled_for_ga
         return (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or self.compute_loss_func is not None
 
+    def _task(self, model, inner, inputs: dict, batch: dict, num_items_in_batch, token_share, return_outputs: bool):
+        """(task loss as the trainer weights it, outputs with `.logits` for the loss terms, or None)."""
+        reweighting = self._roles(TokenWeights)
+        if reweighting:  # the loop's reweighted next-token loss, in place of the trainer's own
+            if self.compute_loss_func is not None or getattr(self.args, "loss_type", "nll") != "nll":
+                name = next(n for n, m in self.retain_roles.items() if m in reweighting)
+                raise ValueError(f"retain_losses.{name}: token weights replace the "
+                                 "trainer's next-token loss; this trainer computes another loss (compute_loss_func "
+                                 "or loss_type)")
+            terms, outputs = SFT(reweighting).loss(model, inner, batch)
+            return terms["task"] * (token_share if token_share is not None else 1.0), outputs
+        reuse = bool(self._roles(LossTerm)) and not _fuses_lm_head(self)
+        result = super().compute_loss(model, inputs, return_outputs=reuse or return_outputs,
+                                      num_items_in_batch=num_items_in_batch)
+        task, outputs = result if isinstance(result, tuple) else (result, None)
+        if getattr(outputs, "logits", None) is None or not outputs.logits.requires_grad:
+            outputs = None  # a fused head (TRL's SFT) has no logits: the terms that need them run a forward
+        return task, outputs
+
+    def retain_terms(self, model, inner, batch: dict, outputs) -> dict[str, torch.Tensor]:
+        """Each loss term's value on this micro-batch (0-dim tensors with their graph), by name."""
+        values = {}
+        for m in self._roles(LossTerm):
+            if getattr(m.options, "apply_to", "all") != "all" and "replay" not in batch:
+                raise ValueError(f"retain_losses.{m.name}.apply_to={m.options.apply_to!r} needs a `replay` flag per "
+                                 "example in the batch (retain.data.collate writes it); use apply_to: all")
+            if outputs is None and not getattr(m, "per_step", False):
+                outputs = SimpleNamespace(logits=model(**{k: batch[k] for k in FORWARD_INPUTS if k in batch}).logits)
+            values[m.name] = m.loss_term(inner, batch, outputs)
+        return values
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         replay = inputs.pop("replay", None)  # retain's collate flags replay examples; no model takes it
-        if not self.retain_losses or not model.training:  # evaluation: the task loss alone, as retain's dev loss
+        if not self.retain_roles or not model.training:  # evaluation: the task loss alone, as retain's dev loss
             return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                         num_items_in_batch=num_items_in_batch)
         inner = self.accelerator.unwrap_model(model)
@@ -203,24 +219,20 @@ class RetainLossMixin:
         batch = {**inputs, **({"replay": replay} if replay is not None else {})}  # the trainer may pop labels
         if "labels" not in batch:
             raise ValueError("retain's loss terms need `labels` in each batch (IGNORE_INDEX where no loss)")
-        # Reuse the trainer's logits when it has them; a fused head (TRL's SFT) has none, KL runs its own forward.
-        reuse = "kl" in self.retain_losses and not _fuses_lm_head(self)
-        result = super().compute_loss(model, inputs, return_outputs=reuse or return_outputs,
-                                      num_items_in_batch=num_items_in_batch)
-        task, outputs = result if isinstance(result, tuple) else (result, None)
-        logits = getattr(outputs, "logits", None) if reuse else None
-        if logits is not None and not logits.requires_grad:
-            logits = None
-        values = self.retain_terms(inner, batch, logits)
-
         steps = self.current_gradient_accumulation_steps
-        if self._loss_is_scaled(num_items_in_batch):
+        scaled = self._loss_is_scaled(num_items_in_batch)
+        token_share = None
+        if scaled:
             # The task loss here is Σ CE / N over the step (× processes when averaged across devices): weight a
             # per-token term by this micro-batch's n / N likewise, and count a per-step term once over the step.
             n = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
             processes = self.accelerator.num_processes if self.args.average_tokens_across_devices else 1
             token_share = n * processes / torch.as_tensor(num_items_in_batch, device=n.device).clamp(min=1)
-            weights = {name: (token_share if name == "kl" else 1 / steps) for name in values}
+        task, outputs = self._task(model, inner, inputs, batch, num_items_in_batch, token_share, return_outputs)
+        values = self.retain_terms(model, inner, batch, outputs)
+        per_step = {m.name for m in self._roles(LossTerm) if getattr(m, "per_step", False)}
+        if scaled:
+            weights = {name: (1 / steps if name in per_step else token_share) for name in values}
             shares, task_share = weights, task.detach()
         else:  # the trainer divides the whole loss by the accumulation steps itself
             weights = {name: 1.0 for name in values}
@@ -246,3 +258,4 @@ class RetainLossMixin:
             self._retain_sums = {}
             self._retain_logged_step = self.state.global_step
         super().log(logs, *args, **kwargs)
+

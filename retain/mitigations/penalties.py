@@ -57,13 +57,14 @@ def restore(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
         p.copy_(weights[name])
 
 
-def general_batches(ctx: Context, file: str, n_batches: int, batch_size: int):
-    """The first `n_batches` batches of a general-data file, tokenized as the run tokenizes."""
+def general_batches(ctx: Context, file: str, n_batches: int, batch_size: int, device: torch.device | None = None):
+    """The first `n_batches` batches of a general-data file, tokenized as the run tokenizes, on `device`."""
     from retain.data import collate, load_dataset
 
     data = load_dataset(resolve_path(file), ctx.tokenizer, "auto", ctx.max_length, "all").examples
     for i in range(0, min(len(data), n_batches * batch_size), batch_size):
-        yield collate(data[i: i + batch_size], ctx.tokenizer.pad_token_id)
+        batch = collate(data[i: i + batch_size], ctx.tokenizer.pad_token_id)
+        yield batch if device is None else {k: v.to(device) for k, v in batch.items()}
 
 
 def diagonal_fisher(model: torch.nn.Module, batches, params: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
@@ -253,7 +254,8 @@ class EWC(_AnchoredPenalty):
 
     def importance_for(self, model, params, ctx: Context):
         o = self.options
-        fisher = diagonal_fisher(model, general_batches(ctx, o.file, o.batches, o.batch_size), params)
+        batches = general_batches(ctx, o.file, o.batches, o.batch_size, next(model.parameters()).device)
+        fisher = diagonal_fisher(model, batches, params)
         return accumulate(fisher, o.fisher_in, o.decay)
 
     def files(self) -> dict:
@@ -270,8 +272,8 @@ class SI(_AnchoredPenalty):
 
     def importance_for(self, model, params, ctx: Context):
         o = self.options
-        omega = synaptic_importance(model, general_batches(ctx, o.file, o.steps, o.batch_size), params, o.step_lr,
-                                    o.relative_damping)
+        batches = general_batches(ctx, o.file, o.steps, o.batch_size, next(model.parameters()).device)
+        omega = synaptic_importance(model, batches, params, o.step_lr, o.relative_damping)
         return accumulate(omega, o.importance_in, o.decay)
 
     def files(self) -> dict:
