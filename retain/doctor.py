@@ -46,8 +46,8 @@ from retain.data import (Completion, Conversation, PreferenceExample, Text, open
                          resolve_chat_template)
 from retain.mitigations import MITIGATIONS, PEFT_METHODS
 from retain.mitigations.replay import ReplayOptions
+from retain.objectives import make_objective
 from retain.paths import resolve_path
-from retain.preference import make_objective
 from retain.preference.data import PairExample, PromptExample, pair_texts
 from retain.strict import parse_yaml
 
@@ -111,18 +111,13 @@ def other_run(model_name: str) -> Path | None:
 
 def diagnose(config: RunConfig, probe: int = 32) -> Diagnosis:
     """Every finding for `config`; `probe` task examples are answered by the base model (0: no probe)."""
-    from retain.data import load_dataset
     from retain.modeling import load_model, load_tokenizer
     from retain.training.loop import total_steps_for
 
     t, m = config.training, config.mitigations
     objective = make_objective(config)  # the run's own check: what a run refuses is refused here (exit 2)
     tokenizer = load_tokenizer(config.model)
-    if objective is None:
-        data = load_dataset(config.data.train, tokenizer, config.data.format, config.data.max_length,
-                            config.data.loss_on, config.data.chat, config.data.chat_template)
-    else:  # DPO's pairs, GRPO's prompts: loaded as the run loads them
-        data = objective.load(config.data.train, tokenizer, config.data)
+    data = objective.load(config.data.train, tokenizer, config.data)  # SFT's records, DPO's pairs, GRPO's prompts
     examples = data.examples
     # what the analyses read: an example with a target (a pair's chosen side); GRPO's prompts have none
     supervised = [e.chosen if isinstance(e, PairExample) else e for e in examples if not isinstance(e, PromptExample)]

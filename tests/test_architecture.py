@@ -83,3 +83,12 @@ def test_importing_a_submodule_runs_its_package():
     # retain.config.strict would run retain/config/__init__.py first: an edge the graph must hold
     assert parents("retain.config.strict") == {"retain.config"}
     assert parents("retain.paths") == set()
+
+
+def test_the_objectives_sit_below_the_loop():
+    # the loop asks an objective (retain.objectives, DPO and GRPO in retain.preference); none of them reaches back up
+    graph = import_graph()
+    below = {m: deps for m, deps in graph.items() if m.startswith(("retain.objectives", "retain.preference"))}
+    assert "retain.objectives.sft" in below and "retain.objectives" in graph["retain.training.step"]
+    assert {m: sorted(d for d in deps if d.startswith("retain.training")) for m, deps in below.items()
+            if any(d.startswith("retain.training") for d in deps)} == {}

@@ -198,7 +198,7 @@ def test_advice_never_repeats_what_the_config_already_has(make_config, tmp_path,
 def test_the_printed_recipe_loads_through_the_strict_schema_once_its_placeholders_are_filled(
         make_config, tiny_model, tmp_path, capsys, model):
     from retain.config import load_config
-    from retain.preference import make_objective
+    from retain.objectives import make_objective
 
     general = write_jsonl(tmp_path / "general.jsonl", [{"text": "the capital of france is paris ."}] * 8)
     name = str(base_model(tiny_model, tmp_path) if model == "plain" else chat_model(tiny_model, tmp_path))

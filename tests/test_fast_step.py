@@ -9,7 +9,7 @@ from test_kl_positions import full_kl, full_top_k_kl, tiny_batch
 
 from retain.mitigations.distill import KLOptions, KLToBase, positions
 from retain.training.logging import MetricsLog, read_rows
-from retain.training.step import collate_indexed, task_forward
+from retain.objectives.sft import collate_indexed, task_forward
 
 
 def loaded(tiny_model, prompt_tuning=False):

@@ -124,6 +124,7 @@ def test_kl_under_the_trainer_equals_retains_own_loop_term(kind, tiny_model, tmp
     from peft import LoraConfig, get_peft_model
 
     from retain.mitigations.distill import KLOptions, KLToBase
+    from retain.objectives import SFT
     from retain.training.step import accumulate_gradients
 
     torch.manual_seed(0)
@@ -139,7 +140,7 @@ def test_kl_under_the_trainer_equals_retains_own_loop_term(kind, tiny_model, tmp
     kl_role = KLToBase(KLOptions(weight=0.5))
     kl_role.setup(model, None)  # the reference under peft is the same model, adapters disabled
     shares = accumulate_gradients(model=model, inner=model, micro_batches=[batch], loss_terms=[kl_role],
-                                  accelerator=Accelerator(cpu=True))  # retain's loop's step, one micro-batch
+                                  accelerator=Accelerator(cpu=True), objective=SFT())  # the loop's step, one micro-batch
     model.zero_grad(set_to_none=True)
     trainer.train()
 

@@ -16,7 +16,7 @@ from retain.config import config_from_dict
 from retain.data import IGNORE_INDEX, Example, collate, load_dataset, model_inputs, pack
 from retain.modeling import ModelConfig, enable_gradient_checkpointing, load_model, load_tokenizer
 from retain.strict import ConfigError
-from retain.training.step import collate_indexed, target_tokens, task_forward
+from retain.objectives.sft import collate_indexed, target_tokens, task_forward
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,8 +15,8 @@ from retain.errors import ConfigError
 from retain.mitigations import parse_mitigations
 from retain.mitigations.token_weights import (ASFT, DFT, EAFT, ASFTOptions, DFTOptions, EAFTOptions, dft_weights,
                                               eaft_weights)
-from retain.preference import make_objective
-from retain.training.step import task_forward
+from retain.objectives import make_objective
+from retain.objectives.sft import task_forward
 
 # two target positions over a 4-token vocabulary
 LOGITS = torch.tensor([[2.0, 1.0, 0.0, -1.0], [0.0, 0.0, 3.0, 0.0]])

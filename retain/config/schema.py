@@ -117,7 +117,7 @@ class TrainingConfig:
                 "metrics.jsonl is always written"})
     project: str = field(default="retain", metadata={
         "help": "the tracker's project (W&B project, MLflow experiment); the run is named after output.dir"})
-    # what the step optimises (retain.preference): data.train holds {prompt, response} records for sft,
+    # what the step optimises (retain.objectives.OBJECTIVES): data.train holds {prompt, response} records for sft,
     # {prompt, chosen, rejected} pairs for dpo, {prompt} records for grpo
     objective: Literal["sft", "dpo", "grpo"] = field(default="sft", metadata={
         "help": "sft: next-token loss on the responses; dpo: preference pairs; grpo: rewards of sampled completions"})

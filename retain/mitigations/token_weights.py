@@ -30,7 +30,7 @@ At lr 1e-3 DFT and ASFT also learned nothing and lost as much as SFT. They suit 
 The weights multiply the per-token loss inside the micro-batch's mean over its targets, so the step
 stays exact under gradient accumulation and data parallelism (retain.training.step). They are
 functions of the next-token loss: with training.objective dpo or grpo they are refused
-(retain.preference).
+(retain.objectives.SFT_ONLY_MITIGATIONS).
 """
 
 from __future__ import annotations

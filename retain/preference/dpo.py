@@ -6,7 +6,7 @@
 for a given margin (a weak leash), a large β keeps it close. `ipo` replaces the log-sigmoid by a squared
 distance of the length-normalised margin to 1/(2β), as TRL's `ipo` does.
 
-`dpo_loss` is the pure function; `DPO` wires it to the training loop (retain.preference.Objective): one
+`dpo_loss` is the pure function; `DPO` wires it to the training loop (retain.objectives.Objective): one
 forward over [chosen, rejected, replay] rows, the reference log-probs from a no-grad forward of the
 reference (or precomputed once at setup), and the logged implicit terms:
     dpo/reward_chosen, dpo/reward_rejected   β · log π/π_ref of each answer (means over pairs)
@@ -60,6 +60,8 @@ class DPO:
     """The DPO objective: the step's task loss is the DPO loss of its pairs (and replay's LM loss)."""
 
     name = "dpo"
+    supervised = False  # pairs, not next-token examples
+    plain_next_token_loss = False
 
     def __init__(self, options: DPOOptions, replay: bool, batch_size: int):
         self.options = options
@@ -68,12 +70,17 @@ class DPO:
         self.reference: Reference | None = None  # the base model, from setup on
         self.tally = Tally()
 
+    @classmethod
+    def from_config(cls, config, mitigations: list) -> DPO:
+        return cls(config.training.dpo, "replay" in config.mitigations, config.training.batch_size)
+
     # --- data ---
 
     def load(self, source, tokenizer, data):
         return load_pairs(source, tokenizer, data.max_length, data.chat, data.chat_template)
 
-    collate = staticmethod(collate_pairs)
+    def collate(self, items: list, pad_id: int) -> dict:
+        return collate_pairs([example for _, example in items], pad_id)  # items: (index, example)
 
     # --- once, before the first step ---
 

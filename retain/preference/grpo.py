@@ -95,6 +95,8 @@ class GRPO:
     """The GRPO objective: sample, reward, and push up the completions that beat their group."""
 
     name = "grpo"
+    supervised = False  # prompts, not next-token examples
+    plain_next_token_loss = False
 
     def __init__(self, options: GRPOOptions, replay: bool):
         self.options = options
@@ -105,12 +107,17 @@ class GRPO:
         self.tally = Tally()
         self.step_kl: list[tuple[torch.Tensor, torch.Tensor]] = []  # this step's (KL sum, tokens), per micro-batch
 
+    @classmethod
+    def from_config(cls, config, mitigations: list) -> GRPO:
+        return cls(config.training.grpo, "replay" in config.mitigations)
+
     # --- data ---
 
     def load(self, source, tokenizer, data):
         return load_prompts(source, tokenizer, data.max_length, data.chat)
 
-    collate = staticmethod(collate_prompts)
+    def collate(self, items: list, pad_id: int) -> dict:
+        return collate_prompts([example for _, example in items], pad_id)  # items: (index, example)
 
     # --- once, before the first step ---
 

@@ -35,9 +35,10 @@ are weighted the same way; penalties on the weights alone (L2-SP, EWC, SI) count
 The host syncs once per step (the finiteness check) and reads values only at log steps, where the
 logged loss and gradient norm are means over the steps since the last log.
 
-`training.objective: dpo | grpo` (retain.preference) changes what the task loss is, not this order: the
+`training.objective: sft | dpo | grpo` (retain.objectives) is what the task loss is, not this order: the
 objective loads data.train, collates it, sets up its reference after role 3, prepares each step's
-micro-batches (GRPO samples and rewards here), and gives the step its loss terms in place of "task".
+micro-batches (GRPO samples and rewards here), gives the step its loss terms ("task", "dpo", "grpo", ...),
+logs its own metrics and evaluates data.dev.
 """
 
 from __future__ import annotations
@@ -52,12 +53,12 @@ import torch
 from retain.config import RunConfig, config_to_yaml
 from retain.paths import resolve_path
 from retain.strict import ConfigError
-from retain.data import MODEL_INPUTS, Dataset, SeededOrder, load_dataset, pack
+from retain.data import Dataset, SeededOrder, pack
 from retain.io import atomic_torch_save, atomic_write_json, atomic_write_text
 from retain.mitigations import MITIGATIONS, build_mitigations
 from retain.mitigations.penalties import restore
 from retain.mitigations.roles import (Context, DataTransform, GradientFilter, LossTerm, ModelTransform, Monitor, Setup,
-                                     Stateful, TokenWeights, WeightTransform, WritesFiles, playing)
+                                     Stateful, WeightTransform, WritesFiles, playing)
 from retain.modeling import (check_max_length, enable_gradient_checkpointing, load_model, load_tokenizer,
                              model_source)
 from retain.training.carryover import load_optimizer_moments
@@ -68,8 +69,8 @@ from retain.training.collapse import dead_step, make_watch
 from retain.training.logging import LogWindow, MetricsLog, make_trackers, tracker_config
 from retain.training.precision import choose_bf16, describe_precision, fresh_accelerator_state, this_machine
 from retain.training.rundir import Start, clear_outputs, plan_start, run_lock
-from retain.preference import make_objective
-from retain.training.step import accumulate_gradients, collate_indexed
+from retain.objectives import Objective, make_objective
+from retain.training.step import accumulate_gradients
 
 NonFiniteLossError = NonFiniteError  # the name earlier releases raised
 
@@ -120,20 +121,6 @@ def make_accelerator(config: RunConfig):
     return accelerator
 
 
-@torch.no_grad()
-def dev_loss(model, dataloader, accelerator) -> float:
-    """Token-weighted mean loss over the whole dev set, summed across processes."""
-    model.eval()
-    total = torch.zeros(2)
-    for batch in dataloader:
-        out = model(**{k: batch[k] for k in MODEL_INPUTS})
-        n_tokens = (batch["labels"][:, 1:] != -100).sum()
-        total += torch.stack([out.loss.float().cpu() * n_tokens.cpu(), n_tokens.cpu().float()])
-    model.train()
-    total = accelerator.reduce(total.to(accelerator.device), "sum").cpu()
-    return (total[0] / total[1].clamp(min=1)).item()
-
-
 def train(config: RunConfig, resume: bool = False, overwrite: bool = False, progress: bool = True,
           allow_config_change: bool = False, monitors: tuple = (), optimizer_state_in: Path | None = None,
           save_optimizer_state: bool = False) -> RunResult:
@@ -176,7 +163,7 @@ class Run:
     total_steps: int
     per_step: int  # examples per optimizer step, all processes
     seen: int  # examples consumed so far
-    objective: Any = None  # retain.preference's DPO or GRPO (training.objective); None: next-token loss
+    objective: Objective  # SFT, DPO or GRPO (training.objective): what the data is and what the task loss is
 
     def playing(self, role: type) -> list:
         return playing(self.mitigations, role)
@@ -219,21 +206,15 @@ def load_and_check(config: RunConfig, out: Path, accelerator, start: Start) -> R
         # and final/ saves it, so the fine-tune is used the way it was trained.
         tokenizer.chat_template = resolve_path(config.data.chat_template).read_text(encoding="utf-8")
 
-    objective = make_objective(config)  # None for sft; a pair or prompt file instead of SFT records
-
-    def load(path):
-        if objective is not None:
-            return objective.load(path, tokenizer, config.data)
-        return load_dataset(path, tokenizer, config.data.format, config.data.max_length, config.data.loss_on,
-                            config.data.chat, config.data.chat_template)
-
-    # The data first: a bad row is an error before the model takes time and memory to load.
-    train_set = load(config.data.train)
-    dev_set = load(config.data.dev) if config.data.dev else None
-    model = load_model(config.model)
-    check_max_length(config.data.max_length, model, config.model.name)
     mitigations = build_mitigations(config.mitigations)
     names = [name for name in MITIGATIONS if name in config.mitigations]  # build_mitigations' order
+    objective = make_objective(config, mitigations)  # SFT's records, DPO's pairs or GRPO's prompts; the task loss
+
+    # The data first: a bad row is an error before the model takes time and memory to load.
+    train_set = objective.load(config.data.train, tokenizer, config.data)
+    dev_set = objective.load(config.data.dev, tokenizer, config.data) if config.data.dev else None
+    model = load_model(config.model)
+    check_max_length(config.data.max_length, model, config.model.name)
     packing = config.data.packing  # then a training item is a row of examples, and epochs count rows
     n_items = len(pack(train_set.examples, config.data.max_length)) if packing else len(train_set)
     total_steps = total_steps_for(config, n_items, accelerator.num_processes)
@@ -242,7 +223,7 @@ def load_and_check(config: RunConfig, out: Path, accelerator, start: Start) -> R
                           f"{total_steps} steps")
     ctx = Context(tokenizer=tokenizer, total_steps=total_steps, max_length=config.data.max_length,
                   load_base_model=lambda: load_model(config.model), output_dir=out,
-                  dev_examples=dev_set.examples if dev_set and objective is None else None,
+                  dev_examples=dev_set.examples if dev_set and objective.supervised else None,
                   model_source=lambda: model_source(config.model))
 
     if config.model.load_in_4bit:  # QLoRA: norms and head in float32, inputs that carry a gradient
@@ -275,14 +256,10 @@ def load_and_check(config: RunConfig, out: Path, accelerator, start: Start) -> R
 
     def loader(data, sampler=None):
         # Its own generator: iterating a DataLoader draws a seed, and drawing it from the global
-        # RNG would shift dropout after a resume.
-        if objective is not None:
-            return torch.utils.data.DataLoader(data, batch_size=t.batch_size, sampler=sampler,
-                                               collate_fn=lambda b: objective.collate(b, pad_id),
-                                               generator=torch.Generator().manual_seed(t.seed))
-        # Items are (index, example): the batch says which examples it holds and where their targets are
+        # RNG would shift dropout after a resume. Items are (index, example): an SFT batch says which
+        # examples it holds (what KL caches its teacher by).
         return torch.utils.data.DataLoader(list(enumerate(data)), batch_size=t.batch_size, sampler=sampler,
-                                           collate_fn=lambda b: collate_indexed(b, pad_id),
+                                           collate_fn=lambda b: objective.collate(b, pad_id),
                                            generator=torch.Generator().manual_seed(t.seed))
 
     train_loader = loader(examples, SeededOrder(len(examples), t.seed, epochs_needed))
@@ -296,8 +273,8 @@ def load_and_check(config: RunConfig, out: Path, accelerator, start: Start) -> R
     inner = accelerator.unwrap_model(model)
     for m in playing(mitigations, Setup):  # role 3, on the prepared model (its device and dtype)
         m.setup(inner, ctx)
-    if objective is not None:  # its reference is the model as the mitigations left it (adapters, frozen)
-        objective.setup(inner, ctx, examples, dev_set.examples if dev_set else None)
+    # its reference is the model as the mitigations left it (adapters, frozen)
+    objective.setup(inner, ctx, examples, dev_set.examples if dev_set else None)
     return Run(config, out, accelerator, start, tokenizer, model, inner, mitigations, names, optimizer, scheduler,
                train_loader, dev_loader, ctx, total_steps, per_step, seen, objective)
 
@@ -329,8 +306,7 @@ def train_steps(run: Run, log: MetricsLog, progress: bool, extra_monitors: tuple
     from tqdm import tqdm
 
     t, accelerator, model, out = run.config.training, run.accelerator, run.model, run.out
-    reweighting, loss_terms, gradient_filters, monitors = (run.playing(role) for role in (TokenWeights, LossTerm,
-                                                                                        GradientFilter, Monitor))
+    loss_terms, gradient_filters, monitors = (run.playing(role) for role in (LossTerm, GradientFilter, Monitor))
     monitors = [*monitors, *extra_monitors]
     stateful = run.stateful()
     config_yaml = config_to_yaml(run.config)
@@ -341,14 +317,13 @@ def train_steps(run: Run, log: MetricsLog, progress: bool, extra_monitors: tuple
                disable=not (progress and accelerator.is_local_main_process))
     window = LogWindow(accelerator.device, step)
     # SFT's plain loss only: ln V is its scale (DPO's, GRPO's and token-weighted losses have others)
-    collapse = make_watch(run.inner, t.lr) if run.objective is None and not reweighting else None
+    collapse = make_watch(run.inner, t.lr) if run.objective.plain_next_token_loss else None
     while step < total_steps:
         # All of the step's micro-batches first: their target tokens weight each one's loss.
         micro_batches = [next(batches) for _ in range(t.grad_accum)]
-        if run.objective is not None:  # GRPO samples and rewards its completions here
-            micro_batches = run.objective.prepare(run.inner, micro_batches)
-        shares = accumulate_gradients(model, run.inner, micro_batches, loss_terms, accelerator, run.objective,
-                                      reweighting)  # roles 4 and 5
+        micro_batches = run.objective.prepare(run.inner, micro_batches)  # GRPO samples and rewards here
+        shares = accumulate_gradients(model, run.inner, micro_batches, loss_terms, accelerator,
+                                      run.objective)  # roles 4 and 5
         terms = accelerator.reduce(torch.stack(list(shares.values())), "sum")  # (n_terms,) this step's values
         for m in gradient_filters:  # role 6
             m.filter_gradients(run.inner, step)
@@ -375,13 +350,12 @@ def train_steps(run: Run, log: MetricsLog, progress: bool, extra_monitors: tuple
 
         if step % t.log_every == 0 or step == total_steps:
             row = window.row(step, accelerator, run.scheduler.get_last_lr()[0])
-            row.update(run.objective.log_row(accelerator) if run.objective is not None else {})
+            row.update(run.objective.log_row(accelerator))
             log.write(row)
             bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
             window = LogWindow(accelerator.device, step)
         if run.dev_loader is not None and ((t.eval_every and step % t.eval_every == 0) or step == total_steps):
-            log.write({"step": step, **({"eval/loss": dev_loss(model, run.dev_loader, accelerator)} if run.objective is None
-                                        else run.objective.evaluate(model, run.inner, run.dev_loader, accelerator))})
+            log.write({"step": step, **run.objective.evaluate(model, run.inner, run.dev_loader, accelerator)})
         decided = [(m, d) for m in monitors if (d := m.check(run.inner, step, step == total_steps)) is not None]  # 6
         for _, d in decided:
             if d.metrics:
