@@ -122,7 +122,7 @@ def cmd_card(args) -> int:
     if args.push and args.out:
         raise ConfigError("--push uploads RUN_DIR/final with the card as its README.md — leave out --out")
     out = write_card(Path(args.run_dir), Path(args.base), Path(args.tuned), Path(args.out) if args.out else None,
-                     model_name=args.push.split("/")[-1] if args.push else None)
+                     model_name=args.push.split("/")[-1] if args.push else None, force=args.force)
     print(f"model card: {out}")
     if args.push:
         print(f"uploaded {out.parent}: {push_card(out.parent, args.push)}")
@@ -277,6 +277,7 @@ def parser() -> argparse.ArgumentParser:
     cd.add_argument("--base", required=True, help="results JSON of the base model (retain eval BASE --out FILE)")
     cd.add_argument("--tuned", required=True, help="results JSON of RUN_DIR/final, on the same items")
     cd.add_argument("--out", help="where to write the card; default RUN_DIR/final/README.md")
+    cd.add_argument("--force", action="store_true", help="replace a file already at the card's path")
     cd.add_argument("--push", metavar="REPO", help="then upload the card's folder to this hub repo (needs network, "
                     "hf auth login)")
     cd.set_defaults(func=cmd_card)

@@ -59,6 +59,7 @@ def test_card_metadata_holds_the_runs_results_before_and_after(finished_run, cap
     assert found == expected and len(found) == 4
     assert "**Verdict: " in body and "| capability | metric | before | after |" in body
     assert "lora:" in body and "max_steps: 6" in body  # the run's config, as it ran
+    assert "Data: trained on `qa.jsonl` (a local file, not on the hub)." in body and "datasets" not in meta
 
     from huggingface_hub import ModelCard
 
@@ -68,7 +69,7 @@ def test_card_metadata_holds_the_runs_results_before_and_after(finished_run, cap
 def test_card_push_is_refused_offline_and_uploads_final_online(finished_run, tmp_path, monkeypatch, capsys):
     run_dir, (base_path, _), (tuned_path, _) = finished_run
     args = ["card", str(run_dir), "--base", str(base_path), "--tuned", str(tuned_path), "--push", "me/model"]
-    assert main(args) == 2
+    assert main(args + ["--force"]) == 2
     assert "--push me/model: HF_HUB_OFFLINE is set" in capsys.readouterr().err
 
     from huggingface_hub import HfApi, constants
@@ -79,7 +80,9 @@ def test_card_push_is_refused_offline_and_uploads_final_online(finished_run, tmp
     monkeypatch.setattr(HfApi, "create_repo", lambda self, repo, exist_ok: calls.append(("create", repo)))
     monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kw: calls.append(("upload", kw["repo_id"],
                                                                                 kw["folder_path"])))
-    assert main(args) == 0
+    assert main(args) == 2  # the card written offline is there: replaced only with --force
+    assert "README.md: already exists" in capsys.readouterr().err and not calls
+    assert main(args + ["--force"]) == 0
     assert calls == [("create", "me/model"), ("upload", "me/model", str(run_dir / "final"))]
     assert front_matter(run_dir / "final" / "README.md")[0]["model-index"][0]["name"] == "model"
 
@@ -98,3 +101,30 @@ def test_base_model_and_datasets_are_hub_ids_only(tmp_path):
     assert hub_model_id({"name": "retain-tiny"}) is None and hub_model_id({"name": "./m.Q4_K_M.gguf"}) is None
     assert hub_model_id({"name": str(tmp_path)}) is None
     assert hub_datasets({"train": "hub:org/data:train", "dev": "dev.jsonl"}) == ["org/data"]
+
+
+def test_a_card_never_overwrites_a_file_silently(finished_run, tmp_path, capsys):
+    run_dir, (base_path, _), (tuned_path, _) = finished_run
+    mine = tmp_path / "README.md"
+    mine.write_text("# my own notes\n")
+    args = ["card", str(run_dir), "--base", str(base_path), "--tuned", str(tuned_path), "--out", str(mine)]
+    assert main(args) == 2 and mine.read_text() == "# my own notes\n"
+    assert f"{mine}: already exists" in capsys.readouterr().err
+    assert main(args + ["--force"]) == 0 and front_matter(mine)[0]["tags"] == ["retain", "forgetting-report"]
+    assert not list(tmp_path.glob("*.tmp*"))  # written whole, through a temporary file
+    # the unfilled template PEFT saves beside an adapter is the training's, not a user's: replaced as is
+    from huggingface_hub import ModelCard, ModelCardData
+
+    template = tmp_path / "template" / "README.md"
+    template.parent.mkdir()
+    ModelCard.from_template(ModelCardData(library_name="peft")).save(template)
+    assert main(args[:-1] + [str(template)]) == 0 and front_matter(template)[0]["tags"][0] == "retain"
+
+
+def test_local_data_is_named_in_the_body_hub_data_in_the_front_matter():
+    from retain.report.card import data_sources
+
+    assert data_sources({"train": "/home/me/private/qa.jsonl", "dev": "hub:org/data:validation"}) == [
+        "trained on `qa.jsonl` (a local file, not on the hub)", "dev split the hub dataset `org/data:validation`"]
+    assert data_sources({"train": "lab:tasks/city_country/train.jsonl"}) == [
+        "trained on `lab:tasks/city_country/train.jsonl` (bundled with retain)"]

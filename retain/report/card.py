@@ -51,6 +51,30 @@ def hub_datasets(data: dict) -> list[str]:
     return list(dict.fromkeys(found))
 
 
+def data_sources(data: dict) -> list[str]:
+    """data.train and data.dev in words for the card's body, local files too (which the front matter's `datasets`,
+    hub ids only, cannot hold), by file name: a card leaves no local paths."""
+    out = []
+    for key, what in (("train", "trained on"), ("dev", "dev split")):
+        source = data.get(key) or ""
+        if source.startswith("hub:"):
+            out.append(f"{what} the hub dataset `{source[len('hub:'):]}`")
+        elif source.startswith("lab:"):
+            out.append(f"{what} `{source}` (bundled with retain)")
+        elif source:
+            out.append(f"{what} `{Path(source).name}` (a local file, not on the hub)")
+    return out
+
+
+def replaceable(card: Path) -> bool:
+    """Whether an existing README.md may be replaced without --force: only the unfilled template PEFT saves beside
+    an adapter (huggingface_hub's default card, "Model Card for Model ID"), which the training wrote, not a user."""
+    try:
+        return ModelCard.load(card).text.lstrip().startswith("# Model Card for Model ID")
+    except (OSError, ValueError, yaml.YAMLError):  # not a card huggingface_hub reads: someone's own file
+        return False
+
+
 def eval_results(comparison: dict, split: str | None):
     """Two EvalResults per capability (its primary metric for the base model and for the fine-tune)."""
     results = []
@@ -84,6 +108,7 @@ def card_text(run_dir: Path, config: dict, base: dict, tuned: dict, model_name: 
         f"# {model_name}", "",
         f"A fine-tune of `{base_text}` on `{train if train.startswith(('hub:', 'lab:')) else Path(train).name}`, made and "
         f"measured with retain (fine-tuning without forgetting).{load}", "",
+        "Data: " + "; ".join(data_sources(config.get("data", {})) or ["not recorded"]) + ".", "",
         "## Forgetting", "",
         f"**Verdict: {verdict}.**", "",
         headline(TUNED, comparison), "",
@@ -102,11 +127,12 @@ def card_text(run_dir: Path, config: dict, base: dict, tuned: dict, model_name: 
 
 
 def write_card(run_dir: Path, base_results: Path, tuned_results: Path, out: Path | None = None,
-               model_name: str | None = None) -> Path:
+               model_name: str | None = None, force: bool = False) -> Path:
     """Write the card of the run in `run_dir` (default: RUN_DIR/final/README.md); return its path.
 
     `base_results` and `tuned_results` are `retain eval --out` files of the base model and of final/,
-    scored on the same items (as `retain report` requires).
+    scored on the same items (as `retain report` requires). An existing file there is replaced only with `force`
+    (or when it is PEFT's unfilled template, see `replaceable`); else UserError (exit 2).
     """
     run_dir = Path(run_dir)
     config_path, final = run_dir / CONFIG_FILE, run_dir / "final"
@@ -118,6 +144,9 @@ def write_card(run_dir: Path, base_results: Path, tuned_results: Path, out: Path
     results = [load_results(p) for p in paths]
     check_comparable(paths, results)
     out = Path(out) if out is not None else final / "README.md"
+    if out.exists() and not force and not replaceable(out):
+        raise UserError(f"{out}: already exists and is not a card this command may replace — give --out NEW_PATH, "
+                        "or --force to overwrite it")
     atomic_write_text(out, card_text(run_dir, config, *results, model_name or run_dir.resolve().name))
     return out
 
