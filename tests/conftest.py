@@ -9,6 +9,18 @@ from pathlib import Path
 
 import pytest
 
+try:
+    import tomllib  # Python 3.11+
+except ModuleNotFoundError:  # Python 3.10, which pyproject's requires-python admits: the same parser, as tomli
+    import tomli as tomllib
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def pyproject() -> dict:
+    """The repository's pyproject.toml, parsed."""
+    return tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -16,7 +16,6 @@ import re
 import shlex
 import shutil
 import subprocess
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,7 @@ import pytest
 from retain.cli import main, parser
 from retain.config import load_config
 from retain.report.build import SHIP
-from conftest import write_jsonl
+from conftest import pyproject, write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text(encoding="utf-8")
@@ -57,10 +56,6 @@ def user_part(text: str) -> str:
 
 def makefile_targets() -> set[str]:
     return set(re.findall(r"^([a-z][\w-]*):", (REPO / "Makefile").read_text(), re.M))
-
-
-def pyproject() -> dict:
-    return tomllib.loads((REPO / "pyproject.toml").read_text())
 
 
 def check_repo_paths(args: list[str]) -> None:
@@ -217,3 +212,17 @@ def test_every_link_leads_somewhere(name):
             assert link[1:] in anchors, f"{name}: no heading for {link}"
         else:
             assert (REPO / link.split("#")[0]).exists(), f"{name}: {link} is not in the repository"
+
+
+def test_the_python_readme_names_is_the_one_pyproject_requires_and_the_tests_run_on():
+    from packaging.requirements import Requirement
+    from packaging.specifiers import SpecifierSet
+
+    floor = re.search(r"\*\*Python (3\.\d+) or newer\*\*", README).group(1)
+    assert SpecifierSet(pyproject()["project"]["requires-python"]) == SpecifierSet(f">={floor}")
+    # below 3.11 the tests read pyproject.toml with tomli (conftest): the test extra installs it there
+    if tuple(map(int, floor.split("."))) < (3, 11):
+        tomli = [Requirement(r) for r in pyproject()["project"]["optional-dependencies"]["test"]
+                 if Requirement(r).name == "tomli"]
+        assert tomli and tomli[0].marker.evaluate({"python_version": floor})
+        assert not tomli[0].marker.evaluate({"python_version": "3.11"})

@@ -2,7 +2,6 @@
 model.load_in_4bit (QLoRA), and torch as a range in pyproject."""
 
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from retain.config import config_from_dict
 from retain.data import IGNORE_INDEX, Example, collate, load_dataset, model_inputs, pack
 from retain.modeling import ModelConfig, enable_gradient_checkpointing, load_model, load_tokenizer
 from retain.strict import ConfigError
+from conftest import pyproject
 from retain.objectives.sft import collate_indexed, target_tokens, task_forward
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -284,7 +284,7 @@ def test_flash_attention_installed_but_no_cuda_is_a_config_error(make_config, mo
 def test_torch_is_a_range_the_pinned_build_satisfies():
     from packaging.requirements import Requirement
 
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    project = pyproject()["project"]
     torch_req = next(Requirement(d) for d in project["dependencies"] if Requirement(d).name == "torch")
     assert not any(spec.operator == "==" for spec in torch_req.specifier), "torch is a range, not a pin"
     pinned = re.search(r"torch==([\d.]+)", (ROOT / "Makefile").read_text()).group(1)  # what make demo/test install
