@@ -176,6 +176,9 @@ def _wrap(loaded: dict, tags: dict[str, str | None], where: str) -> list[LmEvalT
         source = _source(task, where)
         _check_supported(task, source)
         tasks.append(LmEvalTask(task, parent.get(name) or tags.get(name) or name, source))
+        # every group above it (lm-eval's Group objects), whose scores lm_eval_group_scores computes as lm-eval does
+        tasks[-1].lm_eval_groups = tuple(g for g in loaded.get("groups", {}).values()
+                                         if name in {t.task_name for t in g.get_all_tasks()})
     return tasks
 
 
@@ -239,6 +242,7 @@ class LmEvalTask:
         if task.get_config("num_fewshot") is None:
             task.set_config("num_fewshot", 0)  # as lm-eval's evaluator does
         self.name: str = task.task_name
+        self.lm_eval_groups: tuple = ()  # lm-eval's Group objects this task is in (set by _wrap)
         self.source = source
         self.kind: str = KIND[task.OUTPUT_TYPE]
         self.group = group
@@ -352,6 +356,38 @@ class LmEvalTask:
         if self.kind == "loglikelihood":
             return {"loglikelihood": float(instances[0].resps[0][0])}
         return {"prediction": instances[0].resps[0]}  # the raw generation; what the filters kept is in the metrics
+
+
+def lm_eval_group_scores(tasks: list[LmEvalTask], scored: dict[str, dict]) -> dict[str, dict]:
+    """Each aggregating group of `tasks`, scored by lm-eval's own Group.aggregate from retain's per-task results
+    (`scored`: the runner's, with "metrics" and "n"); see retain.evaluation.groups for the record's shape."""
+    groups = {g.name: g for task in tasks for g in task.lm_eval_groups if g.has_aggregation}
+    # lm-eval's per-task results: "metric,filter" keys and the documents scored (what weight_by_size weighs)
+    task_metrics = {t.name: {**{_lm_eval_key(k): v for k, v in scored[t.name]["metrics"].items()},
+                             "sample_len": scored[t.name]["n"]} for t in tasks if t.name in scored}
+    out = {}
+    for name, group in groups.items():
+        aggregated = group.aggregate(task_metrics)
+        metrics = {_metric_name(k): float(v) for k, v in aggregated.items() if "," in k and "_stderr" not in k}
+        if not metrics:
+            continue
+        weighting = {cfg.metric: bool(cfg.weight_by_size) for cfg in group.aggregate_metric_list}
+        leaves = [t.task_name for t in group.get_all_tasks() if t.task_name in task_metrics]
+        out[name] = {"metrics": metrics,
+                     "weight_by_size": {m: weighting[m.split(",")[0]] for m in metrics},
+                     "subtasks": {t: {"n": scored[t]["n"], **{m: scored[t]["metrics"][m] for m in metrics
+                                                             if m in scored[t]["metrics"]}} for t in leaves}}
+    return out
+
+
+def _lm_eval_key(key: str) -> str:
+    """lm-eval's result key of a metric retain records ("acc" -> "acc,none"; "exact_match,strict-match" as is)."""
+    return key if "," in key else f"{key},none"
+
+
+def _metric_name(key: str) -> str:
+    """retain's name of an lm-eval result key: without lm-eval's default filter name ("acc,none" -> "acc")."""
+    return key.removesuffix(",none")
 
 
 def _rebuilt(task, source: str, **overrides):

@@ -112,3 +112,9 @@ def diversity_aggregate(all_samples: list[str], max_self_bleu: int = 100) -> dic
 
 def mean_aggregate(items: list[dict], keys: tuple[str, ...]) -> dict:
     return {k: float(np.mean([i[k] for i in items])) for k in keys}
+
+
+def size_weighted_mean(values: list[float], sizes: list[int], weight_by_size: bool = True) -> float:
+    """A group's score from its subtasks' (lm-eval's aggregate_subtask_metrics): each weighted by its size, or by 1."""
+    weights = sizes if weight_by_size else [1] * len(values)
+    return sum(v * w for v, w in zip(values, weights, strict=True)) / sum(weights)

