@@ -10,7 +10,8 @@
     retain sequence SEQ.yaml [key=value ...]
     retain tune TUNE.yaml [--backend optuna|ray]
     retain merge BASE MODEL [MODEL ...] --method ties --out DIR
-    retain config --explain [KEY]          what a config key means (training.lr, mitigations.lora.r, a section)
+    retain config --explain [KEY]          what a config key means (training.lr, mitigations.lora.r, a section;
+                                           sweep, tune.seeds, a study file)
     retain doctor CONFIG.yaml [key=value ...] [--json] [--probe N]   causes of forgetting, before training
 
 Every command runs inside one error boundary (`main`): a user error (retain.errors.UserError,
@@ -148,9 +149,11 @@ def cmd_sequence(args) -> int:
     from retain.continual import run_sequence
     from retain.continual.summary import estimate
 
-    summary = run_sequence(Path(args.config), tuple(args.overrides))
-    print(f"ACC {estimate(summary['acc'], signed=False)}  BWT {estimate(summary['bwt'])}  FWT {estimate(summary['fwt'])}  "
-          f"forgetting {estimate(summary['forgetting'])}  (points, 95% CI)")
+    summaries = run_sequence(Path(args.config), tuple(args.overrides))
+    for seed, summary in summaries.items():
+        print(f"{f'seed {seed}: ' if len(summaries) > 1 else ''}ACC {estimate(summary['acc'], signed=False)}  "
+              f"BWT {estimate(summary['bwt'])}  FWT {estimate(summary['fwt'])}  "
+              f"forgetting {estimate(summary['forgetting'])}  (points, 95% CI)")
     return 0
 
 
@@ -179,7 +182,7 @@ def cmd_merge(args) -> int:
 
 
 def cmd_config(args) -> int:
-    from retain.config.explain import explain
+    from retain.studies.explain import explain
 
     print(explain(args.explain))
     return 0
@@ -314,10 +317,11 @@ def parser() -> argparse.ArgumentParser:
     mg.add_argument("--out", required=True)
     mg.set_defaults(func=cmd_merge)
 
-    c = sub.add_parser("config", help="explain the keys of a run config", parents=[common])
+    c = sub.add_parser("config", help="explain the keys of a run config or a study file", parents=[common])
     # no KEY: the sections; `required` so that a bare `retain config` says what it needs
     c.add_argument("--explain", metavar="KEY", nargs="?", const="", required=True,
-                   help="a section (training), key (training.lr, mitigations.lora.r) or mitigations")
+                   help="a section (training), key (training.lr, mitigations.lora.r) or mitigations; a study "
+                        "kind (sweep, tune, sequence) or key (sweep.seeds); or a study file (configs/sweeps/lab.yaml)")
     c.set_defaults(func=cmd_config)
 
     dr = sub.add_parser("doctor", help="before training: the causes of forgetting in a run config, and a recipe",

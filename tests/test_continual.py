@@ -144,7 +144,7 @@ def tiny_sequence(make_config, tmp_path, **extra) -> Path:
             "max_new_tokens: 3\n")
     base = tmp_path / "base.yaml"
     base.write_text(yaml.safe_dump(make_config(training={"max_steps": 4, "save_every": 2})))
-    seq = {"output": str(tmp_path / "seq"), "base": str(base), "resamples": 200,
+    seq = {"output": str(tmp_path / "seq"), "base": str(base), "resamples": 200, "seeds": [0],
            "stages": [{"name": "sums", "task": str(tmp_path / "sums.yaml"), "overrides": {"data.train": str(sums)}},
                       {"name": "pairs", "task": str(tmp_path / "pairs.yaml"), "overrides": {"data.train": str(pairs)}}],
            **extra}

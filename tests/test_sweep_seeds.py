@@ -36,5 +36,5 @@ def test_seeds_default_to_three_and_a_strategy_may_not_set_its_own(make_config, 
     assert load_sweep(sweep).seeds == [0, 1, 2]
     assert list(strategy_configs(load_sweep(sweep), sweep)) == ["plain.seed0", "plain.seed1", "plain.seed2"]
     sweep = sweep_file(tmp_path, make_config, strategies={"plain": {"training.seed": 3}})
-    with pytest.raises(ConfigError, match=r"strategies.plain: training.seed is set by the sweep's `seeds`"):
+    with pytest.raises(ConfigError, match=r"strategies.plain: training.seed is set by the study's `seeds`"):
         strategy_configs(load_sweep(sweep), sweep)

@@ -40,7 +40,7 @@ def study(make_config, tmp_path):
 
     def write(name: str = "tune.yaml", **keys) -> str:
         data = {"base": str(base), "task": str(tmp_path / "sums.yaml"), "suite": SUITE,
-                "output": str(tmp_path / "out"), "trials": 2, "limit": 12, "test_limit": 12, "seed": 0,
+                "output": str(tmp_path / "out"), "trials": 2, "limit": 12, "test_limit": 12, "seed": 0, "seeds": [0],
                 "space": {"training.lr": {"float": [1e-4, 3e-2], "log": True},
                           "mitigations.lora": {"choice": ["absent", {"r": 2, "alpha": 4}]}}}
         data.update(keys)
@@ -122,11 +122,12 @@ def records(out) -> dict:
     return {p.stem: json.loads(p.read_text()) for p in (out / "trials").glob("*.json")}
 
 
-def test_every_trial_is_a_run_config_a_user_can_train_alone(study, tmp_path):
+def test_every_trial_is_a_run_config_a_user_can_train_alone(study, tmp_path, monkeypatch):
     import retain
     from safetensors.torch import load_file
 
-    path = study(enqueue=[{"training.lr": 3e-2, "mitigations.lora": "absent"}])
+    # seeds [0, 1]: the report re-runs the reference and the recommended recipe with seed 1 (seed 0 is the trial)
+    path = study(enqueue=[{"training.lr": 3e-2, "mitigations.lora": "absent"}], seeds=[0, 1])
     summary = run_tune(path, progress=False)
     out = tmp_path / "out"
     done = records(out)
@@ -143,6 +144,14 @@ def test_every_trial_is_a_run_config_a_user_can_train_alone(study, tmp_path):
     assert {"reference", *summary["pareto_front"]} == set(summary["rows"])
     assert all((out / "test" / f"{n}.json").is_file() for n in summary["rows"])
     assert json.loads((out / "test" / "base.json").read_text())["split"] == "test"
+    chosen = summary["tune"]["recommended"]
+    for name in ("reference", chosen):  # each over both seeds: the trial itself, and a re-run with seed 1
+        assert summary["rows"][name]["seeds"] == 2 and (out / "test" / f"{name}.seed1.json").is_file()
+        again = load_config(out / "configs" / f"{name}.seed1.yaml")
+        assert again.training.seed == 1 and again.output.dir == str(out / "runs" / f"{name}.seed1")
+        assert again.training.lr == load_config(out / "configs" / f"{name}.yaml").training.lr
+    assert summary["tune"]["against_reference"]["seeds"] == [0, 1]
+    assert "means over training seeds 0, 1" in (out / "report.md").read_text()
     recommended = load_config(out / "recommended.yaml")
     assert recommended.output.dir == str(out / "recommended")
     for name in ("summary.md", "report.md", "pareto.png", "trials.png", "importance.json"):
@@ -151,6 +160,9 @@ def test_every_trial_is_a_run_config_a_user_can_train_alone(study, tmp_path):
     alone = retain.train(out / "configs" / f"{first}.yaml", (f"output.dir={tmp_path / 'alone'}",), progress=False)
     tuned = load_file(out / "runs" / first / "final" / "model.safetensors")
     assert all((tuned[k] == v).all() for k, v in load_file(alone.final_dir / "model.safetensors").items())
+    trained = []  # run again: every trial and every seed's re-run is finished, nothing is trained
+    monkeypatch.setattr(trial_module, "train", lambda config, **kwargs: trained.append(config.output.dir))
+    assert run_tune(path, progress=False)["tune"]["recommended"] == chosen and trained == []
 
 
 def test_a_killed_study_resumes_without_running_finished_trials_again(study, tmp_path, monkeypatch):

@@ -123,13 +123,20 @@ def explanations() -> dict[str, str]:
     return out
 
 
+def nested(tp) -> type | None:
+    """The dataclass a field holds: the annotation itself, or X in `X | None` and `list of X`; else None."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    return next((arg for arg in typing.get_args(tp) if dataclasses.is_dataclass(arg)), None)
+
+
 def walk(cls: type, prefix: str) -> dict[str, str]:
     """`prefix.KEY` -> its explanation, for every field of dataclass `cls`."""
     hints = typing.get_type_hints(cls)
     out = {f"{prefix}.{f.name}": field_text(f"{prefix}.{f.name}", f, hints[f.name]) for f in dataclasses.fields(cls)}
-    for f in dataclasses.fields(cls):  # a nested section (training.dpo): its keys too
-        if dataclasses.is_dataclass(hints[f.name]):
-            out.update(walk(hints[f.name], f"{prefix}.{f.name}"))
+    for f in dataclasses.fields(cls):  # a nested section (training.dpo, a sequence's stages): its keys too
+        if nested(hints[f.name]) is not None:
+            out.update(walk(nested(hints[f.name]), f"{prefix}.{f.name}"))
     return out
 
 
@@ -146,10 +153,11 @@ def mitigation_explanations(title: str) -> dict[str, str]:
     return out
 
 
-def explain(key: str) -> str:
-    """What `retain config --explain KEY` prints; ConfigError (with close matches) for an unknown key."""
+def explain(key: str, known: dict[str, str] | None = None) -> str:
+    """What `retain config --explain KEY` prints from `known` (default: the run config's explanations());
+    ConfigError (with close matches) for an unknown key."""
     key = key.strip()
-    known = explanations()
+    known = explanations() if known is None else known
     if key in known:
         return known[key]
     leaf = key.rsplit(".", 1)[-1]

@@ -1,6 +1,7 @@
 """`retain sequence SEQ.yaml`: train a sequence of tasks stage by stage, score every task after every stage.
 
-    run_sequence(path, overrides=()) -> summary (also <output>/summary.json, summary.md, the figures)
+    run_sequence(path, overrides=()) -> seed -> summary (also <output>/summary.json, summary.md, the figures;
+                                        with several `seeds`, one sequence each in <output>/seed<S>/)
 
     read SEQ.yaml strictly; build and check every stage's run config and the evaluation suite
     (the capability suite + each stage's task) — every user error surfaces before any training
@@ -27,9 +28,10 @@ from pathlib import Path
 from retain.config import RunConfig, config_from_dict, config_to_yaml, resolve_path
 from retain.continual.buffer import reservoir_sample
 from retain.continual.plan import (SequenceConfig, check_stage, explicit_lab_defaults, load_sequence,
-                                   raw_stage_config, stage_dir, uses_peft)
+                                   raw_stage_config, seed_sequences, stage_dir, uses_peft)
 from retain.errors import ConfigError
 from retain.io import atomic_write_text
+from retain.studies.common import announce, evaluate_into, score_base
 
 EWC_FILES = {"ewc": ("fisher_in", "fisher.pt"), "si": ("importance_in", "si_importance.pt")}
 
@@ -141,11 +143,11 @@ def run_stage(seq: SequenceConfig, k: int, config: RunConfig, where: Path, progr
     atomic_write_text(configs_dir / f"{k}-{name}.yaml", config_to_yaml(config))
     if (directory / "final").is_dir():
         check_unchanged(config, directory, where, name)
-        print(f"[stage {k}/{len(seq.stages)}] {name}: trained already")
+        announce(k, len(seq.stages), name, "trained already", "stage")
         return directory / "final"
     state_in, save_state = optimizer_carry(seq, k)
     resume = latest_checkpoint(directory) is not None
-    print(f"[stage {k}/{len(seq.stages)}] {name}: {'resuming' if resume else 'training'} ({directory})")
+    announce(k, len(seq.stages), name, f"{'resuming' if resume else 'training'} ({directory})", "stage")
     run = train(config, resume=resume, overwrite=not resume, progress=progress, optimizer_state_in=state_in,
                 save_optimizer_state=save_state)
     return run.final_dir
@@ -171,15 +173,21 @@ def multitask_config(seq: SequenceConfig, raws: list[dict], checked: list[RunCon
     return config_from_dict(data)
 
 
-def run_sequence(path: Path, overrides: list[str] | tuple[str, ...] = (), progress: bool = True) -> dict:
+def run_sequence(path: Path, overrides: list[str] | tuple[str, ...] = (), progress: bool = True) -> dict[int, dict]:
+    """Run the sequence once per training seed in its `seeds` (retain.continual.plan.seed_sequences); returns
+    seed -> that sequence's summary."""
+    path = Path(path)
+    return {seed: run_one_sequence(seq, path, progress)
+            for seed, seq in seed_sequences(load_sequence(path, overrides)).items()}
+
+
+def run_one_sequence(seq: SequenceConfig, path: Path, progress: bool = True) -> dict:
+    """The sequence with one training seed (seq.seeds[0]), into seq.output; returns its summary."""
     from retain.continual.isolation import assemble_rows, score_new_adapter
     from retain.continual.summary import summarize_sequence, write_sequence_report
-    from retain.evaluation.runner import evaluate_path
     from retain.evaluation.tasks import check_suite, load_suite
     from retain.io import atomic_write_json
 
-    path = Path(path)
-    seq = load_sequence(path, overrides)
     out, T = Path(seq.output), len(seq.stages)
     raws = [raw_stage_config(seq, k, path) for k in range(1, T + 1)]
     checked = [check_stage(raw, seq, k, path) for k, raw in enumerate(raws, 1)]
@@ -188,23 +196,19 @@ def run_sequence(path: Path, overrides: list[str] | tuple[str, ...] = (), progre
     tasks = load_suite(suite)
     check_suite(tasks, seq.split)
     base_model = checked[0].model.name
-    evaluation = {"split": seq.split, "limit": seq.limit, "progress": progress, "batch_size": seq.batch_size,
-                  "device": seq.device}
 
     eval_dir = out / "eval"
-    if not (eval_dir / "base.json").is_file():
-        print(f"scoring the base model {base_model}")
-        evaluate_path(base_model, suite, out=eval_dir / "base.json", **evaluation)
+    score_base(base_model, suite, eval_dir / "base.json", seq, seq.split, progress)
     routing = {}
     for k in range(1, T + 1):
         result = eval_dir / f"stage-{k}.json"
         name = seq.stages[k - 1].name
         if result.is_file():  # written last: the stage is trained and scored
-            print(f"[stage {k}/{T}] {name}: done already, skipped")
+            announce(k, T, name, "done already, skipped", "stage")
         else:
             final = run_stage(seq, k, stage_config(seq, k, raws, checked, path), path, progress)
             if seq.isolation is None:
-                evaluate_path(str(final), suite, out=result, **evaluation)
+                evaluate_into(result, str(final), suite, seq, seq.split, progress)
             else:
                 adapters = {s.name: stage_dir(seq, j) / "final" for j, s in enumerate(seq.stages[:k], 1)}
                 score_new_adapter(base_model, adapters, tasks, eval_dir, seq.split, seq.limit, seq.batch_size,
@@ -223,7 +227,7 @@ def run_sequence(path: Path, overrides: list[str] | tuple[str, ...] = (), progre
         final = Path(config.output.dir) / "final"
         if not final.is_dir():
             final = train(config, resume=resume, overwrite=not resume, progress=progress).final_dir
-        evaluate_path(str(final), suite, out=eval_dir / "multitask.json", **evaluation)
+        evaluate_into(eval_dir / "multitask.json", str(final), suite, seq, seq.split, progress)
     summary = summarize_sequence(seq, task_names, eval_dir, routing)
     atomic_write_json(out / "summary.json", summary)
     write_sequence_report(summary, out)

@@ -5,50 +5,50 @@
        for the lab (docs/tune.md) (DEMO_CONFIGS/*.yaml)
     3. evaluate both, write the report comparing all three, print each run's changes, then one verdict line
        per run (how bad, whether to ship) and where the report is
+
+A study with fixed files (retain.studies.common's skeleton), except that nothing is skipped: each demo
+starts afresh in its directory.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
-from retain.config import load_config
 from retain.mitigations.retention_options import DEFAULT_SUITE
 from retain.paths import PACKAGE_DIR
+from retain.report.build import write_report
+from retain.studies.common import StudyConfig, checked_run, evaluate_into, plan_run, read_base
+from retain.studies.common import train_and_evaluate
 
 # package data, so that an installed retain runs the demo; configs/demo/ in the repository links here
 DEMO_CONFIGS = PACKAGE_DIR / "lab" / "configs"
 SUITE = "lab,city_country"
+RUNS = ("unprotected", "protected")
 # Retention checks that only measure: every capability `ignore`d (20 dev items each, every 50 steps; recorded, never
 # a breach), so each run ends with the weights its training reached; the report draws them as forgetting over training
-CHECKS = "mitigations.retention=" + json.dumps({"limit": 20,
-                                                 "tasks": dict.fromkeys(DEFAULT_SUITE.split(","), "ignore")})
+CHECKS = {"mitigations.retention": {"limit": 20, "tasks": dict.fromkeys(DEFAULT_SUITE.split(","), "ignore")}}
 
 
 def run_demo(out: Path, quick: bool = False) -> dict:
-    import retain
-    from retain.evaluation.runner import evaluate_path
-    from retain.report.build import write_report
-
     start = time.perf_counter()
-    limit = 40 if quick else None
-    overrides = [CHECKS] + (["training.max_steps=6"] if quick else [])
+    study = StudyConfig(output=str(out), common={**CHECKS, **({"training.max_steps": 6} if quick else {})}, seeds=[0],
+                        limit=40 if quick else None)
     results = [out / "base.json"]
     print(f"[1/4] evaluating the base model retain-tiny on {SUITE}")
-    evaluate_path("retain-tiny", SUITE, "test", results[0], limit=limit)
+    evaluate_into(results[0], "retain-tiny", SUITE, study)
     run_dirs = []
-    for k, name in enumerate(("unprotected", "protected"), start=2):
-        config = load_config(DEMO_CONFIGS / f"{name}.yaml", overrides + [f"output.dir={out / name}"])
+    for k, name in enumerate(RUNS, start=2):
+        source = DEMO_CONFIGS / f"{name}.yaml"
+        config = checked_run(plan_run(read_base(str(source), str(source)), study.common, out / name, str(source)),
+                             str(source))
         protection = [m for m in config.mitigations if m != "retention"]  # the checks protect nothing
         print(f"[{k}/4] fine-tuning: {name} ({', '.join(protection) or 'full fine-tuning'}, "
               f"lr {config.training.lr:g})")
-        run = retain.train(config, overwrite=True)
-        run_dirs.append(run.output_dir)
         results.append(out / f"{name}.json")
-        evaluate_path(str(run.final_dir), SUITE, "test", results[-1], limit=limit)
+        run_dirs.append(train_and_evaluate(config, results[-1], SUITE, study).output_dir)
     print("[4/4] writing the report")
-    paths = write_report(results, out / "report", run_dirs=run_dirs, labels=["base", "unprotected", "protected"])
+    paths = write_report(results, out / "report", run_dirs=run_dirs, labels=["base", *RUNS])
     print()
     print(paths["headline"])
     print()

@@ -3,8 +3,11 @@
     trials/*.json       every trial's dev gain and forgetting (whichever backend ran it)
     -> the dev Pareto front (gain up, forgetting down) and the recommended recipe: the most dev gain within the
        budget (none within it: the best penalised; no budget: the most gain minus forgetting)
-    -> the front, the reference run and the base scored on the test split; retain.sweep.summary gives the
-       paired CIs (no choice is made on test: its numbers only report the dev-chosen recipes)
+    -> the recommended recipe and the reference run re-run with every training seed in `seeds` (the trial
+       itself for the seed it was trained with; <name>.seed<S> for the others: trial.seed_runs)
+    -> the front, those runs and the base scored on the test split; retain.sweep.summary gives the paired CIs
+       (over the seeds where there are several; no choice is made on test: its numbers only report the
+       dev-chosen recipes), and the recommended recipe against the reference, seed s against seed s
     -> summary.json, summary.md + pareto.png (test), report.md, trials.png (dev), importance.json,
        recommended.yaml (a run config, ready for `retain train`)
 """
@@ -14,11 +17,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from retain.evaluation.runner import evaluate_path
+from retain.evaluation.compare import retained_change
+from retain.evaluation.stats import seed_paired_bootstrap
 from retain.io import atomic_write_json, atomic_write_text
-from retain.report.stats import paired_bootstrap
-from retain.sweep.summary import markdown_table, pareto_front, retained_change, summarize, write_sweep_report
-from retain.tune.trial import REFERENCE, Tuning, measure, read_json
+from retain.sweep.summary import markdown_table, pareto_front, summarize, write_sweep_report
+from retain.studies.common import evaluate_into
+from retain.tune.trial import REFERENCE, Tuning, measure, read_json, seed_runs
 
 
 def load_records(out: Path) -> list[dict]:
@@ -84,23 +88,31 @@ def score_on_test(tuning: Tuning, names: list[str]) -> dict[str, Path]:
             model = (read_json(out / "dev" / "base.json")["model"] if name == "base"
                      else str(out / "runs" / name / "final"))
             print(f"scoring {name} on the test split")
-            evaluate_path(model, tuning.suite, "test", path, limit=t.test_limit, progress=tuning.progress,
-                          batch_size=t.batch_size, device=t.device)
+            evaluate_into(path, model, tuning.suite, t, "test", tuning.progress, limit=t.test_limit)
         paths[name] = path
     return paths
 
 
-def against_reference(tuning: Tuning, paths: dict[str, Path], name: str) -> dict:
-    """The recipe vs the reference run on the same test items: shares of its gain and forgetting, and the
-    paired differences (bootstrap 95% CIs) of task score and pooled retained score."""
+def mean_measure(base: dict, results: list[dict], task: str) -> tuple[float, float]:
+    """(task gain, forgetting) in points, averaged over a recipe's seeds."""
+    measured = [measure(base, r, task) for r in results]
+    return tuple(sum(m[i] for m in measured) / len(measured) for i in (0, 1))
+
+
+def against_reference(tuning: Tuning, base_path: Path, seeded: dict[str, list[Path]], name: str) -> dict:
+    """The recipe vs the reference run on the same test items, both over the study's seeds (seed s against seed
+    s): shares of its mean gain and forgetting, and the paired differences (two-level bootstrap 95% CIs) of task
+    score and pooled retained score."""
     task = tuning.task
-    ref, rec, base = (read_json(paths[n]) for n in (REFERENCE, name, "base"))
-    metric = ref["tasks"][task]["primary_metric"]
-    task_diff = paired_bootstrap(ref["tasks"][task]["items"], rec["tasks"][task]["items"], metric)
+    base = read_json(base_path)
+    ref, rec = ([read_json(p) for p in seeded[n]] for n in (REFERENCE, name))
+    metric = ref[0]["tasks"][task]["primary_metric"]
+    task_diff = seed_paired_bootstrap([r["tasks"][task]["items"] for r in ref], [r["tasks"][task]["items"] for r in rec],
+                                      metric)
     retained_diff, _ = retained_change(ref, rec, task)
-    (ref_gain, ref_loss), (gain, loss) = measure(base, ref, task), measure(base, rec, task)
-    gains, losses = [ref_gain, gain], [ref_loss, loss]
-    return {"reference_gain": gains[0], "gain": gains[1], "gain_share": gains[1] / gains[0] if gains[0] else None,
+    gains, losses = zip(mean_measure(base, ref, task), mean_measure(base, rec, task))
+    return {"seeds": list(tuning.tune.seeds),
+            "reference_gain": gains[0], "gain": gains[1], "gain_share": gains[1] / gains[0] if gains[0] else None,
             "reference_forgetting": losses[0], "forgetting": losses[1],
             "forgetting_share": losses[1] / losses[0] if losses[0] > 0 else None,
             "task_vs_reference": [100 * task_diff.delta, 100 * task_diff.ci_low, 100 * task_diff.ci_high],
@@ -115,8 +127,11 @@ def write_report(tuning: Tuning) -> dict:
     front = pareto_front({n: (r["gain"], r["forgetting"]) for n, r in done.items()})
     chosen = recommend(records, tuning.budget, t.objective.penalty)
     shown = [REFERENCE, *front, *([chosen] if chosen and chosen not in front else [])]
-    paths = score_on_test(tuning, shown)
-    summary = summarize(paths["base"], {n: paths[n] for n in shown}, task=tuning.task)
+    # the reference and the recommended recipe over every training seed: what the report compares them on
+    replicated = {n: seed_runs(tuning, n) for n in dict.fromkeys([REFERENCE, *([chosen] if chosen else [])])}
+    paths = score_on_test(tuning, list(dict.fromkeys([*shown, *(r for runs in replicated.values() for r in runs)])))
+    seeded = {n: [paths[r] for r in runs] for n, runs in replicated.items()}
+    summary = summarize(paths["base"], {n: seeded.get(n, paths[n]) for n in shown}, task=tuning.task)
     summary["pareto_front"] = front  # the dev front: test numbers report it, they do not choose it
     reference = read_json(out / "trials" / f"{REFERENCE}.json")
     summary["tune"] = {
@@ -126,7 +141,7 @@ def write_report(tuning: Tuning) -> dict:
         "trials": {r["name"]: {k: r.get(k) for k in ("state", "reason", "gain", "forgetting", "value", "overrides")}
                    for r in records},
         "importance": importances(tuning, records),
-        "against_reference": against_reference(tuning, paths, chosen) if chosen else None}
+        "against_reference": against_reference(tuning, paths["base"], seeded, chosen) if chosen else None}
     atomic_write_json(out / "summary.json", summary)
     write_sweep_report(summary, out)
     atomic_write_json(out / "importance.json", summary["tune"]["importance"])
@@ -155,6 +170,10 @@ def _shown(overrides: dict) -> str:
     return json.dumps({k: float(f"{v:.3g}") if isinstance(v, float) else v for k, v in overrides.items()})
 
 
+def _seeds(seeds: list[int]) -> str:
+    return f"training seed {seeds[0]}" if len(seeds) == 1 else f"means over training seeds {', '.join(map(str, seeds))}"
+
+
 def _ci(change: list[float]) -> str:
     return f"{change[0]:+.1f} [{change[1]:+.1f}, {change[2]:+.1f}]"
 
@@ -175,7 +194,7 @@ def report_markdown(tuning: Tuning, summary: dict, records: list[dict]) -> str:
         a = tune["against_reference"]
         lines += [f"Recommended: **{rec}** (`recommended.yaml`), searched values "
                   f"`{_shown(tune['trials'][rec]['overrides'])}`.", "",
-                  f"Against the reference run on test: keeps {_points(a['gain_share'])} of its task gain "
+                  f"Against the reference run on test ({_seeds(a['seeds'])}): keeps {_points(a['gain_share'])} of its task gain "
                   f"({a['gain']:+.1f} of {a['reference_gain']:+.1f} points; paired difference "
                   f"{_ci(a['task_vs_reference'])}) and forgets {_points(a['forgetting_share'])} as much "
                   f"({a['forgetting']:.1f} of {a['reference_forgetting']:.1f} points; retained score vs the "

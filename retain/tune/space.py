@@ -17,6 +17,10 @@
     enqueue:                               # trials to run first, as values of the space's keys
       - {training.lr: 1.0e-4, mitigations.replay: absent}
     resources: {cpu: 1, gpu: 0}            # per trial, for --backend ray
+    seeds: [0, 1, 2]                       # the report re-runs the recommended recipe and the reference with each
+
+The fields every study file shares (base, task, suite, output, limit, batch_size, device, common, seeds) are
+retain.studies.common's; `retain config --explain tune` lists every key with its help.
 
 A choice is a list (its values label themselves; a mapping or list value is labelled by its JSON) or a
 mapping label -> value. The value `absent` removes the key from the trial's config (a mitigation off).
@@ -34,19 +38,25 @@ from pathlib import Path
 from typing import Any, Literal
 
 from retain.config import config_from_dict, set_dotted
-from retain.strict import ConfigError, build, read_yaml
+from retain.strict import ConfigError
+from retain.studies.common import TaskStudyConfig, load_study, plan_run, read_base
 
 ABSENT = "absent"  # a choice value that removes its key from the trial's config
 
 
 @dataclass(frozen=True)
 class Objective:
-    # pareto: two objectives, dev task gain (max) and dev forgetting (min); Optuna cannot prune these.
-    # constrained: one, dev gain − penalty × (dev forgetting beyond the budget), which pruners can watch.
-    kind: Literal["pareto", "constrained"] = "pareto"
-    max_forgetting_points: float | None = None  # budget: pooled retained dev score may fall this many points
-    max_forgetting_share: float | None = None  # budget as a share of the reference run's dev forgetting (0.1)
-    penalty: float = 2.0  # constrained: objective points lost per point of forgetting beyond the budget
+    """What the study optimises: the dev task gain and dev forgetting (pareto), or one number (constrained)."""
+
+    kind: Literal["pareto", "constrained"] = field(default="pareto", metadata={
+        "help": "pareto: dev task gain (max) and dev forgetting (min), which Optuna cannot prune; constrained: "
+                "dev gain - penalty x (dev forgetting beyond the budget), which a pruner can watch"})
+    max_forgetting_points: float | None = field(default=None, metadata={
+        "help": "budget: the pooled retained dev score may fall this many points"})
+    max_forgetting_share: float | None = field(default=None, metadata={
+        "help": "budget as a share of the reference run's dev forgetting (e.g. 0.1)"})
+    penalty: float = field(default=2.0, metadata={
+        "help": "constrained: objective points lost per point of forgetting beyond the budget"})
 
     def validate(self):
         if self.max_forgetting_points is not None and self.max_forgetting_share is not None:
@@ -61,12 +71,17 @@ class Objective:
 
 @dataclass(frozen=True)
 class Pruner:
-    kind: Literal["none", "median", "percentile", "successive_halving"] = "none"
-    every: int = 50  # optimizer steps between dev checks inside a trial
-    limit: int | None = None  # items per task at a check (null: the study's limit)
-    warmup_steps: int = 0  # no trial is pruned before this step
-    startup_trials: int = 2  # no pruning until this many trials have finished
-    percentile: float = 25.0  # percentile: prune below this percentile of the other trials at the same step
+    """Dev checks inside a trial, and Optuna's rule for stopping a trial that falls behind the others."""
+
+    kind: Literal["none", "median", "percentile", "successive_halving"] = field(default="none", metadata={
+        "help": "Optuna's pruner: none, median, percentile or successive_halving (rungs at every, 3x, 9x steps)"})
+    every: int = field(default=50, metadata={"help": "optimizer steps between dev checks inside a trial"})
+    limit: int | None = field(default=None, metadata={
+        "help": "items per task at a check (null: the study's limit)"})
+    warmup_steps: int = field(default=0, metadata={"help": "no trial is pruned before this step"})
+    startup_trials: int = field(default=2, metadata={"help": "no pruning until this many trials have finished"})
+    percentile: float = field(default=25.0, metadata={
+        "help": "percentile: prune below this percentile of the other trials at the same step"})
 
     def validate(self):
         if self.every < 1:
@@ -77,32 +92,40 @@ class Pruner:
 
 @dataclass(frozen=True)
 class Resources:
-    cpu: float = 1.0
-    gpu: float = 0.0
+    """What one trial needs on a Ray cluster (--backend ray)."""
+
+    cpu: float = field(default=1.0, metadata={"help": "CPUs per trial"})
+    gpu: float = field(default=0.0, metadata={"help": "GPUs per trial (a fraction shares one)"})
 
 
-@dataclass(frozen=True)
-class TuneConfig:
-    base: str
-    task: str
-    suite: str
-    output: str
-    trials: int
-    space: dict[str, Any]
-    sampler: Literal["tpe", "nsga2"] = "tpe"
-    seed: int = 0  # the sampler's
-    objective: Objective = Objective()
-    pruner: Pruner = Pruner()
-    enqueue: list[dict[str, Any]] = field(default_factory=list)
-    common: dict[str, Any] = field(default_factory=dict)  # dotted overrides every trial and the reference get
-    limit: int | None = None  # dev items per task: what every decision is made on
-    test_limit: int | None = None  # test items per task for the report (null: all, for the tightest CIs)
-    batch_size: int = 64
-    device: str | None = None  # evaluation device (auto: the GPU when there is one)
-    resources: Resources = Resources()
-    max_concurrent: int | None = None  # ray: trials at once (null: as many as the resources allow)
+@dataclass(frozen=True, kw_only=True)
+class TuneConfig(TaskStudyConfig):
+    """A tune file: a search space of recipes for one task, an objective, and how many trials.
+
+    Every decision is made on the dev split (at `limit` items per task); the report re-runs the recommended
+    recipe and the reference (the base config) with every training seed in `seeds` and compares them on test.
+    """
+
+    trials: int = field(metadata={
+        "help": "trials in the study (enqueued ones included; the reference run is extra)"})
+    space: dict[str, Any] = field(metadata={
+        "help": "dotted key -> {float: [low, high], log: true} | {int: [low, high], step: N} | {choice: [...]}"})
+    sampler: Literal["tpe", "nsga2"] = field(default="tpe", metadata={
+        "help": "tpe (single or multi-objective) or nsga2 (multi-objective)"})
+    seed: int = field(default=0, metadata={"help": "the sampler's seed (the training seeds are `seeds`)"})
+    objective: Objective = field(default=Objective(), metadata={
+        "help": "what the study optimises, and the dev forgetting budget"})
+    pruner: Pruner = field(default=Pruner(), metadata={"help": "dev checks inside a trial, and when to stop it"})
+    enqueue: list[dict[str, Any]] = field(default_factory=list, metadata={
+        "help": "trials to run first, as values of the space's keys"})
+    test_limit: int | None = field(default=None, metadata={
+        "help": "test items per task for the report (null: all, for the tightest CIs)"})
+    resources: Resources = field(default=Resources(), metadata={"help": "per trial, for --backend ray"})
+    max_concurrent: int | None = field(default=None, metadata={
+        "help": "ray: trials at once (null: as many as the resources allow)"})
 
     def validate(self):
+        yield from super().validate()
         if self.trials < 1:
             yield "trials", f"must be >= 1, got {self.trials}"
         if not self.space:
@@ -288,19 +311,13 @@ def load_tune(path: Path) -> tuple[TuneConfig, Space, dict, list[dict]]:
     Every error names the file and key (ConfigError, exit 2): unknown keys, wrong types, a space key the
     run config does not have, a range end or choice that makes an invalid run config, a bad enqueued value.
     """
-    data = read_yaml(path, "tune file")
+    tune = load_study(TuneConfig, path, "tune file")
     try:
-        tune = build(TuneConfig, data)
         space = Space(tuple(parse_param(key, spec) for key, spec in tune.space.items()))
         enqueued = [space.params_for(values, f"enqueue[{i}]") for i, values in enumerate(tune.enqueue)]
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
-    try:
-        base = read_yaml(tune.base, "base config")
-    except ConfigError as e:
-        raise ConfigError(f"{path}: base: {e}") from None
-    if not isinstance(base, dict):
-        raise ConfigError(f"{path}: base: {tune.base} is not a run config (expected a mapping of sections)")
+    base = read_base(tune.base, f"{path}: base")
     for dotted, value in tune.common.items():
         set_dotted(base, dotted, value, f"{path}: common")
     check_space(space, base, Path(path))
@@ -323,8 +340,8 @@ def check_space(space: Space, base: dict, path: Path) -> None:
                 raise ConfigError(f"{path}: space.{p.key}: {value!r} makes an invalid run config: {e}") from None
 
 
-def trial_config(base: dict, space: Space, params: dict, output_dir: Path) -> dict:
-    """The run config dict of a trial: base (common applied) + the sampled values + its own output dir."""
-    data = space.apply(copy.deepcopy(base), params, f"trial {trial_name(params)}")
-    set_dotted(data, "output.dir", str(output_dir))
-    return data
+def trial_config(base: dict, space: Space, params: dict, output_dir: Path, seed: int | None = None) -> dict:
+    """The run config dict of a trial: base (common applied) + the sampled values + its own output dir (and a
+    training seed: None keeps the base's)."""
+    where = f"trial {trial_name(params)}"
+    return plan_run(space.apply(copy.deepcopy(base), params, where), {}, output_dir, where, seed)

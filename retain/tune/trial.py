@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Callable
 
 from retain.config import config_from_dict, config_to_yaml, load_config
-from retain.evaluation.runner import evaluate, evaluate_path
+from retain.evaluation.compare import retained_change
+from retain.evaluation.runner import evaluate
 from retain.evaluation.tasks import load_suite
 from retain.io import atomic_write_json, atomic_write_text
 from retain.mitigations import build_mitigations
 from retain.mitigations.roles import Context, Decision, WeightTransform, playing
 from retain.strict import ConfigError, to_dict
-from retain.sweep.summary import retained_change
+from retain.studies.common import announce, checked_run, evaluate_into, plan_run, read_base, score_base
 from retain.training.checkpoint import NonFiniteError
 from retain.training.collapse import CollapseError
 from retain.training.loop import train
@@ -48,7 +49,7 @@ class Tuning:
 
     @property
     def suite(self) -> str:
-        return f"{self.tune.suite},{self.tune.task}"
+        return self.tune.scored
 
     @property
     def check_limit(self) -> int | None:
@@ -194,8 +195,7 @@ def run_trial(tuning: Tuning, params: dict, on_check: CheckHook | None = None, n
                       forgetting=forgetting, value=monitor.intermediate[monitor.pruned_at])
     else:
         dev_path = out / "dev" / f"{name}.json"
-        evaluate_path(str(run.final_dir), tuning.suite, "dev", dev_path, limit=t.limit, progress=tuning.progress,
-                      batch_size=t.batch_size, device=t.device)
+        evaluate_into(dev_path, str(run.final_dir), tuning.suite, t, "dev", tuning.progress)
         gain, forgetting = measure(read_json(out / "dev" / "base.json"), read_json(dev_path), tuning.task)
         value = tuning.value(gain, forgetting)
         record.update(state="complete", reason="", gain=gain, forgetting=forgetting, dev_results=str(dev_path),
@@ -222,10 +222,7 @@ def prepare(tuning: Tuning) -> dict:
     if t.pruner.kind != "none":  # the base at the item limit of the pruner's checks, to compare them with
         wanted.append((out / "dev" / "base-check.json", tuning.check_limit))
     for path, limit in wanted:
-        if not path.is_file():
-            print(f"scoring the base model {model} on the dev split ({path.name})")
-            evaluate_path(model, tuning.suite, "dev", path, limit=limit, progress=tuning.progress,
-                          batch_size=t.batch_size, device=t.device)
+        score_base(model, tuning.suite, path, t, "dev", tuning.progress, limit=limit)
     print(f"reference run (the base config, nothing sampled): {out / 'configs' / (REFERENCE + '.yaml')}")
     reference = run_trial(tuning, {}, name=REFERENCE)
     o = t.objective
@@ -234,3 +231,24 @@ def prepare(tuning: Tuning) -> dict:
     elif o.max_forgetting_share is not None:
         tuning.budget = o.max_forgetting_share * max(0.0, reference["forgetting"])
     return reference
+
+
+def seed_runs(tuning: Tuning, name: str) -> list[str]:
+    """The runs of trial `name`'s recipe, one per training seed in the study's `seeds`, in that order: the trial
+    itself for the seed it was trained with, and a re-run of its run config with each other seed,
+    <name>.seed<S> (configs/ and runs/ as a trial's; trained here unless its final weights exist already)."""
+    out, seeds = tuning.out, tuning.tune.seeds
+    config_path = out / "configs" / f"{name}.yaml"
+    trained = load_config(config_path).training.seed
+    runs = []
+    for k, seed in enumerate(seeds, 1):
+        run = name if seed == trained else f"{name}.seed{seed}"
+        runs.append(run)
+        if (out / "runs" / run / "final").is_dir():
+            continue
+        announce(k, len(seeds), run, f"{name}'s recipe with training seed {seed}")
+        where = f"{config_path}: seed {seed}"
+        config = checked_run(plan_run(read_base(str(config_path), where), {}, out / "runs" / run, where, seed), where)
+        run_path = atomic_write_text(out / "configs" / f"{run}.yaml", config_to_yaml(config))
+        train(load_config(run_path), overwrite=True, progress=tuning.progress)
+    return runs
