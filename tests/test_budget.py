@@ -232,7 +232,7 @@ def scored(correct: list[int], logliks: list[float]) -> dict:
 
 
 def test_a_drop_breaches_only_when_the_dev_items_show_it():
-    from retain.mitigations.retention_options import sure_drops, task_drops
+    from retain.evaluation.compare import sure_drops, task_drops
 
     before = scored([1] * 20, [-20.0] * 30)
     one_lost = scored([0] + [1] * 19, [-20.0 - (i % 2) for i in range(30)])  # +5% perplexity, half the docs
@@ -326,7 +326,7 @@ def test_on_the_lab_the_budget_ends_with_a_task_gain_where_acting_at_the_first_b
     checkpoints, patience and repair along the lines from them end with the task learned, within budget."""
     from retain.evaluation.runner import evaluate
     from retain.evaluation.tasks import load_suite
-    from retain.mitigations.retention_options import sure_drops
+    from retain.evaluation.compare import sure_drops
     from retain.modeling import load_for_eval
 
     budget = {"task": "city_country", "limit": 20, "every": 50, "max_drop_points": 5.0, "action": "repair",

@@ -6,7 +6,7 @@ import pytest
 import retain
 from retain.config import load_config
 from retain.evaluation.runner import evaluate_path
-from retain.sweep.summary import retained_change
+from retain.evaluation.compare import retained_change
 
 SUITE = "capital_recall,addition,city_country"
 

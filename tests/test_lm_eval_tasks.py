@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from retain.strict import ConfigError
-from retain.report.stats import paired_bootstrap, statistic
+from retain.evaluation.stats import paired_bootstrap, statistic
 from conftest import write_jsonl
 
 lm_eval = pytest.importorskip("lm_eval")

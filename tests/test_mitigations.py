@@ -171,7 +171,8 @@ def test_retention_budget_acts_on_a_breach(action, make_config, tiny_model, tmp_
 
 def test_retention_budget_units_points_for_scores_relative_for_perplexity():
     from retain.strict import ConfigError
-    from retain.mitigations.retention import RetentionBudget, RetentionOptions, task_drops
+    from retain.evaluation.compare import task_drops
+    from retain.mitigations.retention import RetentionBudget, RetentionOptions
 
     def res(acc, ppl):
         return {"tasks": {

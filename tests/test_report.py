@@ -6,7 +6,8 @@ import pytest
 from retain.report.build import compare, headline, write_report
 from retain.report.render import budget_lines, ci_decimals, format_change, format_relative, render_markdown
 from retain.report.severity import severity
-from retain.report.stats import mcnemar_exact, paired_bootstrap, verdict
+from retain.evaluation.compare import verdict
+from retain.evaluation.stats import mcnemar_exact, paired_bootstrap
 
 
 def items(values, metric="acc"):
@@ -353,7 +354,7 @@ def test_a_kl_of_exactly_zero_draws_no_spike_on_the_log_axis(tmp_path, monkeypat
 
 
 def test_filtered_lm_eval_metric_names_still_get_an_exact_mcnemar_p():
-    from retain.report.stats import paired_bootstrap
+    from retain.evaluation.stats import paired_bootstrap
 
     before = [{"id": i, "exact_match,strict-match": float(i < 10)} for i in range(20)]
     after = [{"id": i, "exact_match,strict-match": 0.0} for i in range(20)]

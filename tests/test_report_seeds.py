@@ -9,8 +9,8 @@ import pytest
 
 from retain.report.build import compare, write_report
 from retain.report.severity import severity
-from retain.report.stats import (Change, claim_verdict, not_shown, paired_bootstrap, parts, seeded_bootstrap,
-                                 two_level_deltas, verdict)
+from retain.evaluation.compare import claim_verdict, not_shown, verdict
+from retain.evaluation.stats import Change, paired_bootstrap, parts, seeded_bootstrap, two_level_deltas
 
 
 def items(values, clusters=None, metric="acc"):
@@ -147,7 +147,7 @@ def test_perplexity_is_catastrophic_relative_to_its_chance_perplexity(before, af
 
 
 def test_two_recipes_run_with_the_same_seeds_are_compared_seed_by_seed():
-    from retain.report.stats import seed_paired_bootstrap
+    from retain.evaluation.stats import seed_paired_bootstrap
 
     a = [items([1] * 8 + [0] * 2), items([1] * 6 + [0] * 4)]  # recipe A, seeds 0 and 1: 80%, 60%
     b = [items([1] * 9 + [0] * 1), items([1] * 8 + [0] * 2)]  # recipe B: 90%, 80%

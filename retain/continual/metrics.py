@@ -16,18 +16,18 @@ gives the point estimate (one matrix) and the bootstrap distribution (B matrices
 
 The CIs are paired bootstrap intervals: every resample draws one set of item indices per task and
 uses it in every row (and in every matrix being compared), because row i and row i' scored the
-same items; the spread is then that of the change, not of item difficulty (see retain.report.stats).
+same items; the spread is then that of the change, not of item difficulty (see retain.evaluation.stats).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
-from retain.report.stats import PERPLEXITY_DENOMINATOR
+from retain.evaluation.results import Results, relative
+from retain.evaluation.stats import mean_parts, percentile_ci, resample
 
 
 def acc(R: np.ndarray) -> np.ndarray:
@@ -72,7 +72,7 @@ class Estimate:
         return {"value": self.value, "ci_low": self.ci_low, "ci_high": self.ci_high}
 
 
-def item_scores(rows: list[dict], tasks: list[str]) -> list[np.ndarray]:
+def item_scores(rows: list[Results], tasks: list[str]) -> list[np.ndarray]:
     """Per task j, an array (rows, n_j) of its items' primary-metric values, from `retain eval` results.
 
     Only mean-type metrics (accuracy, exact match, ...) make an accuracy matrix: a perplexity is not
@@ -82,7 +82,7 @@ def item_scores(rows: list[dict], tasks: list[str]) -> list[np.ndarray]:
     for task in tasks:
         per_row = [row["tasks"][task] for row in rows]
         metric = per_row[0]["primary_metric"]
-        if metric in PERPLEXITY_DENOMINATOR or per_row[0]["lower_is_better"]:
+        if relative(metric) or per_row[0]["lower_is_better"]:
             raise ValueError(f"task {task}: its metric {metric} is not a score to put in an accuracy matrix "
                              "— use a generation or multiple-choice task")
         ids = [item["id"] for item in per_row[0]["items"]]
@@ -111,17 +111,10 @@ def resampled_matrices(score_sets: list[list[np.ndarray]], resamples: int, seed:
     for scores in score_sets:
         if [s.shape[1] for s in scores] != n_items:
             raise ValueError("the matrices to compare scored different numbers of items")
-        # s[:, idx]: (rows, B, n_j) -> mean over items -> (rows, B); stacked over tasks -> (B, rows, T)
-        out.append(np.stack([s[:, idx].mean(axis=2).T for s, idx in zip(scores, draws)], axis=-1))
+        # each row's mean of its drawn items (B,), stacked over rows and tasks -> (B, rows, T)
+        out.append(np.stack([np.stack([resample(mean_parts(row), idx, "score") for row in s], axis=-1)
+                             for s, idx in zip(scores, draws)], axis=-1))
     return out
-
-
-def percentile_ci(samples: np.ndarray) -> tuple[float, float]:
-    samples = samples[np.isfinite(samples)]
-    if samples.size == 0:
-        return math.nan, math.nan
-    low, high = np.percentile(samples, [2.5, 97.5])
-    return float(low), float(high)
 
 
 def summarize(scores: list[np.ndarray], resamples: int = 2000, seed: int = 0) -> dict:

@@ -12,12 +12,13 @@ import math
 from pathlib import Path
 
 from retain.continual import metrics
+from retain.evaluation.compare import NO_CHANGE, task_change, verdict
+from retain.evaluation.results import Results, load_results
+from retain.evaluation.stats import statistic
 from retain.io import atomic_write_text
-from retain.report.results import load_results
-from retain.report.stats import NO_CHANGE, paired_bootstrap, statistic, verdict
 
 
-def capability_curves(rows: list[dict], names: list[str], resamples: int, seed: int) -> dict:
+def capability_curves(rows: list[Results], names: list[str], resamples: int, seed: int) -> dict:
     """Per capability task: its score after each row, and each row's change from the base with a paired CI."""
     curves = {}
     for name in names:
@@ -25,7 +26,7 @@ def capability_curves(rows: list[dict], names: list[str], resamples: int, seed: 
         metric, lower = base["primary_metric"], base["lower_is_better"]
         changes = []
         for row in rows[1:]:
-            change = paired_bootstrap(base["items"], row["tasks"][name]["items"], metric, resamples, seed)
+            change = task_change(base, [row["tasks"][name]], seed=seed, resamples=resamples)
             changes.append({"delta": change.delta, "ci_low": change.ci_low, "ci_high": change.ci_high,
                             "relative": change.relative, "verdict": verdict(change, lower)})
         curves[name] = {"metric": metric, "lower_is_better": lower, "capability": base["capability"],

@@ -47,14 +47,20 @@ import math
 import torch
 
 from retain.errors import ConfigError
+from retain.evaluation.compare import sure_drops, task_drops
+from retain.evaluation.results import primary_value, relative
 from retain.mitigations.penalties import restore, trainable
 from retain.mitigations.retention_options import (DEFAULT_PERPLEXITY, DEFAULT_POINTS, DEFAULT_SUITE,  # noqa: F401
-                                                  RetentionOptions, TaskBudget, is_perplexity, sure_drops, task_drops)
+                                                  RetentionOptions, TaskBudget)
 from retain.mitigations.retention_points import Point, best_within, merit, repair, to_keep
 from retain.mitigations.roles import Context, Decision
 
-__all__ = ["DEFAULT_PERPLEXITY", "DEFAULT_POINTS", "DEFAULT_SUITE", "RetentionBudget", "RetentionOptions", "TaskBudget",
-           "is_perplexity", "task_drops"]
+__all__ = ["DEFAULT_PERPLEXITY", "DEFAULT_POINTS", "DEFAULT_SUITE", "RetentionBudget", "RetentionOptions", "TaskBudget"]
+
+
+def is_perplexity(task: dict) -> bool:
+    """Whether a task's budget is a relative rise (a perplexity) rather than points."""
+    return relative(task["primary_metric"])
 
 
 def on_cpu(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -151,7 +157,7 @@ class RetentionBudget:
         if self.own_task is not None:
             task = evaluate(model, self.tokenizer, [self.own_task], split="dev", limit=self.options.limit,
                             progress=False, batch_size=self.options.batch_size)["tasks"][self.own_task.name]
-            value = task["metrics"][task["primary_metric"]]
+            value = primary_value(task)
         elif self.dev_examples is not None:
             value = mean_loss(model, self.dev_examples, self.tokenizer.pad_token_id, self.options.batch_size)
         else:
@@ -167,7 +173,7 @@ class RetentionBudget:
 
     def _shares(self, drops: dict[str, float], sure: dict[str, float] | None = None) -> dict[str, float]:
         """How much of its budget each task used (1.0 = all of it), judged on the sure drops when given (see
-        retention_options.sure_drops): units differ, shares compare."""
+        retain.evaluation.compare.sure_drops): units differ, shares compare."""
         shares = {}
         for name, drop in drops.items():
             limit, weight = self.options.budget_for(name, is_perplexity(self.base["tasks"][name]))

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from statistics import NormalDist, stdev
 from typing import Any, ClassVar, Literal
 
 from retain.errors import ConfigError
@@ -16,56 +15,6 @@ from retain.strict import build
 DEFAULT_POINTS, DEFAULT_PERPLEXITY = 1.0, 0.10  # the budget: one point for scores, +10% for perplexities
 # The lab's capabilities: retain-tiny's default suite (any other model must name its own)
 DEFAULT_SUITE = "capital_recall,capital_reverse,currency_choice,continent_choice,addition,english"
-
-
-def is_perplexity(task: dict) -> bool:
-    return "perplexity" in task["primary_metric"]
-
-
-def task_drops(before: dict, after: dict) -> dict[str, float]:
-    """Per task, how much its primary metric got worse (positive = worse), in its budget's unit: points for
-    scores (1.0 = one point), the relative rise after / before − 1 for perplexities (0.05 = +5%)."""
-    drops = {}
-    for name, b in before["tasks"].items():
-        metric = b["primary_metric"]
-        x, y = b["metrics"][metric], after["tasks"][name]["metrics"][metric]
-        if is_perplexity(b):
-            drops[name] = y / x - 1
-        else:
-            drops[name] = 100 * ((y - x) if b["lower_is_better"] else (x - y))
-    return drops
-
-
-PERPLEXITY_DENOMINATOR = {"word_perplexity": "words", "byte_perplexity": "bytes", "token_perplexity": "tokens"}
-
-
-def sure_drops(before: dict, after: dict, confidence: float | None) -> dict[str, float]:
-    """Per task, the drop the dev items show at `confidence`: the measured drop less z standard errors of the
-    paired per-item change (one-sided, normal approximation), in the budget's unit; None: the measured drop.
-
-    On 20 items one answer is 5 points, and a few answers near a tie flip with any change to the weights:
-    the measured drop alone would call that noise a breach. For a perplexity, the standard error is that of
-    the per-document change in log-likelihood, per word (or byte, token) of the whole split."""
-    drops = task_drops(before, after)
-    if not confidence:
-        return drops
-    z = NormalDist().inv_cdf(confidence)
-    sure = dict(drops)
-    for name, b in before["tasks"].items():
-        x, y, metric = b.get("items") or [], after["tasks"][name].get("items") or [], b["primary_metric"]
-        if len(x) < 2 or len(x) != len(y):
-            continue
-        if is_perplexity(b):
-            unit = PERPLEXITY_DENOMINATOR.get(metric)
-            if unit is None or not all("loglikelihood" in i and unit in i for i in x + y):
-                continue
-            lost = [i["loglikelihood"] - j["loglikelihood"] for i, j in zip(x, y)]  # nats, per document
-            se = stdev(lost) * math.sqrt(len(lost)) / sum(i[unit] for i in x)  # of log(after / before)
-            sure[name] = math.exp(math.log1p(drops[name]) - z * se) - 1
-        elif all(isinstance(i.get(metric), (int, float)) for i in x + y):
-            se = 100 * stdev([i[metric] - j[metric] for i, j in zip(x, y)]) / math.sqrt(len(x))
-            sure[name] = drops[name] - z * se
-    return sure
 
 
 @dataclass(frozen=True)

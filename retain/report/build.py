@@ -10,16 +10,17 @@ from dataclasses import asdict
 from pathlib import Path
 
 from retain.strict import ConfigError
+from retain.evaluation.compare import NO_CHANGE, pooled_chance, pooled_items, task_change, verdict, worse_by
+from retain.evaluation.results import Results, check_comparable, load_results, relative, shared_tasks
+from retain.evaluation.stats import Change, seeded_bootstrap
 from retain.io import atomic_write_json, atomic_write_text
 from retain.report import plots
 from retain.report.render import format_change, metric_words, render_html, render_markdown
 from retain.report.answers import changed_answers
-from retain.report.results import check_comparable, load_results, load_run_file
 from retain.report.retention import measured_only
 from retain.report.reward_hacking import hacking_lines
-from retain.report.runs import next_steps, run_of
+from retain.report.runs import load_run_file, next_steps, run_of
 from retain.report.severity import rank, severity
-from retain.report.stats import NO_CHANGE, PERPLEXITY_DENOMINATOR, Change, seeded_bootstrap, verdict
 
 
 def capability_groups(tasks: dict) -> dict[str, list[str]]:
@@ -38,18 +39,11 @@ def _row(change: Change, lower_is_better: bool, chance: float | None, **fields) 
 
 def secondary_metrics(task: dict) -> list[str]:
     """The task's other per-item mean metrics (contains beside exact_match, acc_norm beside acc)."""
-    return [m for m in task["metrics"] if m != task["primary_metric"] and m not in PERPLEXITY_DENOMINATOR
+    return [m for m in task["metrics"] if m != task["primary_metric"] and not relative(m)
             and all(isinstance(i.get(m), (int, float)) and not isinstance(i.get(m), bool) for i in task["items"])]
 
 
-def _pooled_chance(tasks: list[dict]) -> float | None:
-    """Chance of items pooled over tasks: the item-weighted mean of the tasks' chance (None if one lacks it)."""
-    if any(t.get("chance") is None for t in tasks):
-        return None
-    return sum(t["chance"] * len(t["items"]) for t in tasks) / sum(len(t["items"]) for t in tasks)
-
-
-def compare(before: dict, after: dict | list[dict], seed: int = 0) -> dict:
+def compare(before: Results, after: Results | list[Results], seed: int = 0) -> dict:
     """Rows per task and per capability for the tasks both results share, and the run's forgetting grade.
 
     `after` is one fine-tune's results, or a list of them: one recipe trained with several seeds, whose rows
@@ -61,30 +55,29 @@ def compare(before: dict, after: dict | list[dict], seed: int = 0) -> dict:
     unchanged primary metric (another metric of a task, or one task of a pooled capability).
     """
     afters = after if isinstance(after, list) else [after]
-    shared = [t for t in before["tasks"] if all(t in a["tasks"] for a in afters)]
+    shared = shared_tasks(before, afters)
     task_rows = {}
     for name in shared:
         b, seeds = before["tasks"][name], [a["tasks"][name] for a in afters]
         metric, lower = b["primary_metric"], b["lower_is_better"]
-        task_rows[name] = _row(seeded_bootstrap(b["items"], [a["items"] for a in seeds], metric, seed=seed), lower,
-                               b.get("chance"), capability=b["capability"], metric=metric)
+        task_rows[name] = _row(task_change(b, seeds, seed=seed), lower, b.get("chance"), capability=b["capability"],
+                               metric=metric)
         others = [m for m in secondary_metrics(b) if all(m in secondary_metrics(a) for a in seeds)]
-        task_rows[name]["other_metrics"] = {
-            m: _row(seeded_bootstrap(b["items"], [a["items"] for a in seeds], m, seed=seed), lower, None, metric=m)
-            for m in others}
+        task_rows[name]["other_metrics"] = {m: _row(task_change(b, seeds, m, seed=seed), lower, None, metric=m)
+                                            for m in others}
     capability_rows = {}
     for capability, names in capability_groups({t: before["tasks"][t] for t in shared}).items():
         metrics = {before["tasks"][t]["primary_metric"] for t in names}
-        if len(names) == 1 or len(metrics) > 1 or metrics & {"word_perplexity", "byte_perplexity"}:
+        if len(names) == 1 or len(metrics) > 1 or any(relative(m) for m in metrics):
             row = {**task_rows[names[0]], "tasks": names}
             row.pop("other_metrics")
         else:  # same mean-type metric: pool the items of all its tasks, still paired
             metric = metrics.pop()
             tasks_b = [before["tasks"][t] for t in names]
-            pooled_b = [{**i, "id": (t, i["id"])} for t in names for i in before["tasks"][t]["items"]]
-            pooled_a = [[{**i, "id": (t, i["id"])} for t in names for i in a["tasks"][t]["items"]] for a in afters]
-            row = _row(seeded_bootstrap(pooled_b, pooled_a, metric, seed=seed), tasks_b[0]["lower_is_better"],
-                       _pooled_chance(tasks_b), capability=capability, metric=metric, tasks=names)
+            pooled_a = [pooled_items(a, names) for a in afters]
+            row = _row(seeded_bootstrap(pooled_items(before, names), pooled_a, metric, seed=seed),
+                       tasks_b[0]["lower_is_better"], pooled_chance(tasks_b), capability=capability, metric=metric,
+                       tasks=names)
         moved = [{"task": t, **task_rows[t]} for t in names if len(names) > 1]
         moved += [{"task": t, **r} for t in names for r in task_rows[t]["other_metrics"].values()]
         row["moved"] = [{k: v for k, v in m.items() if k != "other_metrics"} for m in moved
@@ -180,7 +173,7 @@ def verdict_line(label: str, comparison: dict, budget_points: float | None = Non
     if budget_points is None:
         return line
     # the budget holds each task's primary score (retain.mitigations.retention), so it is read per task here too
-    lost, task = max([(0.0, None)] + [(-100 * r["delta"] if not r["lower_is_better"] else 100 * r["delta"], t)
+    lost, task = max([(0.0, None)] + [(100 * worse_by(r["delta"], r["lower_is_better"]), t)
                                       for t, r in comparison["tasks"].items() if not r["relative"]],
                      key=lambda lt: lt[0])
     if lost <= budget_points:
@@ -191,7 +184,7 @@ def verdict_line(label: str, comparison: dict, budget_points: float | None = Non
 def largest_drop(comparison: dict, exclude: tuple[str, ...] = ()) -> float:
     """The largest loss (as a fraction: 0.6 = 60 points) among score-type capabilities not in `exclude`, in the
     direction that matters (0 if none got worse)."""
-    return max([0.0] + [r["delta"] if r["lower_is_better"] else -r["delta"]  # 0.0 first: no "-0.0" on ties
+    return max([0.0] + [worse_by(r["delta"], r["lower_is_better"])  # 0.0 first: no "-0.0" on ties
                         for c, r in comparison["capabilities"].items() if not r["relative"] and c not in exclude])
 
 

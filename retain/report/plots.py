@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from retain.io import read_metrics  # noqa: E402
+from retain.report.runs import load_run_file  # noqa: E402
 
 COLORS = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c"]
 
@@ -202,8 +203,6 @@ def warning_curves(run_dirs: list[Path]) -> bytes | None:
 
 def _retention_checks(run: Path) -> list[dict]:
     """The run's retention checks (retention.json: the start, then every check), [] without a budget."""
-    from retain.report.results import load_run_file
-
     path = run / "retention.json"
     if not path.is_file():
         return []
@@ -259,8 +258,6 @@ def _budget_limits(run: Path, unit: str, tasks: list[str]) -> list[float]:
     """The run's budgets for these tasks in the plot's unit (points, or % for perplexities): each task's own
     (retention.json `tasks`, weight > 0; none for ignored ones), else the run's one budget of that unit; [] without
     retention.json."""
-    from retain.report.results import load_run_file
-
     path = run / "retention.json"
     if not path.is_file():
         return []

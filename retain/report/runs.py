@@ -2,6 +2,7 @@
 `retain doctor` advises for its config.
 
     run_of(results, run_dirs) -> Path | None     the run whose final/ (or checkpoint) a results file scored
+    load_run_file(path) -> Any                    a JSON file a run wrote (retention.json), or a ResultsError
     next_steps(run_dir) -> dict | None            `retain doctor`'s findings and recipe for the run's config
 
 A results file records the model it scored (`model`: the path given to `retain eval`); a run's final/ sits in
@@ -13,8 +14,19 @@ scored from another directory) has no run, and the report leaves out what would 
 from __future__ import annotations
 
 import html
-
+import json
 from pathlib import Path
+
+from retain.errors import ResultsError
+
+
+def load_run_file(path: Path):
+    """A JSON file a training run wrote (e.g. its retention.json); ResultsError naming it if unreadable."""
+    try:
+        return json.loads(Path(path).read_bytes().decode("utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ResultsError(f"{path}: not valid JSON ({e}) — a run cut off while writing it? leave out its --run, "
+                           "or run it again") from None
 
 
 def run_of(results: dict, run_dirs: list[Path] = ()) -> Path | None:

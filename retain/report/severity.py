@@ -26,7 +26,7 @@ graded; a gain or a change that is not shown is "none". A run's grade is the wor
 
 from __future__ import annotations
 
-import math
+from retain.evaluation.compare import margin_kept
 
 SEVERITIES = ("none", "mild", "moderate", "severe", "catastrophic")  # in increasing order
 POINTS_MODERATE, POINTS_SEVERE = 5.0, 15.0  # points lost
@@ -42,18 +42,6 @@ LEGEND = ("Severity of a significant loss, after a practitioners' grading of for
           "choosing among ten times as many words), or, where a chance perplexity is recorded, at or above it or "
           "keeping less than a tenth of the margin below it. A gain or a change not shown (95% CI includes 0, or "
           "seeds disagree) is graded none.")
-
-
-def margin_kept(before: float, after: float, chance: float, lower_is_better: bool = False,
-                log: bool = False) -> float | None:
-    """The share of the base's margin over chance that `after` keeps (1: all of it, 0: at chance, < 0: below),
-    measured on a log scale for perplexities (`log`); None when the base itself was not better than chance."""
-    if log:
-        before, after, chance = math.log(before), math.log(after), math.log(chance)
-    margin = (chance - before) if lower_is_better else (before - chance)
-    if margin <= 1e-12:
-        return None
-    return ((chance - after) if lower_is_better else (after - chance)) / margin
 
 
 def severity(row: dict) -> str:

@@ -11,7 +11,7 @@ target (by default 95% of the unprotected run's gain), interpolating linearly be
 
 The CI resamples the items (the task's, and the retained capabilities' pooled, each by cluster where items carry
 one) with the same draws at every point of the path, and finds the crossing again in each resample; the target
-is held fixed. One trained path is one seed: combine seeds as retain.report.stats does (not done here).
+is held fixed. One trained path is one seed: combine seeds as retain.evaluation.stats does (not done here).
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from retain.report.stats import by_cluster, cluster_index, parts, value_of
-from retain.sweep.summary import retained_items, retained_tasks
+from retain.evaluation.compare import pooled_items, retained_tasks
+from retain.evaluation.results import Results
+from retain.evaluation.stats import by_cluster, cluster_index, parts, percentile_ci, resample, value_of
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class MatchedForgetting:
     reached: float  # the share of resamples whose path reaches the target (the CI is over those)
 
 
-def target_gain(base: dict, reference: dict, task: str, share: float = 0.95) -> float:
+def target_gain(base: Results, reference: Results, task: str, share: float = 0.95) -> float:
     """`share` of the reference run's gain on `task` over the base (its primary metric)."""
     metric = base["tasks"][task]["primary_metric"]
     before, after = (value_of(parts(r["tasks"][task]["items"], metric).sum(axis=0), metric) for r in (base, reference))
@@ -66,18 +67,18 @@ def _path_values(base_items: list[dict], path_items: list[list[dict]], metric: s
     points = np.stack([by_cluster(parts(items, metric), index, k) for items in path_items])  # (P, K, 2)
     if draws is None:
         return (value_of(points.sum(axis=1), metric) - value_of(base.sum(axis=0), metric))[None, :]
-    before = value_of(base[draws].sum(axis=1), metric)  # (R,)
-    return np.stack([value_of(p[draws].sum(axis=1), metric) - before for p in points], axis=1)
+    before = resample(base, draws, metric)  # (R,)
+    return np.stack([resample(p, draws, metric) - before for p in points], axis=1)
 
 
-def forgetting_at_gain(base: dict, path: list[dict], task: str, target: float, resamples: int = 2000,
+def forgetting_at_gain(base: Results, path: list[Results], task: str, target: float, resamples: int = 2000,
                        seed: int = 0) -> MatchedForgetting | None:
     """The retained-capability change where the recipe's `path` (results in order, from nearest the base to its
     end) first gains `target` on `task`; None if no point of the path gains that much."""
     metric = base["tasks"][task]["primary_metric"]
     names = retained_tasks(base, task)
     task_sets = (base["tasks"][task]["items"], [r["tasks"][task]["items"] for r in path], metric)
-    kept_sets = (retained_items(base, names), [retained_items(r, names) for r in path], "score")
+    kept_sets = (pooled_items(base, names), [pooled_items(r, names) for r in path], "score")
     position, change = _crossing(_path_values(*task_sets, None), _path_values(*kept_sets, None), target)
     if np.isnan(position[0]):
         return None
@@ -86,7 +87,6 @@ def forgetting_at_gain(base: dict, path: list[dict], task: str, target: float, r
     task_draws = rng.integers(0, task_k, size=(resamples, task_k))
     kept_draws = rng.integers(0, kept_k, size=(resamples, kept_k))
     _, changes = _crossing(_path_values(*task_sets, task_draws), _path_values(*kept_sets, kept_draws), target)
-    found = changes[~np.isnan(changes)]
-    low, high = np.percentile(found, [2.5, 97.5]) if len(found) else (np.nan, np.nan)
-    return MatchedForgetting(target, float(position[0]), float(change[0]), float(low), float(high),
-                             len(found) / resamples)
+    low, high = percentile_ci(changes)
+    return MatchedForgetting(target, float(position[0]), float(change[0]), low, high,
+                             int(np.isfinite(changes).sum()) / resamples)

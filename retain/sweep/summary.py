@@ -4,37 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from retain.evaluation.compare import retained_change
+from retain.evaluation.results import load_results, primary_value
 from retain.io import atomic_write_text
-from retain.report.build import compare, largest_drop, load_results
+from retain.report.build import compare, largest_drop
 from retain.report.render import format_relative
 from retain.report.severity import LEGEND as SEVERITY_LEGEND
 from retain.report.severity import worst
-from retain.report.stats import seed_paired_bootstrap
-
-
-def retained_change(before: dict | list[dict], after: dict | list[dict], task: str):
-    """Paired change over the pooled items of every score-type capability task except `task`.
-
-    Either side may be a list of results, one per training seed: a base against a recipe's seeds, or recipe A's
-    seeds against recipe B's (seed s against seed s), with the two-level bootstrap of retain.report.stats."""
-    befores, afters = (x if isinstance(x, list) else [x] for x in (before, after))
-    names = retained_tasks(befores[0], task)
-    if len(befores) == 1:
-        befores = befores * len(afters)  # one base for every seed
-    return seed_paired_bootstrap([retained_items(r, names) for r in befores], [retained_items(r, names) for r in afters],
-                                 "score"), names
-
-
-def retained_tasks(results: dict, task: str) -> list[str]:
-    """The score-type capability tasks other than the fine-tuning `task`: what a fine-tune should keep."""
-    return [n for n, t in results["tasks"].items()
-            if n != task and not t["lower_is_better"] and t["kind"] in ("multiple_choice", "generation")]
-
-
-def retained_items(results: dict, names: list[str]) -> list[dict]:
-    """The items of tasks `names` pooled, each scored by its task's primary metric under the key "score"."""
-    return [{**i, "id": (n, i["id"]), "score": i[results["tasks"][n]["primary_metric"]]} for n in names
-            for i in results["tasks"][n]["items"]]
 
 
 def summarize(base_path: Path, result_paths: dict[str, Path | list[Path]], task: str) -> dict:
@@ -62,7 +38,7 @@ def summarize(base_path: Path, result_paths: dict[str, Path | list[Path]], task:
         }
     front = pareto_front({n: (r["gain"], -r["retained_change"]) for n, r in rows.items()})
     return {"task": task, "base": str(base_path), "retained_tasks": pooled_tasks,
-            "base_task_score": base["tasks"][task]["metrics"][base["tasks"][task]["primary_metric"]],
+            "base_task_score": primary_value(base["tasks"][task]),
             "base_retained_score": retained_change(base, base, task)[0].before, "rows": rows, "pareto_front": front}
 
 

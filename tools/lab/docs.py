@@ -16,10 +16,9 @@ import shutil
 from pathlib import Path
 
 from retain.io import atomic_write_text
-from retain.report import stats
-from retain.report.build import load_results
-from retain.report.stats import claim_verdict
-from retain.sweep.summary import LEGEND, markdown_table, retained_change
+from retain.evaluation.compare import claim_verdict, retained_change, verdict
+from retain.evaluation.results import load_results
+from retain.sweep.summary import LEGEND, markdown_table
 from retain.sweep import SweepConfig, expand, load_sweep, result_files
 from tools.lab.warnings_vs_forgetting import load_runs
 from tools.lab.warnings_vs_forgetting import section as warnings_section
@@ -86,10 +85,10 @@ def sweep_section(sweep: SweepConfig, path: Path, summary: dict) -> list[str]:
         if name == BASELINE:
             continue
         c, _ = retained_change(baseline, seed_results(sweep, name), summary["task"])
-        verdict = {"better": "forgot less", "worse": "forgot more"}.get(stats.verdict(c, lower_is_better=False),
-                                                                        "no significant difference")
+        word = {"better": "forgot less", "worse": "forgot more"}.get(verdict(c, lower_is_better=False),
+                                                                     "no significant difference")
         lines.append(f"| {name} | {overrides_text(sweep, name)} | {pts(c.delta)} [{pts(c.ci_low)}, {pts(c.ci_high)}] "
-                     f"| {pts(row['gain'])} | {verdict} |")
+                     f"| {pts(row['gain'])} | {word} |")
     image = f"pareto-{out.name}.png"
     lines += ["", f"Pareto front (most task gain for the least forgetting): {', '.join(summary['pareto_front'])}.",
               "", f"![gain vs forgetting, {out.name}]({image})", ""]

@@ -6,7 +6,7 @@ and the same table in docs/claims.md (between the preference-claims marker lines
 Runs what is missing (each a `retain train` then `retain eval --suite lab,qa_preference`, one after the
 other), then compares pairs of runs that differ in one thing, as docs/claims.md does: the retained-capability
 score (exact match / accuracy pooled over the lab's fact, choice and arithmetic tasks, test split) of run B
-minus run A on the same items, with a paired bootstrap 95% CI (retain.sweep.summary.retained_change).
+minus run A on the same items, with a paired bootstrap 95% CI (retain.evaluation.compare.retained_change).
 
 Each claim holds one thing fixed beside what it varies, and the table shows how well: DPO runs are compared
 at their held-out preference accuracy (pairs of countries DPO never saw), GRPO runs at their final reward.
@@ -32,14 +32,14 @@ from retain.paths import LAB_DATA_DIR
 from retain.preference.data import collate_pairs, load_pairs
 from retain.preference.dpo import DPO
 from retain.preference.options import DPOOptions
-from retain.report.build import compare, load_results
+from retain.evaluation.compare import claim_verdict, retained_change
+from retain.evaluation.results import load_results
+from retain.report.build import compare
 from retain.cli import DEBUG_HELP, run_command
 from retain.errors import UserError
 from retain.io import read_metrics
 from retain.report.reward_hacking import curve, hacking_lines
 from retain.report.reward_hacking import ends as trend_ends
-from retain.sweep.summary import retained_change
-from retain.report.stats import claim_verdict
 from tools.lab.docs import BEGIN_KEPT, END_KEPT, kept_span, pts
 
 TASK, SUITE = "qa_preference", "lab,qa_preference"

@@ -1,4 +1,12 @@
-"""Paired statistics over the same items scored before and after a fine-tune.
+"""Paired statistics over the same items scored twice (before and after a fine-tune, or two recipes): the
+bootstrap and the exact McNemar test, for the report, the retention budget, sweeps and continual learning.
+
+    seeded_bootstrap(before, afters, metric) -> Change    one base against a recipe's training seeds
+    seed_paired_bootstrap(befores, afters, metric)        recipe A's seeds against recipe B's, seed s with seed s
+    paired_bootstrap(before, after, metric) -> Change     one fine-tune (the one-seed case of the first)
+    resample(per_cluster, draws, metric) -> (R,)          the statistic of each resample of clusters
+    percentile_ci(samples) -> (low, high)                 the 95% percentile interval of the finite samples
+    mcnemar_exact(before, after) -> p
 
 Every comparison is paired: item i of the base is compared with item i of the fine-tune, so the
 confidence interval reflects the change, not the spread of item difficulty.
@@ -11,8 +19,7 @@ Two things widen that interval where the data call for it:
   change is the mean of the per-seed changes, and its CI comes from a two-level bootstrap: draw the
   seeds with replacement, then, within each drawn seed, the clusters. An item CI alone says how sure we
   are about one trained model; the seed level says how sure we are about the recipe.
-A change is significant (`not_shown` is None) only when its 95% CI excludes 0 and, with several seeds,
-every seed moved the same way.
+What a change means for a capability (better, worse, how sure, how much) is retain.evaluation.compare's.
 """
 
 from __future__ import annotations
@@ -22,15 +29,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from retain.evaluation.results import PERPLEXITY_DENOMINATOR, Item, relative
+
 BINARY_METRICS = {"acc", "acc_norm", "exact_match", "contains", "regex_match"}
-PERPLEXITY_DENOMINATOR = {"word_perplexity": "words", "byte_perplexity": "bytes", "token_perplexity": "tokens"}
 
 
-def statistic(items: list[dict], metric: str, index: np.ndarray | None = None) -> float:
+def statistic(items: list[Item], metric: str, index: np.ndarray | None = None) -> float:
     """The task-level value of `metric` over `items` (optionally a resample given by `index`)."""
     if index is not None:
         items = [items[i] for i in index]
-    if metric in PERPLEXITY_DENOMINATOR:
+    if relative(metric):
         ll = sum(i["loglikelihood"] for i in items)
         return math.exp(-ll / sum(i[PERPLEXITY_DENOMINATOR[metric]] for i in items))
     return float(np.mean([i[metric] for i in items]))
@@ -50,22 +58,27 @@ class Change:
     clusters: int | None = None  # how many clusters the bootstrap drew (None: every item its own)
 
 
-def parts(items: list[dict], metric: str) -> np.ndarray:
+def parts(items: list[Item], metric: str) -> np.ndarray:
     """(n, 2) additive parts of the statistic per item: [value, 1] for a mean, [loglikelihood, words] etc. for a
     perplexity, so that the statistic of any resample is a function of the summed parts."""
-    if metric in PERPLEXITY_DENOMINATOR:
+    if relative(metric):
         return np.array([[i["loglikelihood"], i[PERPLEXITY_DENOMINATOR[metric]]] for i in items], dtype=float)
-    return np.array([[i[metric], 1.0] for i in items], dtype=float)
+    return mean_parts(np.array([i[metric] for i in items], dtype=float))
+
+
+def mean_parts(values: np.ndarray) -> np.ndarray:
+    """(n, 2) parts of the mean of n item values: [value, 1] each."""
+    return np.stack([values, np.ones_like(values)], axis=-1)
 
 
 def value_of(summed: np.ndarray, metric: str) -> np.ndarray:
     """The statistic from summed parts (..., 2): a mean, or exp(-loglikelihood / denominator)."""
-    if metric in PERPLEXITY_DENOMINATOR:
+    if relative(metric):
         return np.exp(-summed[..., 0] / summed[..., 1])
     return summed[..., 0] / summed[..., 1]
 
 
-def cluster_index(items: list[dict]) -> tuple[np.ndarray, int]:
+def cluster_index(items: list[Item]) -> tuple[np.ndarray, int]:
     """(cluster number of each item, number of clusters), numbered in order of first appearance; an item without
     a "cluster" is its own cluster (so a task without clusters is numbered 0..n-1: the plain item bootstrap)."""
     numbers: dict = {}
@@ -81,6 +94,25 @@ def by_cluster(item_parts: np.ndarray, index: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
+def resample(per_cluster: np.ndarray, draws: np.ndarray, metric: str) -> np.ndarray:
+    """The statistic of each resample: per_cluster (K, 2) parts, or (R, K, 2) with a table of its own per resample;
+    draws (R, K) the clusters resample r draws. Returns (R,)."""
+    if per_cluster.ndim == 2:
+        drawn = per_cluster[draws]  # (R, K, 2)
+    else:
+        drawn = np.take_along_axis(per_cluster, draws[..., None], axis=1)
+    return value_of(drawn.sum(axis=1), metric)
+
+
+def percentile_ci(samples: np.ndarray) -> tuple[float, float]:
+    """The 95% percentile interval of the finite `samples` (NaN, NaN when there are none)."""
+    samples = samples[np.isfinite(samples)]
+    if samples.size == 0:
+        return math.nan, math.nan
+    low, high = np.percentile(samples, [2.5, 97.5])
+    return float(low), float(high)
+
+
 def two_level_deltas(base: np.ndarray, seeds: np.ndarray, seed_draws: np.ndarray, cluster_draws: np.ndarray,
                      metric: str) -> np.ndarray:
     """The resampled changes of a two-level bootstrap, for given draws.
@@ -91,25 +123,27 @@ def two_level_deltas(base: np.ndarray, seeds: np.ndarray, seed_draws: np.ndarray
     resamples. Resample r's change is the mean over its S drawn seeds of that seed's change on its drawn
     clusters (after - before, or after / before - 1 for a perplexity). Returns (R,).
     """
-    relative = metric in PERPLEXITY_DENOMINATOR
     total = np.zeros(seed_draws.shape[0])
     for m in range(seed_draws.shape[1]):
-        draws = cluster_draws[:, m]  # (R, K)
-        drawn_seed = seed_draws[:, m][:, None]
-        before = value_of((base[draws] if base.ndim == 2 else base[drawn_seed, draws]).sum(axis=1), metric)
-        after = value_of(seeds[drawn_seed, draws].sum(axis=1), metric)
-        total += after / before - 1 if relative else after - before
+        draws, drawn_seed = cluster_draws[:, m], seed_draws[:, m]  # (R, K), (R,)
+        before = resample(base if base.ndim == 2 else base[drawn_seed], draws, metric)
+        total += change(before, resample(seeds[drawn_seed], draws, metric), metric)
     return total / seed_draws.shape[1]
 
 
-def seeded_bootstrap(before: list[dict], afters: list[list[dict]], metric: str, resamples: int = 2000,
+def change(before, after, metric: str):
+    """after - before, or after / before - 1 for a perplexity (numbers or arrays)."""
+    return after / before - 1 if relative(metric) else after - before
+
+
+def seeded_bootstrap(before: list[Item], afters: list[list[Item]], metric: str, resamples: int = 2000,
                      seed: int = 0) -> Change:
     """The change in `metric` from the base to a recipe trained with len(afters) seeds, with a 95% percentile CI:
     one seed resamples the clusters (items) jointly; several resample the seeds, then the clusters within each."""
     return _bootstrap([before], afters, metric, resamples, seed)
 
 
-def seed_paired_bootstrap(befores: list[list[dict]], afters: list[list[dict]], metric: str, resamples: int = 2000,
+def seed_paired_bootstrap(befores: list[list[Item]], afters: list[list[Item]], metric: str, resamples: int = 2000,
                           seed: int = 0) -> Change:
     """The change from recipe A to recipe B, both trained with the same seeds: seed s of B against seed s of A
     (same data order), the same two-level bootstrap over the seed pairs. `before` is A's mean."""
@@ -118,12 +152,11 @@ def seed_paired_bootstrap(befores: list[list[dict]], afters: list[list[dict]], m
     return _bootstrap(befores, afters, metric, resamples, seed)
 
 
-def _bootstrap(befores: list[list[dict]], afters: list[list[dict]], metric: str, resamples: int, seed: int) -> Change:
+def _bootstrap(befores: list[list[Item]], afters: list[list[Item]], metric: str, resamples: int, seed: int) -> Change:
     before = befores[0]
     ids = [i["id"] for i in before]
     if any([i["id"] for i in other] != ids for other in befores + afters):
         raise ValueError(f"{metric}: before and after were scored on different items; compare the same split")
-    relative = metric in PERPLEXITY_DENOMINATOR
     index, k = cluster_index(before)
     bases = np.stack([by_cluster(parts(b, metric), index, k) for b in befores])  # (1 or S, K, 2)
     base = bases[0] if len(befores) == 1 else bases
@@ -132,7 +165,7 @@ def _bootstrap(befores: list[list[dict]], afters: list[list[dict]], metric: str,
     b = float(np.mean(before_values))
     after_values = [float(value_of(t.sum(axis=0), metric)) for t in tuned]
     references = before_values if len(befores) > 1 else before_values * len(afters)  # what each seed is compared to
-    per_seed = tuple(a / r - 1 if relative else a - r for a, r in zip(after_values, references))
+    per_seed = tuple(change(r, a, metric) for a, r in zip(after_values, references))
     rng = np.random.default_rng(seed)
     n_seeds = len(afters)
     if n_seeds == 1:  # the item (cluster) bootstrap, draws as they always were
@@ -142,16 +175,16 @@ def _bootstrap(befores: list[list[dict]], afters: list[list[dict]], metric: str,
         seed_draws = rng.integers(0, n_seeds, size=(resamples, n_seeds))
         cluster_draws = rng.integers(0, k, size=(resamples, n_seeds, k))
     deltas = two_level_deltas(base, tuned, seed_draws, cluster_draws, metric)
-    low, high = np.percentile(deltas, [2.5, 97.5])
+    low, high = percentile_ci(deltas)
     # lm-eval names a filtered metric "exact_match,strict-match": binary all the same
     binary = metric.split(",")[0] in BINARY_METRICS
     p = mcnemar_exact([i[metric] for i in before], [i[metric] for i in afters[0]]) \
         if binary and n_seeds == 1 and len(befores) == 1 else None
     return Change(b, float(np.mean(after_values)), float(np.mean(per_seed)), float(low), float(high), p, len(before),
-                  relative, per_seed, k if k < len(before) else None)
+                  relative(metric), per_seed, k if k < len(before) else None)
 
 
-def paired_bootstrap(before: list[dict], after: list[dict], metric: str, resamples: int = 2000,
+def paired_bootstrap(before: list[Item], after: list[Item], metric: str, resamples: int = 2000,
                      seed: int = 0) -> Change:
     """Bootstrap CI (95%, percentile) of the change in `metric` of one fine-tune, resampling items (or their
     clusters) jointly."""
@@ -168,38 +201,3 @@ def mcnemar_exact(before: list[float], after: list[float]) -> float:
     tail = sum(math.comb(n, k) for k in range(min(lost, gained) + 1)) / 2 ** n
     return min(1.0, 2 * tail)
 
-
-NO_CHANGE = "no significant change"
-
-
-def not_shown(change: Change) -> str | None:
-    """Why `change` is not a shown effect ('the 95% CI includes 0', 'the seeds disagree in sign: ...'), or None
-    when it is: its CI excludes 0 and every training seed moved the same way."""
-    if change.ci_low <= 0 <= change.ci_high:
-        return "the 95% CI includes 0"
-    if len(change.per_seed) > 1 and (len({np.sign(x) for x in change.per_seed}) > 1 or 0 in change.per_seed):
-        unit = "%" if change.relative else " pts"
-        return "the seeds disagree in sign: " + ", ".join(f"{100 * x:+.1f}{unit}" for x in change.per_seed)
-    return None
-
-
-def verdict(change: Change, lower_is_better: bool) -> str:
-    """'better' / 'worse' for the capability, in the direction that matters, or NO_CHANGE.
-
-    A perplexity (lower is better) that rose is "worse"; one that fell is "better". NO_CHANGE when the
-    95% CI includes 0 or the training seeds disagree in sign (see not_shown).
-    """
-    if not_shown(change):
-        return NO_CHANGE
-    improved = (change.delta < 0) if lower_is_better else (change.delta > 0)
-    return "better" if improved else "worse"
-
-
-def claim_verdict(change: Change, sign: int) -> str:
-    """A claim's verdict from a change it predicts to be positive (`sign` +1) or negative (-1): 'supported' when
-    the change is shown (not_shown) in that direction, 'contradicted' when shown in the other, else
-    'not shown (<why>)'."""
-    why = not_shown(change)
-    if why:
-        return f"not shown ({why})"
-    return "supported" if (change.delta > 0) == (sign > 0) else "contradicted"

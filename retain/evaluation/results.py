@@ -1,28 +1,83 @@
-"""Reading `retain eval` results files, and refusing to compare results that are not comparable.
+"""The results file `retain eval` writes, typed, and its one reader: what the report, the retention budget,
+sweeps, tuning and continual learning all read.
 
-    load_results(path) -> dict                  the file, checked: every field the report reads is there
-    load_run_file(path) -> Any                  a JSON file a run wrote (retention.json), or a ResultsError
-    check_comparable(paths, results) -> None    the same tasks, split, limit and items in every file
+    Results, TaskResults                       the JSON's shape (TypedDicts: the file is plain JSON, unchanged)
+    load_results(path) -> Results              the file, checked: every field a reader uses is there
+    check_comparable(paths, results) -> None   the same tasks, split, limit and items in every file
+    relative(metric) -> bool                   a perplexity: compared as after / before, not after - before
+    primary_value(task) -> float               a task's headline value (its primary metric)
+    shared_tasks(before, afters) -> [name]     the tasks every results file scored, in the base's order
 
-A report pairs item i of the base with item i of each fine-tune. That is only meaningful when
-every file scored the same items: the same tasks on the same split with the same --limit (and,
-for perplexity, the same BOS rule). Anything else is a ResultsError that names the file and
-says what differs, before anything is written.
+A comparison pairs item i of the base with item i of each fine-tune. That is only meaningful when every file
+scored the same items: the same tasks on the same split with the same --limit (and, for perplexity, the same
+BOS rule). Anything else is a ResultsError that names the file and says what differs.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any, TypedDict
 
 from retain.errors import ResultsError
-from retain.report.stats import PERPLEXITY_DENOMINATOR
+
+# The per-item count a perplexity divides the summed log-likelihood by (retain.evaluation.metrics.perplexity_item
+# records all three); a perplexity's change is relative (after / before - 1), every other metric's a difference.
+PERPLEXITY_DENOMINATOR = {"word_perplexity": "words", "byte_perplexity": "bytes", "token_perplexity": "tokens"}
+
+Item = dict[str, Any]  # {"id", its metrics ("acc": 1.0, or "loglikelihood" and "words"...), "cluster"?, text...}
+
+
+class _TaskRequired(TypedDict):
+    capability: str
+    primary_metric: str
+    lower_is_better: bool
+    metrics: dict[str, float]  # the task-level value of each metric
+    items: list[Item]  # one record per item, in the order scored: what paired statistics pair
+
+
+class TaskResults(_TaskRequired, total=False):
+    """One task's entry under "tasks"."""
+
+    kind: str  # multiple_choice | perplexity | generation | diversity | loglikelihood
+    chance: float | None  # the score of guessing (None: not known)
+    n: int  # len(items)
+    seconds: float
+    bos: str  # perplexity: the BOS rule documents were scored with
+
+
+class Results(TypedDict, total=False):
+    """A results file: {model, suite, limit, dtype, split, tasks: {name: TaskResults}, groups?}."""
+
+    model: str
+    suite: str
+    limit: int | None
+    dtype: str
+    split: str
+    tasks: dict[str, TaskResults]
+    groups: dict[str, dict]  # lm-eval group scores (retain.evaluation.groups), when a task is in one
+
 
 REWRITE = "write it again with `retain eval MODEL --suite SUITE --out FILE`"
 TASK_FIELDS = {"capability": str, "primary_metric": str, "lower_is_better": bool, "metrics": dict, "items": list}
 
 
-def load_results(path: Path) -> dict:
+def relative(metric: str) -> bool:
+    """Whether `metric` is a perplexity: its change is after / before - 1 and its value is not a mean of items."""
+    return metric in PERPLEXITY_DENOMINATOR
+
+
+def primary_value(task: TaskResults) -> float:
+    """The task's value of its primary metric, as `retain eval` aggregated it."""
+    return task["metrics"][task["primary_metric"]]
+
+
+def shared_tasks(before: Results, afters: list[Results]) -> list[str]:
+    """The tasks of `before` that every one of `afters` scored too, in the base's order."""
+    return [t for t in before["tasks"] if all(t in a["tasks"] for a in afters)]
+
+
+def load_results(path: Path) -> Results:
     """A results file of `retain eval`; ResultsError naming the file (and line, key or item) if unusable."""
     path = Path(path)
     try:
@@ -43,17 +98,8 @@ def load_results(path: Path) -> dict:
     return results
 
 
-def load_run_file(path: Path):
-    """A JSON file a training run wrote (e.g. its retention.json); ResultsError naming it if unreadable."""
-    try:
-        return json.loads(Path(path).read_bytes().decode("utf-8-sig"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ResultsError(f"{path}: not valid JSON ({e}) — a run cut off while writing it? leave out its --run, "
-                           "or run it again") from None
-
-
 def check_results(results, path: Path) -> None:
-    """Every field the report reads, present and of the right type; ResultsError naming it if not."""
+    """Every field a reader uses, present and of the right type; ResultsError naming it if not."""
     if not isinstance(results, dict) or not isinstance(results.get("tasks"), dict):
         raise ResultsError(f"{path}: not a results file of `retain eval` (no 'tasks' mapping) — {REWRITE}")
     if not results["tasks"]:
@@ -73,7 +119,7 @@ def check_results(results, path: Path) -> None:
             raise ResultsError(f"{where}.items: {len(items)} items, but n says {task['n']} (an incomplete file?) "
                                f"— {REWRITE}")
         metric = task["primary_metric"]
-        needed = ("loglikelihood", PERPLEXITY_DENOMINATOR[metric]) if metric in PERPLEXITY_DENOMINATOR else (metric,)
+        needed = ("loglikelihood", PERPLEXITY_DENOMINATOR[metric]) if relative(metric) else (metric,)
         for i, item in enumerate(items):
             if not isinstance(item, dict) or "id" not in item:
                 raise ResultsError(f"{where}.items[{i}]: no 'id' — {REWRITE}")
@@ -83,11 +129,11 @@ def check_results(results, path: Path) -> None:
                     raise ResultsError(f"{where}.items[{i}].{key}: missing or not a number — {REWRITE}")
 
 
-def _item_ids(task: dict) -> list:
+def _item_ids(task: TaskResults) -> list:
     return [json.dumps(item["id"]) for item in task["items"]]
 
 
-def check_comparable(paths: list[Path], results: list[dict]) -> None:
+def check_comparable(paths: list[Path], results: list[Results]) -> None:
     """ResultsError unless every results file scored exactly the items the first (the base) scored."""
     base_path, base = Path(paths[0]), results[0]
     seen = {}
