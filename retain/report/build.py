@@ -17,6 +17,7 @@ from retain.io import atomic_write_json, atomic_write_text
 from retain.report import plots
 from retain.report.render import format_change, metric_words, render_html, render_markdown
 from retain.report.answers import changed_answers
+from retain.report.groups import group_table
 from retain.report.retention import measured_only
 from retain.report.reward_hacking import hacking_lines
 from retain.report.runs import load_run_file, next_steps, run_of
@@ -256,7 +257,8 @@ def write_report(result_paths: list[Path], out: Path, run_dirs: list[Path] = (),
               "answers": {label: changed_answers(results[0], results[ks[0]]) for label, ks in groups.items()},
               "next_steps": {label: next_steps(runs[label]) for label, c in comparisons.items()
                              if rank(c["forgetting"]["severity"]) >= rank("moderate") and runs[label]},
-              "comparisons": comparisons, "retention_budgets": budgets,
+              "comparisons": comparisons, "lm_eval_groups": group_table(results, labels, comparisons),
+              "retention_budgets": budgets,
               "reward_hacking": hacking_lines([Path(d) for d in run_dirs], comparisons),
               "seeds": {label: [str(result_paths[k]) for k in ks] for label, ks in groups.items() if len(ks) > 1},
               "scores": {score_key(labels, k): {t: r["metrics"] for t, r in res["tasks"].items()}
