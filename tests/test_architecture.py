@@ -86,9 +86,20 @@ def test_importing_a_submodule_runs_its_package():
 
 
 def test_the_objectives_sit_below_the_loop():
-    # the loop asks an objective (retain.objectives, DPO and GRPO in retain.preference); none of them reaches back up
+    # the loop asks an objective (retain.objectives: SFT, DPO, GRPO); none of them, nor the pairs', prompts' and
+    # rewards' machinery they are built from (retain.preference), reaches back up
     graph = import_graph()
     below = {m: deps for m, deps in graph.items() if m.startswith(("retain.objectives", "retain.preference"))}
-    assert "retain.objectives.sft" in below and "retain.objectives" in graph["retain.training.step"]
+    assert {"retain.objectives.sft", "retain.objectives.dpo", "retain.objectives.grpo"} <= set(below)
+    assert "retain.objectives" in graph["retain.training.step"]
     assert {m: sorted(d for d in deps if d.startswith("retain.training")) for m, deps in below.items()
             if any(d.startswith("retain.training") for d in deps)} == {}
+
+
+def test_the_preference_machinery_sits_below_the_objectives():
+    # retain.preference (data, options, rewards, log-probs) is what DPO and GRPO are built from: they import it, so
+    # it never imports them back (and the config schema, which reads retain.preference.options, stays light)
+    graph = import_graph()
+    assert {"retain.preference.data", "retain.preference.options"} <= set(graph["retain.objectives.dpo"])
+    assert {m: sorted(d for d in deps if d.startswith("retain.objectives")) for m, deps in graph.items()
+            if m.startswith("retain.preference") and any(d.startswith("retain.objectives") for d in deps)} == {}

@@ -37,6 +37,17 @@ def unimplemented(cls: type) -> list[str]:
     return problems
 
 
+def undeclared(cls: type) -> list[str]:
+    """What `cls` leaves to chance: not saying it is an Objective in its header, or a fact (name, supervised,
+    plain_next_token_loss) that no class of its own sets (the protocol only annotates them)."""
+    problems = [] if Objective in cls.__mro__[1:] else ["does not subclass Objective"]
+    for fact in FACTS:
+        owner = next((c for c in cls.__mro__ if fact in c.__dict__), None)
+        if owner is None or owner is Objective:
+            problems.append(fact)
+    return problems
+
+
 def test_the_protocol_is_declared_and_lists_what_the_loop_calls():
     assert getattr(Objective, "_is_protocol", False) and typing.Protocol in Objective.__mro__
     declared = {k for k, v in vars(Objective).items() if callable(v) or isinstance(v, classmethod)} - set(dir(object))
@@ -63,11 +74,18 @@ def test_the_checker_finds_a_missing_or_misnamed_method():
 
     assert unimplemented(Stub)[0] == "from_config" and "count: takes 2 arguments" in unimplemented(Stub)
 
+    # every method, but matched by name only: not declared in its header, and no facts
+    Undeclared = type("Undeclared", (), {name: vars(SFT)[name] for name in METHODS})
+    assert unimplemented(Undeclared) == []
+    assert undeclared(Undeclared) == ["does not subclass Objective", *FACTS]
+    assert undeclared(Stub) == [] and undeclared(Partial) == []
+
 
 @pytest.mark.parametrize("name", list(OBJECTIVES))
 def test_each_row_implements_the_protocol(name, make_config):
     cls = OBJECTIVES[name]
     assert cls.name == name
+    assert undeclared(cls) == []
     assert unimplemented(cls) == []
     training = {"objective": name}
     if name == "grpo":
@@ -81,7 +99,6 @@ def test_each_row_implements_the_protocol(name, make_config):
 def test_sft_declares_itself_and_takes_the_token_weights(make_config):
     from retain.mitigations import build_mitigations
 
-    assert Objective in SFT.__mro__
     config = config_from_dict(make_config(mitigations={"dft": {}, "l2sp": {"weight": 0.1}}))
     mitigations = build_mitigations(config.mitigations)
     sft = make_objective(config, mitigations)

@@ -1,5 +1,5 @@
-"""Preference objectives (retain.preference): DPO and GRPO against TRL, their pieces by hand, the CLI end to end,
-and bad preference data as a user meets it."""
+"""Preference objectives (retain.objectives.dpo and .grpo, their data, options and rewards in retain.preference):
+DPO and GRPO against TRL, their pieces by hand, the CLI end to end, and bad preference data as a user meets it."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def perturb(model, seed: int = 0, scale: float = 0.05) -> None:
 # --- DPO ---
 
 def test_dpo_loss_by_hand():
-    from retain.preference import dpo_loss
+    from retain.objectives.dpo import dpo_loss
 
     chosen, rejected, ref_c, ref_r = (torch.tensor([x]) for x in (-3.0, -5.0, -4.0, -4.5))
     # margin of log-ratios: (−3 + 4) − (−5 + 4.5) = 1.5
@@ -54,7 +54,8 @@ def test_dpo_loss_equals_trls_dpo_trainer(loss_type, tiny_model, tmp_path):
     from datasets import Dataset as HFDataset
     from trl import DPOConfig, DPOTrainer
 
-    from retain.preference import DPO, DPOOptions
+    from retain.objectives.dpo import DPO
+    from retain.preference.options import DPOOptions
     from retain.preference.data import collate_pairs, load_pairs
 
     rows = PAIRS[5:7]
@@ -84,7 +85,7 @@ def test_dpo_loss_equals_trls_dpo_trainer(loss_type, tiny_model, tmp_path):
 # --- GRPO ---
 
 def test_group_advantages_by_hand():
-    from retain.preference import group_advantages
+    from retain.objectives.grpo import group_advantages
 
     rewards = torch.tensor([1.0, 0.0, 0.0, 2.0, 2.0, 2.0])  # two prompts, G = 3
     std = math.sqrt(((2 / 3) ** 2 + 2 * (1 / 3) ** 2) / 2)  # unbiased, as TRL's nanstd
@@ -94,7 +95,7 @@ def test_group_advantages_by_hand():
 
 
 def test_grpo_token_terms_by_hand():
-    from retain.preference import grpo_token_terms
+    from retain.objectives.grpo import grpo_token_terms
 
     logps = torch.tensor([[-1.0, -2.0], [-0.5, 0.0]], requires_grad=True)
     ref = torch.tensor([[-1.5, -2.0], [-0.5, 0.0]])
@@ -117,8 +118,9 @@ def test_grpo_loss_equals_trls_grpo_trainer(tiny_model, tmp_path):
 
     from retain.data import Example, collate
     from retain.model.reference import Reference
-    from retain.preference import GRPO, GRPOOptions
+    from retain.objectives.grpo import GRPO
     from retain.preference.logprobs import token_logps
+    from retain.preference.options import GRPOOptions
 
     policy, tokenizer = load(tiny_model)
     perturb(policy)
@@ -373,7 +375,8 @@ def test_the_report_carries_the_flag(tmp_path):
 
 
 def test_sft_weight_adds_the_chosen_answers_nll(tiny_model, tmp_path):
-    from retain.preference import DPO, DPOOptions
+    from retain.objectives.dpo import DPO
+    from retain.preference.options import DPOOptions
     from retain.preference.data import collate_pairs, load_pairs
     from retain.preference.logprobs import token_logps
 

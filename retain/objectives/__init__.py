@@ -1,28 +1,29 @@
 """What the step optimises: `training.objective` names a row of OBJECTIVES.
 
     sft    next-token loss on supervised examples' responses (retain.objectives.sft; the default)
-    dpo    preference pairs, with the base model as the implicit leash (retain.preference.dpo)
-    grpo   rewards of sampled completions, with an explicit KL to the base (retain.preference.grpo)
+    dpo    preference pairs, with the base model as the implicit leash (retain.objectives.dpo)
+    grpo   rewards of sampled completions, with an explicit KL to the base (retain.objectives.grpo)
 
-Each is an Objective (retain.objectives.protocol): it tells the loop what its data is and what the step's task
-loss is; the mitigations compose with it unchanged (LoRA, freezing, L2-SP/EWC/SI, KL, progressive unfreezing,
-the retention budget, WiSE-FT; replay's general examples ride in DPO's and GRPO's batches and their LM loss is
-logged as loss/replay). The mitigations that read, rewrite or reweight next-token examples apply to a
-supervised objective only (SFT_ONLY_MITIGATIONS).
+Each declares itself an Objective (retain.objectives.protocol) and tells the loop what its data is and what
+the step's task loss is; the mitigations compose with it unchanged (LoRA, freezing, L2-SP/EWC/SI, KL,
+progressive unfreezing, the retention budget, WiSE-FT; replay's general examples ride in DPO's and GRPO's
+batches and their LM loss is logged as loss/replay). The mitigations that read, rewrite or reweight next-token
+examples apply to a supervised objective only (SFT_ONLY_MITIGATIONS). DPO's and GRPO's data, options, rewards
+and log-prob helpers are in retain.preference, below this package.
 """
 
 from __future__ import annotations
 
 from retain.errors import ConfigError
+from retain.objectives.dpo import DPO
+from retain.objectives.grpo import GRPO
 from retain.objectives.protocol import Objective
 from retain.objectives.sft import SFT
-from retain.preference.dpo import DPO
-from retain.preference.grpo import GRPO
 
 __all__ = ["OBJECTIVES", "SFT_ONLY_MITIGATIONS", "Objective", "SFT", "DPO", "GRPO", "make_objective"]
 
 # training.objective -> its class (the schema's Literal lists the same names; a test keeps them equal)
-OBJECTIVES: dict[str, type] = {"sft": SFT, "dpo": DPO, "grpo": GRPO}
+OBJECTIVES: dict[str, type[Objective]] = {"sft": SFT, "dpo": DPO, "grpo": GRPO}
 
 # mitigations of the next-token loss on supervised examples: they have no meaning for pairs or prompts
 _REWEIGHTS = ("weights the next-token loss's target tokens, and DPO's and GRPO's losses are not a per-token "

@@ -7,7 +7,7 @@ and any loss-term mitigation (KL reads the rows' labels like any batch's).
 
 A GRPO prompt is a string (a record's `prompt`; its `response`, `completion` or `answer`, if any, is kept as
 the reference a reward function may read), tokenized with the same BOS rule; its completions are sampled
-during training (retain.preference.grpo).
+during training (retain.objectives.grpo).
 """
 
 from __future__ import annotations
@@ -120,3 +120,8 @@ def collate_prompts(items: list, pad_id: int) -> dict[str, Any]:
     """The prompts and replay's Examples as they are: the rollout builds the tensors, once completions exist."""
     return {"prompts": [x for x in items if isinstance(x, PromptExample)],
             "general": [x for x in items if not isinstance(x, PromptExample)]}
+
+
+def to_device(batch: dict, device) -> dict:
+    """A batch with its tensors on `device` (host ints and lists, such as n_pairs or prompts, as they are)."""
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}

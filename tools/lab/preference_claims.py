@@ -29,8 +29,8 @@ import torch
 from retain.io import atomic_write_text
 from retain.modeling import load_for_eval
 from retain.paths import LAB_DATA_DIR
+from retain.objectives.dpo import DPO
 from retain.preference.data import collate_pairs, load_pairs
-from retain.preference.dpo import DPO
 from retain.preference.options import DPOOptions
 from retain.evaluation.compare import claim_verdict, retained_change
 from retain.evaluation.results import load_results

@@ -26,8 +26,8 @@ import torch
 
 from retain.data import Example, collate
 from retain.model.reference import Reference
-from retain.preference.data import PromptExample, collate_prompts, load_prompts
-from retain.preference.dpo import to_device
+from retain.objectives.protocol import Objective
+from retain.preference.data import PromptExample, collate_prompts, load_prompts, to_device
 from retain.preference.logprobs import Tally, ce_sum, token_logps
 from retain.preference.options import GRPOOptions
 from retain.preference.rewards import CompositeReward, RewardInput
@@ -91,7 +91,7 @@ def sample(model, prompts: list[list[int]], n: int, max_new_tokens: int, pad_id:
     return completions
 
 
-class GRPO:
+class GRPO(Objective):
     """The GRPO objective: sample, reward, and push up the completions that beat their group."""
 
     name = "grpo"

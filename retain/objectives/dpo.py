@@ -6,8 +6,8 @@
 for a given margin (a weak leash), a large β keeps it close. `ipo` replaces the log-sigmoid by a squared
 distance of the length-normalised margin to 1/(2β), as TRL's `ipo` does.
 
-`dpo_loss` is the pure function; `DPO` wires it to the training loop (retain.objectives.Objective): one
-forward over [chosen, rejected, replay] rows, the reference log-probs from a no-grad forward of the
+`dpo_loss` is the pure function; `DPO` wires it to the training loop (an Objective, retain.objectives.protocol):
+one forward over [chosen, rejected, replay] rows, the reference log-probs from a no-grad forward of the
 reference (or precomputed once at setup), and the logged implicit terms:
     dpo/reward_chosen, dpo/reward_rejected   β · log π/π_ref of each answer (means over pairs)
     dpo/reward_margin                        their difference
@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from retain.model.reference import Reference
-from retain.preference.data import PairExample, collate_pairs, load_pairs
+from retain.objectives.protocol import Objective
+from retain.preference.data import PairExample, collate_pairs, load_pairs, to_device
 from retain.preference.logprobs import Tally, sequence_logps, token_logps
 from retain.preference.options import DPOOptions
 
@@ -52,11 +53,7 @@ def answer_tokens(labels: torch.Tensor) -> torch.Tensor:
     return (labels[:, 1:] != -100).sum(-1)
 
 
-def to_device(batch: dict, device) -> dict:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
-class DPO:
+class DPO(Objective):
     """The DPO objective: the step's task loss is the DPO loss of its pairs (and replay's LM loss)."""
 
     name = "dpo"
