@@ -240,7 +240,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("model", help="model dir or hub id, adapter dir, a .gguf file, or an alias (retain-tiny, "
                    "smollm2-135m-instruct, gemma3-270m)")
     e.add_argument("--suite", required=True, help="what to score, comma-separated: bundled names (lab, city_country), "
-                   "task/suite YAMLs (retain's or lm-eval's format), mmlu, mmlu:SUBJECT[@K], lm-eval:NAME")
+                   "task/suite YAMLs (retain's or lm-eval's format), mmlu[_cloze][:SUBJECT][@K], lm-eval:NAME")
     e.add_argument("--split", default="test", choices=["dev", "test"])
     e.add_argument("--out", help="results JSON (per-item scores, for `retain report`); omitted: print only")
     e.add_argument("--limit", type=positive_int, default=None, help="score only the first N items of each task")

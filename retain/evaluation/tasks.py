@@ -25,6 +25,7 @@ A suite YAML lists tasks (paths relative to the suite file): `name: lab` and `ta
     a task or suite YAML path      retain's format, or an lm-evaluation-harness task YAML
     a bundled name                 retain/lab/tasks/NAME.yaml (lab, city_country, ...)
     mmlu, mmlu:SUBJECT[@K]         the MMLU test set (see retain.evaluation.mmlu), K-shot
+    mmlu_cloze[:SUBJECT][@K]       the same in the cloze formulation (lm-eval's mmlu_continuation)
     lm-eval:NAME                   a task or group of lm-evaluation-harness's registry (local/cached data)
 Every task is checked (files, fields) by `check_suite` before a model is loaded.
 """
@@ -40,6 +41,7 @@ from retain.paths import PACKAGE_DIR, resolve_path
 from retain.strict import ConfigError, build, decode_utf8, read_yaml
 from retain.data import DataError, read_jsonl
 from retain.evaluation import scoring
+from retain.evaluation.mmlu import load_mmlu, names_mmlu
 
 BUNDLED_TASKS = PACKAGE_DIR / "lab" / "tasks"
 PRIMARY_METRIC = {"multiple_choice": "acc", "generation": "exact_match", "perplexity": "word_perplexity",
@@ -245,15 +247,13 @@ def _locate(name: str) -> Path:
     if not bundled.exists():
         known = ", ".join(sorted(p.stem for p in BUNDLED_TASKS.glob("*.yaml")))
         raise ConfigError(f"suite or task {name!r}: not a file and not bundled (bundled: {known}; "
-                          "also mmlu, mmlu:SUBJECT, lm-eval:NAME)")
+                          "also mmlu, mmlu:SUBJECT, mmlu_cloze, lm-eval:NAME)")
     return bundled
 
 
 def _load_part(part: str, base: Path | None = None) -> list[CapabilityTask]:
     """The tasks one suite part names (see the module docstring); `base` resolves relative task paths."""
-    if part == "mmlu" or part.startswith(("mmlu:", "mmlu@")):
-        from retain.evaluation.mmlu import load_mmlu
-
+    if names_mmlu(part):
         return [load_mmlu(part)]
     if part.startswith("lm-eval:"):
         from retain.evaluation.lm_eval_tasks import load_lm_eval_tasks
