@@ -29,7 +29,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
 def lm_eval_task_dir(task) -> Path:
-    from retain.paths import resolve_path
+    from retain.core.paths import resolve_path
 
     d = Path(tempfile.mkdtemp())
     path = resolve_path(task.data.test)
@@ -69,10 +69,10 @@ def bench_mmlu(n: int, batch_size: int) -> None:
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    from retain.modeling import ModelConfig
+    from retain.model.loading import ModelConfig
     from retain.evaluation.runner import evaluate_path
     from retain.evaluation.tasks import load_suite
-    from retain.modeling import model_source
+    from retain.model.loading import model_source
 
     (task,) = load_suite("mmlu")
     items = task.items("test")[:n]
@@ -136,7 +136,7 @@ def lm_eval_outputs(out: Path, task: str) -> tuple[dict, list[dict]]:
 def bench_mmlu_fewshot(subjects: list[str], per_subject: int, shots: int, batch_size: int, precision: str) -> None:
     """`retain eval` vs `lm-eval run` on SmolLM2-135M-Instruct, mmlu:SUBJECT@K: the first `per_subject` scored
     questions of each subject, both end to end (process start, model load, scoring), same prompts and items."""
-    from retain.modeling import ModelConfig, model_source
+    from retain.model.loading import ModelConfig, model_source
     from retain.training.precision import choose_bf16, this_machine
 
     model_dir = model_source(ModelConfig(name="smollm2-135m-instruct"))  # converted once, before any timing
@@ -199,10 +199,10 @@ def main() -> None:
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    from retain.paths import LAB_MODEL_DIR
+    from retain.core.paths import LAB_MODEL_DIR
     from retain.evaluation.runner import evaluate, evaluate_path
     from retain.evaluation.tasks import load_suite
-    from retain.modeling import load_for_eval
+    from retain.model.loading import load_for_eval
 
     (task,) = load_suite(args.task)
     n = len(task.items("test"))

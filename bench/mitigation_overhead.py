@@ -61,7 +61,7 @@ print(json.dumps({"steps": steps, "peak_rss_kb": resource.getrusage(resource.RUS
 
 def fixed_length_data(path: Path, n: int, seq_len: int) -> Path:
     """Lab text concatenated into documents long enough to fill seq_len tokens each."""
-    from retain.paths import LAB_DATA_DIR
+    from retain.core.paths import LAB_DATA_DIR
 
     texts = [json.loads(line)["text"] for line in (LAB_DATA_DIR / "pretrain.jsonl").read_text().splitlines()]
     docs, k = [], 0

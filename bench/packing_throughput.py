@@ -44,7 +44,7 @@ def padding_share() -> float:
     """The share of a padded batch of 8 (to its longest example) that is padding, over the task in data order."""
     from retain.config import load_config
     from retain.data import load_dataset
-    from retain.modeling import load_tokenizer
+    from retain.model.loading import load_tokenizer
 
     c = load_config(CONFIG, ["output.dir=unused"])
     d = c.data

@@ -45,10 +45,10 @@ def retain_run(steps: int, batch_size: int, out: Path, bf16: bool) -> tuple[floa
 def trainer_run(steps: int, batch_size: int, out: Path, bf16: bool) -> tuple[float, float]:
     from transformers import Trainer, TrainingArguments
 
-    from retain.modeling import ModelConfig
-    from retain.paths import resolve_path
+    from retain.model.loading import ModelConfig
+    from retain.core.paths import resolve_path
     from retain.data import collate, load_dataset
-    from retain.modeling import load_model, load_tokenizer
+    from retain.model.loading import load_model, load_tokenizer
 
     start, cpu = time.perf_counter(), time.process_time()
     cfg = ModelConfig(name="retain-tiny")
@@ -68,10 +68,10 @@ def trainer_run(steps: int, batch_size: int, out: Path, bf16: bool) -> tuple[flo
 
 def tokens_per_step(batch_size: int, steps: int) -> float:
     """Mean non-pad tokens per batch of the same data (both sides see the same lengths on average)."""
-    from retain.modeling import ModelConfig
-    from retain.paths import resolve_path
+    from retain.model.loading import ModelConfig
+    from retain.core.paths import resolve_path
     from retain.data import load_dataset
-    from retain.modeling import load_tokenizer
+    from retain.model.loading import load_tokenizer
 
     tok = load_tokenizer(ModelConfig(name="retain-tiny"))
     examples = load_dataset(resolve_path("lab:tasks/city_country/train.jsonl"), tok, max_length=64).examples

@@ -22,7 +22,7 @@ from trl import SFTConfig, SFTTrainer
 
 from retain.integrations import RetainCallback, RetainLossMixin
 from retain.mitigations.retention import DEFAULT_SUITE
-from retain.paths import MODEL_ALIASES, resolve_path
+from retain.core.paths import MODEL_ALIASES, resolve_path
 
 MODEL = "retain-tiny"
 TRAIN = "lab:tasks/city_country/train.jsonl"

@@ -14,7 +14,7 @@
                                            sweep, tune.seeds, a study file)
     retain doctor CONFIG.yaml [key=value ...] [--json] [--probe N]   causes of forgetting, before training
 
-Every command runs inside one error boundary (`main`): a user error (retain.errors.UserError,
+Every command runs inside one error boundary (`main`): a user error (retain.core.errors.UserError,
 or an OSError about the user's files) prints `retain: error: WHERE: what is wrong — what to do`
 and exits 2; `--debug` adds the traceback. Anything else is a bug: the traceback, a request to
 report it, exit 1. Ctrl-C exits 130.
@@ -71,7 +71,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from retain.strict import ConfigError
+    from retain.core.schema import ConfigError
     from retain.report.build import write_report
 
     out = Path(args.out)
@@ -90,7 +90,7 @@ def cmd_report(args) -> int:
 
 def split_labels(given: list[str] | None) -> list[str] | None:
     """--label values, each of which may hold several comma-separated labels: ['base,a', 'b'] -> ['base', 'a', 'b']."""
-    from retain.strict import ConfigError
+    from retain.core.schema import ConfigError
 
     if not given:
         return None
@@ -117,7 +117,7 @@ def cmd_init(args) -> int:
 
 
 def cmd_card(args) -> int:
-    from retain.strict import ConfigError
+    from retain.core.schema import ConfigError
     from retain.report.card import push_card, write_card
 
     if args.push and args.out:
@@ -168,7 +168,7 @@ def cmd_tune(args) -> int:
 
 
 def cmd_merge(args) -> int:
-    from retain.strict import ConfigError
+    from retain.core.schema import ConfigError
     from retain.merging import merge_models
 
     if args.method == "interpolate" and len(args.models) != 1:
@@ -337,8 +337,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def user_error_message(error: BaseException) -> str | None:
-    """The message to show for a user error (see retain.errors), or None if `error` is a bug."""
-    from retain.errors import UserError
+    """The message to show for a user error (see retain.core.errors), or None if `error` is a bug."""
+    from retain.core.errors import UserError
 
     if isinstance(error, UserError):
         return str(error)

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 
-from retain.io import atomic_directory
+from retain.core.files import atomic_directory
 from retain.mitigations.interpolation import interpolate, merged_state
-from retain.modeling import load_for_eval
+from retain.model.loading import load_for_eval
 
 
 def task_arithmetic(base: dict, tuned: list[dict], scale: float = 1.0) -> dict:

@@ -32,10 +32,10 @@ from transformers import AutoConfig
 
 from retain.config import load_config, uses_lab_model
 from retain.data import detect_format, load_dataset, open_source
-from retain.errors import ConfigError, DataError
+from retain.core.errors import ConfigError, DataError
 from retain.evaluation.tasks import check_suite, load_suite
-from retain.io import atomic_write_text
-from retain.modeling import ModelConfig, load_tokenizer, model_source
+from retain.core.files import atomic_write_text
+from retain.model.loading import ModelConfig, load_tokenizer, model_source
 
 DEV_SHARE, DEV_MAX, SEED = 0.1, 500, 0
 EVAL_LIMIT = 200  # items per task in the printed eval commands, for a model bigger than the lab's

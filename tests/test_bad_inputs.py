@@ -701,8 +701,8 @@ def test_gold_given_as_choice_text_is_that_choice(tmp_path):
     ("si", "file", "lab:general.jsonl"), ("retention", "suite", None)])
 def test_lab_defaults_fill_in_for_retain_tiny_only(name, key, lab_value, tiny_model, qa_data, tmp_path):
     from retain.config import config_from_dict
-    from retain.paths import LAB_MODEL_DIR
-    from retain.strict import ConfigError
+    from retain.core.paths import LAB_MODEL_DIR
+    from retain.core.schema import ConfigError
     from retain.mitigations.retention import DEFAULT_SUITE
 
     def config(model: str, options: dict):
@@ -730,7 +730,7 @@ def test_an_adapter_records_a_base_peft_can_load_from_anywhere(tiny_model, tmp_p
     adapter = json.loads((tmp_path / "run" / "final" / "adapter_config.json").read_text())
     assert adapter["base_model_name_or_path"] == str((tmp_path / "models" / "tiny").resolve())
     monkeypatch.chdir(tmp_path / "run")  # where ./models/tiny does not exist
-    from retain.modeling import load_for_eval
+    from retain.model.loading import load_for_eval
 
     model, _ = load_for_eval("final")
     assert model.config.vocab_size == json.loads((tiny_model / "config.json").read_text())["vocab_size"]

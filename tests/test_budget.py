@@ -14,7 +14,7 @@ import torch
 
 import retain
 from retain.config import config_from_dict
-from retain.errors import ConfigError
+from retain.core.errors import ConfigError
 from retain.mitigations.retention import RetentionBudget, RetentionOptions
 from retain.mitigations.retention_points import Point, best_within, repair, repair_lines, search_line, to_keep
 
@@ -327,7 +327,7 @@ def test_on_the_lab_the_budget_ends_with_a_task_gain_where_acting_at_the_first_b
     from retain.evaluation.runner import evaluate
     from retain.evaluation.tasks import load_suite
     from retain.evaluation.compare import sure_drops
-    from retain.modeling import load_for_eval
+    from retain.model.loading import load_for_eval
 
     budget = {"task": "city_country", "limit": 20, "every": 50, "max_drop_points": 5.0, "action": "repair",
               "patience": 3}

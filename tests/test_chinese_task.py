@@ -9,7 +9,7 @@ import torch
 from retain.evaluation.lm import LM
 from retain.evaluation.runner import evaluate
 from retain.evaluation.tasks import load_suite
-from retain.paths import LAB_DATA_DIR
+from retain.core.paths import LAB_DATA_DIR
 
 SPLITS = ("dev", "test")
 

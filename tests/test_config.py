@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from retain.config import load_config
-from retain.strict import ConfigError
+from retain.core.schema import ConfigError
 from retain.mitigations.freezing import FreezeOptions
 from retain.mitigations.peft_methods import LoraOptions
 

@@ -104,7 +104,7 @@ def test_optimizer_state_is_reset_unless_reused(make_config, tmp_path):
 
     import retain
     from retain.config import config_from_dict
-    from retain.errors import ConfigError
+    from retain.core.errors import ConfigError
     from retain.training.loop import train
 
     def run(name, steps, **kwargs):

@@ -20,7 +20,7 @@ from transformers import AutoTokenizer
 import retain
 from retain.config import config_from_dict, load_config
 from retain.data import IGNORE_INDEX, DataError, PreferenceExample, Turn, load_dataset, load_preferences
-from retain.errors import ConfigError
+from retain.core.errors import ConfigError
 from conftest import write_jsonl
 
 datasets = pytest.importorskip("datasets")

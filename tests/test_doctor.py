@@ -11,7 +11,7 @@ import yaml
 from conftest import write_jsonl
 from retain.cli import main
 from retain.doctor import self_rehearsal
-from retain.paths import resolve_path
+from retain.core.paths import resolve_path
 
 
 def doctor(capsys, config: dict, tmp_path, *flags) -> tuple[int, str, str]:

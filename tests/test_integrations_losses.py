@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 import torch
 
-from retain.errors import ConfigError
+from retain.core.errors import ConfigError
 from retain.integrations.losses import DEFAULT_MAX_LENGTH, LOSS_TERMS, ROLES_FILE, parse_loss_terms
 from retain.mitigations import MITIGATIONS, build_mitigations, parse_mitigations
 from retain.mitigations.roles import LossTerm, Setup, TokenWeights, WritesFiles, playing

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from retain.strict import ConfigError
+from retain.core.schema import ConfigError
 from retain.evaluation.stats import paired_bootstrap, statistic
 from conftest import write_jsonl
 

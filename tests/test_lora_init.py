@@ -105,7 +105,7 @@ def test_eva_starts_a_from_the_inputs_top_directions_and_b_at_zero(tiny_model, t
 
 
 def test_corda_and_eva_need_their_data_by_name(make_config):
-    from retain.errors import ConfigError
+    from retain.core.errors import ConfigError
 
     for init in ("corda", "eva"):
         with pytest.raises(ConfigError, match=rf"mitigations\.lora\.init_data: init {init} reads activations"):

@@ -170,7 +170,7 @@ def test_retention_budget_acts_on_a_breach(action, make_config, tiny_model, tmp_
 
 
 def test_retention_budget_units_points_for_scores_relative_for_perplexity():
-    from retain.strict import ConfigError
+    from retain.core.schema import ConfigError
     from retain.evaluation.compare import task_drops
     from retain.mitigations.retention import RetentionBudget, RetentionOptions
 
@@ -209,7 +209,7 @@ def test_self_distill_trains_on_the_base_models_own_words(make_config, tiny_mode
     config = config_from_dict(make_config())
     tok = AutoTokenizer.from_pretrained(tiny_model)
     examples = load_dataset(config.data.train, tok, max_length=64).examples[:4]
-    from retain.modeling import load_model
+    from retain.model.loading import load_model
 
     ctx = Context(tokenizer=tok, total_steps=1, max_length=config.data.max_length,
                   load_base_model=lambda: load_model(config.model), output_dir=Path(config.output.dir))

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from retain.strict import ConfigError
+from retain.core.schema import ConfigError
 from retain.evaluation import mmlu
 from retain.evaluation.lm import LM
 from retain.evaluation.tasks import load_suite

@@ -57,7 +57,7 @@ def test_the_installed_package_finds_its_lab_and_demo_configs(installed):
     proc = run_installed(installed, "-c", """
 import retain
 from retain.config import load_config
-from retain.paths import LAB_MODEL_DIR
+from retain.core.paths import LAB_MODEL_DIR
 from retain.evaluation.tasks import check_suite, load_suite
 from retain.lab.demo import DEMO_CONFIGS, SUITE
 print(retain.__file__)

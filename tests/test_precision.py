@@ -3,7 +3,7 @@
 import pytest
 
 from retain.config import config_from_dict
-from retain.strict import ConfigError
+from retain.core.schema import ConfigError
 from retain.training.precision import Hardware, choose_bf16, cpu_flags, describe_precision
 
 AVX2_ONLY = Hardware("cpu", False, frozenset({"sse4_2", "avx2", "fma"}))

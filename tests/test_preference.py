@@ -14,7 +14,7 @@ import yaml
 from conftest import write_jsonl
 from retain import cli
 from retain.config import config_from_dict
-from retain.errors import ConfigError
+from retain.core.errors import ConfigError
 
 PAIRS = [{"prompt": f"what is {a} plus {b} ?", "chosen": f" {a + b}", "rejected": f" {a + b + 1} ."}
          for a in range(4) for b in range(4)]
@@ -395,7 +395,7 @@ def test_sft_weight_adds_the_chosen_answers_nll(tiny_model, tmp_path):
 def test_the_lab_preference_data_is_what_its_builder_writes(tmp_path):
     """The committed pairs, prompts and facts come from `python -m tools.lab.preference_task` (seeded)."""
     from retain.data import load_preferences
-    from retain.paths import LAB_DATA_DIR
+    from retain.core.paths import LAB_DATA_DIR
     from tools.lab.preference_task import main
 
     main(["--out", str(tmp_path)])

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from retain.config import config_from_dict
-from retain.errors import ConfigError
+from retain.core.errors import ConfigError
 from retain.mitigations.rehearsal import RehearsalSettings, self_rehearsal, template_parts, write_records
 from conftest import write_jsonl
 

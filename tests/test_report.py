@@ -373,7 +373,7 @@ def test_largest_drop_is_zero_not_minus_zero_when_nothing_moved():
 
 
 def test_metrics_of_a_killed_run_read_up_to_the_half_written_line(tmp_path):
-    from retain.io import read_metrics
+    from retain.core.files import read_metrics
     from retain.report.reward_hacking import reward_trend
 
     rows = [{"step": s, "grpo/reward": 0.1 * s, "grpo/kl": 0.01 * s} for s in range(1, 11)]

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 import retain
 from retain.config import config_from_dict
-from retain.strict import ConfigError
+from retain.core.schema import ConfigError
 from retain.training.loop import NonFiniteLossError
 from conftest import write_jsonl
 
@@ -255,7 +255,7 @@ def test_disk_full_while_writing_final_leaves_no_temp_dir(make_config, tmp_path,
 
 
 def test_a_full_disk_in_any_library_words_is_an_oserror_naming_the_file(tmp_path, monkeypatch):
-    from retain.io import as_disk_full, atomic_torch_save
+    from retain.core.files import as_disk_full, atomic_torch_save
 
     monkeypatch.setattr(torch, "save", lambda obj, f: (open(f, "wb").write(b"half"), torch_disk_full()))
     with pytest.raises(OSError) as error:

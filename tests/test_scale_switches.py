@@ -13,8 +13,8 @@ import retain
 from retain.cli import main
 from retain.config import config_from_dict
 from retain.data import IGNORE_INDEX, Example, collate, load_dataset, model_inputs, pack
-from retain.modeling import ModelConfig, enable_gradient_checkpointing, load_model, load_tokenizer
-from retain.strict import ConfigError
+from retain.model.loading import ModelConfig, enable_gradient_checkpointing, load_model, load_tokenizer
+from retain.core.schema import ConfigError
 from conftest import pyproject
 from retain.objectives.sft import collate_indexed, target_tokens, task_forward
 
@@ -253,15 +253,15 @@ def test_load_in_4bit_without_bitsandbytes_says_to_install_it(make_config, monke
     ({"mitigations": {"lora": {"r": 4}}, "output": {"merged_export": True}}, r"output\.merged_export: "),
 ])
 def test_load_in_4bit_needs_an_adapter_and_no_merged_export(make_config, monkeypatch, extra, says):
-    monkeypatch.setattr("retain.modeling.four_bit_problem", lambda: None)  # as on a CUDA machine with bitsandbytes
+    monkeypatch.setattr("retain.model.loading.four_bit_problem", lambda: None)  # as on a CUDA machine with bitsandbytes
     with pytest.raises(ConfigError, match=says):
         config_from_dict(make_config(model={"load_in_4bit": True}, **extra))
 
 
 def test_load_in_4bit_asks_transformers_for_nf4_on_the_gpu(monkeypatch):
-    from retain.modeling import loading_options
+    from retain.model.loading import loading_options
 
-    monkeypatch.setattr("retain.modeling.four_bit_problem", lambda: None)  # as on a CUDA machine with bitsandbytes
+    monkeypatch.setattr("retain.model.loading.four_bit_problem", lambda: None)  # as on a CUDA machine with bitsandbytes
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     options = loading_options(ModelConfig(name="m", load_in_4bit=True, attn_implementation="sdpa"))

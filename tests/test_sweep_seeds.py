@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from retain.config import load_config
-from retain.strict import ConfigError
+from retain.core.schema import ConfigError
 from retain.sweep import load_sweep, result_files, run_sweep, strategy_configs
 from conftest import write_doubling_task
 

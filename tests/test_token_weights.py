@@ -11,7 +11,7 @@ from test_fast_step import indexed, loaded
 
 import retain
 from retain.config import config_from_dict
-from retain.errors import ConfigError
+from retain.core.errors import ConfigError
 from retain.mitigations import parse_mitigations
 from retain.mitigations.token_weights import (ASFT, DFT, EAFT, ASFTOptions, DFTOptions, EAFTOptions, dft_weights,
                                               eaft_weights)

@@ -6,7 +6,7 @@ import pytest
 
 import retain
 from retain.config import config_from_dict
-from retain.strict import ConfigError
+from retain.core.schema import ConfigError
 
 
 def test_mlflow_gets_every_loss_term_and_the_config(make_config, tmp_path, monkeypatch):

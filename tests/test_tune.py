@@ -18,7 +18,7 @@ optuna = pytest.importorskip("optuna")
 import retain.tune.trial as trial_module  # noqa: E402
 from conftest import write_jsonl  # noqa: E402
 from retain.config import load_config  # noqa: E402
-from retain.strict import ConfigError  # noqa: E402
+from retain.core.schema import ConfigError  # noqa: E402
 from retain.tune import load_tune, run_tune, trial_name  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

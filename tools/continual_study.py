@@ -22,9 +22,9 @@ import yaml
 
 from retain.continual import metrics
 from retain.continual.summary import estimate, matrix_table
-from retain.io import atomic_write_text
+from retain.core.files import atomic_write_text
 from retain.evaluation.results import load_results
-from retain.strict import read_yaml
+from retain.core.schema import read_yaml
 
 # name -> (what it is, in the document; the keys of the sequence file it changes; a `common` mapping merges)
 STRATEGIES = {

@@ -30,7 +30,7 @@ import torch
 from retain.evaluation.compare import not_shown, retained_change
 from retain.evaluation.results import load_results
 from retain.evaluation.stats import Change
-from retain.io import atomic_write_text
+from retain.core.files import atomic_write_text
 from retain.report.answers import answers_markdown, changed_answers
 from retain.report.build import compare, write_report
 from retain.report.render import format_change, format_relative

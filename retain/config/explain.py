@@ -23,9 +23,9 @@ from typing import Literal, Union
 import yaml
 
 from retain.config.schema import RunConfig
-from retain.errors import ConfigError
+from retain.core.errors import ConfigError
 from retain.mitigations import MITIGATIONS
-from retain.strict import to_dict
+from retain.core.schema import to_dict
 
 # The order a config file is written in; RunConfig's own order is forced by which sections have defaults.
 SECTIONS = ("model", "data", "training", "mitigations", "output")

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from retain.errors import ConfigError
-from retain.strict import parse_yaml
+from retain.core.errors import ConfigError
+from retain.core.schema import parse_yaml
 
 
 def set_dotted(data: dict, dotted: str, value: Any, where: str = "") -> None:

@@ -24,10 +24,10 @@ import yaml
 
 from retain.config.overrides import apply_overrides
 from retain.data.sources import source_problem  # what a data.train string may name
-from retain.strict import ConfigError, build, read_yaml, to_dict
+from retain.core.schema import ConfigError, build, read_yaml, to_dict
 from retain.mitigations import PEFT_METHODS, parse_mitigations  # the table parses its own section
-from retain.modeling import ModelConfig  # the `model:` section lives beside the code it configures
-from retain.paths import LAB_MODEL_DIR, resolve_path
+from retain.model.loading import ModelConfig  # the `model:` section lives beside the code it configures
+from retain.core.paths import LAB_MODEL_DIR, resolve_path
 from retain.preference.options import DPOOptions, GRPOOptions  # the objectives' options live beside their code
 
 

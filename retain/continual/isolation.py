@@ -20,7 +20,7 @@ from pathlib import Path
 
 from retain.continual.routing import (BASE, load_adapter_set, prompt_nll, route, routed_records, routing_accuracy,
                                       routing_texts, use_adapter)
-from retain.io import atomic_write_json
+from retain.core.files import atomic_write_json
 from retain.evaluation.stats import statistic
 
 

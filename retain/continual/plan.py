@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from retain.config import RunConfig, apply_overrides, config_from_dict, config_to_yaml
-from retain.errors import ConfigError
+from retain.core.errors import ConfigError
 from retain.studies.common import StudyConfig, load_study, plan_run, read_base
 
 PEFT_NAMES = ("lora", "loha", "lokr", "ia3", "oft", "prompt_tuning", "prefix_tuning")

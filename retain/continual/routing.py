@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retain.errors import ConfigError
+from retain.core.errors import ConfigError
 from retain.model.reference import adapters_disabled
 
 BASE = "base"  # the candidate with every adapter off
@@ -35,7 +35,7 @@ def load_adapter_set(base: str, adapters: dict[str, Path], dtype: str = "float32
     """(peft model with each adapter under its name, tokenizer); the base is loaded once."""
     from peft import PeftModel
 
-    from retain.modeling import ModelConfig, load_model, load_tokenizer
+    from retain.model.loading import ModelConfig, load_model, load_tokenizer
 
     if BASE in adapters:
         raise ConfigError(f"an adapter may not be called {BASE!r}: the name is the base model's")

@@ -29,8 +29,8 @@ from retain.config import RunConfig, config_from_dict, config_to_yaml, resolve_p
 from retain.continual.buffer import reservoir_sample
 from retain.continual.plan import (SequenceConfig, check_stage, explicit_lab_defaults, load_sequence,
                                    raw_stage_config, seed_sequences, stage_dir, uses_peft)
-from retain.errors import ConfigError
-from retain.io import atomic_write_text
+from retain.core.errors import ConfigError
+from retain.core.files import atomic_write_text
 from retain.studies.common import announce, evaluate_into, score_base
 
 EWC_FILES = {"ewc": ("fisher_in", "fisher.pt"), "si": ("importance_in", "si_importance.pt")}
@@ -186,7 +186,7 @@ def run_one_sequence(seq: SequenceConfig, path: Path, progress: bool = True) -> 
     from retain.continual.isolation import assemble_rows, score_new_adapter
     from retain.continual.summary import summarize_sequence, write_sequence_report
     from retain.evaluation.tasks import check_suite, load_suite
-    from retain.io import atomic_write_json
+    from retain.core.files import atomic_write_json
 
     out, T = Path(seq.output), len(seq.stages)
     raws = [raw_stage_config(seq, k, path) for k in range(1, T + 1)]

@@ -15,7 +15,7 @@ from retain.continual import metrics
 from retain.evaluation.compare import NO_CHANGE, task_change, verdict
 from retain.evaluation.results import Results, load_results
 from retain.evaluation.stats import statistic
-from retain.io import atomic_write_text
+from retain.core.files import atomic_write_text
 
 
 def capability_curves(rows: list[Results], names: list[str], resamples: int, seed: int) -> dict:

@@ -33,8 +33,8 @@ from retain.data.shapes import (ALPACA_PROMPT, Completion, Conversation, Prefere
                                 detect_format, parse_record)
 from retain.data.sources import Source, open_source, source_problem
 from retain.data.tokens import IGNORE_INDEX, Dataset, Example, has_target, tokenize, truncate
-from retain.errors import DataError
-from retain.paths import resolve_path
+from retain.core.errors import DataError
+from retain.core.paths import resolve_path
 
 __all__ = ["ALPACA_PROMPT", "IGNORE_INDEX", "MODEL_INPUTS", "ChatTemplate", "Completion", "Conversation", "DataError",
            "Dataset", "Example", "PreferenceExample", "SeededOrder", "Source", "Text", "Turn", "collate", "detect_format", "load_dataset", "load_preferences", "max_line_bytes", "model_inputs", "open_source", "pack",

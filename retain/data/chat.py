@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from retain.data.shapes import Turn
-from retain.errors import DataError
+from retain.core.errors import DataError
 
 GENERATION_MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")
 

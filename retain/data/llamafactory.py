@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from retain.data.shapes import PreferenceExample, Shape, Text, Turn, conversation, message_text, string_field
-from retain.errors import DataError
+from retain.core.errors import DataError
 
 ALPACA_COLUMNS = {"prompt": "instruction", "query": "input", "response": "output"}  # when `columns` is absent
 SHAREGPT_COLUMNS = {"messages": "conversations"}

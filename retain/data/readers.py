@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from retain.errors import DataError
+from retain.core.errors import DataError
 
 Rows = Iterable[tuple[str, dict]]
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Union
 
-from retain.errors import DataError
+from retain.core.errors import DataError
 
 ALPACA_PROMPT = "### Instruction:\n{instruction}\n\n{input_block}### Response:\n"
 ROLES = ("system", "user", "assistant")

@@ -28,8 +28,8 @@ from retain.data import readers
 from retain.data.llamafactory import read_entry
 from retain.data.readers import PYTHON_PREFIX, Rows
 from retain.data.shapes import Shape
-from retain.errors import DataError
-from retain.paths import resolve_path
+from retain.core.errors import DataError
+from retain.core.paths import resolve_path
 
 HUB_PREFIX = "hub:"
 HUB_SYNTAX = "hub:ORG/NAME:SPLIT or hub:ORG/NAME:CONFIG:SPLIT"

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from retain.strict import ConfigError
+from retain.core.schema import ConfigError
 from retain.evaluation.metrics import perplexity_item
 
 REGISTRY_PREFIX = "lm-eval:"

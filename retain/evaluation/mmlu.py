@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from retain.strict import ConfigError
+from retain.core.schema import ConfigError
 from retain.data import read_jsonl
 from retain.evaluation import scoring
 from retain.evaluation.metrics import size_weighted_mean

@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 from typing import Any, TypedDict
 
-from retain.errors import ResultsError
+from retain.core.errors import ResultsError
 
 # The per-item count a perplexity divides the summed log-likelihood by (retain.evaluation.metrics.perplexity_item
 # records all three); a perplexity's change is relative (after / before - 1), every other metric's a difference.

@@ -8,11 +8,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from retain.strict import ConfigError
+from retain.core.schema import ConfigError
 from retain.evaluation.groups import group_scores
 from retain.evaluation.lm import LM
 from retain.evaluation.tasks import CapabilityTask, check_suite, load_suite
-from retain.io import atomic_write_json
+from retain.core.files import atomic_write_json
 from retain.training.precision import choose_bf16, this_machine
 
 DEFAULT_BATCH_SIZE = 64
@@ -98,7 +98,7 @@ def evaluate_path(model_path: str, suite: str, split: str, out: Path | None = No
     `dtype` is the weights' dtype, or "auto" (`eval_dtype`); the results record the one used. The suite
     is loaded and every task's data checked first: a bad task fails in seconds, not after a model load.
     """
-    from retain.modeling import load_for_eval
+    from retain.model.loading import load_for_eval
 
     if out is not None:
         check_output_file(Path(out))

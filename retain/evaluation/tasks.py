@@ -37,8 +37,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, Protocol
 
-from retain.paths import PACKAGE_DIR, resolve_path
-from retain.strict import ConfigError, build, decode_utf8, read_yaml
+from retain.core.paths import PACKAGE_DIR, resolve_path
+from retain.core.schema import ConfigError, build, decode_utf8, read_yaml
 from retain.data import DataError, read_jsonl
 from retain.evaluation import scoring
 from retain.evaluation.mmlu import load_mmlu, names_mmlu

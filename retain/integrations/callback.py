@@ -31,14 +31,14 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from retain.errors import ConfigError
+from retain.core.errors import ConfigError
 from retain.evaluation.runner import DEFAULT_BATCH_SIZE, evaluate
 from retain.evaluation.tasks import check_suite, load_suite
-from retain.io import atomic_write_json, atomic_write_text
+from retain.core.files import atomic_write_json, atomic_write_text
 from retain.mitigations.penalties import restore
 from retain.mitigations.retention import RetentionBudget, RetentionOptions
 from retain.mitigations.roles import Context
-from retain.strict import build
+from retain.core.schema import build
 
 
 def role_context(tokenizer, **known) -> Context:

@@ -38,12 +38,12 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 
 from retain.data import IGNORE_INDEX
 from retain.integrations.callback import role_context
-from retain.io import atomic_torch_save
+from retain.core.files import atomic_torch_save
 from retain.mitigations import MITIGATIONS, build_mitigations, parse_mitigations
 from retain.mitigations.roles import DUTIES, ORDER, LossTerm, Setup, Stateful, TokenWeights, playing
 from retain.model.reference import FORWARD_INPUTS
 from retain.objectives.sft import SFT
-from retain.strict import ConfigError
+from retain.core.schema import ConfigError
 from retain.training.loop import write_files
 
 LOSS_ROLES = (Setup, TokenWeights, LossTerm)  # what a trainer's compute_loss can drive, besides the duties

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from retain.mitigations.retention_options import DEFAULT_SUITE
-from retain.paths import PACKAGE_DIR
+from retain.core.paths import PACKAGE_DIR
 from retain.report.build import write_report
 from retain.studies.common import StudyConfig, checked_run, evaluate_into, plan_run, read_base
 from retain.studies.common import train_and_evaluate

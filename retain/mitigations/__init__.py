@@ -9,7 +9,7 @@ most one token reweighting (dft, eaft, asft) weights the task loss.
 
 from typing import Any
 
-from retain.strict import ConfigError, build
+from retain.core.schema import ConfigError, build
 from retain.mitigations.distill import KLOptions, KLToBase
 from retain.mitigations.early_warnings import EarlyWarnings, EarlyWarningsOptions
 from retain.mitigations.freezing import Freeze, FreezeOptions, ProgressiveUnfreeze, ProgressiveUnfreezeOptions

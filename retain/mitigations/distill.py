@@ -8,7 +8,7 @@ Why a step with KL costs little more than the base's forward:
 - Positions first. The KL is needed only where a target is (N of the batch's B·T positions). Both
   sides are gathered there before any softmax over the V-word vocabulary: the loop's student logits
   come at the targets only (retain.training.step), and the base's LM head runs on the N hidden states
-  alone (retain.lm_head): neither side makes (B, T, V) logits.
+  alone (retain.model.head): neither side makes (B, T, V) logits.
 - One pass, bounded memory. `_RowKL` computes each chunk of rows' KL and its gradient with respect to
   the student's logits together (float32 temporaries of chunk × V) and keeps only that (N, V)
   gradient for backward, where autograd through log-softmaxes would keep several float32 (N, V)
@@ -29,7 +29,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from retain.lm_head import shifted_rows
+from retain.model.head import shifted_rows
 from retain.mitigations.roles import Context
 from retain.model.reference import Reference
 

@@ -29,7 +29,7 @@ from retain.mitigations.penalties import trainable
 from retain.mitigations.replay import GENERAL_DATA_HELP
 from retain.mitigations.roles import Context, Decision
 from retain.model.reference import Reference
-from retain.paths import resolve_path
+from retain.core.paths import resolve_path
 
 
 def layer_of(name: str) -> str:

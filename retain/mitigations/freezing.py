@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from retain.errors import ConfigError
+from retain.core.errors import ConfigError
 from retain.mitigations.roles import Context
 
 # "model.layers.3.mlp..." (Llama, Mistral, Qwen), "transformer.h.3..." (GPT-2), "...blocks.3..."

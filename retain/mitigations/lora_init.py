@@ -27,7 +27,7 @@ import math
 
 import torch
 
-from retain.paths import resolve_path
+from retain.core.paths import resolve_path
 
 CHANGES_BASE = ("pissa", "olora", "corda")
 INIT_BATCH = 4  # init_data examples per forward

@@ -13,7 +13,7 @@ from typing import Literal
 from retain.mitigations.lora_init import (CHANGES_BASE, INIT_BATCH, as_plain_lora, init_batches, initial_adapter,
                                          run_batches)
 from retain.mitigations.roles import Context
-from retain.paths import resolve_path
+from retain.core.paths import resolve_path
 
 
 def wrap(model, peft_config):

@@ -20,7 +20,7 @@ from typing import ClassVar
 
 import torch
 
-from retain.paths import resolve_path
+from retain.core.paths import resolve_path
 from retain.mitigations.replay import GENERAL_DATA_HELP
 from retain.mitigations.roles import Context
 

@@ -30,10 +30,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from retain.errors import ConfigError, DataError
-from retain.gguf import cache_root, file_sha256
-from retain.io import atomic_write_text
-from retain.paths import resolve_path
+from retain.core.errors import ConfigError, DataError
+from retain.model.gguf import cache_root, file_sha256
+from retain.core.files import atomic_write_text
+from retain.core.paths import resolve_path
 
 FORMAT_VERSION = 1  # bump when what is generated changes: old caches are then not reused
 MARKER = "\u2063retain-marker\u2063"  # stands in for a message's content to find the template around it

@@ -7,7 +7,7 @@ import random
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from retain.paths import resolve_path
+from retain.core.paths import resolve_path
 from retain.mitigations.distill import KLOptions
 from retain.mitigations.rehearsal import RehearsalSettings, self_rehearsal
 from retain.mitigations.roles import Context

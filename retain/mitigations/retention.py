@@ -46,7 +46,7 @@ import math
 
 import torch
 
-from retain.errors import ConfigError
+from retain.core.errors import ConfigError
 from retain.evaluation.compare import sure_drops, task_drops
 from retain.evaluation.results import primary_value, relative
 from retain.mitigations.penalties import restore, trainable

@@ -9,8 +9,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from retain.errors import ConfigError
-from retain.strict import build
+from retain.core.errors import ConfigError
+from retain.core.schema import build
 
 DEFAULT_POINTS, DEFAULT_PERPLEXITY = 1.0, 0.10  # the budget: one point for scores, +10% for perplexities
 # The lab's capabilities: retain-tiny's default suite (any other model must name its own)

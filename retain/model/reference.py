@@ -7,7 +7,7 @@ before the first step, DPO's precomputed log-probs).
 
     reference = Reference(model)                       # at setup, from the weights then
     logits = reference.logits(model, batch)            # (B, T', V), no gradient
-    logits = reference.logits(model, batch, rows)      # (N, V) at the flat positions rows (retain.lm_head)
+    logits = reference.logits(model, batch, rows)      # (N, V) at the flat positions rows (retain.model.head)
     with reference.model(model) as base: ...           # the base itself, e.g. to sample from it
     reference.release()                                # drop the frozen copy once nothing needs it
 
@@ -23,7 +23,7 @@ from typing import Iterator
 
 import torch
 
-from retain.lm_head import logits_at, rows_of
+from retain.model.head import logits_at, rows_of
 
 FORWARD_INPUTS = ("input_ids", "attention_mask", "position_ids")  # what the base's forward reads of a batch
 

@@ -14,7 +14,7 @@ and log-prob helpers are in retain.preference, below this package.
 
 from __future__ import annotations
 
-from retain.errors import ConfigError
+from retain.core.errors import ConfigError
 from retain.objectives.dpo import DPO
 from retain.objectives.grpo import GRPO
 from retain.objectives.protocol import Objective

@@ -6,7 +6,7 @@ them). Token weights (DFT, EAFT, ASFT: mitigations playing TokenWeights) multipl
 cross-entropy inside that mean, so the step stays exact with them.
 
 The logits are computed only where a target is: the loop's batches say where (`target_rows`, found on the
-host by `collate_indexed`), the LM head runs on those hidden states alone (retain.lm_head), and the
+host by `collate_indexed`), the LM head runs on those hidden states alone (retain.model.head), and the
 cross-entropy is their mean, the same value as the model's own loss without the (B, T, V) logits.
 """
 
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from retain.data import IGNORE_INDEX, MODEL_INPUTS, collate, load_dataset, model_inputs
-from retain.lm_head import logits_at, rows_of
+from retain.model.head import logits_at, rows_of
 from retain.mitigations.roles import TokenWeights, playing
 from retain.objectives.protocol import Objective
 

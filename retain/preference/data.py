@@ -22,7 +22,7 @@ from retain.data import (Completion, Conversation, DataError, Dataset, Example, 
                          load_preferences, open_source, render_shape, resolve_chat_template, tokenize)
 from retain.data.readers import check_record_size
 from retain.data.tokens import has_target, truncate
-from retain.paths import resolve_path
+from retain.core.paths import resolve_path
 
 
 @dataclass

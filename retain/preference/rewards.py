@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from retain.errors import ConfigError
-from retain.paths import resolve_path
-from retain.strict import build
+from retain.core.errors import ConfigError
+from retain.core.paths import resolve_path
+from retain.core.schema import build
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-from retain.strict import ConfigError
+from retain.core.schema import ConfigError
 from retain.evaluation.compare import NO_CHANGE, pooled_chance, pooled_items, task_change, verdict, worse_by
 from retain.evaluation.results import Results, check_comparable, load_results, relative, shared_tasks
 from retain.evaluation.stats import Change, seeded_bootstrap
-from retain.io import atomic_write_json, atomic_write_text
+from retain.core.files import atomic_write_json, atomic_write_text
 from retain.report import plots
 from retain.report.render import format_change, metric_words, render_html, render_markdown
 from retain.report.answers import changed_answers

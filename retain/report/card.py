@@ -19,11 +19,11 @@ from pathlib import Path
 import yaml
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, constants
 
-from retain.errors import ConfigError, UserError
+from retain.core.errors import ConfigError, UserError
 from retain.evaluation.results import check_comparable, load_results
-from retain.io import atomic_write_text
-from retain.modeling import is_adapter_dir, is_gguf_path, looks_like_path
-from retain.paths import MODEL_ALIASES
+from retain.core.files import atomic_write_text
+from retain.model.loading import is_adapter_dir, is_gguf_path, looks_like_path
+from retain.core.paths import MODEL_ALIASES
 from retain.report.build import compare, headline
 from retain.report.render import LEGEND, _table_rows
 from retain.training.checkpoint import CONFIG_FILE

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from retain.io import read_metrics
+from retain.core.files import read_metrics
 from retain.report.severity import rank
 
 REWARDS = ("grpo/reward", "dpo/reward_margin")  # the first a run logged is its reward

@@ -17,7 +17,7 @@ import html
 import json
 from pathlib import Path
 
-from retain.errors import ResultsError
+from retain.core.errors import ResultsError
 
 
 def load_run_file(path: Path):

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 from retain.config import RunConfig, config_from_dict, load_config, set_dotted
 from retain.evaluation.runner import evaluate_path
-from retain.strict import ConfigError, build, read_yaml
+from retain.core.schema import ConfigError, build, read_yaml
 from retain.training.loop import RunResult, train
 
 DEFAULT_SEEDS = (0, 1, 2)  # one run measures one trained model; three measure the recipe

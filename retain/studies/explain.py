@@ -16,7 +16,7 @@ from pathlib import Path
 
 from retain.config import explain as run_config
 from retain.continual.plan import SequenceConfig
-from retain.strict import ConfigError, read_yaml
+from retain.core.schema import ConfigError, read_yaml
 from retain.studies.common import load_study
 from retain.sweep.run import SweepConfig
 from retain.tune.space import TuneConfig

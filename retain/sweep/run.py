@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from retain.config import config_to_yaml, load_config
-from retain.io import atomic_write_json, atomic_write_text
+from retain.core.files import atomic_write_json, atomic_write_text
 from retain.studies.common import (TaskStudyConfig, checked_run, load_study, plan_run, read_base, run_pending,
                                    score_base)
 from retain.studies.common import run_name as seed_run_name

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from retain.evaluation.compare import retained_change
 from retain.evaluation.results import load_results, primary_value
-from retain.io import atomic_write_text
+from retain.core.files import atomic_write_text
 from retain.report.build import compare, largest_drop
 from retain.report.render import format_relative
 from retain.report.severity import LEGEND as SEVERITY_LEGEND

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from retain.errors import ConfigError
-from retain.io import atomic_torch_save
+from retain.core.errors import ConfigError
+from retain.core.files import atomic_torch_save
 
 OPTIMIZER_STATE_FILE = "optimizer.pt"
 

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 
-from retain.errors import UserError
-from retain.io import atomic_directory, is_disk_full
-from retain.modeling import model_source
+from retain.core.errors import UserError
+from retain.core.files import atomic_directory, is_disk_full
+from retain.model.loading import model_source
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 STATE_FILE = "trainer_state.json"
@@ -108,7 +108,7 @@ def any_failed(accelerator, error: BaseException | None, what: str) -> None:
 
 def disk_full(error: Exception, what: str, output_dir: Path) -> Exception:
     """`error` as a DiskFullError that says what is kept, if it is a full disk in any library's words
-    (retain.io.is_disk_full); else unchanged."""
+    (retain.core.files.is_disk_full); else unchanged."""
     if not is_disk_full(error):
         return error
     newest = latest_checkpoint(output_dir)

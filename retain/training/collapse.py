@@ -27,7 +27,7 @@ import shutil
 from pathlib import Path
 import torch
 
-from retain.errors import UserError
+from retain.core.errors import UserError
 from retain.training.checkpoint import last_good, list_checkpoints
 
 LOSS_TOLERANCE = 1e-3  # nats; a live model this close to uniform on every token is not one that was trained

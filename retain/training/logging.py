@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from retain.io import atomic_write_text
-from retain.strict import to_dict
+from retain.core.files import atomic_write_text
+from retain.core.schema import to_dict
 
 
 class MetricsLog:

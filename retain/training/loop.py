@@ -51,15 +51,15 @@ from typing import Any
 import torch
 
 from retain.config import RunConfig, config_to_yaml
-from retain.paths import resolve_path
-from retain.strict import ConfigError
+from retain.core.paths import resolve_path
+from retain.core.schema import ConfigError
 from retain.data import Dataset, SeededOrder, pack
-from retain.io import atomic_torch_save, atomic_write_json, atomic_write_text
+from retain.core.files import atomic_torch_save, atomic_write_json, atomic_write_text
 from retain.mitigations import MITIGATIONS, build_mitigations
 from retain.mitigations.penalties import restore
 from retain.mitigations.roles import (Context, DataTransform, GradientFilter, LossTerm, ModelTransform, Monitor, Setup,
                                      Stateful, WeightTransform, WritesFiles, playing)
-from retain.modeling import (check_max_length, enable_gradient_checkpointing, load_model, load_tokenizer,
+from retain.model.loading import (check_max_length, enable_gradient_checkpointing, load_model, load_tokenizer,
                              model_source)
 from retain.training.carryover import load_optimizer_moments
 from retain.training.carryover import save_optimizer_state as save_optimizer_state_file

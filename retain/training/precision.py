@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from accelerate.state import AcceleratorState
 
-from retain.errors import ConfigError
+from retain.core.errors import ConfigError
 
 CPU_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})  # x86 /proc/cpuinfo flags of native bf16 math
 

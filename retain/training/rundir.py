@@ -21,8 +21,8 @@ from typing import Iterator
 
 import yaml
 
-from retain.strict import ConfigError
-from retain.errors import UserError
+from retain.core.schema import ConfigError
+from retain.core.errors import UserError
 from retain.training.checkpoint import CONFIG_FILE, STATE_FILE, latest_checkpoint
 
 try:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 
-from retain.strict import ConfigError
+from retain.core.schema import ConfigError
 from retain.tune.space import trial_name
 from retain.tune.trial import Tuning, read_json, run_trial
 
@@ -108,7 +108,7 @@ def record_missing(tuning: Tuning, params: dict, metrics: dict, error) -> None:
     path = tuning.out / "trials" / f"{name}.json"
     if path.is_file() and read_json(path)["state"] in ("complete", "pruned"):
         return
-    from retain.io import atomic_write_json
+    from retain.core.files import atomic_write_json
 
     stopped = error is None and not metrics.get("final")
     atomic_write_json(path, {

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from retain.evaluation.compare import retained_change
 from retain.evaluation.stats import seed_paired_bootstrap
-from retain.io import atomic_write_json, atomic_write_text
+from retain.core.files import atomic_write_json, atomic_write_text
 from retain.sweep.summary import markdown_table, pareto_front, summarize, write_sweep_report
 from retain.studies.common import evaluate_into
 from retain.tune.trial import REFERENCE, Tuning, measure, read_json, seed_runs

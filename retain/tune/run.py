@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from retain.strict import ConfigError
+from retain.core.schema import ConfigError
 from retain.training.rundir import locked_output_dir
 from retain.tune.space import load_tune
 from retain.tune.trial import Tuning, prepare, task_name

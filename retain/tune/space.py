@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from retain.config import config_from_dict, set_dotted
-from retain.strict import ConfigError
+from retain.core.schema import ConfigError
 from retain.studies.common import TaskStudyConfig, load_study, plan_run, read_base
 
 ABSENT = "absent"  # a choice value that removes its key from the trial's config

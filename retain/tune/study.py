@@ -8,7 +8,7 @@ the same parameters.
 
 from __future__ import annotations
 
-from retain.strict import ConfigError
+from retain.core.schema import ConfigError
 from retain.tune.trial import Tuning, run_trial
 
 STUDY_NAME = "retain-tune"

@@ -19,10 +19,10 @@ from retain.config import config_from_dict, config_to_yaml, load_config
 from retain.evaluation.compare import retained_change
 from retain.evaluation.runner import evaluate
 from retain.evaluation.tasks import load_suite
-from retain.io import atomic_write_json, atomic_write_text
+from retain.core.files import atomic_write_json, atomic_write_text
 from retain.mitigations import build_mitigations
 from retain.mitigations.roles import Context, Decision, WeightTransform, playing
-from retain.strict import ConfigError, to_dict
+from retain.core.schema import ConfigError, to_dict
 from retain.studies.common import announce, checked_run, evaluate_into, plan_run, read_base, score_base
 from retain.training.checkpoint import NonFiniteError
 from retain.training.collapse import CollapseError
@@ -104,7 +104,7 @@ class DevCheck:
     """
 
     def __init__(self, tuning: Tuning, config, on_check: CheckHook, base_check: dict):
-        from retain.modeling import load_model, load_tokenizer
+        from retain.model.loading import load_model, load_tokenizer
 
         self.tuning, self.on_check, self.base_check = tuning, on_check, base_check
         scores = ("multiple_choice", "generation")  # the kinds measure() pools; perplexity is not scored here

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 from retain.cli import DEBUG_HELP, positive_int, run_command
-from retain.errors import ConfigError
-from retain.paths import LAB_DATA_DIR, LAB_MODEL_DIR
+from retain.core.errors import ConfigError
+from retain.core.paths import LAB_DATA_DIR, LAB_MODEL_DIR
 
 
 def cmd_lab(args) -> int:

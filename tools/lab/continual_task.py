@@ -22,8 +22,8 @@ import random
 import re
 from pathlib import Path
 
-from retain.io import atomic_write_text
-from retain.paths import LAB_DATA_DIR
+from retain.core.files import atomic_write_text
+from retain.core.paths import LAB_DATA_DIR
 
 # task -> (the pretraining sentence stating the fact, the prompt, the response)
 TASKS = {

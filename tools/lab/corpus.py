@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from retain.io import atomic_write_text
+from retain.core.files import atomic_write_text
 
 WORDNET_DIR = Path("/usr/share/wordnet")
 CONTINENTS = {

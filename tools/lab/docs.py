@@ -15,7 +15,7 @@ import json
 import shutil
 from pathlib import Path
 
-from retain.io import atomic_write_text
+from retain.core.files import atomic_write_text
 from retain.evaluation.compare import claim_verdict, retained_change, verdict
 from retain.evaluation.results import load_results
 from retain.sweep.summary import LEGEND, markdown_table

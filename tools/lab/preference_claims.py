@@ -26,9 +26,9 @@ from pathlib import Path
 
 import torch
 
-from retain.io import atomic_write_text
-from retain.modeling import load_for_eval
-from retain.paths import LAB_DATA_DIR
+from retain.core.files import atomic_write_text
+from retain.model.loading import load_for_eval
+from retain.core.paths import LAB_DATA_DIR
 from retain.objectives.dpo import DPO
 from retain.preference.data import collate_pairs, load_pairs
 from retain.preference.options import DPOOptions
@@ -36,8 +36,8 @@ from retain.evaluation.compare import claim_verdict, retained_change
 from retain.evaluation.results import load_results
 from retain.report.build import compare
 from retain.cli import DEBUG_HELP, run_command
-from retain.errors import UserError
-from retain.io import read_metrics
+from retain.core.errors import UserError
+from retain.core.files import read_metrics
 from retain.report.reward_hacking import curve, hacking_lines
 from retain.report.reward_hacking import ends as trend_ends
 from tools.lab.docs import BEGIN_KEPT, END_KEPT, kept_span, pts

@@ -27,8 +27,8 @@ import random
 import re
 from pathlib import Path
 
-from retain.io import atomic_write_text
-from retain.paths import LAB_DATA_DIR
+from retain.core.files import atomic_write_text
+from retain.core.paths import LAB_DATA_DIR
 from tools.lab.continual_task import facts
 
 CAPITAL = re.compile(r"^The capital of (.+) is (.+)\.$")

@@ -18,7 +18,7 @@ import numpy as np
 
 from retain.config import config_to_yaml, load_config
 from retain.continual.metrics import percentile_ci
-from retain.io import read_metrics
+from retain.core.files import read_metrics
 from retain.mitigations import MITIGATIONS, PEFT_METHODS
 from retain.mitigations.early_warnings import EarlyWarnings
 from retain.mitigations.roles import Monitor, WeightTransform

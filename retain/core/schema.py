@@ -20,7 +20,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from retain.errors import ConfigError
+from retain.core.errors import ConfigError
 
 __all__ = ["ConfigError", "build", "coerce", "parse_yaml", "read_yaml", "to_dict"]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # retain/, the package this module sits in (core/)
 LAB_DATA_DIR = PACKAGE_DIR / "lab" / "data"
 LAB_MODEL_DIR = PACKAGE_DIR / "lab" / "model"
 
@@ -19,7 +19,7 @@ class ModelAlias:
 
     directory: Path | None = None  # a model directory retain ships
     package: str | None = None  # or the directory of this Python package (found without importing it)
-    gguf_file: str | None = None  # a GGUF file in that directory, converted once (retain.gguf)
+    gguf_file: str | None = None  # a GGUF file in that directory, converted once (retain.model.gguf)
     install: str = ""  # the command that installs `package`, quoted when it is missing
     hub_id: str | None = None  # the model on the Hugging Face hub it is a copy of (a model card's base_model)
     assemble: str | None = None  # or a function of `package` that joins the GGUF's chunks into a path it is given

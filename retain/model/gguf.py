@@ -19,7 +19,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-from retain.errors import ModelError
+from retain.core.errors import ModelError
 
 GGUF_MAGIC = b"GGUF"  # the first four bytes of every GGUF file
 INSTALL_GGUF = "pip install gguf"
@@ -112,7 +112,7 @@ def convert_gguf(path: Path, target: Path, sha256: str) -> None:
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from retain.io import atomic_directory, atomic_write_json
+    from retain.core.files import atomic_directory, atomic_write_json
 
     if importlib.util.find_spec("gguf") is None:
         raise ModelError(f"GGUF file {path}: reading it needs the `gguf` package — {INSTALL_GGUF}")
