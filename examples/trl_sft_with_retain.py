@@ -20,7 +20,7 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import SFTConfig, SFTTrainer
 
-from retain.integrations import RetainCallback, RetainLossMixin
+from retain.training.integrations import RetainCallback, RetainLossMixin
 from retain.mitigations.retention import DEFAULT_SUITE
 from retain.core.paths import MODEL_ALIASES, resolve_path
 

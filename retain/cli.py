@@ -102,7 +102,7 @@ def split_labels(given: list[str] | None) -> list[str] | None:
 
 
 def cmd_init(args) -> int:
-    from retain.starter import write_starter
+    from retain.studies.starter import write_starter
 
     starter = write_starter(args.model, Path(args.out), data=args.data, dev=args.dev, force=args.force)
     print(f"wrote {', '.join(map(str, starter.written))}")
@@ -138,7 +138,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from retain.sweep import run_sweep
+    from retain.studies.sweep import run_sweep
 
     summary = run_sweep(Path(args.config))
     print(f"Pareto front: {', '.join(summary['pareto_front'])}")
@@ -146,8 +146,8 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_sequence(args) -> int:
-    from retain.continual import run_sequence
-    from retain.continual.summary import estimate
+    from retain.studies.continual import run_sequence
+    from retain.studies.continual.summary import estimate
 
     summaries = run_sequence(Path(args.config), tuple(args.overrides))
     for seed, summary in summaries.items():
@@ -158,7 +158,7 @@ def cmd_sequence(args) -> int:
 
 
 def cmd_tune(args) -> int:
-    from retain.tune import run_tune
+    from retain.studies.tune import run_tune
 
     summary = run_tune(Path(args.config), backend=args.backend)
     out = Path(summary["tune"]["report_dir"])
@@ -169,7 +169,7 @@ def cmd_tune(args) -> int:
 
 def cmd_merge(args) -> int:
     from retain.core.schema import ConfigError
-    from retain.merging import merge_models
+    from retain.studies.merge import merge_models
 
     if args.method == "interpolate" and len(args.models) != 1:
         raise ConfigError(f"--method interpolate: takes exactly one fine-tuned model, got {len(args.models)} — "
@@ -192,7 +192,7 @@ def cmd_doctor(args) -> int:
     import json
 
     from retain.config import load_config
-    from retain.doctor import diagnose, render
+    from retain.studies.doctor import diagnose, render
 
     diagnosis = diagnose(load_config(args.config, tuple(args.overrides)), probe=args.probe)
     print(json.dumps(diagnosis.to_json(), indent=2) if args.json else render(diagnosis, args.config))

@@ -103,3 +103,12 @@ def test_the_preference_machinery_sits_below_the_objectives():
     assert {"retain.preference.data", "retain.preference.options"} <= set(graph["retain.objectives.dpo"])
     assert {m: sorted(d for d in deps if d.startswith("retain.objectives")) for m, deps in graph.items()
             if m.startswith("retain.preference") and any(d.startswith("retain.objectives") for d in deps)} == {}
+
+
+def test_the_package_root_holds_few_rooms():
+    # a newcomer reads retain/ in one glance: the rooms (core, model, data, objectives, mitigations, training,
+    # evaluation, report, studies, ...) and the entry points, no loose helper modules beside them
+    entries = sorted(p.name for p in PACKAGE.iterdir() if p.name != "__pycache__" and not p.name.endswith(".egg-info"))
+    loose = [name for name in entries if name.endswith(".py") and name not in {"__init__.py", "__main__.py", "cli.py"}]
+    assert loose == []
+    assert len(entries) <= 15, entries

@@ -10,7 +10,7 @@ import yaml
 
 from retain.config import load_config
 from retain.report.build import headline, ship_verdict
-from retain.sweep import run_sweep
+from retain.studies.sweep import run_sweep
 from conftest import write_doubling_task
 
 
@@ -71,7 +71,7 @@ def test_sweep_runs_each_strategy_once_and_names_the_front(make_config, tmp_path
         "output": str(tmp_path / "sweep"), "limit": 4, "seeds": [0],
         "strategies": {"plain": {}, "lora": {"mitigations.lora": {"r": 2}}}, "grid": {"training.lr": [1e-3, 1e-2]}},
         sort_keys=False))
-    from retain.sweep import expand, load_sweep
+    from retain.studies.sweep import expand, load_sweep
 
     assert list(expand(load_sweep(sweep))) == ["plain", "lora", "lr=0.001", "lr=0.01"]
     no_grid = load_sweep(sweep).__class__(**{**load_sweep(sweep).__dict__, "grid": {}})

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from retain.continual.metrics import resampled_matrices
+from retain.studies.continual.metrics import resampled_matrices
 from retain.evaluation.compare import (pooled_items, retained_change, sure_drops, task_change, task_drops, verdict,
                                        worse_by)
 from retain.evaluation.results import load_results, primary_value, relative, shared_tasks

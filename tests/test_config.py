@@ -25,7 +25,7 @@ def test_every_shipped_config_loads(path):
 
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
 def test_every_shipped_sweep_expands_to_valid_run_configs(path, monkeypatch):
-    from retain.sweep import load_sweep, strategy_configs
+    from retain.studies.sweep import load_sweep, strategy_configs
 
     monkeypatch.chdir(REPO)  # sweeps name their base config relative to the repository
     sweep = load_sweep(path)

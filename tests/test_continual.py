@@ -13,8 +13,8 @@ import yaml
 
 from conftest import write_jsonl
 from retain.cli import main
-from retain.continual import metrics
-from retain.continual.buffer import Reservoir, reservoir_sample
+from retain.studies.continual import metrics
+from retain.studies.continual.buffer import Reservoir, reservoir_sample
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -78,7 +78,7 @@ def test_reservoir_has_a_fixed_size_is_seeded_and_keeps_every_row_with_equal_cha
 def test_the_router_picks_the_adapter_trained_on_text_like_the_prompt(make_config, tmp_path):
     import retain
     from retain.config import config_from_dict
-    from retain.continual.routing import BASE, load_adapter_set, prompt_nll, route, routing_accuracy, use_adapter
+    from retain.studies.continual.routing import BASE, load_adapter_set, prompt_nll, route, routing_accuracy, use_adapter
 
     numbers = [f"{a} {b} {a + b} {a} {b}" for a in range(10, 40) for b in range(3)]
     words = [" ".join(["red green blue river mountain"] * 2)] * 20 + ["city country river red"] * 20
@@ -122,8 +122,8 @@ def test_optimizer_state_is_reset_unless_reused(make_config, tmp_path):
     with pytest.raises(ConfigError, match="other trainable weights"):
         retain.training.loop.train(lora, progress=False, optimizer_state_in=tmp_path / "first" / "optimizer.pt")
 
-    from retain.continual.plan import SequenceConfig, StageConfig
-    from retain.continual.sequence import optimizer_carry
+    from retain.studies.continual.plan import SequenceConfig, StageConfig
+    from retain.studies.continual.sequence import optimizer_carry
 
     stages = (StageConfig("one", "t1", "c.yaml"), StageConfig("two", "t2", "c.yaml"))
     reset = SequenceConfig(output=str(tmp_path / "seq"), stages=stages)
@@ -214,8 +214,8 @@ def test_sequence_file_is_strict(make_config, tmp_path, capsys):
 
 
 def test_shipped_sequences_build_valid_stage_configs(monkeypatch):
-    from retain.continual.plan import check_stage, load_sequence, raw_stage_config
-    from retain.continual.sequence import stage_task_names
+    from retain.studies.continual.plan import check_stage, load_sequence, raw_stage_config
+    from retain.studies.continual.sequence import stage_task_names
 
     monkeypatch.chdir(REPO)  # sequences name their base config relative to the repository
     paths = sorted((REPO / "configs" / "sequences").glob("*.yaml"))

@@ -24,7 +24,7 @@ def make_trainer(kind: str, model, tokenizer, out: Path, rows=ROWS, callbacks=()
                  trainer_class=None, **args):
     """A real Trainer ("trainer": retain's tokenization and collate; `trainer_class` in place of RetainLossMixin +
     Trainer) or TRL SFTTrainer ("sft": its own) on `rows`."""
-    from retain.integrations import RetainLossMixin
+    from retain.training.integrations import RetainLossMixin
 
     settings = {**dict(output_dir=str(out), max_steps=3, per_device_train_batch_size=4, learning_rate=1e-2,
                        logging_steps=1, report_to="none", use_cpu=True, save_strategy="no", seed=0), **args}
@@ -58,7 +58,7 @@ def make_trainer(kind: str, model, tokenizer, out: Path, rows=ROWS, callbacks=()
 @pytest.mark.parametrize("kind", ["trainer", "sft"])
 def test_callback_report_equals_retain_eval_and_report_on_the_final_weights(kind, tiny_model, tmp_path):
     from retain.cli import main
-    from retain.integrations import RetainCallback
+    from retain.training.integrations import RetainCallback
 
     model, tokenizer = load(tiny_model)
     general = {"file": "lab:general.jsonl", "batch_size": 2}
@@ -95,7 +95,7 @@ def test_callback_report_equals_retain_eval_and_report_on_the_final_weights(kind
 
 @pytest.mark.parametrize("action", ["stop", "rollback"])
 def test_a_budget_breach_stops_the_trainer(action, tiny_model, tmp_path):
-    from retain.integrations import RetainCallback
+    from retain.training.integrations import RetainCallback
 
     model, tokenizer = load(tiny_model)
     base = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -153,7 +153,7 @@ def test_kl_under_the_trainer_equals_retains_own_loop_term(kind, tiny_model, tmp
 
 def test_loss_terms_are_checked_like_a_config():
     from retain.core.errors import ConfigError
-    from retain.integrations.losses import parse_loss_terms
+    from retain.training.integrations.losses import parse_loss_terms
 
     from retain.mitigations.distill import KLOptions
 

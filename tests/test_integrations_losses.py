@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from retain.core.errors import ConfigError
-from retain.integrations.losses import DEFAULT_MAX_LENGTH, LOSS_TERMS, ROLES_FILE, parse_loss_terms
+from retain.training.integrations.losses import DEFAULT_MAX_LENGTH, LOSS_TERMS, ROLES_FILE, parse_loss_terms
 from retain.mitigations import MITIGATIONS, build_mitigations, parse_mitigations
 from retain.mitigations.roles import LossTerm, Setup, TokenWeights, WritesFiles, playing
 from test_integrations import ROWS, load, make_trainer
@@ -48,7 +48,7 @@ def test_the_cases_cover_every_option_of_every_loss_side_mitigation():
 def previous_importance(tiny_model, tmp_path_factory):
     """An earlier stage's raw importance per kind (fisher.pt / si_importance.pt): 10 × this stage's own on the LM
     head and nothing elsewhere, so that adding it (and its decay) moves the penalty well beyond the tolerance."""
-    from retain.integrations.callback import role_context
+    from retain.training.integrations.callback import role_context
 
     folder, files = tmp_path_factory.mktemp("previous"), {}
     for name in ("ewc", "si"):
@@ -64,7 +64,7 @@ def loop_step_loss(tiny_model, options: dict, weights: dict, batch: dict, out):
     """retain's loop on one micro-batch: the roles set up on the base, then the step's loss at `weights`."""
     from accelerate import Accelerator
 
-    from retain.integrations.callback import role_context
+    from retain.training.integrations.callback import role_context
     from retain.objectives.sft import SFT
     from retain.training.step import accumulate_gradients
 
@@ -86,7 +86,7 @@ def test_every_loss_side_option_gives_the_loops_loss_in_a_trainer(name, option, 
                                                                   tmp_path):
     from transformers import Trainer
 
-    from retain.integrations import RetainLossMixin
+    from retain.training.integrations import RetainLossMixin
 
     overrides = {k: previous_importance[name] if v == PREVIOUS else v for k, v in OTHER.get((name, option), {}).items()}
     options = {name: {**BASE.get(name, {}), **overrides}}

@@ -2,7 +2,7 @@
 
 import pytest
 
-from retain.sweep.matched_gain import forgetting_at_gain, target_gain
+from retain.studies.sweep.matched_gain import forgetting_at_gain, target_gain
 
 
 def generation(capability, right: int, n: int = 10) -> dict:

@@ -81,7 +81,7 @@ def test_runs_of_different_precision_share_one_process(make_config, tiny_model, 
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
 
     from retain.data import collate, tokenize
-    from retain.integrations import RetainCallback
+    from retain.training.integrations import RetainCallback
     from retain.training.loop import train
 
     def run(name: str, bf16, native: str = "0") -> set:

@@ -1,11 +1,11 @@
-"""tools/real_study.py on a small synthetic seeded sweep, and the target it judges (retain.sweep.target)."""
+"""tools/real_study.py on a small synthetic seeded sweep, and the target it judges (retain.studies.sweep.target)."""
 
 import json
 from pathlib import Path
 
 import pytest
 
-from retain.sweep.target import judge_target
+from retain.studies.sweep.target import judge_target
 from tools.real_study import main
 
 REPO = Path(__file__).resolve().parent.parent

@@ -12,7 +12,7 @@ import yaml
 
 from retain.cli import main
 from retain.config.explain import nested
-from retain.continual.plan import load_sequence, raw_stage_config, seed_sequences
+from retain.studies.continual.plan import load_sequence, raw_stage_config, seed_sequences
 from retain.core.schema import ConfigError
 from retain.studies import common
 from retain.studies.common import StudyConfig, TaskStudyConfig, plan_run, run_name

@@ -5,7 +5,7 @@ import yaml
 
 from retain.config import load_config
 from retain.core.schema import ConfigError
-from retain.sweep import load_sweep, result_files, run_sweep, strategy_configs
+from retain.studies.sweep import load_sweep, result_files, run_sweep, strategy_configs
 from conftest import write_doubling_task
 
 

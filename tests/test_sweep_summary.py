@@ -3,7 +3,7 @@
 import json
 import math
 
-from retain.sweep.summary import markdown_table, pareto_plot, summarize, write_sweep_report
+from retain.studies.sweep.summary import markdown_table, pareto_plot, summarize, write_sweep_report
 
 
 def generation(capability, values) -> dict:

@@ -15,11 +15,11 @@ import yaml
 
 optuna = pytest.importorskip("optuna")
 
-import retain.tune.trial as trial_module  # noqa: E402
+import retain.studies.tune.trial as trial_module  # noqa: E402
 from conftest import write_jsonl  # noqa: E402
 from retain.config import load_config  # noqa: E402
 from retain.core.schema import ConfigError  # noqa: E402
-from retain.tune import load_tune, run_tune, trial_name  # noqa: E402
+from retain.studies.tune import load_tune, run_tune, trial_name  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SUITE = "capital_recall,currency_choice"  # lab tasks with a dev split; the tiny model scores near chance
@@ -79,7 +79,7 @@ def test_a_bad_tune_file_is_an_error_naming_the_file_and_key(study, change, mess
 @pytest.mark.parametrize("path", sorted((REPO / "configs" / "tune").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_tune_file_loads_with_valid_trial_configs(path, monkeypatch):
     from retain.config import config_from_dict
-    from retain.tune.space import trial_config
+    from retain.studies.tune.space import trial_config
 
     monkeypatch.chdir(REPO)  # tune files name their base config relative to the repository
     tune, space, base, enqueued = load_tune(path)

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import yaml
 
-from retain.continual import metrics
-from retain.continual.summary import estimate, matrix_table
+from retain.studies.continual import metrics
+from retain.studies.continual.summary import estimate, matrix_table
 from retain.core.files import atomic_write_text
 from retain.evaluation.results import load_results
 from retain.core.schema import read_yaml
@@ -58,7 +58,7 @@ def strategy_file(sequence: dict, name: str, work: Path) -> Path:
 
 def run(sequence_path: Path, names: list[str], work: Path) -> dict[str, float | None]:
     """Run each strategy's sequence; wall seconds of those run now (None: finished before)."""
-    from retain.continual import run_sequence
+    from retain.studies.continual import run_sequence
 
     sequence = read_yaml(sequence_path, "sequence file")
     walls = {}

@@ -7,7 +7,7 @@ one per real model), every strategy run with several training seeds.
 `--sweep-dir` (repeatable) reads a sweep's files from a folder in place of its `output`; given once per sweep, in
 the order of the sweeps. Per sweep this reads base.json, results/<strategy>[.seed<S>].json, runs/*/metrics.jsonl and
 the study's start and end times (<output>/start and <output>/end, unix seconds; or <output>/wall_seconds) and writes
-one document: first issue 19's target per model and recipe (retain.sweep.target) with a sentence per model, then one
+one document: first issue 19's target per model and recipe (retain.studies.sweep.target) with a sentence per model, then one
 section per model: the base model's scores; per strategy and capability the change with the two-level (seeds, then
 items) 95% CI, each seed's change, whether it is shown and its grade; the pooled retained change and the task gain;
 the target in full; the Pareto plot (docs/real-model-<sweep file stem>-pareto.png); answers that changed; throughput
@@ -35,9 +35,9 @@ from retain.report.answers import answers_markdown, changed_answers
 from retain.report.build import compare, write_report
 from retain.report.render import format_change, format_relative
 from retain.studies.common import read_base
-from retain.sweep import SweepConfig, expand, load_sweep, result_files, run_name, strategy_configs
-from retain.sweep.summary import markdown_table, summarize, write_sweep_report
-from retain.sweep.target import judge_target
+from retain.studies.sweep import SweepConfig, expand, load_sweep, result_files, run_name, strategy_configs
+from retain.studies.sweep.summary import markdown_table, summarize, write_sweep_report
+from retain.studies.sweep.target import judge_target
 from retain.training.precision import choose_bf16, this_machine
 from tools.report_screenshot import screenshot
 
@@ -164,12 +164,12 @@ def target_table(targets: dict, comparisons: dict[str, dict]) -> list[str]:
 
 def matched_gain_lines(summary: dict) -> list[str]:
     """Forgetting at matched task gain, where the sweep's summary has it (a row's `matched_gain`: the fields of
-    retain.sweep.matched_gain.MatchedForgetting)."""
+    retain.studies.sweep.matched_gain.MatchedForgetting)."""
     rows = {n: r["matched_gain"] for n, r in summary["rows"].items() if r.get("matched_gain")}
     if not rows:
         return ["Not measured in this study: the sweep keeps each run's final model only, and forgetting at matched "
                 "task gain is read off a recipe's path (its checkpoints, or its WiSE-FT line toward the base; "
-                "`retain.sweep.matched_gain`). The target above compares end points; a recipe that gains less than "
+                "`retain.studies.sweep.matched_gain`). The target above compares end points; a recipe that gains less than "
                 "the unprotected run is judged at its own gain."]
     lines = ["| recipe | task gain matched (pts) | retained change there (pts) [95% CI] |", "|---|---|---|"]
     for name, m in rows.items():

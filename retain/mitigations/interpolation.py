@@ -1,6 +1,6 @@
 """WiSE-FT: interpolating the fine-tuned weights back toward the base after training.
 
-Merging several fine-tunes (task arithmetic, TIES) is `retain merge`, in retain.merging."""
+Merging several fine-tunes (task arithmetic, TIES) is `retain merge`, in retain.studies.merge."""
 
 from __future__ import annotations
 

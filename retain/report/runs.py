@@ -6,7 +6,7 @@
     next_steps(run_dir) -> dict | None            `retain doctor`'s findings and recipe for the run's config
 
 A results file records the model it scored (`model`: the path given to `retain eval`); a run's final/ sits in
-its output.dir beside config.yaml and metrics.jsonl (retain.doctor.other_run finds it). Runs given with --run
+its output.dir beside config.yaml and metrics.jsonl (retain.studies.doctor.other_run finds it). Runs given with --run
 are matched to results files that way too; a results file whose model is not a run (the base, a hub id, a path
 scored from another directory) has no run, and the report leaves out what would need one.
 """
@@ -32,7 +32,7 @@ def load_run_file(path: Path):
 def run_of(results: dict, run_dirs: list[Path] = ()) -> Path | None:
     """The run dir whose final/ or checkpoints/step-N/ `results` scored: one of `run_dirs` if it is that run,
     else the one found beside the model path; None if the model is not a run's output (or is not here)."""
-    from retain.doctor import other_run
+    from retain.studies.doctor import other_run
 
     model = results.get("model")
     found = other_run(model) if isinstance(model, str) else None
@@ -49,7 +49,7 @@ def next_steps(run_dir: Path | None) -> dict | None:
     the task): {config, findings: [{cause, evidence, fix}], command, placeholders}; {config, error} if the config
     no longer loads here (its data or model moved); None without a config."""
     from retain.config import load_config
-    from retain.doctor import diagnose
+    from retain.studies.doctor import diagnose
 
     path = Path(run_dir or "") / "config.yaml"
     if run_dir is None or not path.is_file():

@@ -8,7 +8,7 @@ ordinary runs planned from one base run config, each scored against the base mod
     base      the base model scored once, into a results file every run is compared with (score_base)
     runs      a run whose results file exists is finished and skipped (a killed study resumes where it
               was); the others are trained, then scored (train_and_evaluate), one progress line each
-    summary   what the study compares, in its own module (retain.sweep.summary, retain.continual.summary)
+    summary   what the study compares, in its own module (retain.studies.sweep.summary, retain.studies.continual.summary)
 
 The fields every study file has are StudyConfig's; a study of recipes for one task (sweep, tune) adds
 TaskStudyConfig's. `retain config --explain sweep|tune|sequence` prints them (retain.studies.explain).

@@ -15,11 +15,11 @@ import dataclasses
 from pathlib import Path
 
 from retain.config import explain as run_config
-from retain.continual.plan import SequenceConfig
+from retain.studies.continual.plan import SequenceConfig
 from retain.core.schema import ConfigError, read_yaml
 from retain.studies.common import load_study
-from retain.sweep.run import SweepConfig
-from retain.tune.space import TuneConfig
+from retain.studies.sweep.run import SweepConfig
+from retain.studies.tune.space import TuneConfig
 
 # kind -> (its config, the command that runs it, the key that tells a file of this kind from the others)
 STUDIES = {"sweep": (SweepConfig, "retain sweep", ("strategies", "grid")),

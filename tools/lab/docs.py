@@ -18,8 +18,8 @@ from pathlib import Path
 from retain.core.files import atomic_write_text
 from retain.evaluation.compare import claim_verdict, retained_change, verdict
 from retain.evaluation.results import load_results
-from retain.sweep.summary import LEGEND, markdown_table
-from retain.sweep import SweepConfig, expand, load_sweep, result_files
+from retain.studies.sweep.summary import LEGEND, markdown_table
+from retain.studies.sweep import SweepConfig, expand, load_sweep, result_files
 from tools.lab.warnings_vs_forgetting import load_runs
 from tools.lab.warnings_vs_forgetting import section as warnings_section
 

@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 
 from retain.config import config_to_yaml, load_config
-from retain.continual.metrics import percentile_ci
+from retain.studies.continual.metrics import percentile_ci
 from retain.core.files import read_metrics
 from retain.mitigations import MITIGATIONS, PEFT_METHODS
 from retain.mitigations.early_warnings import EarlyWarnings
 from retain.mitigations.roles import Monitor, WeightTransform
-from retain.sweep import SweepConfig, run_name
+from retain.studies.sweep import SweepConfig, run_name
 
 MAIN_SIGNALS = ("kl_general", "kl_task", "drift/all")
 ALL = "all sweeps"  # the scope of the pooled runs

@@ -37,7 +37,7 @@ from retain.core.files import atomic_write_json, atomic_write_text
 from retain.studies.common import (TaskStudyConfig, checked_run, load_study, plan_run, read_base, run_pending,
                                    score_base)
 from retain.studies.common import run_name as seed_run_name
-from retain.sweep.summary import summarize, write_sweep_report
+from retain.studies.sweep.summary import summarize, write_sweep_report
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -9,7 +9,7 @@ Both reuse retain's own pieces (the scorer, RetentionBudget, the report, the mit
 as the loop drives them); nothing here trains by itself.
 """
 
-from retain.integrations.callback import RetainCallback
-from retain.integrations.losses import RetainLossMixin
+from retain.training.integrations.callback import RetainCallback
+from retain.training.integrations.losses import RetainLossMixin
 
 __all__ = ["RetainCallback", "RetainLossMixin"]

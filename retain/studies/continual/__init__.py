@@ -9,8 +9,8 @@
     summary.py    summary.json and summary.md; figures.py: heatmap and capability curves
 """
 
-from retain.continual.buffer import Reservoir, reservoir_sample
-from retain.continual.plan import SequenceConfig, load_sequence
-from retain.continual.sequence import run_sequence
+from retain.studies.continual.buffer import Reservoir, reservoir_sample
+from retain.studies.continual.plan import SequenceConfig, load_sequence
+from retain.studies.continual.sequence import run_sequence
 
 __all__ = ["Reservoir", "SequenceConfig", "load_sequence", "reservoir_sample", "run_sequence"]

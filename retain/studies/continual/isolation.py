@@ -10,7 +10,7 @@
                              and the routing accuracy per task
 
 Why this is exact: a LoRA adapter does not change the base weights, so adapter j's outputs are the
-same at every later stage, and each item is scored on its own (see retain.continual.routing).
+same at every later stage, and each item is scored on its own (see retain.studies.continual.routing).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from retain.continual.routing import (BASE, load_adapter_set, prompt_nll, route, routed_records, routing_accuracy,
+from retain.studies.continual.routing import (BASE, load_adapter_set, prompt_nll, route, routed_records, routing_accuracy,
                                       routing_texts, use_adapter)
 from retain.core.files import atomic_write_json
 from retain.evaluation.stats import statistic

@@ -2,7 +2,7 @@
 
 Ray Tune schedules (one trial per worker, with the TUNE file's `resources`); Optuna samples, inside Ray's
 OptunaSearch, from the same define-by-run space and with the same sampler as the sequential backend, and the
-trials it enqueues (`enqueue:`) become OptunaSearch's points_to_evaluate. Each worker runs retain.tune.trial.
+trials it enqueues (`enqueue:`) become OptunaSearch's points_to_evaluate. Each worker runs retain.studies.tune.trial.
 run_trial, so a trial writes the same run config, run dir and record whichever backend ran it. Pruning is
 Ray's: `median` is MedianStoppingRule, `successive_halving` is ASHA, both fed by the trial's dev checks.
 
@@ -17,8 +17,8 @@ from __future__ import annotations
 import os
 
 from retain.core.schema import ConfigError
-from retain.tune.space import trial_name
-from retain.tune.trial import Tuning, read_json, run_trial
+from retain.studies.tune.space import trial_name
+from retain.studies.tune.trial import Tuning, read_json, run_trial
 
 EXPERIMENT = "tune"
 
@@ -68,7 +68,7 @@ def search_with_ray(tuning: Tuning) -> None:
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
-    from retain.tune.study import make_sampler
+    from retain.studies.tune.study import make_sampler
 
     scheduler = make_scheduler(tuning)
     # Trials must resolve relative paths (data, output) as `retain train` here would, not from a trial dir.

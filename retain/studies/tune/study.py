@@ -9,7 +9,7 @@ the same parameters.
 from __future__ import annotations
 
 from retain.core.schema import ConfigError
-from retain.tune.trial import Tuning, run_trial
+from retain.studies.tune.trial import Tuning, run_trial
 
 STUDY_NAME = "retain-tune"
 FINISHED = ("COMPLETE", "PRUNED")

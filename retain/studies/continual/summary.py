@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from retain.continual import metrics
+from retain.studies.continual import metrics
 from retain.evaluation.compare import NO_CHANGE, task_change, verdict
 from retain.evaluation.results import Results, load_results
 from retain.evaluation.stats import statistic
@@ -132,7 +132,7 @@ def sequence_markdown(summary: dict) -> str:
 
 
 def write_sequence_report(summary: dict, out: Path) -> dict[str, Path]:
-    from retain.continual.figures import capability_curves_png, heatmap_png
+    from retain.studies.continual.figures import capability_curves_png, heatmap_png
 
     out = Path(out)
     written = {"markdown": atomic_write_text(out / "summary.md", sequence_markdown(summary))}

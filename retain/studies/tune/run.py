@@ -13,8 +13,8 @@ from pathlib import Path
 
 from retain.core.schema import ConfigError
 from retain.training.rundir import locked_output_dir
-from retain.tune.space import load_tune
-from retain.tune.trial import Tuning, prepare, task_name
+from retain.studies.tune.space import load_tune
+from retain.studies.tune.trial import Tuning, prepare, task_name
 
 
 def load_tuning(path: Path, progress: bool = True) -> Tuning:
@@ -28,7 +28,7 @@ def load_tuning(path: Path, progress: bool = True) -> Tuning:
 
 def run_tune(path: Path, backend: str = "optuna", progress: bool = True) -> dict:
     """Search, then report; returns the report's summary (see report.write_report)."""
-    from retain.tune.report import write_report
+    from retain.studies.tune.report import write_report
 
     tuning = load_tuning(Path(path), progress)
     with locked_output_dir(tuning.out):
@@ -37,11 +37,11 @@ def run_tune(path: Path, backend: str = "optuna", progress: bool = True) -> dict
             raise ConfigError(f"{path}: base: the reference run (the base config) did not finish: "
                               f"{reference['reason']} — fix the base config first")
         if backend == "ray":
-            from retain.tune.ray_backend import search_with_ray
+            from retain.studies.tune.ray_backend import search_with_ray
 
             search_with_ray(tuning)
         else:
-            from retain.tune.study import search
+            from retain.studies.tune.study import search
 
             search(tuning)
         return write_report(tuning)

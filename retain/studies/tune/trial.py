@@ -27,7 +27,7 @@ from retain.studies.common import announce, checked_run, evaluate_into, plan_run
 from retain.training.checkpoint import NonFiniteError
 from retain.training.collapse import CollapseError
 from retain.training.loop import train
-from retain.tune.space import Space, TuneConfig, trial_config, trial_name
+from retain.studies.tune.space import Space, TuneConfig, trial_config, trial_name
 
 REFERENCE = "reference"
 # on_check(step, objective value, dev gain, dev forgetting) -> True to prune the trial
@@ -83,7 +83,7 @@ def task_name(task: str) -> str:
 def measure(before: dict, after: dict, task: str) -> tuple[float, float]:
     """(task gain, forgetting) in points: the change of the task's primary metric (its better direction up),
     and the fall of the retained capabilities' score, pooled over every score-type task but the task's own
-    (retain.sweep.summary.retained_change; negative forgetting: they improved)."""
+    (retain.studies.sweep.summary.retained_change; negative forgetting: they improved)."""
     b, a = before["tasks"][task], after["tasks"][task]
     metric = b["primary_metric"]
     gain = 100 * (a["metrics"][metric] - b["metrics"][metric]) * (-1 if b["lower_is_better"] else 1)

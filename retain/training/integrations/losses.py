@@ -37,7 +37,7 @@ import torch
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from retain.data import IGNORE_INDEX
-from retain.integrations.callback import role_context
+from retain.training.integrations.callback import role_context
 from retain.core.files import atomic_torch_save
 from retain.mitigations import MITIGATIONS, build_mitigations, parse_mitigations
 from retain.mitigations.roles import DUTIES, ORDER, LossTerm, Setup, Stateful, TokenWeights, playing

@@ -5,7 +5,7 @@
        budget (none within it: the best penalised; no budget: the most gain minus forgetting)
     -> the recommended recipe and the reference run re-run with every training seed in `seeds` (the trial
        itself for the seed it was trained with; <name>.seed<S> for the others: trial.seed_runs)
-    -> the front, those runs and the base scored on the test split; retain.sweep.summary gives the paired CIs
+    -> the front, those runs and the base scored on the test split; retain.studies.sweep.summary gives the paired CIs
        (over the seeds where there are several; no choice is made on test: its numbers only report the
        dev-chosen recipes), and the recommended recipe against the reference, seed s against seed s
     -> summary.json, summary.md + pareto.png (test), report.md, trials.png (dev), importance.json,
@@ -20,9 +20,9 @@ from pathlib import Path
 from retain.evaluation.compare import retained_change
 from retain.evaluation.stats import seed_paired_bootstrap
 from retain.core.files import atomic_write_json, atomic_write_text
-from retain.sweep.summary import markdown_table, pareto_front, summarize, write_sweep_report
+from retain.studies.sweep.summary import markdown_table, pareto_front, summarize, write_sweep_report
 from retain.studies.common import evaluate_into
-from retain.tune.trial import REFERENCE, Tuning, measure, read_json, seed_runs
+from retain.studies.tune.trial import REFERENCE, Tuning, measure, read_json, seed_runs
 
 
 def load_records(out: Path) -> list[dict]:

@@ -7,7 +7,7 @@
     (the capability suite + each stage's task) — every user error surfaces before any training
     score the base model                                        eval/base.json          (row 0)
     for stage k = 1..T:
-        its run config (retain.continual.plan): chained to stage k-1, online EWC/SI, replay buffer,
+        its run config (retain.studies.continual.plan): chained to stage k-1, online EWC/SI, replay buffer,
         or an isolated adapter from the base                    configs/<k>-<name>.yaml
         train it (retain.training.loop.train)                   stages/<k>-<name>/
         score it on every task                                  eval/stage-k.json       (row k)
@@ -26,8 +26,8 @@ import json
 from pathlib import Path
 
 from retain.config import RunConfig, config_from_dict, config_to_yaml, resolve_path
-from retain.continual.buffer import reservoir_sample
-from retain.continual.plan import (SequenceConfig, check_stage, explicit_lab_defaults, load_sequence,
+from retain.studies.continual.buffer import reservoir_sample
+from retain.studies.continual.plan import (SequenceConfig, check_stage, explicit_lab_defaults, load_sequence,
                                    raw_stage_config, seed_sequences, stage_dir, uses_peft)
 from retain.core.errors import ConfigError
 from retain.core.files import atomic_write_text
@@ -76,7 +76,7 @@ def previous_model(seq: SequenceConfig, k: int) -> str:
 
 
 def stage_config(seq: SequenceConfig, k: int, raws: list[dict], checked: list[RunConfig], where: Path) -> RunConfig:
-    """Stage k's final run config: the changes listed in retain.continual.plan, checked again."""
+    """Stage k's final run config: the changes listed in retain.studies.continual.plan, checked again."""
     data = explicit_lab_defaults(checked[k - 1])
     mitigations = data.setdefault("mitigations", {}) or {}
     data["mitigations"] = mitigations
@@ -174,7 +174,7 @@ def multitask_config(seq: SequenceConfig, raws: list[dict], checked: list[RunCon
 
 
 def run_sequence(path: Path, overrides: list[str] | tuple[str, ...] = (), progress: bool = True) -> dict[int, dict]:
-    """Run the sequence once per training seed in its `seeds` (retain.continual.plan.seed_sequences); returns
+    """Run the sequence once per training seed in its `seeds` (retain.studies.continual.plan.seed_sequences); returns
     seed -> that sequence's summary."""
     path = Path(path)
     return {seed: run_one_sequence(seq, path, progress)
@@ -183,8 +183,8 @@ def run_sequence(path: Path, overrides: list[str] | tuple[str, ...] = (), progre
 
 def run_one_sequence(seq: SequenceConfig, path: Path, progress: bool = True) -> dict:
     """The sequence with one training seed (seq.seeds[0]), into seq.output; returns its summary."""
-    from retain.continual.isolation import assemble_rows, score_new_adapter
-    from retain.continual.summary import summarize_sequence, write_sequence_report
+    from retain.studies.continual.isolation import assemble_rows, score_new_adapter
+    from retain.studies.continual.summary import summarize_sequence, write_sequence_report
     from retain.evaluation.tasks import check_suite, load_suite
     from retain.core.files import atomic_write_json
 

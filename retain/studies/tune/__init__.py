@@ -6,7 +6,7 @@ sequential Optuna backend), ray_backend.py (the same trials through Ray Tune), r
 split, recommended recipe, importances).
 """
 
-from retain.tune.run import load_tuning, run_tune
-from retain.tune.space import ABSENT, Space, TuneConfig, load_tune, trial_name
+from retain.studies.tune.run import load_tuning, run_tune
+from retain.studies.tune.space import ABSENT, Space, TuneConfig, load_tune, trial_name
 
 __all__ = ["ABSENT", "Space", "TuneConfig", "load_tune", "load_tuning", "run_tune", "trial_name"]

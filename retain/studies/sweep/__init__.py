@@ -3,7 +3,7 @@
 at a reference's task gain; target.py: whether a recipe keeps 95% of a reference's gain at a tenth of its
 forgetting, over seeds and items)."""
 
-from retain.sweep.run import (SweepConfig, expand, load_sweep, result_files, run_configs, run_name, run_sweep,
+from retain.studies.sweep.run import (SweepConfig, expand, load_sweep, result_files, run_configs, run_name, run_sweep,
                               strategy_configs)
 
 __all__ = ["SweepConfig", "expand", "load_sweep", "result_files", "run_configs", "run_name", "run_sweep",
