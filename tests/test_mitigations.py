@@ -243,3 +243,26 @@ def test_every_mitigation_plays_a_role_and_a_misspelled_role_method_is_an_error(
 
     with pytest.raises(TypeError, match="plays no role"):
         check_roles(Nothing)
+
+
+def test_a_run_lets_go_of_the_frozen_base_copy_before_it_saves(make_config, monkeypatch):
+    # KL to the base holds a frozen copy of the model (as large as the model); phase 4 drops it before the
+    # weight transforms and final/, and the copy is gone for good (the reference refuses to be used after)
+    from retain.model.reference import Reference
+    from retain.training import loop
+
+    released = []
+    real_release = Reference.release
+    monkeypatch.setattr(Reference, "release", lambda self: (released.append(self.copy is not None),
+                                                            real_release(self)))
+    retain.train(config_from_dict(make_config(mitigations={"kl": {"weight": 1.0}})), progress=False)
+    assert released == [True]  # the kl mitigation's one reference, a frozen copy until then
+
+    class Holder:
+        def __init__(self, reference):
+            self.reference = reference
+
+    model = torch.nn.Linear(2, 2)
+    held, other = Holder(Reference(model)), Holder("not a reference")
+    loop.release_references(held, other, object())
+    assert held.reference.copy is None and held.reference.released and other.reference == "not a reference"

@@ -59,6 +59,7 @@ from retain.mitigations import MITIGATIONS, build_mitigations
 from retain.mitigations.penalties import restore
 from retain.mitigations.roles import (Context, DataTransform, GradientFilter, LossTerm, ModelTransform, Monitor, Setup,
                                      Stateful, WeightTransform, WritesFiles, playing)
+from retain.model import Reference
 from retain.model.loading import (check_max_length, enable_gradient_checkpointing, load_model, load_tokenizer,
                              model_source)
 from retain.training.carryover import load_optimizer_moments
@@ -378,7 +379,9 @@ def train_steps(run: Run, log: MetricsLog, progress: bool, extra_monitors: tuple
 
 
 def finish(run: Run, step: int) -> Path:
-    """Phase 4: role 8 (weight transforms), then final/ — if the weights are finite."""
+    """Phase 4: the base-model references let go (their frozen copies' memory), role 8 (weight transforms),
+    then final/ — if the weights are finite."""
+    release_references(run.objective, *run.mitigations)
     accelerator, out = run.accelerator, run.out
     model = run.inner
     for m in run.playing(WeightTransform):  # role 8
@@ -393,6 +396,14 @@ def finish(run: Run, step: int) -> Path:
             error = disk_full(e, str(final_dir), out)
     any_failed(accelerator, error, "writing final/")
     return final_dir
+
+
+def release_references(*holders) -> None:
+    """Drop every base-model reference the objective and the mitigations hold: no role reads the base's
+    logits once the last step is taken, and a frozen copy is as large as the model."""
+    for holder in holders:
+        if isinstance(getattr(holder, "reference", None), Reference):
+            holder.reference.release()
 
 
 def resume_from(start: Start, accelerator, optimizer, scheduler, stateful: dict) -> None:
