@@ -173,3 +173,15 @@ def test_a_sweep_not_run_is_said_so(sweep: Path, tmp_path: Path):
     doc = main([str(sweep), str(empty), "--out", str(tmp_path / "docs"), "--no-screenshot",
                 "--sweep-dir", str(tmp_path / "sweep"), "--sweep-dir", str(tmp_path / "started")]).read_text()
     assert f"Not run: `{tmp_path / 'started'}` has no results" in doc and "; not run: gemma3-270m" in doc
+
+
+def test_a_sweep_cut_short_after_the_unprotected_runs_still_makes_its_section(sweep: Path, tmp_path: Path):
+    # the second model's study stopped after its unprotected seeds (every recipe short of a seed): its section shows
+    # the reference alone, its report compares base and unprotected once (the best run is the reference itself)
+    short = _write_sweep(tmp_path, "short", "configs/real/gemma-city.yaml", "tiny-gemma", ("unprotected", "good"),
+                         missing=("good.seed1", "good.seed2"))
+    doc = main([str(sweep), str(short), "--out", str(tmp_path / "docs"), "--no-screenshot",
+                "--sweep-dir", str(tmp_path / "sweep"), "--sweep-dir", str(tmp_path / "short")]).read_text()
+    section = doc.split("## tiny-gemma (`short`)")[1]
+    assert "`good` has results for 1 of its 3 training seeds." in section
+    assert "`retain report` of base, unprotected (3 seeds each)" in section

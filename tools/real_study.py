@@ -221,7 +221,7 @@ def letter_choices(results: dict[str, dict]) -> list[str]:
 
 def report_section(study: Study, docs: Path, best: str, take_screenshot: bool) -> list[str]:
     sweep, out, names = study.sweep, study.out, study.names
-    shown = [n for n in (REFERENCE, best) if n in names]
+    shown = list(dict.fromkeys(n for n in (REFERENCE, best) if n in names))  # best may be the reference itself
     first = sweep.seeds[0]
     run_dirs = [d for d in (out / "runs" / run_name(sweep, n, first) for n in shown) if d.is_dir()]
     report = write_report([out / "base.json", *(f for n in shown for f in result_files(sweep, n))], out / "report",
