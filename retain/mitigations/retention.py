@@ -54,6 +54,10 @@ from retain.mitigations.retention_options import (DEFAULT_PERPLEXITY, DEFAULT_PO
                                                   RetentionOptions, TaskBudget)
 from retain.mitigations.retention_points import Point, best_within, merit, repair, to_keep
 from retain.mitigations.roles import Context, Decision
+from retain.data import MODEL_INPUTS, collate
+from retain.evaluation.runner import evaluate
+from retain.evaluation.tasks import load_suite
+from retain.mitigations.interpolation import interpolate
 
 __all__ = ["DEFAULT_PERPLEXITY", "DEFAULT_POINTS", "DEFAULT_SUITE", "RetentionBudget", "RetentionOptions", "TaskBudget"]
 
@@ -71,7 +75,6 @@ def on_cpu(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 @torch.no_grad()
 def mean_loss(model, examples: list, pad_id: int, batch_size: int) -> float:
     """Token-weighted mean loss of `model` on tokenized examples (the run's dev data), in eval mode."""
-    from retain.data import MODEL_INPUTS, collate
 
     device = next(model.parameters()).device
     total, tokens = 0.0, 0
@@ -98,7 +101,6 @@ class RetentionBudget:
     # --- measuring ---
 
     def setup(self, model, ctx: Context) -> None:
-        from retain.evaluation.tasks import load_suite
 
         o = self.options
         self.tasks = load_suite(o.suite)
@@ -131,7 +133,6 @@ class RetentionBudget:
                             "budget_used": 0.0, **self._task_fields(value)}
 
     def _score(self, model) -> dict:
-        from retain.evaluation.runner import evaluate
 
         was_training = model.training
         results = evaluate(model, self.tokenizer, self.tasks, split="dev", limit=self.options.limit, progress=False,
@@ -150,7 +151,6 @@ class RetentionBudget:
 
     def _task_value(self, model) -> float | None:
         """The run's own task on its dev data, as measured (None when there is nothing to measure)."""
-        from retain.evaluation.runner import evaluate
 
         was_training = model.training
         model.eval()
@@ -209,7 +209,6 @@ class RetentionBudget:
     def _scan(self, model, first: list[str]) -> tuple[bool, dict[str, float]]:
         """_within, task by task, stopping at the first breach (tasks named in `first` are scored first): most
         points a repair search measures breach, and one task says so."""
-        from retain.evaluation.runner import evaluate
 
         was_training = model.training
         drops, self.sure = {}, {}
@@ -324,7 +323,6 @@ class RetentionBudget:
         return f"{ranked} within budget among {n_checks} checks (the start included){lines}"
 
     def _point_weights(self, point: Point, now: dict | None, step: int) -> dict:
-        from retain.mitigations.interpolation import interpolate
 
         def at(s: int) -> dict:
             if s == 0:

@@ -32,6 +32,14 @@ from retain.studies.continual.plan import (SequenceConfig, check_stage, explicit
 from retain.core.errors import ConfigError
 from retain.core.files import atomic_write_text
 from retain.studies.common import announce, evaluate_into, score_base
+from retain.core.files import atomic_write_json
+from retain.data import read_jsonl
+from retain.evaluation.tasks import check_suite, load_suite
+from retain.studies.continual.isolation import assemble_rows, score_new_adapter
+from retain.studies.continual.summary import summarize_sequence, write_sequence_report
+from retain.training.checkpoint import latest_checkpoint
+from retain.training.loop import total_steps_for, train
+from retain.training.rundir import config_changes
 
 EWC_FILES = {"ewc": ("fisher_in", "fisher.pt"), "si": ("importance_in", "si_importance.pt")}
 
@@ -43,7 +51,6 @@ def eval_suite(seq: SequenceConfig) -> str:
 
 def stage_task_names(seq: SequenceConfig, where: Path) -> list[str]:
     """Each stage's task, as the results name it; a stage's `task` must be exactly one task."""
-    from retain.evaluation.tasks import load_suite
 
     names = []
     for i, stage in enumerate(seq.stages):
@@ -56,7 +63,6 @@ def stage_task_names(seq: SequenceConfig, where: Path) -> list[str]:
 
 def train_rows(source: str) -> list[dict]:
     """The records of a stage's JSONL training file (for the replay buffer and the multi-task union)."""
-    from retain.data import read_jsonl
 
     path = resolve_path(source)
     if path.suffix != ".jsonl":
@@ -120,7 +126,6 @@ def check_unchanged(config: RunConfig, directory: Path, where: Path, name: str) 
     """A finished stage is reused only if the sequence still asks for the config it was trained with."""
     import yaml
 
-    from retain.training.rundir import config_changes
 
     saved = directory / "config.yaml"
     if not saved.is_file():
@@ -134,8 +139,6 @@ def check_unchanged(config: RunConfig, directory: Path, where: Path, name: str) 
 
 def run_stage(seq: SequenceConfig, k: int, config: RunConfig, where: Path, progress: bool) -> Path:
     """Train stage k (or resume it, or reuse it when finished); returns its final/ directory."""
-    from retain.training.checkpoint import latest_checkpoint
-    from retain.training.loop import train
 
     directory = stage_dir(seq, k)
     name = seq.stages[k - 1].name
@@ -155,7 +158,6 @@ def run_stage(seq: SequenceConfig, k: int, config: RunConfig, where: Path, progr
 
 def multitask_config(seq: SequenceConfig, raws: list[dict], checked: list[RunConfig]) -> RunConfig:
     """Stage 1's config on the union of every stage's data, for as many steps as the stages together."""
-    from retain.training.loop import total_steps_for
 
     out = Path(seq.output) / "multitask"
     rows, steps = [], 0
@@ -183,10 +185,6 @@ def run_sequence(path: Path, overrides: list[str] | tuple[str, ...] = (), progre
 
 def run_one_sequence(seq: SequenceConfig, path: Path, progress: bool = True) -> dict:
     """The sequence with one training seed (seq.seeds[0]), into seq.output; returns its summary."""
-    from retain.studies.continual.isolation import assemble_rows, score_new_adapter
-    from retain.studies.continual.summary import summarize_sequence, write_sequence_report
-    from retain.evaluation.tasks import check_suite, load_suite
-    from retain.core.files import atomic_write_json
 
     out, T = Path(seq.output), len(seq.stages)
     raws = [raw_stage_config(seq, k, path) for k in range(1, T + 1)]
@@ -220,7 +218,6 @@ def run_one_sequence(seq: SequenceConfig, path: Path, progress: bool = True) -> 
             atomic_write_json(result, oracle)
     if seq.multitask and not (eval_dir / "multitask.json").is_file():
         print("multi-task reference: one run on the union of the stages' data")
-        from retain.training.loop import train
 
         config = multitask_config(seq, raws, checked)
         resume = (Path(config.output.dir) / "checkpoints").is_dir()
