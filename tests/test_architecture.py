@@ -112,3 +112,40 @@ def test_the_package_root_holds_few_rooms():
     loose = [name for name in entries if name.endswith(".py") and name not in {"__init__.py", "__main__.py", "cli.py"}]
     assert loose == []
     assert len(entries) <= 15, entries
+
+
+# Where an import of retain's own modules may sit inside a function: the command dispatch (each command loads only
+# what it runs), the package's entry point (importing any retain module runs it, so `retain.train` loads the loop
+# when called), and a module that needs an optional extra on import (ray, for `retain tune --backend ray`).
+IMPORTS_INSIDE_FUNCTIONS = {"retain.cli": None, "retain": None,
+                            "retain.studies.tune.run": {"retain.studies.tune.ray_backend"}}
+
+
+def imports_inside_functions(path: Path) -> set[str]:
+    found = set()
+    for fn in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for node in ast.walk(fn):
+                if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("retain"):
+                    found.add(node.module)
+                elif isinstance(node, ast.Import):
+                    found.update(a.name for a in node.names if a.name.startswith("retain"))
+    return found
+
+
+def test_retain_modules_are_imported_at_the_top():
+    # an import hidden in a function hides a dependency from the reader (and from this file's graph until it runs)
+    misplaced = {}
+    for path in PACKAGE.rglob("*.py"):
+        module = module_name(path)
+        allowed = IMPORTS_INSIDE_FUNCTIONS.get(module, set())
+        inside = imports_inside_functions(path) - (allowed if allowed is not None else imports_inside_functions(path))
+        if inside:
+            misplaced[module] = sorted(inside)
+    assert misplaced == {}
+
+
+def test_the_import_rule_sees_an_import_inside_a_function(tmp_path):
+    code = tmp_path / "m.py"
+    code.write_text("import os\n\ndef f():\n    from retain.core.paths import resolve_path\n    import retain.data\n")
+    assert imports_inside_functions(code) == {"retain.core.paths", "retain.data"}

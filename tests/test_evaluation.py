@@ -212,11 +212,11 @@ def test_task_data_paths_are_relative_to_the_task_yaml(tmp_path, monkeypatch):
 
 
 def test_a_bad_task_is_reported_before_the_model_loads(tmp_path, monkeypatch):
-    from retain.model import loading as modeling
+    from retain.evaluation import runner
     from retain.evaluation.runner import evaluate_path
 
     (tmp_path / "t.yaml").write_text("name: t\nkind: generation\ndata: {test: missing.jsonl}\n")
-    monkeypatch.setattr(modeling, "load_for_eval", lambda *a, **k: pytest.fail("the model was loaded first"))
+    monkeypatch.setattr(runner, "load_for_eval", lambda *a, **k: pytest.fail("the model was loaded first"))
     with pytest.raises(ValueError, match="missing.jsonl"):
         evaluate_path("retain-tiny", str(tmp_path / "t.yaml"), "test")
 

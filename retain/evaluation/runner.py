@@ -13,6 +13,7 @@ from retain.evaluation.groups import group_scores
 from retain.evaluation.lm import LM
 from retain.evaluation.tasks import CapabilityTask, check_suite, load_suite
 from retain.core.files import atomic_write_json
+from retain.model.loading import load_for_eval
 from retain.training.precision import choose_bf16, this_machine
 
 DEFAULT_BATCH_SIZE = 64
@@ -98,7 +99,6 @@ def evaluate_path(model_path: str, suite: str, split: str, out: Path | None = No
     `dtype` is the weights' dtype, or "auto" (`eval_dtype`); the results record the one used. The suite
     is loaded and every task's data checked first: a bad task fails in seconds, not after a model load.
     """
-    from retain.model.loading import load_for_eval
 
     if out is not None:
         check_output_file(Path(out))

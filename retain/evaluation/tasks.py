@@ -41,6 +41,7 @@ from retain.core.paths import PACKAGE_DIR, resolve_path
 from retain.core.schema import ConfigError, build, decode_utf8, read_yaml
 from retain.data import DataError, read_jsonl
 from retain.evaluation import scoring
+from retain.evaluation.lm_eval_tasks import load_lm_eval_tasks, looks_like_lm_eval_file
 from retain.evaluation.mmlu import load_mmlu, names_mmlu
 
 BUNDLED_TASKS = PACKAGE_DIR / "lab" / "tasks"
@@ -256,11 +257,8 @@ def _load_part(part: str, base: Path | None = None) -> list[CapabilityTask]:
     if names_mmlu(part):
         return [load_mmlu(part)]
     if part.startswith("lm-eval:"):
-        from retain.evaluation.lm_eval_tasks import load_lm_eval_tasks
-
         return load_lm_eval_tasks(part)
     path = base / part if base is not None and (base / part).suffix in (".yaml", ".yml") else _locate(part)
-    from retain.evaluation.lm_eval_tasks import load_lm_eval_tasks, looks_like_lm_eval_file
 
     if path.is_file():  # whatever its format, a byte that is not UTF-8 is named here, with its line
         decode_utf8(path.read_bytes(), path)

@@ -25,6 +25,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from retain.data import collate, load_dataset
 from retain.mitigations.penalties import trainable
 from retain.mitigations.replay import GENERAL_DATA_HELP
 from retain.mitigations.roles import Context, Decision
@@ -114,8 +115,6 @@ class EarlyWarnings:
         return examples
 
     def setup(self, model, ctx: Context) -> None:
-        from retain.data import load_dataset
-
         o = self.options
         general = load_dataset(resolve_path(o.general), ctx.tokenizer, "auto", ctx.max_length, "all").examples
         self.pad_id = ctx.tokenizer.pad_token_id
@@ -127,7 +126,6 @@ class EarlyWarnings:
 
     def _batches(self, examples: list):
         """(batch on the model's device, (B, T) bool mask of positions whose next token is a target)."""
-        from retain.data import collate
 
         for i in range(0, len(examples), self.options.batch_size):
             batch = collate(examples[i: i + self.options.batch_size], self.pad_id)

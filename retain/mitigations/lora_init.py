@@ -28,6 +28,7 @@ import math
 import torch
 
 from retain.core.paths import resolve_path
+from retain.data import collate, load_dataset
 
 CHANGES_BASE = ("pissa", "olora", "corda")
 INIT_BATCH = 4  # init_data examples per forward
@@ -36,7 +37,6 @@ INIT_BATCH = 4  # init_data examples per forward
 def init_batches(file: str, tokenizer, max_length: int, examples: int, batch_size: int = INIT_BATCH) -> list[dict]:
     """Batches (input_ids, attention_mask, labels) of the first `examples` records of `file`, every token a target
     (CorDA's covariance hooks read one unpadded sequence at a time: batch_size 1)."""
-    from retain.data import collate, load_dataset
 
     data = load_dataset(resolve_path(file), tokenizer, "auto", max_length, "all").examples[:examples]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

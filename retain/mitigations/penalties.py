@@ -21,6 +21,7 @@ from typing import ClassVar
 import torch
 
 from retain.core.paths import resolve_path
+from retain.data import collate, load_dataset
 from retain.mitigations.replay import GENERAL_DATA_HELP
 from retain.mitigations.roles import Context
 
@@ -59,7 +60,6 @@ def restore(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
 
 def general_batches(ctx: Context, file: str, n_batches: int, batch_size: int, device: torch.device | None = None):
     """The first `n_batches` batches of a general-data file, tokenized as the run tokenizes, on `device`."""
-    from retain.data import collate, load_dataset
 
     data = load_dataset(resolve_path(file), ctx.tokenizer, "auto", ctx.max_length, "all").examples
     for i in range(0, min(len(data), n_batches * batch_size), batch_size):

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from retain.core.paths import resolve_path
+from retain.data import load_dataset
 from retain.mitigations.distill import KLOptions
 from retain.mitigations.rehearsal import RehearsalSettings, self_rehearsal
 from retain.mitigations.roles import Context
@@ -118,8 +119,6 @@ class Replay:
         self.options = options
 
     def transform_data(self, examples: list, ctx: Context) -> list:
-        from retain.data import load_dataset
-
         o = self.options
         if o.source == "self":
             source = ctx.model_source() if ctx.model_source else None

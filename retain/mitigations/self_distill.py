@@ -14,6 +14,7 @@ from typing import Literal
 import torch
 
 from retain.data import IGNORE_INDEX
+from retain.evaluation.lm import LM
 from retain.mitigations.roles import Context
 
 
@@ -54,7 +55,6 @@ class SelfDistill:
         self.kept = 0
 
     def transform_data(self, examples: list, ctx: Context) -> list:
-        from retain.evaluation.lm import LM
         o = self.options
         tok = ctx.tokenizer
         base = ctx.load_base_model().eval()  # the untouched base, whatever wraps the run's model

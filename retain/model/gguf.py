@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 
 from retain.core.errors import ModelError
+from retain.core.files import atomic_directory, atomic_write_json
 
 GGUF_MAGIC = b"GGUF"  # the first four bytes of every GGUF file
 INSTALL_GGUF = "pip install gguf"
@@ -111,8 +112,6 @@ def convert_gguf(path: Path, target: Path, sha256: str) -> None:
     import torch
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from retain.core.files import atomic_directory, atomic_write_json
 
     if importlib.util.find_spec("gguf") is None:
         raise ModelError(f"GGUF file {path}: reading it needs the `gguf` package — {INSTALL_GGUF}")

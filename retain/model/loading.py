@@ -20,6 +20,8 @@ import torch
 
 from retain.core.paths import MODEL_ALIASES
 from retain.core.errors import ConfigError, ModelError
+from retain.model.gguf import assembled_gguf, converted_dir, gguf_path
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -118,8 +120,6 @@ def model_source(cfg: ModelConfig) -> str:
         alias = MODEL_ALIASES[name]
         name, gguf_file = str(alias.location(name)), gguf_file or alias.gguf_file
         if alias.assemble and gguf_file == alias.gguf_file:  # chunk packages: the joined file, under the cache
-            from retain.model.gguf import assembled_gguf
-
             path = assembled_gguf(alias.package, alias.assemble, alias.gguf_file)
             name, gguf_file = str(path.parent), path.name
     elif Path(name).expanduser().exists() or looks_like_path(name):
@@ -131,7 +131,6 @@ def model_source(cfg: ModelConfig) -> str:
         name = str(path)
     if gguf_file is None:
         return name
-    from retain.model.gguf import converted_dir, gguf_path
 
     try:
         return str(converted_dir(gguf_path(name, gguf_file, cfg.revision)))

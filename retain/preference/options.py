@@ -10,6 +10,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from retain.preference.rewards import reward_problems  # the term table knows its own options
+
 
 @dataclass(frozen=True)
 class DPOOptions:
@@ -49,8 +51,6 @@ class GRPOOptions:
                 "length, knowledge, similarity_to_base, function); each term is logged as reward/NAME"})
 
     def validate(self):
-        from retain.preference.rewards import reward_problems  # the term table knows its own options
-
         if self.group_size < 2:
             yield "group_size", f"must be >= 2 (advantages compare completions of one prompt), got {self.group_size}"
         if self.max_new_tokens < 1:

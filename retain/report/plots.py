@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from retain.core.files import read_metrics  # noqa: E402
+from retain.report.render import format_relative  # noqa: E402
 from retain.report.runs import load_run_file  # noqa: E402
 
 COLORS = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c"]
@@ -78,7 +79,6 @@ def _score_panel(ax, base_label: str, comparisons: dict, points: list[str]) -> N
 
 def _perplexity_panel(ax, comparisons: dict, relative: list[str]) -> None:
     """After / before on a log axis, so ×1.04 and ×463 both read; each bar labelled with its change and verdict."""
-    from retain.report.render import format_relative
 
     labels = list(comparisons)
     for k, name in enumerate(labels):

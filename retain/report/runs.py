@@ -17,7 +17,9 @@ import html
 import json
 from pathlib import Path
 
+from retain.config import load_config
 from retain.core.errors import ResultsError
+from retain.studies.doctor import diagnose, other_run
 
 
 def load_run_file(path: Path):
@@ -32,7 +34,6 @@ def load_run_file(path: Path):
 def run_of(results: dict, run_dirs: list[Path] = ()) -> Path | None:
     """The run dir whose final/ or checkpoints/step-N/ `results` scored: one of `run_dirs` if it is that run,
     else the one found beside the model path; None if the model is not a run's output (or is not here)."""
-    from retain.studies.doctor import other_run
 
     model = results.get("model")
     found = other_run(model) if isinstance(model, str) else None
@@ -48,8 +49,6 @@ def next_steps(run_dir: Path | None) -> dict | None:
     """`retain doctor`'s diagnosis of the run's config.yaml (no probe: the report does not run the base model on
     the task): {config, findings: [{cause, evidence, fix}], command, placeholders}; {config, error} if the config
     no longer loads here (its data or model moved); None without a config."""
-    from retain.config import load_config
-    from retain.studies.doctor import diagnose
 
     path = Path(run_dir or "") / "config.yaml"
     if run_dir is None or not path.is_file():

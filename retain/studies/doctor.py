@@ -46,10 +46,12 @@ from retain.data import (Completion, Conversation, PreferenceExample, Text, open
                          resolve_chat_template)
 from retain.mitigations import MITIGATIONS, PEFT_METHODS
 from retain.mitigations.replay import ReplayOptions
+from retain.model.loading import load_model, load_tokenizer
 from retain.objectives import make_objective
 from retain.core.paths import resolve_path
 from retain.preference.data import PairExample, PromptExample, pair_texts
-from retain.core.schema import parse_yaml
+from retain.core.schema import parse_yaml, read_yaml
+from retain.training.loop import total_steps_for
 
 PEFT = PEFT_METHODS
 PROTECTION = tuple(name for name in MITIGATIONS if name != "early_warnings")  # early warnings only log
@@ -111,8 +113,6 @@ def other_run(model_name: str) -> Path | None:
 
 def diagnose(config: RunConfig, probe: int = 32) -> Diagnosis:
     """Every finding for `config`; `probe` task examples are answered by the base model (0: no probe)."""
-    from retain.model.loading import load_model, load_tokenizer
-    from retain.training.loop import total_steps_for
 
     t, m = config.training, config.mitigations
     objective = make_objective(config)  # the run's own check: what a run refuses is refused here (exit 2)
@@ -295,8 +295,6 @@ def format_gap(config: RunConfig, tokenizer) -> Finding | None:
 
 
 def multi_stage(previous: Path, config: RunConfig) -> Finding:
-    from retain.core.schema import read_yaml
-
     before = read_yaml(previous / "config.yaml") or {}
     task = (before.get("data") or {}).get("train", "?")
     fisher = previous / "fisher.pt"

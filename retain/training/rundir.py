@@ -21,6 +21,7 @@ from typing import Iterator
 
 import yaml
 
+from retain.config import config_to_yaml
 from retain.core.schema import ConfigError
 from retain.core.errors import UserError
 from retain.training.checkpoint import CONFIG_FILE, STATE_FILE, latest_checkpoint
@@ -160,7 +161,6 @@ def plan_start(out: Path, config, resume: bool, overwrite: bool, allow_config_ch
 def config_changes(saved: dict, config) -> dict[str, str]:
     """{dotted key: "old -> new"} for every value that changes what is trained; a section only one
     side has (a mitigation added or removed) is one entry."""
-    from retain.config import config_to_yaml
 
     absent = object()
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from retain.evaluation.runner import evaluate, pick_device
 from retain.studies.continual.routing import (BASE, load_adapter_set, prompt_nll, route, routed_records, routing_accuracy,
                                       routing_texts, use_adapter)
 from retain.core.files import atomic_write_json
@@ -31,7 +32,6 @@ def adapter_files(eval_dir: Path, name: str) -> tuple[Path, Path]:
 def score_new_adapter(base_model: str, adapters: dict[str, Path], tasks: list, eval_dir: Path, split: str,
                       limit: int | None, batch_size: int, device: str | None, progress: bool) -> None:
     """Score the last adapter of `adapters` (name -> final dir) on `tasks`, and its router perplexities."""
-    from retain.evaluation.runner import evaluate, pick_device
 
     name = list(adapters)[-1]
     results_file, nll_file = adapter_files(eval_dir, name)

@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from retain.core.errors import ConfigError
+from retain.evaluation.lm import LM
+from retain.model.loading import ModelConfig, load_model, load_tokenizer
 from retain.model.reference import adapters_disabled
 
 BASE = "base"  # the candidate with every adapter off
@@ -34,8 +36,6 @@ BASE = "base"  # the candidate with every adapter off
 def load_adapter_set(base: str, adapters: dict[str, Path], dtype: str = "float32"):
     """(peft model with each adapter under its name, tokenizer); the base is loaded once."""
     from peft import PeftModel
-
-    from retain.model.loading import ModelConfig, load_model, load_tokenizer
 
     if BASE in adapters:
         raise ConfigError(f"an adapter may not be called {BASE!r}: the name is the base model's")
@@ -64,7 +64,6 @@ def use_adapter(model, name: str | None):
 
 def prompt_nll(model, tokenizer, texts: list[str], batch_size: int = 64) -> np.ndarray:
     """Mean negative log-likelihood per token of each text, shape (n,), scored as retain scores text."""
-    from retain.evaluation.lm import LM
 
     lm = LM(model, tokenizer, batch_size=batch_size)
     scored = lm.loglikelihood_rolling(texts)

@@ -16,6 +16,7 @@ from retain.evaluation.compare import NO_CHANGE, task_change, verdict
 from retain.evaluation.results import Results, load_results
 from retain.evaluation.stats import statistic
 from retain.core.files import atomic_write_text
+from retain.studies.continual.figures import capability_curves_png, heatmap_png
 
 
 def capability_curves(rows: list[Results], names: list[str], resamples: int, seed: int) -> dict:
@@ -132,8 +133,6 @@ def sequence_markdown(summary: dict) -> str:
 
 
 def write_sequence_report(summary: dict, out: Path) -> dict[str, Path]:
-    from retain.studies.continual.figures import capability_curves_png, heatmap_png
-
     out = Path(out)
     written = {"markdown": atomic_write_text(out / "summary.md", sequence_markdown(summary))}
     for name, png in (("heatmap", heatmap_png(summary)), ("capabilities", capability_curves_png(summary))):

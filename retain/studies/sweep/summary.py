@@ -8,6 +8,7 @@ from retain.evaluation.compare import retained_change
 from retain.evaluation.results import load_results, primary_value
 from retain.core.files import atomic_write_text
 from retain.report.build import compare, largest_drop
+from retain.report.plots import COLORS, _png, place_labels, plt
 from retain.report.render import format_relative
 from retain.report.severity import LEGEND as SEVERITY_LEGEND
 from retain.report.severity import worst
@@ -95,8 +96,6 @@ LEGEND = ("Points are percentage points; the retained capabilities pool the item
 
 
 def pareto_plot(summary: dict) -> bytes:
-    from retain.report.plots import COLORS, _png, place_labels, plt
-
     fig, ax = plt.subplots(figsize=(8, 5.5))
     front = summary["pareto_front"]
     labelled = []

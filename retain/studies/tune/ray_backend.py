@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import os
 
+from retain.core.files import atomic_write_json
 from retain.core.schema import ConfigError
 from retain.studies.tune.space import trial_name
+from retain.studies.tune.study import make_sampler
 from retain.studies.tune.trial import Tuning, read_json, run_trial
 
 EXPERIMENT = "tune"
@@ -68,8 +70,6 @@ def search_with_ray(tuning: Tuning) -> None:
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
-    from retain.studies.tune.study import make_sampler
-
     scheduler = make_scheduler(tuning)
     # Trials must resolve relative paths (data, output) as `retain train` here would, not from a trial dir.
     os.environ["RAY_CHDIR_TO_TRIAL_DIR"] = "0"
@@ -108,7 +108,6 @@ def record_missing(tuning: Tuning, params: dict, metrics: dict, error) -> None:
     path = tuning.out / "trials" / f"{name}.json"
     if path.is_file() and read_json(path)["state"] in ("complete", "pruned"):
         return
-    from retain.core.files import atomic_write_json
 
     stopped = error is None and not metrics.get("final")
     atomic_write_json(path, {

@@ -20,6 +20,7 @@ from pathlib import Path
 from retain.evaluation.compare import retained_change
 from retain.evaluation.stats import seed_paired_bootstrap
 from retain.core.files import atomic_write_json, atomic_write_text
+from retain.report.plots import COLORS, _png, plt
 from retain.studies.sweep.summary import markdown_table, pareto_front, summarize, write_sweep_report
 from retain.studies.common import evaluate_into
 from retain.studies.tune.trial import REFERENCE, Tuning, measure, read_json, seed_runs
@@ -219,8 +220,6 @@ def report_markdown(tuning: Tuning, summary: dict, records: list[dict]) -> str:
 
 
 def trials_plot(tuning: Tuning, records: list[dict], front: list[str], chosen: str | None, reference: dict) -> bytes:
-    from retain.report.plots import COLORS, _png, plt
-
     fig, ax = plt.subplots(figsize=(8, 5.5))
     done = [r for r in records if r["state"] == "complete"]
     ax.scatter([r["forgetting"] for r in done], [r["gain"] for r in done], color=COLORS[7], label="trial")

@@ -12,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from retain.core.schema import ConfigError
+from retain.studies.tune.report import write_report
+from retain.studies.tune.study import search
 from retain.training.rundir import locked_output_dir
 from retain.studies.tune.space import load_tune
 from retain.studies.tune.trial import Tuning, prepare, task_name
@@ -28,7 +30,6 @@ def load_tuning(path: Path, progress: bool = True) -> Tuning:
 
 def run_tune(path: Path, backend: str = "optuna", progress: bool = True) -> dict:
     """Search, then report; returns the report's summary (see report.write_report)."""
-    from retain.studies.tune.report import write_report
 
     tuning = load_tuning(Path(path), progress)
     with locked_output_dir(tuning.out):
@@ -41,7 +42,5 @@ def run_tune(path: Path, backend: str = "optuna", progress: bool = True) -> dict
 
             search_with_ray(tuning)
         else:
-            from retain.studies.tune.study import search
-
             search(tuning)
         return write_report(tuning)

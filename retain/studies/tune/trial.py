@@ -23,6 +23,7 @@ from retain.core.files import atomic_write_json, atomic_write_text
 from retain.mitigations import build_mitigations
 from retain.mitigations.roles import Context, Decision, WeightTransform, playing
 from retain.core.schema import ConfigError, to_dict
+from retain.model.loading import load_model, load_tokenizer
 from retain.studies.common import announce, checked_run, evaluate_into, plan_run, read_base, score_base
 from retain.training.checkpoint import NonFiniteError
 from retain.training.collapse import CollapseError
@@ -104,8 +105,6 @@ class DevCheck:
     """
 
     def __init__(self, tuning: Tuning, config, on_check: CheckHook, base_check: dict):
-        from retain.model.loading import load_model, load_tokenizer
-
         self.tuning, self.on_check, self.base_check = tuning, on_check, base_check
         scores = ("multiple_choice", "generation")  # the kinds measure() pools; perplexity is not scored here
         self.tasks = [t for t in load_suite(tuning.suite)

@@ -39,6 +39,7 @@ from retain.mitigations.penalties import restore
 from retain.mitigations.retention import RetentionBudget, RetentionOptions
 from retain.mitigations.roles import Context
 from retain.core.schema import build
+from retain.report.build import write_report
 
 
 def role_context(tokenizer, **known) -> Context:
@@ -167,7 +168,6 @@ class RetainCallback(TrainerCallback):
     def on_train_end(self, args, state, control, model=None, processing_class=None, **kwargs):
         if not state.is_world_process_zero:
             return
-        from retain.report.build import write_report
 
         out = self.directory(args)
         atomic_write_json(out / "after.json", self.score(model, self._tokenizer(processing_class), "after training"))
