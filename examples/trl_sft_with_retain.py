@@ -21,7 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import SFTConfig, SFTTrainer
 
 from retain.training.integrations import RetainCallback, RetainLossMixin
-from retain.mitigations.retention import DEFAULT_SUITE
+from retain.lab.defaults import BUDGET_SUITE
 from retain.core.paths import MODEL_ALIASES, resolve_path
 
 MODEL = "retain-tiny"
@@ -31,7 +31,7 @@ LR, MAX_STEPS, BATCH_SIZE, WARMUP_STEPS, SCHEDULER, LOG_EVERY = 1e-3, 60, 16, 10
 RETAIN_LOSSES = {"kl": {"weight": 0.3}}
 # Scored on the dev split of the lab's capabilities (retain-tiny's default suite) every 20 steps.
 BUDGET = {"max_drop_points": 5.0, "max_perplexity_increase": 0.2, "every": 20, "action": "rollback",
-          "suite": DEFAULT_SUITE}
+          "suite": BUDGET_SUITE}
 REPORT_SUITE = "lab,city_country"  # the report: what was kept (lab) and what was learned (city_country)
 
 

@@ -212,14 +212,7 @@ def positive_int(text: str) -> int:
 DEBUG_HELP = "on an error, show the full traceback"
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="retain", description="Fine-tune without forgetting, and measure it.")
-    p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
-    # --debug is also accepted after the command (retain train c.yaml --debug); SUPPRESS keeps the global value
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
-    sub = p.add_subparsers(dest="command", required=True)
-
+def add_train(sub, common: argparse.ArgumentParser) -> None:
     # the section descriptions are the run config's own help (importing retain has loaded it already)
     from retain.config.explain import sections_text
 
@@ -236,6 +229,8 @@ def parser() -> argparse.ArgumentParser:
                         "the new values apply from the resumed step")
     t.set_defaults(func=cmd_train)
 
+
+def add_eval(sub, common: argparse.ArgumentParser) -> None:
     e = sub.add_parser("eval", help="score a model on a capability suite", parents=[common])
     e.add_argument("model", help="model dir or hub id, adapter dir, a .gguf file, or an alias (retain-tiny, "
                    "smollm2-135m-instruct, gemma3-270m)")
@@ -253,6 +248,8 @@ def parser() -> argparse.ArgumentParser:
                    help="perplexity: lm-eval's windows (a second BOS for tokenizers that add one) or one BOS")
     e.set_defaults(func=cmd_eval)
 
+
+def add_report(sub, common: argparse.ArgumentParser) -> None:
     r = sub.add_parser("report", help="before/after forgetting report", parents=[common])
     r.add_argument("results", nargs="+", help="results.json of the base first, then one or more fine-tunes")
     r.add_argument("--out", required=True)
@@ -266,6 +263,8 @@ def parser() -> argparse.ArgumentParser:
                    "when its CI excludes 0 and every seed moved the same way")
     r.set_defaults(func=cmd_report)
 
+
+def add_init(sub, common: argparse.ArgumentParser) -> None:
     ini = sub.add_parser("init", help="a starter config and suite fitted to a model and its data", parents=[common])
     ini.add_argument("model", help="model dir or hub id, a .gguf file, or an alias")
     ini.add_argument("--data", help="the training data (any form data.train takes); default: the lab's task")
@@ -274,6 +273,8 @@ def parser() -> argparse.ArgumentParser:
     ini.add_argument("--force", action="store_true", help="replace the files of an earlier retain init there")
     ini.set_defaults(func=cmd_init)
 
+
+def add_card(sub, common: argparse.ArgumentParser) -> None:
     cd = sub.add_parser("card", help="a Hugging Face model card (README.md) for a finished run: base model, data, "
                         "eval results before/after, forgetting verdict", parents=[common])
     cd.add_argument("run_dir", help="the run's output.dir (config.yaml, final/)")
@@ -285,21 +286,29 @@ def parser() -> argparse.ArgumentParser:
                     "hf auth login)")
     cd.set_defaults(func=cmd_card)
 
+
+def add_demo(sub, common: argparse.ArgumentParser) -> None:
     d = sub.add_parser("demo", help="the lab end to end: evaluate, fine-tune twice, report", parents=[common])
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--quick", action="store_true", help="fewer steps and items (for tests)")
     d.set_defaults(func=cmd_demo)
 
+
+def add_sweep(sub, common: argparse.ArgumentParser) -> None:
     sw = sub.add_parser("sweep", help="many strategies on one task; table and Pareto front", parents=[common])
     sw.add_argument("config")
     sw.set_defaults(func=cmd_sweep)
 
+
+def add_sequence(sub, common: argparse.ArgumentParser) -> None:
     sq = sub.add_parser("sequence", help="a sequence of tasks, stage by stage; accuracy matrix, ACC/BWT/FWT",
                         parents=[common])
     sq.add_argument("config", help="the sequence file (SEQ.yaml)")
     sq.add_argument("overrides", nargs="*", help="key=value for the sequence file, e.g. optimizer=reuse")
     sq.set_defaults(func=cmd_sequence)
 
+
+def add_tune(sub, common: argparse.ArgumentParser) -> None:
     tu = sub.add_parser("tune", help="search recipes (Optuna) for the Pareto front of gain vs forgetting",
                         parents=[common])
     tu.add_argument("config", help="a TUNE.yaml: base config, task, suite, search space, trials")
@@ -307,6 +316,8 @@ def parser() -> argparse.ArgumentParser:
                     help="optuna: trials one after another here; ray: on a Ray cluster through Ray Tune")
     tu.set_defaults(func=cmd_tune)
 
+
+def add_merge(sub, common: argparse.ArgumentParser) -> None:
     mg = sub.add_parser("merge", help="interpolate or merge fine-tunes of one base", parents=[common])
     mg.add_argument("base", help="the base model (id, dir, .gguf file, or retain-tiny)")
     mg.add_argument("models", nargs="+", help="fine-tuned model or adapter dirs")
@@ -317,6 +328,8 @@ def parser() -> argparse.ArgumentParser:
     mg.add_argument("--out", required=True)
     mg.set_defaults(func=cmd_merge)
 
+
+def add_config(sub, common: argparse.ArgumentParser) -> None:
     c = sub.add_parser("config", help="explain the keys of a run config or a study file", parents=[common])
     # no KEY: the sections; `required` so that a bare `retain config` says what it needs
     c.add_argument("--explain", metavar="KEY", nargs="?", const="", required=True,
@@ -324,6 +337,8 @@ def parser() -> argparse.ArgumentParser:
                         "kind (sweep, tune, sequence) or key (sweep.seeds); or a study file (configs/sweeps/lab.yaml)")
     c.set_defaults(func=cmd_config)
 
+
+def add_doctor(sub, common: argparse.ArgumentParser) -> None:
     dr = sub.add_parser("doctor", help="before training: the causes of forgetting in a run config, and a recipe",
                         parents=[common])
     dr.add_argument("config")
@@ -333,6 +348,21 @@ def parser() -> argparse.ArgumentParser:
                     help="task examples the base model answers, to find data that contradicts it (0: none)")
     dr.set_defaults(func=cmd_doctor)
 
+
+# in `retain --help`'s order
+COMMANDS = (add_train, add_eval, add_report, add_init, add_card, add_demo, add_sweep, add_sequence, add_tune, add_merge,
+            add_config, add_doctor)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="retain", description="Fine-tune without forgetting, and measure it.")
+    p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    # --debug is also accepted after the command (retain train c.yaml --debug); SUPPRESS keeps the global value
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(sub, common)
     return p
 
 

@@ -149,3 +149,30 @@ def test_the_import_rule_sees_an_import_inside_a_function(tmp_path):
     code = tmp_path / "m.py"
     code.write_text("import os\n\ndef f():\n    from retain.core.paths import resolve_path\n    import retain.data\n")
     assert imports_inside_functions(code) == {"retain.core.paths", "retain.data"}
+
+
+def long_functions(path: Path, limit: int = 60) -> list[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return [f"{fn.name} ({fn.end_lineno - fn.lineno + 1} lines)" for fn in ast.walk(tree)
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)) and fn.end_lineno - fn.lineno + 1 > limit]
+
+
+def test_no_function_is_longer_than_a_screen():
+    # a function a reader holds in view at once: a longer one is phases that want names (see the loop's four)
+    too_long = {module_name(p): found for p in PACKAGE.rglob("*.py") if (found := long_functions(p))}
+    assert too_long == {}
+
+
+def test_the_length_rule_counts_a_long_function(tmp_path):
+    code = tmp_path / "m.py"
+    code.write_text("def f():\n" + "    x = 1\n" * 60 + "\n\ndef g():\n    pass\n")
+    assert long_functions(code) == ["f (61 lines)"]
+
+
+def test_what_the_lab_fills_in_is_written_in_one_place():
+    # retain.lab.defaults is the one module that says which settings retain-tiny's runs may leave out, and to what
+    from retain.lab.defaults import BUDGET_SUITE, GENERAL_DATA
+
+    elsewhere = sorted(module_name(p) for p in PACKAGE.rglob("*.py") if "lab" not in p.relative_to(PACKAGE).parts[:1]
+                       and (GENERAL_DATA in (text := p.read_text(encoding="utf-8")) or BUDGET_SUITE in text))
+    assert elsewhere == []

@@ -703,14 +703,14 @@ def test_lab_defaults_fill_in_for_retain_tiny_only(name, key, lab_value, tiny_mo
     from retain.config import config_from_dict
     from retain.core.paths import LAB_MODEL_DIR
     from retain.core.schema import ConfigError
-    from retain.mitigations.retention import DEFAULT_SUITE
+    from retain.lab.defaults import BUDGET_SUITE
 
     def config(model: str, options: dict):
         return config_from_dict({"model": {"name": model}, "data": {"train": str(qa_data)},
                                  "output": {"dir": str(tmp_path / "o")}, "mitigations": {name: options}})
 
     for lab_model in ("retain-tiny", str(LAB_MODEL_DIR)):
-        assert getattr(config(lab_model, {}).mitigations[name], key) == (lab_value or DEFAULT_SUITE)
+        assert getattr(config(lab_model, {}).mitigations[name], key) == (lab_value or BUDGET_SUITE)
     with pytest.raises(ConfigError, match=f"mitigations.{name}.{key}: required for model {tiny_model}"):
         config(str(tiny_model), {})
     given = str(qa_data) if key == "file" else "english"

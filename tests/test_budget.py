@@ -15,8 +15,8 @@ import torch
 import retain
 from retain.config import config_from_dict
 from retain.core.errors import ConfigError
-from retain.mitigations.retention import RetentionBudget, RetentionOptions
-from retain.mitigations.retention_points import Point, best_within, repair, repair_lines, search_line, to_keep
+from retain.mitigations.budget import RetentionBudget, RetentionOptions
+from retain.mitigations.budget.points import Point, best_within, repair, repair_lines, search_line, to_keep
 
 
 def check(step, within, score=None, used=0.0):

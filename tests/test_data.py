@@ -113,3 +113,15 @@ def test_prompt_response_rendered_through_the_chat_template(tmp_path, tokenizer)
     messages = [{"role": "user", "content": "Glasgow is a city in"}, {"role": "assistant", "content": "United Kingdom."}]
     assert tokenizer.decode(ex.input_ids) == tokenizer.apply_chat_template(messages, tokenize=False)
     assert target_text(tokenizer, ex) == "United Kingdom.<|endoftext|>\n"
+
+
+def test_general_data_is_read_once_the_same_way_for_every_protection(tmp_path, tokenizer):
+    # replay's pool, EWC's Fisher, SI's anchor, the early warnings and CorDA all read general data through this:
+    # every token a target (the model should keep predicting all of it), prompt/response records included
+    from retain.data import general_examples
+
+    write_jsonl(tmp_path / "g.jsonl", [{"text": "the sky is blue"}, {"prompt": "two and two", "response": " four"}])
+    examples = general_examples(str(tmp_path / "g.jsonl"), tokenizer, max_length=64)
+    assert len(examples) == 2 and all(e.labels == e.input_ids for e in examples)
+    assert general_examples(tmp_path / "g.jsonl", tokenizer, 64) == examples  # a Path as well as a config string
+    assert len(general_examples("lab:general.jsonl", tokenizer, 64)) > 100  # a bundled file, as the lab names it

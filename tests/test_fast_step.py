@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from test_kl_positions import full_kl, full_top_k_kl, tiny_batch
 
 from retain.mitigations.distill import KLOptions, KLToBase, positions
-from retain.training.logging import MetricsLog, read_rows
+from retain.training.metrics_log import MetricsLog, read_rows
 from retain.objectives.sft import collate_indexed, task_forward
 
 

@@ -172,7 +172,7 @@ def test_loss_terms_are_checked_like_a_config():
 def test_the_trl_example_and_its_retain_config_are_the_same_run():
     from retain.config import load_config
     from retain.mitigations.distill import KLOptions
-    from retain.mitigations.retention import RetentionOptions
+    from retain.mitigations.budget import RetentionOptions
 
     spec = importlib.util.spec_from_file_location("trl_example", REPO / "examples" / "trl_sft_with_retain.py")
     example = importlib.util.module_from_spec(spec)

@@ -5,8 +5,7 @@ import torch
 
 from retain.mitigations.distill import kl_divergence, positions, top_k_kl
 from retain.mitigations.freezing import trainable_blocks_at
-from retain.studies.merge import task_arithmetic, ties_merge
-from retain.mitigations.interpolation import interpolate
+from retain.model.weights import interpolate, task_arithmetic, ties_merge
 from retain.mitigations.penalties import diagonal_fisher, weighted_l2
 from retain.mitigations.replay import mix_replay, replay_count
 

@@ -172,7 +172,7 @@ def test_retention_budget_acts_on_a_breach(action, make_config, tiny_model, tmp_
 def test_retention_budget_units_points_for_scores_relative_for_perplexity():
     from retain.core.schema import ConfigError
     from retain.evaluation.compare import task_drops
-    from retain.mitigations.retention import RetentionBudget, RetentionOptions
+    from retain.mitigations.budget import RetentionBudget, RetentionOptions
 
     def res(acc, ppl):
         return {"tasks": {

@@ -314,7 +314,7 @@ RETENTION = {"suite": "english", "limit": 2, "every": 2, "max_drop": 1000.0, "ac
 
 
 def kill_at_step(monkeypatch, step):
-    from retain.mitigations.retention import RetentionBudget
+    from retain.mitigations.budget import RetentionBudget
 
     real_check = RetentionBudget.check
 
@@ -344,7 +344,7 @@ def test_retention_history_survives_a_resume(make_config, tmp_path, monkeypatch)
 
 
 def test_rollback_after_a_resume_restores_the_true_last_good_weights(make_config, tiny_model, tmp_path, monkeypatch):
-    from retain.mitigations.retention import RetentionBudget
+    from retain.mitigations.budget import RetentionBudget
 
     # The third check (step 6) breaches: roll back to the weights of the check at step 4.
     monkeypatch.setattr(RetentionBudget, "_within", lambda self, model: (len(self.history) != 2, {"english": 0.0}))

@@ -24,10 +24,11 @@ import yaml
 
 from retain.config.overrides import apply_overrides
 from retain.data.sources import source_problem  # what a data.train string may name
-from retain.core.schema import ConfigError, build, read_yaml, to_dict
+from retain.core.schema import ConfigError, build, field_help, read_yaml, to_dict
 from retain.mitigations import PEFT_METHODS, parse_mitigations  # the table parses its own section
 from retain.model.loading import ModelConfig  # the `model:` section lives beside the code it configures
-from retain.core.paths import LAB_MODEL_DIR, resolve_path
+from retain.core.paths import resolve_path
+from retain.lab.defaults import lab_fills, uses_lab_model
 from retain.preference.options import DPOOptions, GRPOOptions  # the objectives' options live beside their code
 
 
@@ -186,32 +187,20 @@ class RunConfig:
         "help": "what protects old capabilities: name -> options, e.g. lora: {r: 8}"})
 
 
-LAB_MODEL = "retain-tiny"
-
-
-def uses_lab_model(model: ModelConfig) -> bool:
-    """Whether the run starts from retain-tiny (by its alias or its directory)."""
-    if model.name == LAB_MODEL:
-        return True
-    path = Path(model.name).expanduser()
-    return path.is_dir() and path.resolve() == LAB_MODEL_DIR.resolve()
-
-
 def fill_lab_defaults(model: ModelConfig, mitigations: dict[str, Any]) -> dict[str, Any]:
     """Mitigation options left unset that the lab can supply (general data, a retention suite).
 
-    Each options class lists them in LAB_DEFAULTS, key -> (the lab's value, what another model needs).
-    They fill in for retain-tiny only: the lab's data says nothing about another model, so for any
-    other model an unset one is a ConfigError.
+    retain.lab.defaults lists them. They fill in for retain-tiny only: the lab's data says nothing about another
+    model, so for any other model an unset one is a ConfigError naming the option and what it takes.
     """
     filled = {}
     for name, options in mitigations.items():
-        lab = getattr(options, "LAB_DEFAULTS", {})
-        unset = {key: value for key, (value, _) in lab.items() if getattr(options, key) is None}
+        unset = {key: value for key, value in lab_fills(name, options).items() if getattr(options, key) is None}
         if unset and not uses_lab_model(model):
             key = next(iter(unset))
-            raise ConfigError(f"mitigations.{name}.{key}: required for model {model.name} — give {lab[key][1]} "
-                              f"(only retain-tiny's runs default to the lab's {unset[key]!r})")
+            raise ConfigError(f"mitigations.{name}.{key}: required for model {model.name} — give "
+                              f"{field_help(options, key).split('; required unless')[0]} (only retain-tiny's runs default to the lab's "
+                              f"{unset[key]!r})")
         filled[name] = dataclasses.replace(options, **unset) if unset else options
     return filled
 

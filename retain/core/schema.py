@@ -191,3 +191,8 @@ def to_dict(obj) -> Any:
     if isinstance(obj, (list, tuple)):
         return [to_dict(v) for v in obj]
     return obj
+
+
+def field_help(options, key: str) -> str:
+    """The help text of field `key` of a dataclass (an instance or the class): what the option takes."""
+    return next((f.metadata.get("help", key) for f in dataclasses.fields(options) if f.name == key), key)

@@ -37,8 +37,9 @@ from retain.core.errors import DataError
 from retain.core.paths import resolve_path
 
 __all__ = ["ALPACA_PROMPT", "IGNORE_INDEX", "MODEL_INPUTS", "ChatTemplate", "Completion", "Conversation", "DataError",
-           "Dataset", "Example", "PreferenceExample", "SeededOrder", "Source", "Text", "Turn", "collate", "detect_format", "load_dataset", "load_preferences", "max_line_bytes", "model_inputs", "open_source", "pack",
-           "read_jsonl", "render_shape", "resolve_chat_template", "source_problem", "tokenize"]
+           "Dataset", "Example", "PreferenceExample", "SeededOrder", "Source", "Text", "Turn", "collate",
+           "detect_format", "general_examples", "load_dataset", "load_preferences", "max_line_bytes", "model_inputs",
+           "open_source", "pack", "read_jsonl", "render_shape", "resolve_chat_template", "source_problem", "tokenize"]
 
 
 def load_dataset(source: str | Path | Any, tokenizer, fmt: str = "auto", max_length: int = 512,
@@ -72,6 +73,13 @@ def load_dataset(source: str | Path | Any, tokenizer, fmt: str = "auto", max_len
     if not examples:
         raise DataError(f"{src.name}: no example has a target token within max_length={max_length}")
     return Dataset(examples, src.name, truncated, dropped)
+
+
+def general_examples(source: str | Path, tokenizer, max_length: int) -> list[Example]:
+    """The examples of a general-data file (replay's pool, the data EWC's Fisher, SI's anchor, the early warnings and
+    CorDA read), tokenized as the run tokenizes, every token a target: what the model should keep predicting."""
+    return load_dataset(resolve_path(source) if isinstance(source, str) else source, tokenizer, "auto", max_length,
+                        "all").examples
 
 
 def load_preferences(source: str | Path | Any, fmt: str = "auto") -> list[PreferenceExample]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from retain.mitigations.retention_options import DEFAULT_SUITE
+from retain.lab.defaults import BUDGET_SUITE
 from retain.core.paths import PACKAGE_DIR
 from retain.report.build import write_report
 from retain.studies.common import StudyConfig, checked_run, evaluate_into, plan_run, read_base
@@ -27,7 +27,7 @@ SUITE = "lab,city_country"
 RUNS = ("unprotected", "protected")
 # Retention checks that only measure: every capability `ignore`d (20 dev items each, every 50 steps; recorded, never
 # a breach), so each run ends with the weights its training reached; the report draws them as forgetting over training
-CHECKS = {"mitigations.retention": {"limit": 20, "tasks": dict.fromkeys(DEFAULT_SUITE.split(","), "ignore")}}
+CHECKS = {"mitigations.retention": {"limit": 20, "tasks": dict.fromkeys(BUDGET_SUITE.split(","), "ignore")}}
 
 
 def run_demo(out: Path, quick: bool = False) -> dict:

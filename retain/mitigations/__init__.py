@@ -18,7 +18,7 @@ from retain.mitigations.peft_methods import (IA3, OFT, OSF, IA3Options, LoHa, Lo
                                              OFTOptions, OSFOptions, PrefixTuning, PromptTuning, VirtualTokensOptions)
 from retain.mitigations.penalties import EWC, L2SP, SI, EWCOptions, L2SPOptions, SIOptions
 from retain.mitigations.replay import Replay, ReplayOptions, implied_kl
-from retain.mitigations.retention import RetentionBudget, RetentionOptions
+from retain.mitigations.budget import RetentionBudget, RetentionOptions
 from retain.mitigations.roles import check_roles
 from retain.mitigations.self_distill import SelfDistill, SelfDistillOptions
 from retain.mitigations.token_weights import ASFT, DFT, EAFT, ASFTOptions, DFTOptions, EAFTOptions

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from retain.model.head import shifted_rows
-from retain.mitigations.roles import Context
+from retain.mitigations.roles import Context, LossTerm, Setup
 from retain.model.reference import Reference
 
 # Rows per chunk of the KL: about CHUNK_ELEMENTS / V, never fewer than CHUNK_MIN_ROWS. On a CPU, chunks whose
@@ -235,7 +235,7 @@ class KLOptions:
             yield "cache_top_k", "the cached teacher supports forward KL only"
 
 
-class KLToBase:
+class KLToBase(Setup, LossTerm):
     """KL divergence to the frozen base model's next-token distribution, added to the loss."""
 
     name = "kl"

@@ -20,16 +20,15 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from retain.data import collate, load_dataset
-from retain.mitigations.penalties import trainable
+from retain.data import collate, general_examples
 from retain.mitigations.replay import GENERAL_DATA_HELP
-from retain.mitigations.roles import Context, Decision
+from retain.mitigations.roles import Context, DataTransform, Decision, Monitor, Setup
 from retain.model.reference import Reference
+from retain.model.weights import trainable
 from retain.core.paths import resolve_path
 
 
@@ -91,7 +90,6 @@ class EarlyWarningsOptions:
         "help": "base tokens kept per position for the KL (the rest is one bucket): memory vs exactness"})
     batch_size: int = field(default=16, metadata={"help": "examples per forward pass"})
 
-    LAB_DEFAULTS: ClassVar[dict] = {"general": ("lab:general.jsonl", GENERAL_DATA_HELP)}
 
     def validate(self):
         for key in ("every", "examples", "top_k", "batch_size"):
@@ -101,7 +99,7 @@ class EarlyWarningsOptions:
             yield "general", f"file not found: {resolve_path(self.general)}"
 
 
-class EarlyWarnings:
+class EarlyWarnings(DataTransform, Setup, Monitor):
     """Logs warn/* metrics at its cadence; never stops the run, never changes the weights."""
 
     def __init__(self, options: EarlyWarningsOptions):
@@ -116,7 +114,7 @@ class EarlyWarnings:
 
     def setup(self, model, ctx: Context) -> None:
         o = self.options
-        general = load_dataset(resolve_path(o.general), ctx.tokenizer, "auto", ctx.max_length, "all").examples
+        general = general_examples(o.general, ctx.tokenizer, ctx.max_length)
         self.pad_id = ctx.tokenizer.pad_token_id
         self.sets = {"general": general[: o.examples]}
         if o.task and self.task_sample:

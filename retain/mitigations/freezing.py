@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from retain.core.errors import ConfigError
-from retain.mitigations.roles import Context
+from retain.mitigations.roles import Context, GradientFilter, ModelTransform
 
 # "model.layers.3.mlp..." (Llama, Mistral, Qwen), "transformer.h.3..." (GPT-2), "...blocks.3..."
 BLOCK_INDEX = re.compile(r"\.(?:layers|h|blocks|block|layer)\.(\d+)\.")
@@ -62,7 +62,7 @@ class FreezeOptions:
                 yield f"patterns[{i}]", f"not a valid regex: {e}"
 
 
-class Freeze:
+class Freeze(ModelTransform):
     """Chosen parameters (embeddings, the first blocks, names by regex) never move."""
 
     def __init__(self, options: FreezeOptions):
@@ -104,7 +104,7 @@ def trainable_blocks_at(step: int, n_blocks: int, start_blocks: int, every: int)
     return set(range(n_blocks - n, n_blocks))
 
 
-class ProgressiveUnfreeze:
+class ProgressiveUnfreeze(GradientFilter):
     """Top blocks first (those nearest the output), one more block every `every` steps (ULMFiT-style).
 
     Parameters stay requires_grad=True so DDP sees a fixed graph; those not yet unfrozen have their

@@ -6,23 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
-
-from retain.mitigations.roles import Context
-
-
-def interpolate(base: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
-    """(1 − α)·base + α·tuned per tensor: α=0 is the base, α=1 the fine-tune."""
-    return {k: torch.lerp(base[k].float(), tuned[k].float(), alpha).to(tuned[k].dtype) for k in tuned}
-
-
-def merged_state(model) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
-    """(plain model, its state dict): a PEFT model is merged into its base first."""
-    from peft import PeftModel
-
-    if isinstance(model, PeftModel):
-        model = model.merge_and_unload()
-    return model, {k: v.detach() for k, v in model.state_dict().items()}
+from retain.mitigations.roles import Context, WeightTransform
+from retain.model.weights import interpolate, merged_state
 
 
 @dataclass(frozen=True)
@@ -35,7 +20,7 @@ class InterpolateOptions:
             yield "alpha", f"must be in [0, 1], got {self.alpha}"
 
 
-class Interpolate:
+class Interpolate(WeightTransform):
     """WiSE-FT: after training, move back toward the base by (1 − α). An adapter is merged first."""
 
     def __init__(self, options: InterpolateOptions):

@@ -27,8 +27,7 @@ import math
 
 import torch
 
-from retain.core.paths import resolve_path
-from retain.data import collate, load_dataset
+from retain.data import collate, general_examples
 
 CHANGES_BASE = ("pissa", "olora", "corda")
 INIT_BATCH = 4  # init_data examples per forward
@@ -38,7 +37,7 @@ def init_batches(file: str, tokenizer, max_length: int, examples: int, batch_siz
     """Batches (input_ids, attention_mask, labels) of the first `examples` records of `file`, every token a target
     (CorDA's covariance hooks read one unpadded sequence at a time: batch_size 1)."""
 
-    data = load_dataset(resolve_path(file), tokenizer, "auto", max_length, "all").examples[:examples]
+    data = general_examples(file, tokenizer, max_length)[:examples]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return [collate(data[i:i + batch_size], pad) for i in range(0, len(data), batch_size)]
 

@@ -12,7 +12,7 @@ from typing import Literal
 
 from retain.mitigations.lora_init import (CHANGES_BASE, INIT_BATCH, as_plain_lora, init_batches, initial_adapter,
                                          run_batches)
-from retain.mitigations.roles import Context
+from retain.mitigations.roles import Context, ModelTransform, WeightTransform
 from retain.core.paths import resolve_path
 
 
@@ -67,7 +67,7 @@ class LoraOptions:
             yield "init_examples", f"must be >= 1, got {self.init_examples}"
 
 
-class Lora:
+class Lora(ModelTransform, WeightTransform):
     """LoRA / DoRA / rsLoRA adapters on the chosen linear layers (PiSSA, OLoRA, CorDA, EVA, MiCA starts)."""
 
     def __init__(self, options: LoraOptions):
@@ -122,7 +122,7 @@ class LowRankOptions:
             yield "r", f"must be >= 1, got {self.r}"
 
 
-class LoHa:
+class LoHa(ModelTransform):
     """Low-rank Hadamard product adapters."""
 
     def __init__(self, options: LowRankOptions):
@@ -135,7 +135,7 @@ class LoHa:
         return wrap(model, LoHaConfig(r=o.r, alpha=o.alpha, target_modules=_targets(o.target_modules)))
 
 
-class LoKr:
+class LoKr(ModelTransform):
     """Low-rank Kronecker product adapters."""
 
     def __init__(self, options: LowRankOptions):
@@ -156,7 +156,7 @@ class IA3Options:
         "help": "those of target_modules scaled on their input; the others are scaled on their output"})
 
 
-class IA3:
+class IA3(ModelTransform):
     """Learned per-channel scaling vectors (IA3)."""
 
     def __init__(self, options: IA3Options):
@@ -178,7 +178,7 @@ class OFTOptions:
         "help": "module names to adapt (e.g. [q_proj, v_proj]), or \"all-linear\" for every linear layer"})
 
 
-class OFT:
+class OFT(ModelTransform):
     """Orthogonal fine-tuning: rotate the frozen weights with learned block-orthogonal matrices."""
 
     def __init__(self, options: OFTOptions):
@@ -204,7 +204,7 @@ class OSFOptions:
             yield "effective_rank", f"must be a share in (0, 1] or a whole count, got {self.effective_rank}"
 
 
-class OSF:
+class OSF(ModelTransform):
     """Orthogonal subspace fine-tuning: each weight's top singular directions frozen, the rest trained."""
 
     def __init__(self, options: OSFOptions):
@@ -229,7 +229,7 @@ class VirtualTokensOptions:
             yield "num_virtual_tokens", f"must be >= 1, got {self.num_virtual_tokens}"
 
 
-class PromptTuning:
+class PromptTuning(ModelTransform):
     """Trainable soft-prompt embeddings before the input; the model itself is untouched."""
 
     def __init__(self, options: VirtualTokensOptions):
@@ -242,7 +242,7 @@ class PromptTuning:
                                               task_type="CAUSAL_LM"))
 
 
-class PrefixTuning:
+class PrefixTuning(ModelTransform):
     """Trainable key/value prefixes in every attention layer."""
 
     def __init__(self, options: VirtualTokensOptions):

@@ -16,14 +16,13 @@ relative to the mean squared move of the weights (`relative_damping`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 import torch
 
 from retain.core.paths import resolve_path
-from retain.data import collate, load_dataset
-from retain.mitigations.replay import GENERAL_DATA_HELP
-from retain.mitigations.roles import Context
+from retain.data import collate, general_examples
+from retain.mitigations.roles import Context, LossTerm, Setup, Stateful, WritesFiles
+from retain.model.weights import snapshot, trainable
 
 
 def weighted_l2(params: dict[str, torch.Tensor], anchor: dict[str, torch.Tensor],
@@ -37,31 +36,10 @@ def weighted_l2(params: dict[str, torch.Tensor], anchor: dict[str, torch.Tensor]
     return total
 
 
-def trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
-    return {n: p for n, p in model.named_parameters() if p.requires_grad}
-
-
-def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Detached copies of the trainable weights: an anchor, or a state to restore later."""
-    return {n: p.detach().clone() for n, p in trainable(model).items()}
-
-
-@torch.no_grad()
-def restore(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
-    """Copy a snapshot back into the trainable weights; strict: it must name exactly those tensors."""
-    params = trainable(model)
-    if weights.keys() != params.keys():
-        missing, unexpected = sorted(params.keys() - weights.keys()), sorted(weights.keys() - params.keys())
-        raise ValueError(f"weights to restore do not fit the model's trainable weights (missing: {missing[:3]}, "
-                         f"unexpected: {unexpected[:3]})")
-    for name, p in params.items():
-        p.copy_(weights[name])
-
-
 def general_batches(ctx: Context, file: str, n_batches: int, batch_size: int, device: torch.device | None = None):
     """The first `n_batches` batches of a general-data file, tokenized as the run tokenizes, on `device`."""
 
-    data = load_dataset(resolve_path(file), ctx.tokenizer, "auto", ctx.max_length, "all").examples
+    data = general_examples(file, ctx.tokenizer, ctx.max_length)
     for i in range(0, min(len(data), n_batches * batch_size), batch_size):
         batch = collate(data[i: i + batch_size], ctx.tokenizer.pad_token_id)
         yield batch if device is None else {k: v.to(device) for k, v in batch.items()}
@@ -137,7 +115,6 @@ class EWCOptions:
     save_fisher: bool = field(default=True, metadata={
         "help": "write <output.dir>/fisher.pt (before normalising), for the next stage's fisher_in"})
 
-    LAB_DEFAULTS: ClassVar[dict] = {"file": ("lab:general.jsonl", GENERAL_DATA_HELP)}  # see config.fill_lab_defaults
 
     def validate(self):
         if self.weight <= 0:
@@ -172,7 +149,6 @@ class SIOptions:
     save_importance: bool = field(default=True, metadata={
         "help": "write <output.dir>/si_importance.pt (before normalising), for the next stage's importance_in"})
 
-    LAB_DEFAULTS: ClassVar[dict] = {"file": ("lab:general.jsonl", GENERAL_DATA_HELP)}  # see config.fill_lab_defaults
 
     def validate(self):
         if self.weight <= 0:
@@ -193,7 +169,7 @@ def accumulate(new: dict[str, torch.Tensor], previous_file: str | None, decay: f
     return {n: decay * previous[n].to(v.device) + v if n in previous else v for n, v in new.items()}
 
 
-class _AnchoredPenalty:
+class _AnchoredPenalty(Setup, LossTerm, Stateful):
     """Shared wiring: snapshot θ0 of the trainable weights at setup, add weight/2 · weighted_l2.
 
     θ0 and the importance are state (state_dict): a resumed run keeps the ones it started with.
@@ -247,7 +223,7 @@ class L2SP(_AnchoredPenalty):
     name = "l2sp"
 
 
-class EWC(_AnchoredPenalty):
+class EWC(_AnchoredPenalty, WritesFiles):
     """EWC: pull weights back toward the start, each by its Fisher importance on general data."""
 
     name = "ewc"
@@ -265,7 +241,7 @@ class EWC(_AnchoredPenalty):
         return {"fisher.pt": {n: f.cpu() for n, f in self.raw_importance.items()}}
 
 
-class SI(_AnchoredPenalty):
+class SI(_AnchoredPenalty, WritesFiles):
     """Synaptic intelligence: pull weights back toward the start, each by its path-integral importance."""
 
     name = "si"

@@ -8,10 +8,10 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from retain.core.paths import resolve_path
-from retain.data import load_dataset
+from retain.data import general_examples
 from retain.mitigations.distill import KLOptions
 from retain.mitigations.rehearsal import RehearsalSettings, self_rehearsal
-from retain.mitigations.roles import Context
+from retain.mitigations.roles import Context, DataTransform
 
 GENERAL_DATA_HELP = "a JSONL file of general text the model should keep (any shape retain reads)"
 
@@ -78,12 +78,6 @@ class ReplayOptions:
         if self.ratio is None:  # frozen: the default that depends on the source, set once
             object.__setattr__(self, "ratio", SELF_RATIO if self.source == "self" else FILE_RATIO)
 
-    @property
-    def LAB_DEFAULTS(self) -> dict:  # noqa: N802 (what retain.config.fill_lab_defaults reads)
-        """What fill_lab_defaults fills in for retain-tiny (and asks any other model for): the file, unless the
-        base writes its own."""
-        return {} if self.source == "self" else {"file": ("lab:general.jsonl", GENERAL_DATA_HELP)}
-
     def validate(self):
         if not 0 < self.ratio < 1:
             yield "ratio", f"must be in (0, 1), got {self.ratio}"
@@ -112,7 +106,7 @@ class ReplayOptions:
                                  answer_temperature=self.answer_temperature, seed=self.seed, prompts=self.prompts)
 
 
-class Replay:
+class Replay(DataTransform):
     """General data mixed back into the task data, at an exact share of the examples."""
 
     def __init__(self, options: ReplayOptions):
@@ -124,7 +118,6 @@ class Replay:
             source = ctx.model_source() if ctx.model_source else None
             path = self_rehearsal(o.rehearsal(), source, ctx.tokenizer, ctx.load_base_model, o.cache_dir)
         else:
-            path = resolve_path(o.file)
-        pool = load_dataset(path, ctx.tokenizer, "auto", ctx.max_length, "all")
-        pool = [replace(e, replay=True) for e in pool.examples]
+            path = o.file
+        pool = [replace(e, replay=True) for e in general_examples(path, ctx.tokenizer, ctx.max_length)]
         return mix_replay(examples, pool, self.options.ratio, self.options.seed)

@@ -157,7 +157,8 @@ def playing(mitigations: list, role: type) -> list:
 
 
 def check_roles(cls: type) -> None:
-    """A mitigation class plays at least one role, and no method of it is a near-miss of a role method.
+    """A mitigation class plays at least one role, declares in its header exactly the roles it implements
+    (`class Replay(DataTransform):`), and no method of it is a near-miss of a role method.
 
     Roles are matched by method name (the protocols above), so a typo — `transfrom_model` — would
     otherwise skip the role without a word. TypeError names the class and the likely intended name.
@@ -175,3 +176,15 @@ def check_roles(cls: type) -> None:
     ordered = [m for r in ORDER for m in r.methods]
     if not any(name in own for name in ordered):
         raise TypeError(f"{cls.__name__} plays no role: implement one of {', '.join(ordered)}")
+    declared = {r.protocol.__name__ for r in ORDER + DUTIES if r.protocol in cls.__mro__}
+    implemented = {r.protocol.__name__ for r in ORDER + DUTIES if implements(cls, r)}
+    if declared != implemented:
+        raise TypeError(f"{cls.__name__} declares the roles {sorted(declared)} in its header but implements "
+                        f"{sorted(implemented)}: name each role it plays as a base class, and implement each one named "
+                        "(a declared role's method left out would be the protocol's empty stub)")
+
+
+def implements(cls: type, role: Role) -> bool:
+    """Whether `cls` itself (or a base that is not the role's protocol) defines every method of `role`."""
+    return all(getattr(cls, m, None) is not None and getattr(cls, m) is not getattr(role.protocol, m, None)
+               for m in role.methods)

@@ -15,7 +15,7 @@ import torch
 
 from retain.data import IGNORE_INDEX
 from retain.evaluation.lm import LM
-from retain.mitigations.roles import Context
+from retain.mitigations.roles import Context, DataTransform
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ def split_example(example, tokenizer) -> tuple[str, str]:
     return prompt, response
 
 
-class SelfDistill:
+class SelfDistill(DataTransform):
     """Train on the base model's own rewording of each task response (SDFT)."""
 
     def __init__(self, options: SelfDistillOptions):

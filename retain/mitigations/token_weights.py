@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from retain.mitigations.distill import KLOptions, KLToBase
-from retain.mitigations.roles import Context
+from retain.mitigations.roles import Context, LossTerm, Setup, TokenWeights
 
 
 def dft_weights(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -97,7 +97,7 @@ class ASFTOptions:
             yield "cache_top_k", f"must be ≥ 0, got {self.cache_top_k}"
 
 
-class DFT:
+class DFT(TokenWeights):
     """Dynamic Fine-Tuning: each target token's loss scaled by the model's probability of it (detached)."""
 
     def __init__(self, options: DFTOptions):
@@ -107,7 +107,7 @@ class DFT:
         return dft_weights(logits, targets)
 
 
-class EAFT:
+class EAFT(TokenWeights):
     """Entropy-Adaptive Fine-Tuning: each target token's loss scaled by the normalised entropy of the prediction.
 
     A token the model is sure of but the data contradicts (a confident conflict) barely moves the model.
@@ -120,7 +120,7 @@ class EAFT:
         return eaft_weights(logits, self.options.top_k, self.options.alpha)
 
 
-class ASFT:
+class ASFT(Setup, TokenWeights, LossTerm):
     """Anchored SFT: DFT's token weights plus a forward KL to the base model at the same targets."""
 
     name = "asft_kl"  # logged as loss/asft_kl: the anchor's share of the loss

@@ -173,7 +173,7 @@ def verdict_line(label: str, comparison: dict, budget_points: float | None = Non
     line = ship_verdict(label, comparison)
     if budget_points is None:
         return line
-    # the budget holds each task's primary score (retain.mitigations.retention), so it is read per task here too
+    # the budget holds each task's primary score (retain.mitigations.budget), so it is read per task here too
     lost, task = max([(0.0, None)] + [(100 * worse_by(r["delta"], r["lower_is_better"]), t)
                                       for t, r in comparison["tasks"].items() if not r["relative"]],
                      key=lambda lt: lt[0])

@@ -1,6 +1,6 @@
 """The retention budget's section of the report: the budget per task, every check, the point chosen and why.
 
-Read from a run's retention.json (retain.mitigations.retention.RetentionBudget.files); a retention.json from
+Read from a run's retention.json (retain.mitigations.budget.RetentionBudget.files); a retention.json from
 before per-task budgets and kept points has no `tasks` or `start` and gets no section (its one-line summary,
 render.budget_lines, still reads it).
 """

@@ -41,9 +41,10 @@ import typing
 
 import torch
 
-from retain.config import RunConfig, uses_lab_model
+from retain.config import RunConfig
 from retain.data import (Completion, Conversation, PreferenceExample, Text, open_source, read_shape, render_shape,
                          resolve_chat_template)
+from retain.lab.defaults import uses_lab_model
 from retain.mitigations import MITIGATIONS, PEFT_METHODS
 from retain.mitigations.replay import ReplayOptions
 from retain.model.loading import load_model, load_tokenizer
@@ -113,7 +114,6 @@ def other_run(model_name: str) -> Path | None:
 
 def diagnose(config: RunConfig, probe: int = 32) -> Diagnosis:
     """Every finding for `config`; `probe` task examples are answered by the base model (0: no probe)."""
-
     t, m = config.training, config.mitigations
     objective = make_objective(config)  # the run's own check: what a run refuses is refused here (exit 2)
     tokenizer = load_tokenizer(config.model)
@@ -135,39 +135,8 @@ def diagnose(config: RunConfig, probe: int = 32) -> Diagnosis:
              "lr": t.lr, "method": peft[0] if peft else "full fine-tuning", "objective": t.objective,
              "mitigations": sorted(m), "most_common_prompt_template": top_shape,
              "template_share": top_count / max(len(examples), 1)}
-    d = Diagnosis(facts)
+    d = Diagnosis(facts, training_findings(config, n_params, peft, len(examples), steps, epochs, top_shape, top_count))
     add = d.findings.append
-
-    low, high = full_ft_lr_range(n_params)
-    replay = m.get("replay")  # advice on replay says what the config does not have yet
-    mix_in = ("mitigations.replay.ratio=0.15" if replay is None else
-              f"more general data than mitigations.replay.ratio's {replay.ratio:g}" if replay.ratio < 0.2 else
-              "general data of more kinds in mitigations.replay")
-    if not peft and t.lr > high:
-        add(Finding("high_lr", f"full fine-tuning of {n_params:,} parameters at lr {t.lr:g}, {t.lr / high:.0f}x the "
-                    f"top of the usual {low:g}-{high:g} for this size (practitioners' range for full fine-tuning of LLMs: 1e-5 to 5e-6)",
-                    f"training.lr={high:g}, or mitigations.lora (then lr {PEFT_LR[0]:g}-{PEFT_LR[1]:g})"))
-    elif peft and t.lr > 3 * PEFT_LR[1]:
-        add(Finding("high_lr", f"{peft[0]} at lr {t.lr:g}, above the usual {PEFT_LR[0]:g}-{PEFT_LR[1]:g} for adapters",
-                    f"training.lr={PEFT_LR[0]:g}"))
-    if not peft and t.warmup_steps == 0:
-        add(Finding("no_warmup", "full fine-tuning with warmup_steps 0: the first steps move the weights at "
-                    "full learning rate, with AdamW's moment estimates not yet settled",
-                    f"training.warmup_steps={max(1, round(0.05 * steps))} (about 5% of the {steps} steps)"))
-    if epochs > MAX_EPOCHS:
-        fewer = epoch_settings(config, recommended_epochs(len(examples)), len(examples))
-        add(Finding("many_epochs", f"{epochs:.1f} epochs ({steps} steps x {t.batch_size * t.grad_accum} examples "
-                    f"over {len(examples)} examples): each example is seen {epochs:.0f} times",
-                    f"{fewer[0]}, or mitigations.retention with action: early_stop to stop when the budget stops "
-                    "improving"))
-    if len(examples) < 1_000 and epochs > 1:
-        add(Finding("little_data", f"{len(examples)} examples, passed over {epochs:.1f} times: a small set "
-                    "is memorised before it generalises, and every pass pulls further from the base",
-                    f"{mix_in} (10-20% general data), fewer epochs, or more varied data"))
-    if top_count >= 0.5 * len(examples) and len(examples) >= 10:
-        add(Finding("narrow_data", f"{top_count / len(examples):.0%} of the prompts have one shape: "
-                    f"{top_shape!r}", f"{mix_in} (general data mixed in), and a retention suite that covers "
-                    "what the model should keep"))
     if not set(m) & set(PROTECTION):
         add(Finding("no_protection", "no mitigation: every weight moves freely toward the task, with nothing "
                     "pulling toward what the base knew", "mitigations.lora, mitigations.replay, mitigations.kl "
@@ -191,6 +160,46 @@ def diagnose(config: RunConfig, probe: int = 32) -> Diagnosis:
         d.findings += probe_findings(facts["probe"])
     d.recipe = recipe(config, n_params, len(examples), bool(peft), gap)
     return d
+
+
+def training_findings(config: RunConfig, n_params: int, peft: list[str], n_examples: int, steps: int, epochs: float,
+                      top_shape: str, top_count: int) -> list[Finding]:
+    """The recipe's causes of forgetting the source texts name: a high learning rate, no warmup, many epochs,
+    little data, narrow data. Advice on replay says what the config does not have yet."""
+    t, m = config.training, config.mitigations
+    found = []
+    add = found.append
+    low, high = full_ft_lr_range(n_params)
+    replay = m.get("replay")
+    mix_in = ("mitigations.replay.ratio=0.15" if replay is None else
+              f"more general data than mitigations.replay.ratio's {replay.ratio:g}" if replay.ratio < 0.2 else
+              "general data of more kinds in mitigations.replay")
+    if not peft and t.lr > high:
+        add(Finding("high_lr", f"full fine-tuning of {n_params:,} parameters at lr {t.lr:g}, {t.lr / high:.0f}x the "
+                    f"top of the usual {low:g}-{high:g} for this size (practitioners' range for full fine-tuning of LLMs: 1e-5 to 5e-6)",
+                    f"training.lr={high:g}, or mitigations.lora (then lr {PEFT_LR[0]:g}-{PEFT_LR[1]:g})"))
+    elif peft and t.lr > 3 * PEFT_LR[1]:
+        add(Finding("high_lr", f"{peft[0]} at lr {t.lr:g}, above the usual {PEFT_LR[0]:g}-{PEFT_LR[1]:g} for adapters",
+                    f"training.lr={PEFT_LR[0]:g}"))
+    if not peft and t.warmup_steps == 0:
+        add(Finding("no_warmup", "full fine-tuning with warmup_steps 0: the first steps move the weights at "
+                    "full learning rate, with AdamW's moment estimates not yet settled",
+                    f"training.warmup_steps={max(1, round(0.05 * steps))} (about 5% of the {steps} steps)"))
+    if epochs > MAX_EPOCHS:
+        fewer = epoch_settings(config, recommended_epochs(n_examples), n_examples)
+        add(Finding("many_epochs", f"{epochs:.1f} epochs ({steps} steps x {t.batch_size * t.grad_accum} examples "
+                    f"over {n_examples} examples): each example is seen {epochs:.0f} times",
+                    f"{fewer[0]}, or mitigations.retention with action: early_stop to stop when the budget stops "
+                    "improving"))
+    if n_examples < 1_000 and epochs > 1:
+        add(Finding("little_data", f"{n_examples} examples, passed over {epochs:.1f} times: a small set "
+                    "is memorised before it generalises, and every pass pulls further from the base",
+                    f"{mix_in} (10-20% general data), fewer epochs, or more varied data"))
+    if top_count >= 0.5 * n_examples and n_examples >= 10:
+        add(Finding("narrow_data", f"{top_count / n_examples:.0%} of the prompts have one shape: "
+                    f"{top_shape!r}", f"{mix_in} (general data mixed in), and a retention suite that covers "
+                    "what the model should keep"))
+    return found
 
 
 def epoch_settings(config: RunConfig, epochs: int, n_examples: int) -> list[str]:

@@ -30,7 +30,8 @@ from pathlib import Path
 
 from transformers import AutoConfig
 
-from retain.config import load_config, uses_lab_model
+from retain.config import load_config
+from retain.lab.defaults import uses_lab_model
 from retain.data import detect_format, load_dataset, open_source
 from retain.core.errors import ConfigError, DataError
 from retain.evaluation.tasks import check_suite, load_suite

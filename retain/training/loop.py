@@ -56,18 +56,18 @@ from retain.core.schema import ConfigError
 from retain.data import Dataset, SeededOrder, pack
 from retain.core.files import atomic_torch_save, atomic_write_json, atomic_write_text
 from retain.mitigations import MITIGATIONS, build_mitigations
-from retain.mitigations.penalties import restore
-from retain.mitigations.roles import (Context, DataTransform, GradientFilter, LossTerm, ModelTransform, Monitor, Setup,
-                                     Stateful, WeightTransform, WritesFiles, playing)
+from retain.mitigations.roles import (Context, DataTransform, Decision, GradientFilter, LossTerm, ModelTransform, Monitor,
+                                     Setup, Stateful, WeightTransform, WritesFiles, playing)
 from retain.model import Reference
 from retain.model.loading import (check_max_length, enable_gradient_checkpointing, load_model, load_tokenizer,
                              model_source)
+from retain.model.weights import restore
 from retain.training.carryover import load_optimizer_moments
 from retain.training.carryover import save_optimizer_state as save_optimizer_state_file
 from retain.training.checkpoint import (NonFiniteError, any_failed, check_finite, disk_full, last_good,
                                         load_checkpoint, save_checkpoint, save_final)
 from retain.training.collapse import dead_step, make_watch
-from retain.training.logging import LogWindow, MetricsLog, make_trackers, tracker_config
+from retain.training.metrics_log import LogWindow, MetricsLog, make_trackers, tracker_config
 from retain.training.precision import choose_bf16, describe_precision, fresh_accelerator_state, this_machine
 from retain.training.rundir import Start, clear_outputs, plan_start, run_lock
 from retain.objectives import Objective, make_objective
@@ -201,12 +201,7 @@ def load_and_check(config: RunConfig, out: Path, accelerator, start: Start) -> R
 
     t = config.training
     set_seed(t.seed)
-    tokenizer = load_tokenizer(config.model)
-    if config.data.chat_template:
-        # The override is the model's template from now on: general data (replay, Fisher) renders with it,
-        # and final/ saves it, so the fine-tune is used the way it was trained.
-        tokenizer.chat_template = resolve_path(config.data.chat_template).read_text(encoding="utf-8")
-
+    tokenizer = run_tokenizer(config)
     mitigations = build_mitigations(config.mitigations)
     names = [name for name in MITIGATIONS if name in config.mitigations]  # build_mitigations' order
     objective = make_objective(config, mitigations)  # SFT's records, DPO's pairs or GRPO's prompts; the task loss
@@ -217,8 +212,8 @@ def load_and_check(config: RunConfig, out: Path, accelerator, start: Start) -> R
     model = load_model(config.model)
     check_max_length(config.data.max_length, model, config.model.name)
     packing = config.data.packing  # then a training item is a row of examples, and epochs count rows
-    n_items = len(pack(train_set.examples, config.data.max_length)) if packing else len(train_set)
-    total_steps = total_steps_for(config, n_items, accelerator.num_processes)
+    total_steps = total_steps_for(config, len(pack(train_set.examples, config.data.max_length)) if packing
+                                  else len(train_set), accelerator.num_processes)
     if start.checkpoint is not None and start.step >= total_steps:
         raise ConfigError(f"--resume: {start.checkpoint} is at step {start.step}, but this config trains "
                           f"{total_steps} steps")
@@ -227,22 +222,8 @@ def load_and_check(config: RunConfig, out: Path, accelerator, start: Start) -> R
                   dev_examples=dev_set.examples if dev_set and objective.supervised else None,
                   model_source=lambda: model_source(config.model))
 
-    if config.model.load_in_4bit:  # QLoRA: norms and head in float32, inputs that carry a gradient
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    for m in playing(mitigations, ModelTransform):  # role 1
-        model = m.transform_model(model, ctx)
-    if config.model.gradient_checkpointing:  # on the model as trained (adapters included)
-        enable_gradient_checkpointing(model)
-    examples = train_set.examples
-    for m in playing(mitigations, DataTransform):  # role 2
-        examples = m.transform_data(examples, ctx)
-    report_data(accelerator, train_set, dev_set, len(examples))
-    if packing:
-        n_examples, examples = len(examples), pack(examples, config.data.max_length)
-        accelerator.print(f"packed: {n_examples} examples in {len(examples)} rows of up to "
-                          f"{config.data.max_length} tokens")
+    model = transform_model(model, config, mitigations, ctx)  # role 1
+    examples = transform_data(train_set, dev_set, config, mitigations, ctx, accelerator)  # role 2
     n = accelerator.num_processes
     per_step = t.batch_size * t.grad_accum * n
     accelerator.print(f"{total_steps} optimizer steps on {n} process{'es' if n > 1 else ''}, global batch {per_step}"
@@ -253,18 +234,9 @@ def load_and_check(config: RunConfig, out: Path, accelerator, start: Start) -> R
                               optimizer, num_warmup_steps=t.warmup_steps, num_training_steps=total_steps)
     seen = start.step * per_step if start.examples_seen is None else start.examples_seen
     epochs_needed = math.ceil((seen + (total_steps - start.step) * per_step) / len(examples)) + 1
-    pad_id = tokenizer.pad_token_id
-
-    def loader(data, sampler=None):
-        # Its own generator: iterating a DataLoader draws a seed, and drawing it from the global
-        # RNG would shift dropout after a resume. Items are (index, example): an SFT batch says which
-        # examples it holds (what KL caches its teacher by).
-        return torch.utils.data.DataLoader(list(enumerate(data)), batch_size=t.batch_size, sampler=sampler,
-                                           collate_fn=lambda b: objective.collate(b, pad_id),
-                                           generator=torch.Generator().manual_seed(t.seed))
-
-    train_loader = loader(examples, SeededOrder(len(examples), t.seed, epochs_needed))
-    dev_loader = loader(dev_set.examples) if dev_set else None
+    train_loader = data_loader(examples, objective, tokenizer.pad_token_id, t, SeededOrder(len(examples), t.seed,
+                                                                                             epochs_needed))
+    dev_loader = data_loader(dev_set.examples, objective, tokenizer.pad_token_id, t) if dev_set else None
     # The scheduler is stepped by us once per optimizer step (accelerate's wrapper would step it once
     # per process), and registered so that checkpoints carry it.
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
@@ -278,6 +250,52 @@ def load_and_check(config: RunConfig, out: Path, accelerator, start: Start) -> R
     objective.setup(inner, ctx, examples, dev_set.examples if dev_set else None)
     return Run(config, out, accelerator, start, tokenizer, model, inner, mitigations, names, optimizer, scheduler,
                train_loader, dev_loader, ctx, total_steps, per_step, seen, objective)
+
+
+def run_tokenizer(config: RunConfig):
+    """The model's tokenizer; a data.chat_template overrides its template from now on: general data (replay,
+    Fisher) renders with it, and final/ saves it, so the fine-tune is used the way it was trained."""
+    tokenizer = load_tokenizer(config.model)
+    if config.data.chat_template:
+        tokenizer.chat_template = resolve_path(config.data.chat_template).read_text(encoding="utf-8")
+    return tokenizer
+
+
+def transform_model(model, config: RunConfig, mitigations: list, ctx: Context):
+    """Role 1 on the loaded model: QLoRA's preparation first, then the mitigations' transforms (adapters,
+    freezing), then gradient checkpointing on the model as trained (adapters included)."""
+    if config.model.load_in_4bit:  # QLoRA: norms and head in float32, inputs that carry a gradient
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    for m in playing(mitigations, ModelTransform):
+        model = m.transform_model(model, ctx)
+    if config.model.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    return model
+
+
+def transform_data(train_set, dev_set, config: RunConfig, mitigations: list, ctx: Context, accelerator) -> list:
+    """Role 2 on the task's examples (replay mixes its pool in, self-distillation rewrites the answers), then
+    packing into rows when data.packing asks: the items the loader draws."""
+    examples = train_set.examples
+    for m in playing(mitigations, DataTransform):
+        examples = m.transform_data(examples, ctx)
+    report_data(accelerator, train_set, dev_set, len(examples))
+    if config.data.packing:
+        n_examples, examples = len(examples), pack(examples, config.data.max_length)
+        accelerator.print(f"packed: {n_examples} examples in {len(examples)} rows of up to "
+                          f"{config.data.max_length} tokens")
+    return examples
+
+
+def data_loader(data: list, objective, pad_id: int, t, sampler=None) -> torch.utils.data.DataLoader:
+    """Its own generator: iterating a DataLoader draws a seed, and drawing it from the global RNG would shift
+    dropout after a resume. Items are (index, example): an SFT batch says which examples it holds (what KL caches
+    its teacher by)."""
+    return torch.utils.data.DataLoader(list(enumerate(data)), batch_size=t.batch_size, sampler=sampler,
+                                       collate_fn=lambda b: objective.collate(b, pad_id),
+                                       generator=torch.Generator().manual_seed(t.seed))
 
 
 def claim_output_dir(run: Run) -> MetricsLog:
@@ -329,16 +347,7 @@ def train_steps(run: Run, log: MetricsLog, progress: bool, extra_monitors: tuple
         for m in gradient_filters:  # role 6
             m.filter_gradients(run.inner, step)
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm or math.inf)
-        # The step's one host sync: a non-finite loss or gradient must never reach the weights; and is the model dead?
-        finite = torch.isfinite(torch.cat([terms, grad_norm.reshape(1).to(terms)])).all()
-        dead = dead_step(terms[0], grad_norm, collapse.vocab_size) if collapse else torch.zeros_like(finite)
-        finite, dead = torch.stack([finite, dead.to(finite)]).tolist()
-        if not finite:
-            values = dict(zip(shares, terms.tolist()))
-            raise NonFiniteError(
-                f"loss became {sum(values.values())} (terms: {values}, gradient norm {grad_norm.item()}) at step "
-                f"{step + 1}; stopped before the optimizer step, nothing saved. {last_good(out)} "
-                "Try a lower training.lr or set max_grad_norm.")
+        dead = check_step(shares, terms, grad_norm, collapse, step, out)
         if collapse:
             collapse.after_step(dead, step + 1, total_steps, out, accelerator.is_main_process)
         run.optimizer.step()
@@ -357,12 +366,7 @@ def train_steps(run: Run, log: MetricsLog, progress: bool, extra_monitors: tuple
             window = LogWindow(accelerator.device, step)
         if run.dev_loader is not None and ((t.eval_every and step % t.eval_every == 0) or step == total_steps):
             log.write({"step": step, **run.objective.evaluate(model, run.inner, run.dev_loader, accelerator)})
-        decided = [(m, d) for m in monitors if (d := m.check(run.inner, step, step == total_steps)) is not None]  # 6
-        for _, d in decided:
-            if d.metrics:
-                log.write({"step": step, **d.metrics})
-        write_files(accelerator, out, [m for m, _ in decided])
-        stop = next((d for _, d in decided if d.stop), None)
+        stop = consult(monitors, run, step, log)  # role 7
         if stop is not None:
             if stop.weights is not None:
                 restore(run.inner, stop.weights)
@@ -376,6 +380,31 @@ def train_steps(run: Run, log: MetricsLog, progress: bool, extra_monitors: tuple
         window.restart_clock_if_empty(step)  # eval and checkpoint time is not training time
     bar.close()
     return step
+
+
+def check_step(shares: dict, terms: torch.Tensor, grad_norm: torch.Tensor, collapse, step: int, out: Path) -> bool:
+    """The step's one host sync: a non-finite loss or gradient must never reach the weights (NonFiniteError before
+    the optimizer step); returns whether the model looks dead (collapse's watch, when it runs)."""
+    finite = torch.isfinite(torch.cat([terms, grad_norm.reshape(1).to(terms)])).all()
+    dead = dead_step(terms[0], grad_norm, collapse.vocab_size) if collapse else torch.zeros_like(finite)
+    finite, dead = torch.stack([finite, dead.to(finite)]).tolist()
+    if not finite:
+        values = dict(zip(shares, terms.tolist()))
+        raise NonFiniteError(
+            f"loss became {sum(values.values())} (terms: {values}, gradient norm {grad_norm.item()}) at step "
+            f"{step + 1}; stopped before the optimizer step, nothing saved. {last_good(out)} "
+            "Try a lower training.lr or set max_grad_norm.")
+    return dead
+
+
+def consult(monitors: list, run: Run, step: int, log: MetricsLog) -> Decision | None:
+    """Every monitor's check after `step`: their metrics logged, their files written; the first decision to stop."""
+    decided = [(m, d) for m in monitors if (d := m.check(run.inner, step, step == run.total_steps)) is not None]
+    for _, d in decided:
+        if d.metrics:
+            log.write({"step": step, **d.metrics})
+    write_files(run.accelerator, run.out, [m for m, _ in decided])
+    return next((d for _, d in decided if d.stop), None)
 
 
 def finish(run: Run, step: int) -> Path:

@@ -4,7 +4,7 @@
 
 What it does, at the trainer's events:
     train begin   score the model as it starts (the base) on the suite's test split -> before.json;
-                  with a budget, score the dev split too (retain.mitigations.retention.RetentionBudget)
+                  with a budget, score the dev split too (retain.mitigations.budget.RetentionBudget)
     step end      with a budget: check it every `every` steps, at the trainer's evaluation steps and at
                   the last step; on a breach `stop`, `rollback` (the last weights within budget) or
                   `repair`, and stop the trainer (control.should_training_stop); retention.json
@@ -35,9 +35,9 @@ from retain.core.errors import ConfigError
 from retain.evaluation.runner import DEFAULT_BATCH_SIZE, evaluate
 from retain.evaluation.tasks import check_suite, load_suite
 from retain.core.files import atomic_write_json, atomic_write_text
-from retain.mitigations.penalties import restore
-from retain.mitigations.retention import RetentionBudget, RetentionOptions
+from retain.mitigations.budget import RetentionBudget, RetentionOptions
 from retain.mitigations.roles import Context
+from retain.model.weights import restore
 from retain.core.schema import build
 from retain.report.build import write_report
 

@@ -42,8 +42,9 @@ from retain.core.files import atomic_torch_save
 from retain.mitigations import MITIGATIONS, build_mitigations, parse_mitigations
 from retain.mitigations.roles import DUTIES, ORDER, LossTerm, Setup, Stateful, TokenWeights, playing
 from retain.model.reference import FORWARD_INPUTS
+from retain.lab.defaults import lab_fills
 from retain.objectives.sft import SFT
-from retain.core.schema import ConfigError
+from retain.core.schema import ConfigError, field_help
 from retain.training.loop import write_files
 
 LOSS_ROLES = (Setup, TokenWeights, LossTerm)  # what a trainer's compute_loss can drive, besides the duties
@@ -88,9 +89,9 @@ def parse_loss_terms(terms: dict | None) -> dict:
     parsed = parse_mitigations({n: o for n, o in terms.items() if n not in given})
     options = {**parsed, **given}
     for name, o in options.items():  # what a config fills from the lab for retain-tiny must be given here
-        for key, (_, help_text) in getattr(type(o), "LAB_DEFAULTS", {}).items():
+        for key in lab_fills(name, o):
             if getattr(o, key) is None:
-                raise ConfigError(f"retain_losses.{name}.{key}: required — {help_text}")
+                raise ConfigError(f"retain_losses.{name}.{key}: required — {field_help(o, key)}")
     return {name: options[name] for name in MITIGATIONS if name in options}  # table order, as retain's loop
 
 

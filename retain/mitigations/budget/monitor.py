@@ -49,17 +49,14 @@ import torch
 from retain.core.errors import ConfigError
 from retain.evaluation.compare import sure_drops, task_drops
 from retain.evaluation.results import primary_value, relative
-from retain.mitigations.penalties import restore, trainable
-from retain.mitigations.retention_options import (DEFAULT_PERPLEXITY, DEFAULT_POINTS, DEFAULT_SUITE,  # noqa: F401
-                                                  RetentionOptions, TaskBudget)
-from retain.mitigations.retention_points import Point, best_within, merit, repair, to_keep
-from retain.mitigations.roles import Context, Decision
+from retain.mitigations.budget.options import RetentionOptions
+from retain.mitigations.budget.points import Point, best_within, merit, repair, to_keep
+from retain.mitigations.roles import Context, Decision, Monitor, Setup, Stateful, WritesFiles
 from retain.data import MODEL_INPUTS, collate
 from retain.evaluation.runner import evaluate
 from retain.evaluation.tasks import load_suite
-from retain.mitigations.interpolation import interpolate
+from retain.model.weights import interpolate, restore, trainable
 
-__all__ = ["DEFAULT_PERPLEXITY", "DEFAULT_POINTS", "DEFAULT_SUITE", "RetentionBudget", "RetentionOptions", "TaskBudget"]
 
 
 def is_perplexity(task: dict) -> bool:
@@ -86,7 +83,7 @@ def mean_loss(model, examples: list, pad_id: int, batch_size: int) -> float:
     return total / max(tokens, 1)
 
 
-class RetentionBudget:
+class RetentionBudget(Setup, Monitor, Stateful, WritesFiles):
     """A budget per capability on the dev split; ends the run at the best point it reached within it."""
 
     def __init__(self, options: RetentionOptions):

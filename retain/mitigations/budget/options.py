@@ -1,20 +1,19 @@
 """The retention budget's options: a budget per capability in its own unit, per-task overrides, the action.
 
-See retain.mitigations.retention for what the budget does with them and why the defaults are what they are.
+See retain.mitigations.budget.monitor for what the budget does with them and why the defaults are what they are.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 from retain.core.errors import ConfigError
 from retain.core.schema import build
 
 DEFAULT_POINTS, DEFAULT_PERPLEXITY = 1.0, 0.10  # the budget: one point for scores, +10% for perplexities
 # The lab's capabilities: retain-tiny's default suite (any other model must name its own)
-DEFAULT_SUITE = "capital_recall,capital_reverse,currency_choice,continent_choice,addition,english"
 
 
 @dataclass(frozen=True)
@@ -72,9 +71,6 @@ class RetentionOptions:
     limit: int | None = field(default=None, metadata={"help": "items per task (and of `task`), for speed"})
     batch_size: int = field(default=64, metadata={"help": "evaluation requests per forward pass"})
     repair_iterations: int = field(default=6, metadata={"help": "bisection steps per line for `repair`"})
-
-    LAB_DEFAULTS: ClassVar[dict] = {  # see retain.config.fill_lab_defaults
-        "suite": (DEFAULT_SUITE, "the capabilities to keep: task or suite YAMLs, bundled names, mmlu, lm-eval:NAME")}
 
     def validate(self):
         if self.max_drop is not None and (self.max_drop_points != DEFAULT_POINTS
