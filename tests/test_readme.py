@@ -124,7 +124,7 @@ def test_the_newcomer_path_runs_as_written(newcomer, monkeypatch, capsys):
     ran = []
     for args in shell_commands(section(README, *NEWCOMER)):
         if args[0] != "retain" or args[1] == "--help" or args[2].endswith(".gguf"):
-            continue  # the GGUF path: tests/test_gguf.py; `retain --help`: test_every_command_is_covered
+            continue  # the GGUF path: tests/model/test_gguf.py; `retain --help`: test_every_command_is_covered
         if args[1] == "train" and "mitigations.retention=" in " ".join(args):
             args = args + ["mitigations.retention.limit=2"]
         assert main(args[1:] + EXTRA_ARGS.get(args[1], [])) == 0, shlex.join(args)

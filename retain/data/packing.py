@@ -7,7 +7,7 @@ example. Nothing else marks the boundaries: given `position_ids` and no attentio
 (masking_utils.find_packed_sequence_indices; the flash-attention kernels read the same position ids
 as their sequence lengths) keeps every token's attention inside its own example, and the restarted
 positions give each example the rotary or learned position embeddings it has alone. So a token sees
-what it would see in a padded batch, and its logits are the same (tests/test_scale_switches.py).
+what it would see in a padded batch, and its logits are the same (tests/training/test_scale_switches.py).
 
 The loss is the same too: the first token of each example is never a target (in a padded batch nothing
 predicts it; in a row the previous example's last token would), so the row's targets are exactly its

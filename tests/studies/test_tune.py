@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
@@ -16,12 +15,12 @@ import yaml
 optuna = pytest.importorskip("optuna")
 
 import retain.studies.tune.trial as trial_module  # noqa: E402
-from conftest import write_jsonl  # noqa: E402
+from conftest import REPO_ROOT, write_jsonl  # noqa: E402
 from retain.config import load_config  # noqa: E402
 from retain.core.schema import ConfigError  # noqa: E402
 from retain.studies.tune import load_tune, run_tune, trial_name  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_ROOT
 SUITE = "capital_recall,currency_choice"  # lab tasks with a dev split; the tiny model scores near chance
 
 

@@ -17,8 +17,9 @@ from retain.core.schema import ConfigError
 from retain.studies import common
 from retain.studies.common import StudyConfig, TaskStudyConfig, plan_run, run_name
 from retain.studies.explain import STUDIES
+from conftest import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_ROOT
 SHIPPED = sorted(p for kind in ("sweeps", "tune", "sequences") for p in (REPO / "configs" / kind).glob("*.yaml")
                  if {"strategies", "grid", "space", "stages"} & set(yaml.safe_load(p.read_text())))  # not run configs
 

@@ -4,24 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from batches import full_kl, full_top_k_kl, tiny_batch
+
 from retain.mitigations import distill
 from retain.mitigations.distill import KLOptions, KLToBase, kl_divergence, positions, top_k_kl
-
-
-def full_kl(student, teacher, mask, temperature=1.0, direction="forward"):
-    """The reference: log-softmax over every (B, T) position, per-position KL, mean over the mask."""
-    s = F.log_softmax(student.double() / temperature, -1)
-    t = F.log_softmax(teacher.double() / temperature, -1)
-    p, q = (t, s) if direction == "forward" else (s, t)
-    per_position = (p.exp() * (p - q)).sum(-1)  # (B, T)
-    return (per_position * mask).sum() / mask.sum().clamp(min=1) * temperature ** 2
-
-
-def full_top_k_kl(student, ids, logprobs, mask, temperature=1.0):
-    s = F.log_softmax(student.double().gather(-1, ids) / temperature, -1)
-    t = F.log_softmax(logprobs.double() / temperature, -1)
-    per_position = (t.exp() * (t - s)).sum(-1)
-    return (per_position * mask).sum() / mask.sum().clamp(min=1) * temperature ** 2
 
 
 def a_batch(vocab=50, seed=0):
@@ -73,21 +59,6 @@ def test_a_teacher_that_learns_still_gets_its_gradient():
     teacher = torch.randn(4, 9, 50, requires_grad=True)
     kl_divergence(torch.randn(4, 9, 50), teacher, positions(batch, "all")).backward()
     assert teacher.grad is not None and teacher.grad.abs().sum() > 0
-
-
-def tiny_batch(tokenizer, index=None):
-    from retain.data import collate, tokenize
-    from retain.data.tokens import Example
-
-    texts = ["the capital of france is paris", "one plus two is three", "what city", "red green blue river"]
-    examples = []
-    for n, text in enumerate(texts):
-        e = tokenize(text, [(len(text) // 2, len(text))], tokenizer, "response")
-        examples.append(Example(e.input_ids, e.labels, replay=n % 2 == 1))
-    batch = collate(examples, tokenizer.pad_token_id)
-    if index is not None:
-        batch["index"] = index
-    return batch
 
 
 def student_and_base(tiny_model, peft: bool):

@@ -1,6 +1,5 @@
 """The role order is written once (retain.mitigations.roles.ORDER); the loop's docstring and docs/contributing.md show it."""
 
-from pathlib import Path
 
 import pytest
 
@@ -8,8 +7,9 @@ import retain.training.loop as loop
 from retain.mitigations import MITIGATIONS
 from retain.mitigations.roles import (DUTIES, ORDER, ROLE_METHODS, LossTerm, Setup, check_roles, describe_order,
                                      implements)
+from conftest import REPO_ROOT
 
-CONTRIBUTING = Path(__file__).resolve().parents[1] / "docs" / "contributing.md"
+CONTRIBUTING = REPO_ROOT / "docs" / "contributing.md"
 
 
 def indented(text: str) -> str:

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from conftest import write_jsonl
 from safetensors.torch import load_file
-from test_fast_step import indexed, loaded
+from batches import indexed, loaded
 
 import retain
 from retain.config import config_from_dict

@@ -15,10 +15,10 @@ from retain.config import config_from_dict
 from retain.data import IGNORE_INDEX, Example, collate, load_dataset, model_inputs, pack
 from retain.model.loading import ModelConfig, enable_gradient_checkpointing, load_model, load_tokenizer
 from retain.core.schema import ConfigError
-from conftest import pyproject
+from conftest import REPO_ROOT, pyproject
 from retain.objectives.sft import collate_indexed, target_tokens, task_forward
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 
 
 @pytest.fixture(scope="module")

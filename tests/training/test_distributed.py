@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 
 import yaml
+from conftest import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_ROOT
 
 
 def losses(out: Path) -> list[float]:

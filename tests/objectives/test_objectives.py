@@ -4,7 +4,6 @@ asks the objective instead of branching on which one it is."""
 import ast
 import inspect
 import typing
-from pathlib import Path
 
 import pytest
 
@@ -12,8 +11,9 @@ from retain.config import config_from_dict
 from retain.config.schema import TrainingConfig
 from retain.objectives import OBJECTIVES, SFT, Objective, make_objective
 from retain.objectives.protocol import FACTS, METHODS
+from conftest import REPO_ROOT
 
-TRAINING = Path(__file__).resolve().parents[1] / "retain" / "training"
+TRAINING = REPO_ROOT / "retain" / "training"
 
 
 def arity(member) -> int:

@@ -5,35 +5,11 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from test_kl_positions import full_kl, full_top_k_kl, tiny_batch
+from batches import full_kl, full_top_k_kl, indexed, loaded
 
 from retain.mitigations.distill import KLOptions, KLToBase, positions
 from retain.training.metrics_log import MetricsLog, read_rows
-from retain.objectives.sft import collate_indexed, task_forward
-
-
-def loaded(tiny_model, prompt_tuning=False):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model)
-    if prompt_tuning:
-        from peft import PromptTuningConfig, get_peft_model
-
-        model = get_peft_model(model, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3))
-    return model.train(), AutoTokenizer.from_pretrained(tiny_model)
-
-
-def indexed(tokenizer, index=(3, 1, 4, 0)):
-    """tiny_batch's examples through the loop's collate (target_rows, index)."""
-    from retain.data.tokens import Example
-
-    plain = tiny_batch(tokenizer)
-    examples = [Example([int(t) for t, m in zip(ids, mask) if m], [int(x) for x, m in zip(labels, mask) if m],
-                        bool(replay))
-                for ids, mask, labels, replay in zip(plain["input_ids"], plain["attention_mask"], plain["labels"],
-                                                     plain["replay"])]
-    return collate_indexed(list(zip(index, examples)), tokenizer.pad_token_id)
+from retain.objectives.sft import task_forward
 
 
 def test_collate_finds_the_target_rows_on_the_host(tiny_model):

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import write_jsonl
+from conftest import REPO_ROOT, write_jsonl
 from retain.cli import main
 from retain.studies.continual import metrics
 from retain.studies.continual.buffer import Reservoir, reservoir_sample
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_ROOT
 
 # rows: base, after stage 1, 2, 3; columns: tasks 1, 2, 3 (task j is trained in stage j)
 TOY = np.array([[0.1, 0.0, 0.2],

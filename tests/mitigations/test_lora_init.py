@@ -3,7 +3,7 @@
 import pytest
 import torch
 from conftest import write_jsonl
-from test_fast_step import loaded
+from batches import loaded
 
 import retain
 from retain.config import config_from_dict

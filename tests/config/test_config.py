@@ -8,8 +8,9 @@ from retain.config import load_config
 from retain.core.schema import ConfigError
 from retain.mitigations.freezing import FreezeOptions
 from retain.mitigations.peft_methods import LoraOptions
+from conftest import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_ROOT
 CAPABILITY_FILES = sorted([*(REPO / "configs").rglob("tasks/*.yaml"), *(REPO / "configs").rglob("*suite.yaml")])
 SHIPPED = sorted(p for p in (REPO / "configs").rglob("*.yaml")
                  if p.parent.name not in ("accelerate", "sweeps", "sequences", "tune") and p not in CAPABILITY_FILES)

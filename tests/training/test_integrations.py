@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO_ROOT
 
 SUITE, LIMIT = "currency_choice,english", 8
 ROWS = [{"prompt": f"what is {a} plus {b} ?", "response": f" {a + b}"} for a in range(6) for b in range(6)]
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_ROOT
 
 
 def load(tiny_model):
