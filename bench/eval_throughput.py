@@ -98,7 +98,7 @@ def mmlu_fewshot_tasks(subjects: list[str], shots: int, d: Path) -> dict[str, st
     writes the same prompts, question for question."""
     import lm_eval
 
-    from retain.evaluation import mmlu
+    from retain.evaluation.tasks import mmlu
 
     names = {}
     for subject in subjects:

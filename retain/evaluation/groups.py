@@ -17,8 +17,8 @@ retain's own `mmlu` (all subjects in one task) by subject, size-weighted as lm-e
 
 from __future__ import annotations
 
-from retain.evaluation.lm_eval_tasks import LmEvalTask, lm_eval_group_scores
-from retain.evaluation.mmlu import MMLUTask, subject_scores
+from retain.evaluation.tasks.lm_eval_harness import LmEvalTask, lm_eval_group_scores
+from retain.evaluation.tasks.mmlu import MMLUTask, subject_scores
 
 
 def group_scores(tasks: list, scored: dict[str, dict]) -> dict[str, dict]:

@@ -37,7 +37,7 @@ def test_every_shipped_sweep_expands_to_valid_run_configs(path, monkeypatch):
 
 @pytest.mark.parametrize("path", CAPABILITY_FILES, ids=lambda p: p.name)
 def test_every_shipped_task_and_suite_loads_with_its_data(path, tmp_path, monkeypatch):
-    from retain.evaluation import mmlu
+    from retain.evaluation.tasks import mmlu
     from retain.evaluation.tasks import check_suite, load_suite
 
     # The study's suite names MMLU, whose data is a separate wheel: a one-question stand-in here.

@@ -237,3 +237,19 @@ def test_chat_task_renders_through_the_template_and_regex_extracts_the_answer(to
     (tmp_path / "bad.yaml").write_text("name: b\nkind: generation\ndata: {test: c.jsonl}\nmetric: acc\n")
     with pytest.raises(ValueError, match="metric: 'acc' is not a generation metric"):
         load_task(tmp_path / "bad.yaml")
+
+
+def test_each_suite_part_goes_to_the_one_source_that_names_it(tmp_path):
+    # retain.evaluation.tasks.SOURCES: mmlu and lm-eval registry names by their spelling, files by their format
+    from retain.evaluation.tasks import FILE_SOURCES, SOURCES
+
+    parts = {"mmlu": "mmlu", "mmlu:astronomy@5": "mmlu", "mmlu_cloze": "mmlu", "lm-eval:hellaswag": "lm-eval registry",
+             "lab": None, "city_country": None, "suite.yaml": None}
+    for part, source in parts.items():
+        assert [s.name for s in SOURCES if s.names(part)] == ([source] if source else []), part
+    lm_eval_yaml = tmp_path / "t.yaml"
+    lm_eval_yaml.write_text("task: t\ndataset_path: json\noutput_type: multiple_choice\ndoc_to_text: q\n")
+    retain_yaml = tmp_path / "r.yaml"
+    retain_yaml.write_text("name: r\nkind: generation\ndata: {test: d.jsonl}\n")
+    assert [s.name for s in FILE_SOURCES if s.names(lm_eval_yaml)] == ["lm-eval YAML"]
+    assert [s.name for s in FILE_SOURCES if s.names(retain_yaml)] == []  # retain's own format: the default

@@ -21,7 +21,7 @@ from conftest import write_jsonl
 lm_eval = pytest.importorskip("lm_eval")
 
 from retain.evaluation.lm import LM  # noqa: E402
-from retain.evaluation.lm_eval_tasks import (  # noqa: E402
+from retain.evaluation.tasks.lm_eval_harness import (  # noqa: E402
     _task_manager, load_lm_eval_tasks, looks_like_lm_eval_file, looks_like_lm_eval_yaml)
 
 SHIPPED = Path(lm_eval.__file__).parent / "tasks"  # lm-eval's own task YAMLs

@@ -7,7 +7,7 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from retain.core.schema import ConfigError
-from retain.evaluation import mmlu
+from retain.evaluation.tasks import mmlu
 from retain.evaluation.lm import LM
 from retain.evaluation.tasks import load_suite
 from conftest import write_jsonl

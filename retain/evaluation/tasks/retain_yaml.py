@@ -1,4 +1,4 @@
-"""Capability tasks and suites: small YAML files plus JSONL items (no templating, no code).
+"""retain's own task format: a small YAML file plus JSONL items (no templating, no code).
 
 A task YAML (retain's own format):
     name: capital_recall
@@ -19,15 +19,6 @@ Item fields by kind (rename with `fields: {context: prompt, target: response}`):
     generation       {context, target}                      greedy until a stop string
     perplexity       {text}                                 rolling loglikelihood of the document
     diversity        {context}                              sampled continuations
-
-A suite YAML lists tasks (paths relative to the suite file): `name: lab` and `tasks: [a.yaml, ...]`.
-`--suite` takes comma-separated parts, each one of:
-    a task or suite YAML path      retain's format, or an lm-evaluation-harness task YAML
-    a bundled name                 retain/lab/tasks/NAME.yaml (lab, city_country, ...)
-    mmlu, mmlu:SUBJECT[@K]         the MMLU test set (see retain.evaluation.mmlu), K-shot
-    mmlu_cloze[:SUBJECT][@K]       the same in the cloze formulation (lm-eval's mmlu_continuation)
-    lm-eval:NAME                   a task or group of lm-evaluation-harness's registry (local/cached data)
-Every task is checked (files, fields) by `check_suite` before a model is loaded.
 """
 
 from __future__ import annotations
@@ -38,11 +29,9 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from retain.core.paths import PACKAGE_DIR, resolve_path
-from retain.core.schema import ConfigError, build, decode_utf8, read_yaml
+from retain.core.schema import ConfigError, build, read_yaml
 from retain.data import DataError, read_jsonl
 from retain.evaluation import scoring
-from retain.evaluation.lm_eval_tasks import load_lm_eval_tasks, looks_like_lm_eval_file
-from retain.evaluation.mmlu import load_mmlu, names_mmlu
 
 BUNDLED_TASKS = PACKAGE_DIR / "lab" / "tasks"
 PRIMARY_METRIC = {"multiple_choice": "acc", "generation": "exact_match", "perplexity": "word_perplexity",
@@ -213,7 +202,7 @@ def _check_choice(item: dict, where: str, fields: dict) -> int:
     return gold
 
 
-def _load_yaml(path: Path) -> dict:
+def read_task_yaml(path: Path) -> dict:
     data = read_yaml(path, "task or suite file")  # strict: UTF-8, no duplicate keys, errors name file and line
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping (a task: name, kind, data, ...; a suite: name, tasks)")
@@ -227,7 +216,7 @@ def _relative_to(path: Path, data_path: str | None) -> str | None:
     return str(path.parent / data_path)
 
 
-def _task_from(path: Path, data: dict) -> Task:
+def task_from(path: Path, data: dict) -> Task:
     try:
         task = build(Task, data)
     except ConfigError as e:
@@ -236,52 +225,4 @@ def _task_from(path: Path, data: dict) -> Task:
 
 
 def load_task(path: Path) -> Task:
-    return _task_from(Path(path), _load_yaml(Path(path)))
-
-
-def _locate(name: str) -> Path:
-    path = Path(name)
-    bundled = BUNDLED_TASKS / f"{name}.yaml"
-    # a bundled name wins over a directory of that name in the working directory (./lab, ./english)
-    if path.suffix in (".yaml", ".yml") or path.is_file() or (path.exists() and not bundled.exists()):
-        return path
-    if not bundled.exists():
-        known = ", ".join(sorted(p.stem for p in BUNDLED_TASKS.glob("*.yaml")))
-        raise ConfigError(f"suite or task {name!r}: not a file and not bundled (bundled: {known}; "
-                          "also mmlu, mmlu:SUBJECT, mmlu_cloze, lm-eval:NAME)")
-    return bundled
-
-
-def _load_part(part: str, base: Path | None = None) -> list[CapabilityTask]:
-    """The tasks one suite part names (see the module docstring); `base` resolves relative task paths."""
-    if names_mmlu(part):
-        return [load_mmlu(part)]
-    if part.startswith("lm-eval:"):
-        return load_lm_eval_tasks(part)
-    path = base / part if base is not None and (base / part).suffix in (".yaml", ".yml") else _locate(part)
-
-    if path.is_file():  # whatever its format, a byte that is not UTF-8 is named here, with its line
-        decode_utf8(path.read_bytes(), path)
-    if looks_like_lm_eval_file(path):  # before safe_load: lm-eval's YAMLs may use `!function`
-        return load_lm_eval_tasks(path)
-    data = _load_yaml(path)
-    if "tasks" in data:
-        if not isinstance(data["tasks"], list):
-            raise ConfigError(f"{path}: tasks: expected a list of task files or names")
-        return [task for entry in data["tasks"] for task in _load_part(str(entry), path.parent)]
-    return [_task_from(path, data)]
-
-
-def load_suite(spec: str) -> list[CapabilityTask]:
-    """Tasks of `spec`: comma-separated suite or task names/paths, in order, without duplicates."""
-    tasks: dict[str, CapabilityTask] = {}
-    for part in (p.strip() for p in spec.split(",") if p.strip()):
-        for task in _load_part(part):
-            tasks.setdefault(task.name, task)
-    return list(tasks.values())
-
-
-def check_suite(tasks: list[CapabilityTask], split: str) -> None:
-    """Every task can be scored on `split`: files exist and parse. Call before loading a model."""
-    for task in tasks:
-        task.check(split)
+    return task_from(Path(path), read_task_yaml(Path(path)))
