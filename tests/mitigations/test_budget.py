@@ -16,6 +16,7 @@ import retain
 from retain.config import config_from_dict
 from retain.core.errors import ConfigError
 from retain.mitigations.budget import RetentionBudget, RetentionOptions
+from retain.mitigations.budget.judge import over_budget
 from retain.mitigations.budget.points import Point, best_within, repair, repair_lines, search_line, to_keep
 
 
@@ -214,11 +215,9 @@ def test_per_task_budgets_in_their_own_units_weights_and_ignore():
     options = config_from_dict(lab_config(max_drop_points=2.0, tasks={
         "english": {"max_perplexity_increase": 0.5}, "open": "ignore", "facts": {"weight": 2.0}})).mitigations[
         "retention"]
-    budget = RetentionBudget(options)
-    budget.base = base_results()
     drops = {"facts": 1.5, "english": 0.4, "open": 90.0}  # facts counts double: 3 > 2; open is never a breach
-    assert budget._breaches(drops) == ["facts acc dropped 1.5 points (budget 2 points at weight 2)"]
-    assert budget._breaches({"facts": 0.5, "english": 0.6, "open": 0.0}) == [
+    assert over_budget(options, base_results(), drops) == ["facts acc dropped 1.5 points (budget 2 points at weight 2)"]
+    assert over_budget(options, base_results(), {"facts": 0.5, "english": 0.6, "open": 0.0}) == [
         "english word_perplexity rose +60.0% (budget +50%)"]
 
 
@@ -240,13 +239,12 @@ def test_a_drop_breaches_only_when_the_dev_items_show_it():
     assert drops["facts"] == pytest.approx(5.0) and sure["facts"] < 1  # one answer of 20: hardly shown
     assert drops["english"] == pytest.approx(math.exp(0.05) - 1) and 0 < sure["english"] < drops["english"]
     assert sure_drops(before, one_lost, None) == drops
-    budget = RetentionBudget(RetentionOptions(max_drop_points=5.0))  # confidence 0.8 by default
-    budget.base = before
-    assert budget._breaches(drops, sure) == []
+    options = RetentionOptions(max_drop_points=5.0)  # confidence 0.8 by default
+    assert over_budget(options, before, drops, sure) == []
 
     def breaches(lost: int) -> list[str]:
         after = scored([0] * lost + [1] * (20 - lost), [-20.0] * 30)
-        return budget._breaches(task_drops(before, after), sure_drops(before, after, 0.8))
+        return over_budget(options, before, task_drops(before, after), sure_drops(before, after, 0.8))
 
     assert breaches(2) == []  # 10 points measured on 20 items: not shown to be past 5
     [breach] = breaches(3)

@@ -172,7 +172,8 @@ def test_retention_budget_acts_on_a_breach(action, make_config, tiny_model, tmp_
 def test_retention_budget_units_points_for_scores_relative_for_perplexity():
     from retain.core.schema import ConfigError
     from retain.evaluation.compare import task_drops
-    from retain.mitigations.budget import RetentionBudget, RetentionOptions
+    from retain.mitigations.budget import RetentionOptions
+    from retain.mitigations.budget.judge import budget_shares, over_budget
 
     def res(acc, ppl):
         return {"tasks": {
@@ -182,13 +183,12 @@ def test_retention_budget_units_points_for_scores_relative_for_perplexity():
 
     before, after = res(0.80, 20.0), res(0.77, 39.82)  # 3 points lost; perplexity +99.1%
     assert task_drops(before, after) == pytest.approx({"facts": 3.0, "english": 0.991})
-    budget = RetentionBudget(RetentionOptions(max_drop_points=2.0, max_perplexity_increase=0.05))
-    budget.base = before
-    assert budget._breaches(task_drops(before, after)) == [
+    tight = RetentionOptions(max_drop_points=2.0, max_perplexity_increase=0.05)
+    assert over_budget(tight, before, task_drops(before, after)) == [
         "facts acc dropped 3.0 points (budget 2 points)", "english word_perplexity rose +99.1% (budget +5%)"]
-    budget = RetentionBudget(RetentionOptions(max_drop_points=5.0, max_perplexity_increase=1.0))
-    budget.base = before
-    assert budget._breaches(task_drops(before, after)) == []
+    assert budget_shares(tight, before, task_drops(before, after)) == pytest.approx({"facts": 1.5, "english": 19.82})
+    assert over_budget(RetentionOptions(max_drop_points=5.0, max_perplexity_increase=1.0), before,
+                       task_drops(before, after)) == []
     # the deprecated max_drop still reads, as before: 100x as points, as is for perplexity
     config = config_from_dict({"model": {"name": "retain-tiny"}, "data": {"train": "lab:general.jsonl"},
                                "output": {"dir": "x"}, "mitigations": {"retention": {"max_drop": 0.05}}})

@@ -42,14 +42,14 @@ files()); the report states them.
 
 from __future__ import annotations
 
-import math
 
 import torch
 
 from retain.core.errors import ConfigError
 from retain.evaluation.compare import sure_drops, task_drops
-from retain.evaluation.results import primary_value, relative
+from retain.evaluation.results import primary_value
 from retain.mitigations.budget.options import RetentionOptions
+from retain.mitigations.budget.judge import budget_shares, is_perplexity, over_budget
 from retain.mitigations.budget.points import Point, best_within, merit, repair, to_keep
 from retain.mitigations.roles import Context, Decision, Monitor, Setup, Stateful, WritesFiles
 from retain.data import MODEL_INPUTS, collate
@@ -57,11 +57,6 @@ from retain.evaluation.runner import evaluate
 from retain.evaluation.tasks import load_suite
 from retain.model.weights import interpolate, restore, trainable
 
-
-
-def is_perplexity(task: dict) -> bool:
-    """Whether a task's budget is a relative rise (a perplexity) rather than points."""
-    return relative(task["primary_metric"])
 
 
 def on_cpu(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -168,40 +163,11 @@ class RetentionBudget(Setup, Monitor, Stateful, WritesFiles):
             return {"task_value": None, "task_score": None}
         return {"task_value": value, "task_score": value if self.task_source()["higher_is_better"] else -value}
 
-    def _shares(self, drops: dict[str, float], sure: dict[str, float] | None = None) -> dict[str, float]:
-        """How much of its budget each task used (1.0 = all of it), judged on the sure drops when given (see
-        retain.evaluation.compare.sure_drops): units differ, shares compare."""
-        shares = {}
-        for name, drop in drops.items():
-            limit, weight = self.options.budget_for(name, is_perplexity(self.base["tasks"][name]))
-            used = weight * (sure[name] if sure is not None else drop)
-            shares[name] = used / limit if limit > 0 else (math.inf if used > 0 else 0.0)
-        return shares
-
-    def _breaches(self, drops: dict[str, float], sure: dict[str, float] | None = None) -> list[str]:
-        """What exceeded its budget, each in its unit: 'english word_perplexity rose +99.1% (budget +5%)', or with
-        sure drops 'facts acc dropped 25.0 points, at 80% confidence at least 16.9 points (budget 5 points)'."""
-        out = []
-        for name, share in self._shares(drops, sure).items():
-            if share <= 1 + 1e-9:  # a drop of exactly the budget is within it: 100·(0.85 − 0.8) is 5.000000000000004
-                continue
-            task, drop = self.base["tasks"][name], drops[name]
-            limit, weight = self.options.budget_for(name, is_perplexity(task))
-            at = "" if weight == 1 else f" at weight {weight:g}"
-            ppl = is_perplexity(task)
-            shown = (lambda x: f"{100 * x:+.1f}%") if ppl else (lambda x: f"{x:.1f} points")
-            surely = f", at {100 * self.options.confidence:g}% confidence at least {shown(sure[name])}" \
-                if sure is not None and sure[name] != drop else ""
-            budget = f"+{100 * limit:g}%" if ppl else f"{limit:g} points"
-            moved = "rose" if ppl else "dropped"
-            out.append(f"{name} {task['primary_metric']} {moved} {shown(drop)}{surely} (budget {budget}{at})")
-        return out
-
     def _within(self, model) -> tuple[bool, dict[str, float]]:
         """(within budget, measured drops); the sure drops it was judged on are left in self.sure."""
         results = self._score(model)
         drops, self.sure = task_drops(self.base, results), sure_drops(self.base, results, self.options.confidence)
-        return not self._breaches(drops, self.sure), drops
+        return not over_budget(self.options, self.base, drops, self.sure), drops
 
     def _scan(self, model, first: list[str]) -> tuple[bool, dict[str, float]]:
         """_within, task by task, stopping at the first breach (tasks named in `first` are scored first): most
@@ -215,7 +181,8 @@ class RetentionBudget(Setup, Monitor, Stateful, WritesFiles):
             base = {"tasks": {task.name: self.base["tasks"][task.name]}}
             drops.update(task_drops(base, result))
             self.sure.update(sure_drops(base, result, self.options.confidence))
-            if self._breaches({task.name: drops[task.name]}, {task.name: self.sure[task.name]}):
+            if over_budget(self.options, self.base, {task.name: drops[task.name]},
+                           {task.name: self.sure[task.name]}):
                 first[:] = [task.name]
                 model.train(was_training)
                 return False, drops
@@ -225,7 +192,7 @@ class RetentionBudget(Setup, Monitor, Stateful, WritesFiles):
     def _measure(self, model, ok: bool, drops: dict[str, float], step: int, score_task: bool = True) -> dict:
         """A check-like record of the weights now in `model` (scored last by _within or _scan)."""
         sure = self.sure if self.sure is not None and self.sure.keys() == drops.keys() else None
-        shares = self._shares(drops, sure)
+        shares = budget_shares(self.options, self.base, drops, sure)
         units = {t: "relative" if is_perplexity(self.base["tasks"][t]) else "points" for t in drops}
         value = self._task_value(model) if score_task else None
         return {"step": step, "worst_task": max(shares, key=shares.get) if shares else None, "drops": drops,
@@ -251,7 +218,7 @@ class RetentionBudget(Setup, Monitor, Stateful, WritesFiles):
         better = merit(record) > merit(before) and (ok or o.action == "repair")
         self.stale = 0 if better else self.stale + 1
         metrics = self._metrics(record)
-        breaches = "; ".join(self._breaches(drops, record["sure_drops"]))
+        breaches = "; ".join(over_budget(self.options, self.base, drops, record["sure_drops"]))
         if o.action == "stop":
             if ok:
                 return Decision(metrics=metrics)
