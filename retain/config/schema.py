@@ -14,6 +14,7 @@ key, type and value before anything heavy happens.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import os
 from dataclasses import dataclass, field
@@ -73,7 +74,6 @@ TRACKERS = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"} 
 
 def tracker_problems(report_to: list[str]):
     """Unknown tracker names, and trackers whose package is not installed (before any model loads)."""
-    import importlib.util
 
     for name in report_to:
         if name not in TRACKERS:

@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+import torch
+
 
 # How a full disk reads in the errors of the libraries that write weights: safetensors' Rust writer says
 # "No space left on device (os error 28)"; torch's zip writer checks its position after each write and reports a
@@ -64,7 +66,6 @@ def atomic_write_json(path: str | Path, obj) -> Path:
 
 def atomic_torch_save(path: str | Path, obj) -> Path:
     """torch.save to a temp file beside `path`, then rename over `path`."""
-    import torch
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ The bottom of the import graph: it imports nothing from retain, so every layer m
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +29,6 @@ class ModelAlias:
         """The alias's directory; FileNotFoundError naming the install command if its package is absent."""
         if self.directory is not None:
             return self.directory
-        import importlib.util
 
         spec = importlib.util.find_spec(self.package)
         if spec is None or not spec.submodule_search_locations:

@@ -23,6 +23,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import jinja2
+from jinja2.ext import Extension
+
 from retain.data.shapes import Turn
 from retain.core.errors import DataError
 
@@ -62,8 +65,6 @@ def resolve_chat_template(tokenizer, file: str | Path | None = None) -> ChatTemp
 
 def _check_syntax(text: str, name: str) -> None:
     """A syntax error in a template file names the file and line, before any row is rendered."""
-    import jinja2
-    from jinja2.ext import Extension
 
     class Generation(Extension):  # parses {% generation %} as transformers' environment does
         tags = {"generation"}

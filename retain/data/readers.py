@@ -15,9 +15,13 @@ DataErrors naming the file (and the row).
 
 from __future__ import annotations
 
+import bz2
 import codecs
+import csv
+import gzip
 import hashlib
 import json
+import lzma
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -223,10 +227,6 @@ def _is_parquet(path: Path) -> bool:
 def csv_options(path: Path, sep: str) -> dict:
     """Read every CSV column as text, and an empty cell as "": pandas would otherwise turn an answer " 4" into
     the number 4 (losing its space) and an empty cell into NaN."""
-    import bz2
-    import csv
-    import gzip
-    import lzma
 
     import datasets
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+import torch
+
 from retain.mitigations.lora_init import (CHANGES_BASE, INIT_BATCH, as_plain_lora, init_batches, initial_adapter,
                                          run_batches)
 from retain.mitigations.roles import Context, ModelTransform, WeightTransform
@@ -28,7 +30,6 @@ def _targets(value):
 
 def linear_names(model) -> list[str]:
     """What peft's "all-linear" means: the names of every linear layer but the output head."""
-    import torch
 
     head = model.get_output_embeddings()
     return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules()

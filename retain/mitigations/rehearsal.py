@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 from tqdm.auto import tqdm
 
 from retain.core.errors import ConfigError, DataError
@@ -191,7 +192,6 @@ def self_rehearsal(settings: RehearsalSettings, source: str | None, tokenizer, l
                    log=print) -> Path:
     """The JSONL of the base's rehearsal records for these settings: read from the cache, or written now by the
     model `load_model()` returns (loaded only then)."""
-    from filelock import FileLock
 
     if not source:
         raise ConfigError("replay.source self: the base model is not known here (retain's own run knows it) — "

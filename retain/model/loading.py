@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from safetensors import SafetensorError
 
 from retain.core.paths import MODEL_ALIASES
 from retain.core.errors import ConfigError, ModelError
@@ -318,7 +319,6 @@ def loading_options(cfg: ModelConfig) -> dict:
 def load_model(cfg: ModelConfig):
     """The causal LM of `cfg`, on CPU, in `cfg.dtype` (4-bit on the GPU with `load_in_4bit`); safetensors
     weights only."""
-    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     source = model_source(cfg)

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from retain.config import RunConfig, config_to_yaml
 from retain.core.paths import resolve_path
@@ -322,7 +323,6 @@ def claim_output_dir(run: Run) -> MetricsLog:
 
 def train_steps(run: Run, log: MetricsLog, progress: bool, extra_monitors: tuple = ()) -> int:
     """Phase 3: optimizer steps until the last, or until a monitor stops the run. Returns the last step."""
-    from tqdm import tqdm
 
     t, accelerator, model, out = run.config.training, run.accelerator, run.model, run.out
     loss_terms, gradient_filters, monitors = (run.playing(role) for role in (LossTerm, GradientFilter, Monitor))

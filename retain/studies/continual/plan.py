@@ -42,6 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
+
 from retain.config import RunConfig, apply_overrides, config_from_dict, config_to_yaml
 from retain.core.errors import ConfigError
 from retain.studies.common import StudyConfig, load_study, plan_run, read_base
@@ -194,7 +196,6 @@ def explicit_lab_defaults(config: RunConfig) -> dict:
     A later stage starts from a directory, not from retain-tiny, and the lab's defaults (general
     data for replay or EWC) are only filled in for retain-tiny: written out, they carry over.
     """
-    import yaml
 
     return yaml.safe_load(config_to_yaml(config))
 

@@ -25,6 +25,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import yaml
+
 from retain.config import RunConfig, config_from_dict, config_to_yaml, resolve_path
 from retain.studies.continual.buffer import reservoir_sample
 from retain.studies.continual.plan import (SequenceConfig, check_stage, explicit_lab_defaults, load_sequence,
@@ -124,8 +126,6 @@ def optimizer_carry(seq: SequenceConfig, k: int) -> tuple[Path | None, bool]:
 
 def check_unchanged(config: RunConfig, directory: Path, where: Path, name: str) -> None:
     """A finished stage is reused only if the sequence still asks for the config it was trained with."""
-    import yaml
-
 
     saved = directory / "config.yaml"
     if not saved.is_file():

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -55,9 +56,8 @@ def importances(tuning: Tuning, records: list[dict]) -> dict:
     if tuning.tune.objective.kind == "constrained":
         targets["objective"] = lambda r: r["value"]
     by_key = {p.key: p for p in tuning.space.params}
-    from importlib.util import find_spec
 
-    if find_spec("sklearn") is not None:  # fANOVA's random forest
+    if importlib.util.find_spec("sklearn") is not None:  # fANOVA's random forest
         evaluator, name = optuna.importance.FanovaImportanceEvaluator(seed=tuning.tune.seed), "fANOVA"
     else:
         evaluator, name = None, "Optuna's default"
