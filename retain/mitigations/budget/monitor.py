@@ -84,7 +84,7 @@ class RetentionBudget(Setup, Monitor, Stateful, WritesFiles):
     def __init__(self, options: RetentionOptions):
         self.options = options
         self.history: list[dict] = []  # one record per check
-        self.kept: dict[int, dict] = {}  # step -> trainable weights (CPU), see retention_points.to_keep
+        self.kept: dict[int, dict] = {}  # step -> trainable weights (CPU), see points.to_keep
         self.stale = 0  # checks in a row without a better point (for patience)
         self.outcome: dict | None = None
         self.total_steps: int | None = None
@@ -158,7 +158,7 @@ class RetentionBudget(Setup, Monitor, Stateful, WritesFiles):
         return value
 
     def _task_fields(self, value: float | None) -> dict:
-        """task_value as measured, task_score oriented so that higher is better (retention_points.merit)."""
+        """task_value as measured, task_score oriented so that higher is better (points.merit)."""
         if value is None:
             return {"task_value": None, "task_score": None}
         return {"task_value": value, "task_score": value if self.task_source()["higher_is_better"] else -value}
