@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # torch is installed in the same pip command as the rest so the CPU build on disk is chosen.
 PIP_INSTALL := $(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
 
-.PHONY: demo test bench clean real-model gemma-model real-study real-rehearsal continual-study tune-study real-tune report-screenshot
+.PHONY: demo test bench clean lab-study real-model gemma-model real-study real-rehearsal continual-study tune-study real-tune report-screenshot
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,19 @@ real-study: $(VENV)/.installed-real $(VENV)/.installed-gemma
 	date +%s > runs/real-study-gemma/start && HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/retain sweep \
 		configs/sweeps/real-gemma.yaml && date +%s > runs/real-study-gemma/end
 	$(BIN)/python -m tools.real_study configs/sweeps/real-smollm2.yaml configs/sweeps/real-gemma.yaml --out docs
+
+# The lab's mitigations and the source texts' causal claims, each strategy with training seeds 0, 1 and 2
+# (docs/mitigations.md, docs/claims.md; 105 + 60 runs of retain-tiny, hours on 2 CPU cores: the docs give each
+# sweep's wall time; not part of `make test`). Resumable: finished runs are skipped (each sweep's <output>/start and
+# end then time the runs it had left).
+lab-study: $(VENV)/.installed-base
+	mkdir -p runs/sweep-lab runs/sweep-lab-gentle
+	date +%s > runs/sweep-lab/start
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/retain sweep configs/sweeps/lab.yaml && date +%s > runs/sweep-lab/end
+	date +%s > runs/sweep-lab-gentle/start
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/retain sweep configs/sweeps/lab-gentle.yaml \
+		&& date +%s > runs/sweep-lab-gentle/end
+	$(BIN)/python -m tools.lab docs configs/sweeps/lab.yaml configs/sweeps/lab-gentle.yaml
 
 # Self-rehearsal on the real model (docs/self-rehearsal.md; about 25 minutes per seed on 2 CPU cores, 3 seeds; not
 # part of `make test`): SmolLM2 on the city task unprotected and with replay.source self (at 30% without and with

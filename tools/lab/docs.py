@@ -20,6 +20,7 @@ from retain.evaluation.compare import claim_verdict, retained_change, verdict
 from retain.evaluation.results import load_results
 from retain.studies.sweep.summary import LEGEND, markdown_table
 from retain.studies.sweep import SweepConfig, expand, load_sweep, result_files
+from tools.real_study import machine, wall_time
 from tools.lab.warnings_vs_forgetting import load_runs
 from tools.lab.warnings_vs_forgetting import section as warnings_section
 
@@ -75,6 +76,9 @@ def sweep_section(sweep: SweepConfig, path: Path, summary: dict) -> list[str]:
              f"{seeds_text(sweep)}) and is scored on the "
              f"test split. Base model: task {100 * summary['base_task_score']:.1f}, retained capabilities "
              f"{100 * summary['base_retained_score']:.1f} (items pooled over {', '.join(summary['retained_tasks'])}).",
+             "", f"Wall time: {wall_time(out)}, on {machine(sweep, path, json.loads((out / 'base.json').read_text()))} "
+             "(of its last `make lab-study`: a resumed sweep's counts the runs it had left; it varies with the machine "
+             "and what else runs on it).",
              "", "### Against the base model", "", markdown_table(summary), "", LEGEND, "",
              "### Against the unprotected run of this sweep (same data and steps)", "",
              "Retained-capability score of the strategy minus that of the unprotected run, on the same items: "
