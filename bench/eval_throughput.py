@@ -137,7 +137,7 @@ def bench_mmlu_fewshot(subjects: list[str], per_subject: int, shots: int, batch_
     """`retain eval` vs `lm-eval run` on SmolLM2-135M-Instruct, mmlu:SUBJECT@K: the first `per_subject` scored
     questions of each subject, both end to end (process start, model load, scoring), same prompts and items."""
     from retain.model.loading import ModelConfig, model_source
-    from retain.training.precision import choose_bf16, this_machine
+    from retain.model.precision import choose_bf16, this_machine
 
     model_dir = model_source(ModelConfig(name="smollm2-135m-instruct"))  # converted once, before any timing
     tmp = Path(tempfile.mkdtemp())

@@ -83,7 +83,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast for every configuration (default float32)")
     args = parser.parse_args()
-    from retain.training.precision import choose_bf16, this_machine
+    from retain.model.precision import choose_bf16, this_machine
 
     print(f"precision: {'bf16 autocast' if args.bf16 else 'float32'} for every configuration "
           f"(this machine does bf16 natively: {'yes' if choose_bf16('auto', this_machine()) else 'no'})")

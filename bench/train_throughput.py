@@ -120,7 +120,7 @@ def main() -> None:
         return
     import torch
 
-    from retain.training.precision import choose_bf16, this_machine
+    from retain.model.precision import choose_bf16, this_machine
 
     native = choose_bf16("auto", this_machine())
     print(f"this machine does bf16 natively: {'yes' if native else 'no'}")

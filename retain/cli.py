@@ -131,7 +131,7 @@ def cmd_card(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from retain.lab.demo import run_demo
+    from retain.studies.demo import run_demo
 
     run_demo(Path(args.out), quick=args.quick)
     return 0
@@ -192,7 +192,7 @@ def cmd_doctor(args) -> int:
     import json
 
     from retain.config import load_config
-    from retain.studies.doctor import diagnose, render
+    from retain.report.doctor import diagnose, render
 
     diagnosis = diagnose(load_config(args.config, tuple(args.overrides)), probe=args.probe)
     print(json.dumps(diagnosis.to_json(), indent=2) if args.json else render(diagnosis, args.config))

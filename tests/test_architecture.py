@@ -194,3 +194,36 @@ def test_what_the_lab_fills_in_is_written_in_one_place():
     elsewhere = sorted(module_name(p) for p in PACKAGE.rglob("*.py") if "lab" not in p.relative_to(PACKAGE).parts[:1]
                        and (GENERAL_DATA in (text := p.read_text(encoding="utf-8")) or BUDGET_SUITE in text))
     assert elsewhere == []
+
+
+# The rooms, bottom to top: each imports only rooms in layers below its own (rooms of one layer not each other).
+# What the layers say: core knows nothing of retain; the lab is data and the defaults it fills; data and the model
+# know nothing of training; evaluation scores any model; mitigations and objectives are what a run is made of; the
+# config reads their options; the report judges results (and advises, through doctor); training runs a config and may
+# write a report; studies plan many runs; the CLI and the package's entry point sit on top.
+LAYERS = [{"core"}, {"lab"}, {"data", "model"}, {"preference", "evaluation"}, {"mitigations"}, {"objectives"},
+          {"config"}, {"report"}, {"training"}, {"studies"}, {"cli"}, {"__main__"}]
+
+
+def room(module: str) -> str:
+    return module.split(".")[1] if module.count(".") else "retain"
+
+
+def layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    level = {name: k for k, names in enumerate(LAYERS) for name in names}
+    return sorted(f"{m} -> {d}" for m, deps in graph.items() for d in deps
+                  if room(m) != room(d) and room(m) != "retain" and room(d) != "retain"
+                  and level[room(d)] >= level[room(m)])
+
+
+def test_rooms_import_only_the_layers_below_them():
+    graph = import_graph()
+    assert {room(m) for m in graph} - {"retain"} == set().union(*LAYERS)  # every room has its layer
+    assert layer_violations(graph) == []
+
+
+def test_the_layer_rule_sees_an_import_upward_and_across():
+    graph = {"retain.data.readers": {"retain.training.loop"}, "retain.model.loading": {"retain.data.readers"},
+             "retain.training.loop": {"retain.data.readers"}}
+    assert layer_violations(graph) == ["retain.data.readers -> retain.training.loop",
+                                       "retain.model.loading -> retain.data.readers"]

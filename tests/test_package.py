@@ -59,7 +59,7 @@ import retain
 from retain.config import load_config
 from retain.core.paths import LAB_MODEL_DIR
 from retain.evaluation.tasks import check_suite, load_suite
-from retain.lab.demo import DEMO_CONFIGS, SUITE
+from retain.studies.demo import DEMO_CONFIGS, SUITE
 print(retain.__file__)
 for name in ("unprotected", "protected"):
     config = load_config(DEMO_CONFIGS / f"{name}.yaml")

@@ -38,7 +38,7 @@ from retain.studies.common import read_base
 from retain.studies.sweep import SweepConfig, expand, load_sweep, result_files, run_name, strategy_configs
 from retain.studies.sweep.summary import markdown_table, summarize, write_sweep_report
 from retain.studies.sweep.target import judge_target
-from retain.training.precision import choose_bf16, this_machine
+from retain.model.precision import choose_bf16, this_machine
 from tools.report_screenshot import screenshot
 
 REFERENCE = "unprotected"  # the run every recipe's target is judged against

@@ -35,7 +35,7 @@ def main() -> None:
     import retain
     from retain.config import load_config
     from retain.evaluation.runner import evaluate_path
-    from retain.lab.demo import SUITE, run_demo
+    from retain.studies.demo import SUITE, run_demo
     from retain.report.build import write_report
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -7,8 +7,8 @@ the modules that own a section (modeling, mitigations) can use it without import
 
 from retain.config.overrides import apply_overrides, set_dotted
 from retain.config.schema import (DataConfig, OutputConfig, RunConfig, TrainingConfig, config_from_dict,
-                                  config_to_yaml, fill_lab_defaults, load_config)
+                                  config_to_yaml, fill_lab_defaults, load_config, total_steps_for)
 from retain.core.paths import resolve_path
 
 __all__ = ["DataConfig", "OutputConfig", "RunConfig", "TrainingConfig", "apply_overrides", "config_from_dict",
-           "config_to_yaml", "fill_lab_defaults", "load_config", "resolve_path", "set_dotted"]
+           "config_to_yaml", "fill_lab_defaults", "load_config", "resolve_path", "set_dotted", "total_steps_for"]

@@ -187,6 +187,15 @@ class RunConfig:
         "help": "what protects old capabilities: name -> options, e.g. lora: {r: 8}"})
 
 
+def total_steps_for(config: RunConfig, n_examples: int, world_size: int) -> int:
+    """The optimizer steps a run makes: training.max_steps, or its epochs over `n_examples` items at the global batch."""
+    t = config.training
+    if t.max_steps is not None:
+        return t.max_steps
+    per_step = t.batch_size * t.grad_accum * world_size
+    return max(1, math.ceil(t.epochs * n_examples / per_step))
+
+
 def fill_lab_defaults(model: ModelConfig, mitigations: dict[str, Any]) -> dict[str, Any]:
     """Mitigation options left unset that the lab can supply (general data, a retention suite).
 

@@ -12,6 +12,7 @@ from pathlib import Path
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # retain/, the package this module sits in (core/)
 LAB_DATA_DIR = PACKAGE_DIR / "lab" / "data"
 LAB_MODEL_DIR = PACKAGE_DIR / "lab" / "model"
+CONFIG_FILE = "config.yaml"  # a run's config, in its output.dir and in every checkpoint
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from retain.evaluation.lm import LM
 from retain.evaluation.tasks import CapabilityTask, check_suite, load_suite
 from retain.core.files import atomic_write_json
 from retain.model.loading import load_for_eval
-from retain.training.precision import choose_bf16, this_machine
+from retain.model.precision import choose_bf16, this_machine
 
 DEFAULT_BATCH_SIZE = 64
 ROLLING_BOS_NOTE = {
@@ -51,7 +51,7 @@ def evaluate(model, tokenizer, tasks: list[CapabilityTask], split: str = "test",
 
 def eval_dtype(dtype: str) -> str:
     """The dtype to load the model in: `auto` is bfloat16 where this machine does bf16 natively (see
-    retain.training.precision; RETAIN_NATIVE_BF16 answers for the probe), float32 elsewhere."""
+    retain.model.precision; RETAIN_NATIVE_BF16 answers for the probe), float32 elsewhere."""
     if dtype != "auto":
         return dtype
     return "bfloat16" if choose_bf16("auto", this_machine()) else "float32"

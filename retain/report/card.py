@@ -26,7 +26,7 @@ from retain.model.loading import is_adapter_dir, is_gguf_path, looks_like_path
 from retain.core.paths import MODEL_ALIASES
 from retain.report.build import compare, headline
 from retain.report.render import LEGEND, _table_rows
-from retain.training.checkpoint import CONFIG_FILE
+from retain.core.paths import CONFIG_FILE
 
 TUNED, BASE = "fine-tuned", "base model"  # how the model-index names the two values of one metric
 

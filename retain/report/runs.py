@@ -6,7 +6,7 @@
     next_steps(run_dir) -> dict | None            `retain doctor`'s findings and recipe for the run's config
 
 A results file records the model it scored (`model`: the path given to `retain eval`); a run's final/ sits in
-its output.dir beside config.yaml and metrics.jsonl (retain.studies.doctor.other_run finds it). Runs given with --run
+its output.dir beside config.yaml and metrics.jsonl (retain.report.doctor.other_run finds it). Runs given with --run
 are matched to results files that way too; a results file whose model is not a run (the base, a hub id, a path
 scored from another directory) has no run, and the report leaves out what would need one.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from retain.config import load_config
 from retain.core.errors import ResultsError
-from retain.studies.doctor import diagnose, other_run
+from retain.report.doctor import diagnose, other_run
 
 
 def load_run_file(path: Path):

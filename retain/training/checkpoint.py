@@ -24,13 +24,13 @@ from pathlib import Path
 
 import torch
 
+from retain.core.paths import CONFIG_FILE
 from retain.core.errors import UserError
 from retain.core.files import atomic_directory, is_disk_full
 from retain.model.loading import model_source
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 STATE_FILE = "trainer_state.json"
-CONFIG_FILE = "config.yaml"
 ROLES_FILE = "mitigations.pt"
 
 

@@ -51,7 +51,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from retain.config import RunConfig, config_to_yaml
+from retain.config import RunConfig, config_to_yaml, total_steps_for
 from retain.core.paths import resolve_path
 from retain.core.schema import ConfigError
 from retain.data import Dataset, SeededOrder, pack
@@ -69,7 +69,7 @@ from retain.training.checkpoint import (NonFiniteError, any_failed, check_finite
                                         load_checkpoint, save_checkpoint, save_final)
 from retain.training.collapse import dead_step, make_watch
 from retain.training.metrics_log import LogWindow, MetricsLog, make_trackers, tracker_config
-from retain.training.precision import choose_bf16, describe_precision, fresh_accelerator_state, this_machine
+from retain.model.precision import choose_bf16, describe_precision, fresh_accelerator_state, this_machine
 from retain.training.rundir import Start, clear_outputs, plan_start, run_lock
 from retain.objectives import Objective, make_objective
 from retain.training.step import accumulate_gradients
@@ -84,14 +84,6 @@ class RunResult:
     metrics_path: Path
     steps: int
     metrics: list[dict] = field(default_factory=list)
-
-
-def total_steps_for(config: RunConfig, n_examples: int, world_size: int) -> int:
-    t = config.training
-    if t.max_steps is not None:
-        return t.max_steps
-    per_step = t.batch_size * t.grad_accum * world_size
-    return max(1, math.ceil(t.epochs * n_examples / per_step))
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:

@@ -24,7 +24,8 @@ import yaml
 from retain.config import config_to_yaml
 from retain.core.schema import ConfigError
 from retain.core.errors import UserError
-from retain.training.checkpoint import CONFIG_FILE, STATE_FILE, latest_checkpoint
+from retain.core.paths import CONFIG_FILE
+from retain.training.checkpoint import STATE_FILE, latest_checkpoint
 
 try:
     import fcntl

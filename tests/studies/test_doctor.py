@@ -10,7 +10,7 @@ import yaml
 
 from conftest import write_jsonl
 from retain.cli import main
-from retain.studies.doctor import self_rehearsal
+from retain.report.doctor import self_rehearsal
 from retain.core.paths import resolve_path
 
 

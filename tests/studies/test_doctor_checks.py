@@ -7,7 +7,7 @@ import yaml
 
 from retain.cli import main
 from retain.config import load_config
-from retain.studies.doctor import holds_a_budget
+from retain.report.doctor import holds_a_budget
 
 
 def test_checks_that_only_measure_are_not_a_budget_and_the_recipe_makes_one(make_config, tmp_path, capsys):

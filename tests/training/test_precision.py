@@ -4,7 +4,7 @@ import pytest
 
 from retain.config import config_from_dict
 from retain.core.schema import ConfigError
-from retain.training.precision import Hardware, choose_bf16, cpu_flags, describe_precision
+from retain.model.precision import Hardware, choose_bf16, cpu_flags, describe_precision
 
 AVX2_ONLY = Hardware("cpu", False, frozenset({"sse4_2", "avx2", "fma"}))
 AVX512_BF16 = Hardware("cpu", False, frozenset({"avx2", "avx512f", "avx512_bf16"}))
@@ -65,7 +65,7 @@ def linear_output_dtypes():
 
 @pytest.mark.parametrize("native", ["0", "1"])
 def test_auto_follows_the_injected_hardware_answer(native, monkeypatch):
-    from retain.training.precision import this_machine
+    from retain.model.precision import this_machine
 
     monkeypatch.setenv("RETAIN_NATIVE_BF16", native)
     assert choose_bf16("auto", this_machine()) is (native == "1")

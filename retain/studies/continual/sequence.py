@@ -40,7 +40,8 @@ from retain.evaluation.tasks import check_suite, load_suite
 from retain.studies.continual.isolation import assemble_rows, score_new_adapter
 from retain.studies.continual.summary import summarize_sequence, write_sequence_report
 from retain.training.checkpoint import latest_checkpoint
-from retain.training.loop import total_steps_for, train
+from retain.config import total_steps_for
+from retain.training.loop import train
 from retain.training.rundir import config_changes
 
 EWC_FILES = {"ewc": ("fisher_in", "fisher.pt"), "si": ("importance_in", "si_importance.pt")}

@@ -52,7 +52,7 @@ from retain.objectives import make_objective
 from retain.core.paths import resolve_path
 from retain.preference.data import PairExample, PromptExample, pair_texts
 from retain.core.schema import parse_yaml, read_yaml
-from retain.training.loop import total_steps_for
+from retain.config import total_steps_for
 
 PEFT = PEFT_METHODS
 PROTECTION = tuple(name for name in MITIGATIONS if name != "early_warnings")  # early warnings only log
