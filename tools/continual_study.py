@@ -148,8 +148,8 @@ def document(sequence_path: Path, work: Path, names: list[str], walls: dict, fig
     lines += ["", "What each strategy is:", ""] + [f"- **{n}**: {STRATEGIES[n][0]}" for n in names]
     if reference:
         lines.append("- **multi-task reference**: one run of the first stage's config on the union of the three "
-                     f"training sets, for as many steps as the three stages together (the upper bound a sequence "
-                     f"is measured against)")
+                     "training sets, for as many steps as the three stages together (the upper bound a sequence "
+                     "is measured against)")
     lines += ["", "Read with care:", "",
               "- One run per strategy (seed 0): the intervals are over test items, not over training seeds.",
               "- Each strategy is one untuned setting (EWC and SI weight 0.1, a 200-example buffer at 20%, LoRA r 8 "

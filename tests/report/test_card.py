@@ -1,6 +1,5 @@
 """`retain card`: a Hugging Face model card for a finished run, checked on the files it writes (no network)."""
 
-import json
 
 import pytest
 import yaml
