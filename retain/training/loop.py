@@ -227,9 +227,10 @@ def load_and_check(config: RunConfig, out: Path, accelerator, start: Start) -> R
                               optimizer, num_warmup_steps=t.warmup_steps, num_training_steps=total_steps)
     seen = start.step * per_step if start.examples_seen is None else start.examples_seen
     epochs_needed = math.ceil((seen + (total_steps - start.step) * per_step) / len(examples)) + 1
-    train_loader = data_loader(examples, objective, tokenizer.pad_token_id, t, SeededOrder(len(examples), t.seed,
-                                                                                             epochs_needed))
-    dev_loader = data_loader(dev_set.examples, objective, tokenizer.pad_token_id, t) if dev_set else None
+    pad_id = tokenizer.pad_token_id
+    order = SeededOrder(len(examples), t.seed, epochs_needed)
+    train_loader = data_loader(examples, objective, pad_id, t.batch_size, t.seed, order)
+    dev_loader = data_loader(dev_set.examples, objective, pad_id, t.batch_size, t.seed) if dev_set else None
     # The scheduler is stepped by us once per optimizer step (accelerate's wrapper would step it once
     # per process), and registered so that checkpoints carry it.
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
@@ -282,13 +283,14 @@ def transform_data(train_set, dev_set, config: RunConfig, mitigations: list, ctx
     return examples
 
 
-def data_loader(data: list, objective, pad_id: int, t, sampler=None) -> torch.utils.data.DataLoader:
-    """Its own generator: iterating a DataLoader draws a seed, and drawing it from the global RNG would shift
-    dropout after a resume. Items are (index, example): an SFT batch says which examples it holds (what KL caches
-    its teacher by)."""
-    return torch.utils.data.DataLoader(list(enumerate(data)), batch_size=t.batch_size, sampler=sampler,
+def data_loader(data: list, objective, pad_id: int, batch_size: int, seed: int,
+                sampler=None) -> torch.utils.data.DataLoader:
+    """Batches of `data` collated by the objective. Its own generator: iterating a DataLoader draws a seed, and
+    drawing it from the global RNG would shift dropout after a resume. Items are (index, example): an SFT batch says
+    which examples it holds (what KL caches its teacher by)."""
+    return torch.utils.data.DataLoader(list(enumerate(data)), batch_size=batch_size, sampler=sampler,
                                        collate_fn=lambda b: objective.collate(b, pad_id),
-                                       generator=torch.Generator().manual_seed(t.seed))
+                                       generator=torch.Generator().manual_seed(seed))
 
 
 def claim_output_dir(run: Run) -> MetricsLog:
