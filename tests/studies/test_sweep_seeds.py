@@ -38,3 +38,22 @@ def test_seeds_default_to_three_and_a_strategy_may_not_set_its_own(make_config, 
     sweep = sweep_file(tmp_path, make_config, strategies={"plain": {"training.seed": 3}})
     with pytest.raises(ConfigError, match=r"strategies.plain: training.seed is set by the study's `seeds`"):
         strategy_configs(load_sweep(sweep), sweep)
+
+
+def test_the_wise_ft_line_is_scored_once_per_run_and_point(make_config, tmp_path):
+    from retain.evaluation.results import load_results
+    from retain.studies.sweep.line import line_path
+
+    sweep = sweep_file(tmp_path, make_config, seeds=[0], strategies={"plain": {}}, line=[0.5], suite="english")
+    run_sweep(sweep, progress=False)
+    out = tmp_path / "sweep"
+    path = line_path(out / "base.json", out, "plain", out / "results" / "plain.json", [0.5])
+    assert [p.name for p in path] == ["base.json", "alpha-0.5.json", "plain.json"] and all(p.is_file() for p in path)
+    base, half, end = ([item["loglikelihood"] for item in load_results(p)["tasks"]["english"]["items"]] for p in path)
+    assert len(half) == len(base) == 4 and half != base and half != end  # a point between, scored like the run
+    scored = path[1].stat().st_mtime_ns
+    run_sweep(sweep, progress=False)  # run again: the point is there, so it is not scored twice
+    assert path[1].stat().st_mtime_ns == scored
+    for bad in ([1.0], [0.0], [0.5, 0.5]):
+        with pytest.raises(ConfigError, match="line: expected distinct weights strictly between 0 and 1"):
+            load_sweep(sweep_file(tmp_path, make_config, strategies={"plain": {}}, line=bad))

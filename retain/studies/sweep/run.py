@@ -37,6 +37,7 @@ from retain.core.files import atomic_write_json, atomic_write_text
 from retain.studies.common import (TaskStudyConfig, checked_run, load_study, plan_run, read_base, run_pending,
                                    score_base)
 from retain.studies.common import run_name as seed_run_name
+from retain.studies.sweep.line import score_lines
 from retain.studies.sweep.summary import summarize, write_sweep_report
 
 
@@ -48,6 +49,9 @@ class SweepConfig(TaskStudyConfig):
         "help": "strategy name -> dotted overrides of the base config, e.g. lora: {mitigations.lora: {r: 8}}"})
     grid: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "dotted key -> a list of values: every combination is a strategy, named by its values"})
+    line: list[float] = field(default_factory=list, metadata={
+        "help": "interpolation weights in (0, 1) at which each run's final weights, moved toward the base (WiSE-FT), "
+                "are scored too: the path forgetting at matched task gain is read from (e.g. [0.25, 0.5, 0.75])"})
 
     def validate(self):
         yield from super().validate()
@@ -59,6 +63,8 @@ class SweepConfig(TaskStudyConfig):
         for key, values in self.grid.items():
             if not isinstance(values, list) or not values:
                 yield f"grid.{key}", "expected a non-empty list of values"
+        if any(not 0 < a < 1 for a in self.line) or len(set(self.line)) != len(self.line):
+            yield "line", f"expected distinct weights strictly between 0 and 1, got {list(self.line)!r}"
 
 
 def expand(sweep: SweepConfig) -> dict[str, dict]:
@@ -118,6 +124,9 @@ def run_sweep(path: Path, progress: bool = True) -> dict:
                               out / "base.json", sweep, progress=progress)
     run_pending({name: (config_path, out / "results" / f"{name}.json") for name, config_path in paths.items()},
                 sweep.scored, sweep, progress)
+    if sweep.line:
+        score_lines(load_config(next(iter(paths.values()))).model.name,
+                    {name: out / "runs" / name for name in paths}, sweep.line, sweep.scored, sweep, progress)
     results = {name: result_files(sweep, name) for name in expand(sweep)}
     summary = summarize(base_results, results, task=Path(sweep.task).stem)
     atomic_write_json(out / "summary.json", summary)
