@@ -112,3 +112,16 @@ def test_the_docs_section_pools_a_config_run_in_two_sweeps_once_and_lists_what_i
     drift = next(line for line in text.splitlines() if line.startswith("| `drift/all` | all sweeps |"))
     assert drift.split(" | ")[2] == "7"  # the adapter run counts for the KLs, not for drift
     assert "Reproduce: `CMD`" in text
+
+
+def test_a_claim_at_matched_gain_is_b_minus_a_seed_by_seed():
+    from tools.lab.docs import CLAIMS, matched_difference
+
+    summary = {"matched_gain": {"lora": {"mean": -0.3, "per_seed": [{"change": -0.4}, {"change": -0.2}]},
+                                "lr_1e-4": {"mean": -0.1, "per_seed": [{"change": -0.1}, {"change": -0.1}]},
+                                "timid": {"mean": None, "per_seed": [None, {"change": -0.1}]}}}
+    assert matched_difference(summary, "lora", "lr_1e-4") == "+20.0 (+30.0 / +10.0)"
+    assert matched_difference(summary, "lora", "timid") == "—"  # a seed whose line never got there
+    assert matched_difference({}, "lora", "lr_1e-4") == "—"  # lines not scored
+    # the learning-rate-confounded LoRA claim has a partner at one learning rate
+    assert ("lora_low_lr_1e-4", "lr_1e-4") in {(c[1], c[2]) for c in CLAIMS}

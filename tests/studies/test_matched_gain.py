@@ -38,3 +38,38 @@ def test_a_path_that_never_gains_that_much_has_no_matched_point():
 def test_a_target_reached_at_the_first_point_reads_it_there():
     m = forgetting_at_gain(BASE, LINE, "skill", 0.0)
     assert (m.position, m.retained_change) == (0.0, 0.0)
+
+
+def test_a_sweeps_strategies_are_read_seed_by_seed_against_the_references_gain(tmp_path):
+    import json
+
+    from retain.studies.sweep.matched_gain import matched_rows
+
+    def written(name: str, r: dict):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(r))
+        return path
+
+    base = written("base", BASE)
+    # the reference gains 80 points (target at 95%: 76); a gentle recipe's line gains 0, 40, 80 and loses 0, 10, 40
+    # facts; a timid one never gains more than 40 points
+    paths = {"unprotected": [[base, written("u.5", results(4, 8)), written("u", results(8, 4))]],
+             "gentle": [[base, written("g.5", results(4, 9)), written("g", results(8, 6))]],
+             "timid": [[base, written("t.5", results(2, 10)), written("t", results(4, 10))]],
+             "unscored": [[base, tmp_path / "missing.json", written("x", results(8, 6))]]}
+    rows = matched_rows(base, paths, "skill", share=0.95)
+    assert set(rows) == {"unprotected", "gentle", "timid"}  # a path not yet scored is left out
+    gentle = rows["gentle"]["per_seed"][0]
+    assert gentle["position"] == pytest.approx(1.9)  # 76 is 90% of the way from 40 to 80
+    assert gentle["change"] == pytest.approx(-0.1 - 0.9 * 0.3) == rows["gentle"]["mean"]
+    assert rows["unprotected"]["mean"] == pytest.approx(-0.2 - 0.9 * 0.4)
+    assert rows["timid"] == {"share": 0.95, "per_seed": [None], "mean": None}  # it never gets there
+    assert matched_rows(base, {"gentle": paths["gentle"]}, "skill") == {}  # no reference, no target
+
+
+def test_the_table_cell_gives_the_mean_then_each_seed():
+    from retain.studies.sweep.summary import _matched_cell
+
+    assert _matched_cell({"per_seed": [{"change": -0.05}, {"change": 0.01}], "mean": -0.02}) == "-2.0 (-5.0 / +1.0)"
+    assert _matched_cell({"per_seed": [{"change": -0.05}, None], "mean": None}) == "— (-5.0 / —)"
+    assert _matched_cell(None) == ""  # not scored yet

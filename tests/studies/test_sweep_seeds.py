@@ -43,12 +43,18 @@ def test_seeds_default_to_three_and_a_strategy_may_not_set_its_own(make_config, 
 def test_the_wise_ft_line_is_scored_once_per_run_and_point(make_config, tmp_path):
     from retain.evaluation.results import load_results
     from retain.studies.sweep.line import line_path
+    from retain.studies.sweep.summary import MATCHED_HEADER
 
-    sweep = sweep_file(tmp_path, make_config, seeds=[0], strategies={"plain": {}}, line=[0.5], suite="english")
-    run_sweep(sweep, progress=False)
+    sweep = sweep_file(tmp_path, make_config, seeds=[0], strategies={"unprotected": {}}, line=[0.5], suite="english")
+    summary = run_sweep(sweep, progress=False)
     out = tmp_path / "sweep"
-    path = line_path(out / "base.json", out, "plain", out / "results" / "plain.json", [0.5])
-    assert [p.name for p in path] == ["base.json", "alpha-0.5.json", "plain.json"] and all(p.is_file() for p in path)
+    path = line_path(out / "base.json", out, "unprotected", out / "results" / "unprotected.json", [0.5])
+    assert [p.name for p in path] == ["base.json", "alpha-0.5.json", "unprotected.json"]
+    assert all(p.is_file() for p in path) and list(summary["matched_gain"]) == ["unprotected"]  # read off that path
+    table = (out / "summary.md").read_text().splitlines()
+    header = next(line for line in table if line.startswith("| strategy"))
+    row = next(line for line in table if line.startswith("| unprotected"))
+    assert MATCHED_HEADER in header and len(row.split("|")) == len(header.split("|"))
     base, half, end = ([item["loglikelihood"] for item in load_results(p)["tasks"]["english"]["items"]] for p in path)
     assert len(half) == len(base) == 4 and half != base and half != end  # a point between, scored like the run
     scored = path[1].stat().st_mtime_ns

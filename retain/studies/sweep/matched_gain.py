@@ -8,20 +8,23 @@ target (by default 95% of the unprotected run's gain), interpolating linearly be
 
     target_gain(base, reference, task, share=0.95) -> float
     forgetting_at_gain(base, path, task, target) -> MatchedForgetting | None (None: the path never gets there)
+    matched_rows(base_path, paths, task, reference, share) -> {strategy: its seeds' values and their mean}
 
 The CI resamples the items (the task's, and the retained capabilities' pooled, each by cluster where items carry
 one) with the same draws at every point of the path, and finds the crossing again in each resample; the target
-is held fixed. One trained path is one seed: combine seeds as retain.evaluation.stats does (not done here).
+is held fixed. One trained path is one seed; matched_rows reads a sweep's strategies seed by seed (seed s
+against the reference's seed s) and gives each seed's value with its CI and their mean (no CI across seeds yet).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from retain.evaluation.compare import pooled_items, retained_tasks
-from retain.evaluation.results import Results
+from retain.evaluation.results import Results, load_results
 from retain.evaluation.stats import by_cluster, cluster_index, parts, percentile_ci, resample, value_of
 
 
@@ -90,3 +93,30 @@ def forgetting_at_gain(base: Results, path: list[Results], task: str, target: fl
     low, high = percentile_ci(changes)
     return MatchedForgetting(target, float(position[0]), float(change[0]), low, high,
                              int(np.isfinite(changes).sum()) / resamples)
+
+
+def matched_rows(base_path: Path, paths: dict[str, list[list[Path]]], task: str, reference: str = "unprotected",
+                 share: float = 0.95) -> dict[str, dict]:
+    """Strategy -> its forgetting at `share` of the reference strategy's gain, seed by seed (seed s of a strategy
+    against seed s of the reference): {share, per_seed: [{change, ci, position} or None where the path never gets
+    there], mean (None unless every seed got there)}. `paths` holds each strategy's paths, one per seed, each
+    from the base to the run (retain.studies.sweep.line.line_path); a strategy whose paths are not all scored
+    yet, and every strategy when the reference has no finished path, is left out."""
+    if reference not in paths:
+        return {}
+    scored = {name: seeds for name, seeds in paths.items() if all(p.is_file() for path in seeds for p in path)}
+    if reference not in scored:
+        return {}
+    base = load_results(base_path)
+    targets = [target_gain(base, load_results(path[-1]), task, share) for path in scored[reference]]
+    rows = {}
+    for name, seeds in scored.items():
+        per_seed = []
+        for path, target in zip(seeds, targets, strict=True):
+            m = forgetting_at_gain(base, [load_results(p) for p in path], task, target)
+            per_seed.append(None if m is None else {"change": m.retained_change, "ci": [m.ci_low, m.ci_high],
+                                                     "position": m.position})
+        reached = [s["change"] for s in per_seed if s is not None]
+        rows[name] = {"share": share, "per_seed": per_seed,
+                      "mean": sum(reached) / len(reached) if len(reached) == len(per_seed) else None}
+    return rows

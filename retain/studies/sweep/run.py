@@ -37,7 +37,8 @@ from retain.core.files import atomic_write_json, atomic_write_text
 from retain.studies.common import (TaskStudyConfig, checked_run, load_study, plan_run, read_base, run_pending,
                                    score_base)
 from retain.studies.common import run_name as seed_run_name
-from retain.studies.sweep.line import score_lines
+from retain.studies.sweep.line import line_path, score_lines
+from retain.studies.sweep.matched_gain import matched_rows
 from retain.studies.sweep.summary import summarize, write_sweep_report
 
 
@@ -129,6 +130,10 @@ def run_sweep(path: Path, progress: bool = True) -> dict:
                     {name: out / "runs" / name for name in paths}, sweep.line, sweep.scored, sweep, progress)
     results = {name: result_files(sweep, name) for name in expand(sweep)}
     summary = summarize(base_results, results, task=Path(sweep.task).stem)
+    if sweep.line:  # forgetting where each run's line reaches 95% of the unprotected run's gain, seed by seed
+        lines = {name: [line_path(base_results, out, run_name(sweep, name, s), f, sweep.line)
+                        for s, f in zip(sweep.seeds, files)] for name, files in results.items()}
+        summary["matched_gain"] = matched_rows(base_results, lines, Path(sweep.task).stem)
     atomic_write_json(out / "summary.json", summary)
     write_sweep_report(summary, out)
     return summary

@@ -73,8 +73,10 @@ def markdown_table(summary: dict) -> str:
     """One row per strategy: task gain, pooled retained change, largest drop, forgetting grade, and one column
     per perplexity task of the suite (whatever the suite: no task is assumed)."""
     ppl_tasks = list(dict.fromkeys(t for r in summary["rows"].values() for t in _perplexity_changes(r)))
+    matched = summary.get("matched_gain") or {}
     header = (["strategy", "task gain (pts) [95% CI]", "retained capabilities change (pts) [95% CI]",
-               "largest capability drop (pts)", "forgetting"] + [f"{t} perplexity" for t in ppl_tasks] + ["Pareto"])
+               "largest capability drop (pts)", "forgetting"] + [f"{t} perplexity" for t in ppl_tasks]
+              + ([MATCHED_HEADER] if matched else []) + ["Pareto"])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, r in summary["rows"].items():
         ppl = _perplexity_changes(r)
@@ -84,15 +86,33 @@ def markdown_table(summary: dict) -> str:
                  f"{100 * r['retained_ci'][1]:+.1f}]",
                  f"{100 * r['max_drop']:.1f}", r.get("severity", "")]
         cells += [_perplexity_cell(ppl.get(t)) for t in ppl_tasks]
+        cells += [_matched_cell(matched.get(name))] if matched else []
         cells.append("★" if name in summary["pareto_front"] else "")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
+MATCHED_HEADER = "retained change at matched gain (pts): mean (per seed)"
+
+
+def _matched_cell(row: dict | None) -> str:
+    """The retained change where the run's WiSE-FT line first reaches the reference's share of gain: the mean over
+    seeds, then each seed's ('—' for a seed whose line never gets there; '' for a strategy not yet scored)."""
+    if row is None:
+        return ""
+    seeds = " / ".join("—" if s is None else f"{100 * s['change']:+.1f}" for s in row["per_seed"])
+    mean = "—" if row["mean"] is None else f"{100 * row['mean']:+.1f}"
+    return f"{mean} ({seeds})"
+
+
 LEGEND = ("Points are percentage points; the retained capabilities pool the items of every score-type task except "
           "the fine-tuning task. A perplexity column is the relative change (after / before: +12%, or ×1,658 once it "
           "more than doubles; lower is better, n.s. = the 95% CI includes 0). Forgetting: the worst grade of any "
-          "capability other than the task's. " + SEVERITY_LEGEND)
+          "capability other than the task's. " + SEVERITY_LEGEND + " Retained change at matched gain (where a sweep "
+          "scores each run's `line`): the retained change where the run's weights, moved toward the base (WiSE-FT), "
+          "first reach 95% of the unprotected run's task gain, seed s against the unprotected run's seed s — the mean, "
+          "then each seed's value (—: that seed's line never gets there); a recipe that learns less is not credited "
+          "for forgetting less.")
 
 
 def pareto_plot(summary: dict) -> bytes:
