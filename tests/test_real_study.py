@@ -185,3 +185,18 @@ def test_a_sweep_cut_short_after_the_unprotected_runs_still_makes_its_section(sw
     section = doc.split("## tiny-gemma (`short`)")[1]
     assert "`good` has results for 1 of its 3 training seeds." in section
     assert "`retain report` of base, unprotected (3 seeds each)" in section
+
+
+def test_forgetting_at_matched_gain_is_shown_where_the_sweep_scored_its_lines():
+    from tools.real_study import matched_gain_lines
+
+    assert matched_gain_lines({"rows": {}})[0].startswith("Not measured in this study")
+    seed = [{"change": -0.5, "ci": [-0.6, -0.4], "position": 3.0},
+            {"change": -0.3, "ci": [-0.4, -0.2], "position": 3.0}]
+    summary = {"matched_gain": {
+        "unprotected": {"share": 0.95, "mean": -0.4, "per_seed": seed},
+        "lora": {"share": 0.95, "mean": None, "per_seed": [{"change": -0.1, "ci": [-0.2, 0.0], "position": 2.5}, None]}}}
+    lines = matched_gain_lines(summary)
+    assert "95% of the unprotected run's task gain" in lines[0]
+    assert "| unprotected | -40.0 | -50.0 [-60.0, -40.0]; -30.0 [-40.0, -20.0] |" in lines
+    assert "| lora | — | -10.0 [-20.0, +0.0]; never reached |" in lines

@@ -163,18 +163,24 @@ def target_table(targets: dict, comparisons: dict[str, dict]) -> list[str]:
 
 
 def matched_gain_lines(summary: dict) -> list[str]:
-    """Forgetting at matched task gain, where the sweep's summary has it (a row's `matched_gain`: the fields of
-    retain.studies.sweep.matched_gain.MatchedForgetting)."""
-    rows = {n: r["matched_gain"] for n, r in summary["rows"].items() if r.get("matched_gain")}
+    """Forgetting at matched task gain, where the sweep scored its runs' WiSE-FT lines (summary.json's
+    `matched_gain`: retain.studies.sweep.matched_gain.matched_rows)."""
+    rows = summary.get("matched_gain") or {}
     if not rows:
-        return ["Not measured in this study: the sweep keeps each run's final model only, and forgetting at matched "
-                "task gain is read off a recipe's path (its checkpoints, or its WiSE-FT line toward the base; "
-                "`retain.studies.sweep.matched_gain`). The target above compares end points; a recipe that gains less than "
-                "the unprotected run is judged at its own gain."]
-    lines = ["| recipe | task gain matched (pts) | retained change there (pts) [95% CI] |", "|---|---|---|"]
+        return ["Not measured in this study: forgetting at matched task gain is read off each run's WiSE-FT line "
+                "toward the base, which a sweep scores when it sets `line` (e.g. `line: [0.25, 0.5, 0.75]`: one more "
+                "evaluation of every capability per point and run). The target above compares end points; a recipe "
+                "that gains less than the unprotected run is judged at its own gain."]
+    share = next(iter(rows.values()))["share"]
+    lines = [f"The retained change where each run's line first reaches {share:.0%} of the unprotected run's task gain "
+             "(seed s against its seed s), with that seed's 95% CI over items; the mean where every seed gets there.",
+             "", "| recipe | mean (pts) | per seed (pts) [95% CI] |", "|---|---|---|"]
     for name, m in rows.items():
-        lines.append(f"| {name} | {100 * m['target']:+.1f} | {100 * m['retained_change']:+.1f} "
-                     f"[{100 * m['ci_low']:+.1f}, {100 * m['ci_high']:+.1f}] |")
+        seeds = "; ".join("never reached" if s is None else
+                          f"{100 * s['change']:+.1f} [{100 * s['ci'][0]:+.1f}, {100 * s['ci'][1]:+.1f}]"
+                          for s in m["per_seed"])
+        mean = "—" if m["mean"] is None else f"{100 * m['mean']:+.1f}"
+        lines.append(f"| {name} | {mean} | {seeds} |")
     return lines
 
 
