@@ -1,5 +1,6 @@
 """The lab's builders live outside the installed package (tools/lab) and share retain's error boundary."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -114,14 +115,30 @@ def test_the_docs_section_pools_a_config_run_in_two_sweeps_once_and_lists_what_i
     assert "Reproduce: `CMD`" in text
 
 
-def test_a_claim_at_matched_gain_is_b_minus_a_seed_by_seed():
+def test_a_claim_at_matched_gain_is_b_minus_a_seed_by_seed(tmp_path):
+    from retain.studies.sweep import SweepConfig
     from tools.lab.docs import CLAIMS, matched_difference
 
-    summary = {"matched_gain": {"lora": {"mean": -0.3, "per_seed": [{"change": -0.4}, {"change": -0.2}]},
-                                "lr_1e-4": {"mean": -0.1, "per_seed": [{"change": -0.1}, {"change": -0.1}]},
-                                "timid": {"mean": None, "per_seed": [None, {"change": -0.1}]}}}
-    assert matched_difference(summary, "lora", "lr_1e-4") == "+20.0 (+30.0 / +10.0)"
-    assert matched_difference(summary, "lora", "timid") == "—"  # a seed whose line never got there
-    assert matched_difference({}, "lora", "lr_1e-4") == "—"  # lines not scored
+    def results(task_right: int, facts_right: int) -> dict:
+        def task(capability, right):
+            return {"kind": "generation", "capability": capability, "primary_metric": "exact_match",
+                    "lower_is_better": False, "chance": 0.0, "n": 10, "metrics": {"exact_match": right / 10},
+                    "items": [{"id": i, "exact_match": float(i < right)} for i in range(10)]}
+        return {"split": "test",
+                "tasks": {"skill": task("task: skill", task_right), "facts": task("facts", facts_right)}}
+
+    def write(path, r):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(r))
+
+    sweep = SweepConfig(output=str(tmp_path), base="base.yaml", task="skill", suite="facts", seeds=[0], line=[0.5],
+                        strategies={"unprotected": {}, "lora": {}, "lr_1e-4": {}})
+    write(tmp_path / "base.json", results(0, 10))
+    for name, half, end in (("unprotected", results(4, 8), results(8, 4)), ("lora", results(4, 9), results(8, 6))):
+        write(tmp_path / "line" / name / "alpha-0.5.json", half)
+        write(tmp_path / "results" / f"{name}.json", end)
+    # at 76 points of task gain (95% of 80): unprotected lost 56 points of facts there, LoRA 37
+    assert matched_difference(sweep, "unprotected", "lora").startswith("+19.0 [")
+    assert matched_difference(sweep, "unprotected", "lr_1e-4") == "—"  # its line is not scored
     # the learning-rate-confounded LoRA claim has a partner at one learning rate
     assert ("lora_low_lr_1e-4", "lr_1e-4") in {(c[1], c[2]) for c in CLAIMS}

@@ -194,9 +194,9 @@ def test_forgetting_at_matched_gain_is_shown_where_the_sweep_scored_its_lines():
     seed = [{"change": -0.5, "ci": [-0.6, -0.4], "position": 3.0},
             {"change": -0.3, "ci": [-0.4, -0.2], "position": 3.0}]
     summary = {"matched_gain": {
-        "unprotected": {"share": 0.95, "mean": -0.4, "per_seed": seed},
+        "unprotected": {"share": 0.95, "mean": -0.4, "ci": [-0.5, -0.3], "per_seed": seed},
         "lora": {"share": 0.95, "mean": None, "per_seed": [{"change": -0.1, "ci": [-0.2, 0.0], "position": 2.5}, None]}}}
     lines = matched_gain_lines(summary)
     assert "95% of the unprotected run's task gain" in lines[0]
-    assert "| unprotected | -40.0 | -50.0 [-60.0, -40.0]; -30.0 [-40.0, -20.0] |" in lines
+    assert "| unprotected | -40.0 [-50.0, -30.0] | -50.0 [-60.0, -40.0]; -30.0 [-40.0, -20.0] |" in lines
     assert "| lora | — | -10.0 [-20.0, +0.0]; never reached |" in lines

@@ -18,6 +18,7 @@ files; nothing is typed in.
 
 from __future__ import annotations
 
+import math
 import argparse
 import dataclasses
 import json
@@ -174,12 +175,13 @@ def matched_gain_lines(summary: dict) -> list[str]:
     share = next(iter(rows.values()))["share"]
     lines = [f"The retained change where each run's line first reaches {share:.0%} of the unprotected run's task gain "
              "(seed s against its seed s), with that seed's 95% CI over items; the mean where every seed gets there.",
-             "", "| recipe | mean (pts) | per seed (pts) [95% CI] |", "|---|---|---|"]
+             "", "| recipe | mean (pts) [95% CI: seeds, then items] | per seed (pts) [95% CI] |", "|---|---|---|"]
     for name, m in rows.items():
         seeds = "; ".join("never reached" if s is None else
                           f"{100 * s['change']:+.1f} [{100 * s['ci'][0]:+.1f}, {100 * s['ci'][1]:+.1f}]"
                           for s in m["per_seed"])
-        mean = "—" if m["mean"] is None else f"{100 * m['mean']:+.1f}"
+        ci = m.get("ci") or (math.nan, math.nan)
+        mean = "—" if m["mean"] is None else f"{100 * m['mean']:+.1f} [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]"
         lines.append(f"| {name} | {mean} | {seeds} |")
     return lines
 

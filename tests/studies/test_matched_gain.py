@@ -43,7 +43,7 @@ def test_a_target_reached_at_the_first_point_reads_it_there():
 def test_a_sweeps_strategies_are_read_seed_by_seed_against_the_references_gain(tmp_path):
     import json
 
-    from retain.studies.sweep.matched_gain import matched_rows
+    from retain.studies.sweep.matched_gain import matched_difference, matched_rows
 
     def written(name: str, r: dict):
         path = tmp_path / f"{name}.json"
@@ -63,13 +63,36 @@ def test_a_sweeps_strategies_are_read_seed_by_seed_against_the_references_gain(t
     assert gentle["position"] == pytest.approx(1.9)  # 76 is 90% of the way from 40 to 80
     assert gentle["change"] == pytest.approx(-0.1 - 0.9 * 0.3) == rows["gentle"]["mean"]
     assert rows["unprotected"]["mean"] == pytest.approx(-0.2 - 0.9 * 0.4)
-    assert rows["timid"] == {"share": 0.95, "per_seed": [None], "mean": None}  # it never gets there
+    low, high = rows["gentle"]["ci"]
+    assert (low, high) == pytest.approx(tuple(gentle["ci"]))  # one seed: the CI over seeds and items is the items'
+    assert rows["timid"] == {"share": 0.95, "per_seed": [None], "mean": None, "ci": None}  # it never gets there
     assert matched_rows(base, {"gentle": paths["gentle"]}, "skill") == {}  # no reference, no target
+    # B - A where each line reaches the target, seed by seed, with a CI over the same item draws
+    gentle_vs_unprotected = matched_difference(base, paths["unprotected"], paths["gentle"], paths["unprotected"],
+                                               "skill", share=0.95)
+    assert gentle_vs_unprotected["delta"] == pytest.approx(rows["gentle"]["mean"] - rows["unprotected"]["mean"])
+    low, high = gentle_vs_unprotected["ci"]
+    assert low <= gentle_vs_unprotected["delta"] <= high
+    assert matched_difference(base, paths["unprotected"], paths["timid"], paths["unprotected"], "skill") is None
+    assert matched_difference(base, paths["unprotected"], paths["unscored"], paths["unprotected"], "skill") is None
 
 
 def test_the_table_cell_gives_the_mean_then_each_seed():
     from retain.studies.sweep.summary import _matched_cell
 
-    assert _matched_cell({"per_seed": [{"change": -0.05}, {"change": 0.01}], "mean": -0.02}) == "-2.0 (-5.0 / +1.0)"
+    assert _matched_cell({"per_seed": [{"change": -0.05}, {"change": 0.01}], "mean": -0.02, "ci": [-0.06, 0.02]}) \
+        == "-2.0 [-6.0, +2.0] (-5.0 / +1.0)"
     assert _matched_cell({"per_seed": [{"change": -0.05}, None], "mean": None}) == "— (-5.0 / —)"
     assert _matched_cell(None) == ""  # not scored yet
+
+
+def test_the_ci_over_seeds_resamples_seeds_then_reads_each_drawn_seeds_resample():
+    import numpy as np
+
+    from retain.studies.sweep.matched_gain import across_seeds
+
+    # two seeds that each know their value exactly (every resample the same): the mean's CI spans the seeds
+    low, high = across_seeds([np.full(4000, -0.1), np.full(4000, -0.3)])
+    assert (low, high) == pytest.approx((-0.3, -0.1))
+    same = np.linspace(-0.2, 0.0, 4001)
+    assert across_seeds([same]) == pytest.approx((np.percentile(same, 2.5), np.percentile(same, 97.5)))

@@ -19,7 +19,9 @@ from retain.core.files import atomic_write_text
 from retain.evaluation.compare import claim_verdict, retained_change, verdict
 from retain.evaluation.results import load_results
 from retain.studies.sweep.summary import LEGEND, markdown_table
-from retain.studies.sweep import SweepConfig, expand, load_sweep, result_files
+from retain.studies.sweep import SweepConfig, expand, load_sweep, result_files, run_name
+from retain.studies.sweep.line import line_path
+from retain.studies.sweep.matched_gain import matched_difference as matched_difference_of
 from tools.real_study import machine, wall_time
 from tools.lab.warnings_vs_forgetting import load_runs
 from tools.lab.warnings_vs_forgetting import section as warnings_section
@@ -115,18 +117,27 @@ def claims_rows(sweep: SweepConfig, summary: dict) -> list[str]:
         result = claim_verdict(c, sign)
         gains = f"{pts(summary['rows'][a]['gain'])} / {pts(summary['rows'][b]['gain'])}"
         rows.append(f"| {claim} | {out.name} | {a} | {b} | {pts(c.delta)} [{pts(c.ci_low)}, {pts(c.ci_high)}] | "
-                    f"{gains} | {matched_difference(summary, a, b)} | {result} |")
+                    f"{gains} | {matched_difference(sweep, a, b)} | {result} |")
     return rows
 
 
-def matched_difference(summary: dict, a: str, b: str) -> str:
-    """B − A in retained change at matched task gain (retain.studies.sweep.matched_gain), the mean over seeds and
-    each seed's; '—' where either line never reaches the target on some seed or was not scored."""
-    rows = summary.get("matched_gain") or {}
-    if a not in rows or b not in rows or rows[a]["mean"] is None or rows[b]["mean"] is None:
+def matched_difference(sweep: SweepConfig, a: str, b: str) -> str:
+    """B − A in retained change at matched task gain (retain.studies.sweep.matched_gain.matched_difference: each run
+    where its WiSE-FT line reaches 95% of the unprotected run's gain, seed s against seed s), the mean with its CI
+    and each seed's; '—' where a line was not scored or some seed's line never gets there."""
+    out = Path(sweep.output)
+    if not sweep.line or BASELINE not in expand(sweep):
         return "—"
-    seeds = " / ".join(pts(sb["change"] - sa["change"]) for sa, sb in zip(rows[a]["per_seed"], rows[b]["per_seed"]))
-    return f"{pts(rows[b]['mean'] - rows[a]['mean'])} ({seeds})"
+
+    def paths(name: str) -> list[list[Path]]:
+        return [line_path(out / "base.json", out, run_name(sweep, name, s), f, sweep.line)
+                for s, f in zip(sweep.seeds, result_files(sweep, name))]
+
+    found = matched_difference_of(out / "base.json", paths(a), paths(b), paths(BASELINE), Path(sweep.task).stem)
+    if found is None:
+        return "—"
+    seeds = " / ".join(pts(d) for d in found["per_seed"])
+    return f"{pts(found['delta'])} [{pts(found['ci'][0])}, {pts(found['ci'][1])}] ({seeds})"
 
 
 def kept_span(lines: list[str]) -> slice | None:
@@ -163,8 +174,8 @@ def write_docs(sweep_paths: list[Path], out: Path) -> None:
               "is supported only when that CI excludes 0 and every seed moved the same way; otherwise it is not shown, "
               "and the row says why.", "",
               "B − A at matched gain compares the two where each run's WiSE-FT line toward the base reaches 95% of "
-              "the unprotected run's task gain (the mean over seeds, then each seed's): a recipe that learns less is "
-              "not credited for forgetting less.", "",
+              "the unprotected run's task gain, seed s against seed s (the mean with its 95% CI over seeds, then "
+              "items; then each seed's): a recipe that learns less is not credited for forgetting less.", "",
               "| claim | sweep | run A | run B | B − A retained (pts) [95% CI] | task gain A / B (pts) | "
               "B − A at matched gain (pts) | result |",
               "|---|---|---|---|---|---|---|---|"]

@@ -9,16 +9,18 @@ target (by default 95% of the unprotected run's gain), interpolating linearly be
     target_gain(base, reference, task, share=0.95) -> float
     forgetting_at_gain(base, path, task, target) -> MatchedForgetting | None (None: the path never gets there)
     matched_rows(base_path, paths, task, reference, share) -> {strategy: its seeds' values and their mean}
+    matched_difference(base_path, paths_a, paths_b, reference, task, share) -> B - A there, seed by seed, with a CI
 
 The CI resamples the items (the task's, and the retained capabilities' pooled, each by cluster where items carry
 one) with the same draws at every point of the path, and finds the crossing again in each resample; the target
 is held fixed. One trained path is one seed; matched_rows reads a sweep's strategies seed by seed (seed s
-against the reference's seed s) and gives each seed's value with its CI and their mean (no CI across seeds yet).
+against the reference's seed s) and gives each seed's value with its CI, their mean and its CI (seeds, then items:
+across_seeds).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +38,9 @@ class MatchedForgetting:
     ci_low: float
     ci_high: float
     reached: float  # the share of resamples whose path reaches the target (the CI is over those)
+    # the change at the crossing in each resample (NaN where it is not reached); a sweep's strategies are scored on
+    # the same items and resampled with the same draws, so sample r of two recipes is paired
+    samples: np.ndarray = field(default=None, repr=False, compare=False)
 
 
 def target_gain(base: Results, reference: Results, task: str, share: float = 0.95) -> float:
@@ -92,16 +97,45 @@ def forgetting_at_gain(base: Results, path: list[Results], task: str, target: fl
     _, changes = _crossing(_path_values(*task_sets, task_draws), _path_values(*kept_sets, kept_draws), target)
     low, high = percentile_ci(changes)
     return MatchedForgetting(target, float(position[0]), float(change[0]), low, high,
-                             int(np.isfinite(changes).sum()) / resamples)
+                             int(np.isfinite(changes).sum()) / resamples, changes)
+
+
+def across_seeds(samples: list[np.ndarray], seed: int = 0) -> tuple[float, float]:
+    """The 95% CI of the mean over seeds from each seed's resampled values (S arrays of R, paired by r): resample
+    the seeds, then take each drawn seed's r-th value (the items, resampled within it), as retain.evaluation.stats
+    does for a recipe over seeds; a resample in which a drawn seed's line never got there is left out."""
+    values = np.stack(samples)  # (S, R)
+    n_seeds, n = values.shape
+    draws = np.random.default_rng(seed).integers(0, n_seeds, size=(n, n_seeds))  # (R, S) seed indices
+    return percentile_ci(values[draws, np.arange(n)[:, None]].mean(axis=1))
+
+
+def matched_difference(base_path: Path, paths_a: list[list[Path]], paths_b: list[list[Path]],
+                       reference: list[list[Path]], task: str, share: float = 0.95) -> dict | None:
+    """Recipe B's retained change minus recipe A's, each where its own line reaches `share` of the reference's gain,
+    seed s against seed s: {delta, ci (seeds, then items: the same item draws for both, so paired), per_seed};
+    None unless every path is scored and every seed of both gets there."""
+    if not all(p.is_file() for seeds in (paths_a, paths_b, reference) for path in seeds for p in path):
+        return None
+    base = load_results(base_path)
+    deltas, samples = [], []
+    for path_a, path_b, ref in zip(paths_a, paths_b, reference, strict=True):
+        target = target_gain(base, load_results(ref[-1]), task, share)
+        a, b = (forgetting_at_gain(base, [load_results(p) for p in path], task, target) for path in (path_a, path_b))
+        if a is None or b is None:
+            return None
+        deltas.append(b.retained_change - a.retained_change)
+        samples.append(b.samples - a.samples)
+    return {"delta": float(np.mean(deltas)), "ci": list(across_seeds(samples)), "per_seed": deltas}
 
 
 def matched_rows(base_path: Path, paths: dict[str, list[list[Path]]], task: str, reference: str = "unprotected",
                  share: float = 0.95) -> dict[str, dict]:
     """Strategy -> its forgetting at `share` of the reference strategy's gain, seed by seed (seed s of a strategy
     against seed s of the reference): {share, per_seed: [{change, ci, position} or None where the path never gets
-    there], mean (None unless every seed got there)}. `paths` holds each strategy's paths, one per seed, each
-    from the base to the run (retain.studies.sweep.line.line_path); a strategy whose paths are not all scored
-    yet, and every strategy when the reference has no finished path, is left out."""
+    there], mean and its ci over seeds and items (None unless every seed got there)}. `paths` holds each
+    strategy's paths, one per seed, each from the base to the run (retain.studies.sweep.line.line_path); a strategy
+    whose paths are not all scored yet, and every strategy when the reference has no finished path, is left out."""
     if reference not in paths:
         return {}
     scored = {name: seeds for name, seeds in paths.items() if all(p.is_file() for path in seeds for p in path)}
@@ -111,12 +145,12 @@ def matched_rows(base_path: Path, paths: dict[str, list[list[Path]]], task: str,
     targets = [target_gain(base, load_results(path[-1]), task, share) for path in scored[reference]]
     rows = {}
     for name, seeds in scored.items():
-        per_seed = []
-        for path, target in zip(seeds, targets, strict=True):
-            m = forgetting_at_gain(base, [load_results(p) for p in path], task, target)
-            per_seed.append(None if m is None else {"change": m.retained_change, "ci": [m.ci_low, m.ci_high],
-                                                     "position": m.position})
-        reached = [s["change"] for s in per_seed if s is not None]
+        found = [forgetting_at_gain(base, [load_results(p) for p in path], task, target)
+                 for path, target in zip(seeds, targets, strict=True)]
+        per_seed = [None if m is None else {"change": m.retained_change, "ci": [m.ci_low, m.ci_high],
+                                             "position": m.position} for m in found]
+        every = all(m is not None for m in found)
         rows[name] = {"share": share, "per_seed": per_seed,
-                      "mean": sum(reached) / len(reached) if len(reached) == len(per_seed) else None}
+                      "mean": float(np.mean([m.retained_change for m in found])) if every else None,
+                      "ci": list(across_seeds([m.samples for m in found])) if every else None}
     return rows

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from retain.evaluation.compare import retained_change
@@ -92,17 +93,20 @@ def markdown_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-MATCHED_HEADER = "retained change at matched gain (pts): mean (per seed)"
+MATCHED_HEADER = "retained change at matched gain (pts): mean [95% CI] (per seed)"
 
 
 def _matched_cell(row: dict | None) -> str:
     """The retained change where the run's WiSE-FT line first reaches the reference's share of gain: the mean over
-    seeds, then each seed's ('—' for a seed whose line never gets there; '' for a strategy not yet scored)."""
+    seeds with its CI (seeds, then items), then each seed's ('—' for a seed whose line never gets there; '' for a
+    strategy not yet scored)."""
     if row is None:
         return ""
     seeds = " / ".join("—" if s is None else f"{100 * s['change']:+.1f}" for s in row["per_seed"])
-    mean = "—" if row["mean"] is None else f"{100 * row['mean']:+.1f}"
-    return f"{mean} ({seeds})"
+    if row["mean"] is None:
+        return f"— ({seeds})"
+    low, high = row.get("ci") or (math.nan, math.nan)
+    return f"{100 * row['mean']:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}] ({seeds})"
 
 
 LEGEND = ("Points are percentage points; the retained capabilities pool the items of every score-type task except "
