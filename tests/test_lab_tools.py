@@ -119,11 +119,11 @@ def test_a_claim_at_matched_gain_is_b_minus_a_seed_by_seed(tmp_path):
     from retain.studies.sweep import SweepConfig
     from tools.lab.docs import CLAIMS, matched_difference
 
-    def results(task_right: int, facts_right: int) -> dict:
+    def results(task_right: int, facts_right: int, n: int = 40) -> dict:  # rights out of 10, on n items
         def task(capability, right):
             return {"kind": "generation", "capability": capability, "primary_metric": "exact_match",
-                    "lower_is_better": False, "chance": 0.0, "n": 10, "metrics": {"exact_match": right / 10},
-                    "items": [{"id": i, "exact_match": float(i < right)} for i in range(10)]}
+                    "lower_is_better": False, "chance": 0.0, "n": n, "metrics": {"exact_match": right / 10},
+                    "items": [{"id": i, "exact_match": float(i < right * n // 10)} for i in range(n)]}
         return {"split": "test",
                 "tasks": {"skill": task("task: skill", task_right), "facts": task("facts", facts_right)}}
 
@@ -138,7 +138,9 @@ def test_a_claim_at_matched_gain_is_b_minus_a_seed_by_seed(tmp_path):
         write(tmp_path / "line" / name / "alpha-0.5.json", half)
         write(tmp_path / "results" / f"{name}.json", end)
     # at 76 points of task gain (95% of 80): unprotected lost 56 points of facts there, LoRA 37
-    assert matched_difference(sweep, "unprotected", "lora").startswith("+19.0 [")
-    assert matched_difference(sweep, "unprotected", "lr_1e-4") == "—"  # its line is not scored
+    cell = matched_difference(sweep, "unprotected", "lora", +1)
+    assert cell.startswith("+19.0 [") and cell.endswith("(+19.0): supported")
+    assert matched_difference(sweep, "unprotected", "lora", -1).endswith(": contradicted")
+    assert matched_difference(sweep, "unprotected", "lr_1e-4", +1) == "—"  # its line is not scored
     # the learning-rate-confounded LoRA claim has a partner at one learning rate
     assert ("lora_low_lr_1e-4", "lr_1e-4") in {(c[1], c[2]) for c in CLAIMS}

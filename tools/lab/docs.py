@@ -12,10 +12,12 @@ BEGIN_KEPT and END_KEPT.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
 from retain.core.files import atomic_write_text
+from retain.evaluation.stats import Change
 from retain.evaluation.compare import claim_verdict, retained_change, verdict
 from retain.evaluation.results import load_results
 from retain.studies.sweep.summary import LEGEND, markdown_table
@@ -117,14 +119,15 @@ def claims_rows(sweep: SweepConfig, summary: dict) -> list[str]:
         result = claim_verdict(c, sign)
         gains = f"{pts(summary['rows'][a]['gain'])} / {pts(summary['rows'][b]['gain'])}"
         rows.append(f"| {claim} | {out.name} | {a} | {b} | {pts(c.delta)} [{pts(c.ci_low)}, {pts(c.ci_high)}] | "
-                    f"{gains} | {matched_difference(sweep, a, b)} | {result} |")
+                    f"{gains} | {matched_difference(sweep, a, b, sign)} | {result} |")
     return rows
 
 
-def matched_difference(sweep: SweepConfig, a: str, b: str) -> str:
+def matched_difference(sweep: SweepConfig, a: str, b: str, sign: int) -> str:
     """B − A in retained change at matched task gain (retain.studies.sweep.matched_gain.matched_difference: each run
     where its WiSE-FT line reaches 95% of the unprotected run's gain, seed s against seed s), the mean with its CI
-    and each seed's; '—' where a line was not scored or some seed's line never gets there."""
+    and each seed's, judged as the claim is (`sign`: +1 if B should retain more); '—' where a line was not scored or
+    some seed's line never gets there."""
     out = Path(sweep.output)
     if not sweep.line or BASELINE not in expand(sweep):
         return "—"
@@ -137,7 +140,9 @@ def matched_difference(sweep: SweepConfig, a: str, b: str) -> str:
     if found is None:
         return "—"
     seeds = " / ".join(pts(d) for d in found["per_seed"])
-    return f"{pts(found['delta'])} [{pts(found['ci'][0])}, {pts(found['ci'][1])}] ({seeds})"
+    judged = claim_verdict(Change(math.nan, math.nan, found["delta"], *found["ci"], None, 0, False,
+                                  tuple(found["per_seed"])), sign)
+    return f"{pts(found['delta'])} [{pts(found['ci'][0])}, {pts(found['ci'][1])}] ({seeds}): {judged}"
 
 
 def kept_span(lines: list[str]) -> slice | None:
