@@ -18,7 +18,6 @@ files; nothing is typed in.
 
 from __future__ import annotations
 
-import math
 import argparse
 import dataclasses
 import json
@@ -180,8 +179,7 @@ def matched_gain_lines(summary: dict) -> list[str]:
         seeds = "; ".join("never reached" if s is None else
                           f"{100 * s['change']:+.1f} [{100 * s['ci'][0]:+.1f}, {100 * s['ci'][1]:+.1f}]"
                           for s in m["per_seed"])
-        ci = m.get("ci") or (math.nan, math.nan)
-        mean = "—" if m["mean"] is None else f"{100 * m['mean']:+.1f} [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]"
+        mean = "—" if m["mean"] is None else f"{100 * m['mean']:+.1f} [{100 * m['ci'][0]:+.1f}, {100 * m['ci'][1]:+.1f}]"
         lines.append(f"| {name} | {mean} | {seeds} |")
     return lines
 

@@ -188,7 +188,8 @@ class RunConfig:
 
 
 def total_steps_for(config: RunConfig, n_examples: int, world_size: int) -> int:
-    """The optimizer steps a run makes: training.max_steps, or its epochs over `n_examples` items at the global batch."""
+    """The optimizer steps a run makes: training.max_steps, or its epochs over `n_examples` items at the global
+    batch."""
     t = config.training
     if t.max_steps is not None:
         return t.max_steps
@@ -207,9 +208,9 @@ def fill_lab_defaults(model: ModelConfig, mitigations: dict[str, Any]) -> dict[s
         unset = {key: value for key, value in lab_fills(name, options).items() if getattr(options, key) is None}
         if unset and not uses_lab_model(model):
             key = next(iter(unset))
-            raise ConfigError(f"mitigations.{name}.{key}: required for model {model.name} — give "
-                              f"{field_help(options, key).split('; required unless')[0]} (only retain-tiny's runs default to the lab's "
-                              f"{unset[key]!r})")
+            what = field_help(options, key).split("; required unless")[0]  # the help says when it is required
+            raise ConfigError(f"mitigations.{name}.{key}: required for model {model.name} — give {what} (only "
+                              f"retain-tiny's runs default to the lab's {unset[key]!r})")
         filled[name] = dataclasses.replace(options, **unset) if unset else options
     return filled
 

@@ -10,6 +10,7 @@ target (by default 95% of the unprotected run's gain), interpolating linearly be
     forgetting_at_gain(base, path, task, target) -> MatchedForgetting | None (None: the path never gets there)
     matched_rows(base_path, paths, task, reference, share) -> {strategy: its seeds' values and their mean}
     matched_difference(base_path, paths_a, paths_b, reference, task, share) -> B - A there, seed by seed, with a CI
+    crossings(base_path, paths, reference, task, share) -> {name: each seed's MatchedForgetting}: what both read
 
 The CI resamples the items (the task's, and the retained capabilities' pooled, each by cluster where items carry
 one) with the same draws at every point of the path, and finds the crossing again in each resample; the target
@@ -110,22 +111,32 @@ def across_seeds(samples: list[np.ndarray], seed: int = 0) -> tuple[float, float
     return percentile_ci(values[draws, np.arange(n)[:, None]].mean(axis=1))
 
 
+def crossings(base_path: Path, paths: dict[str, list[list[Path]]], reference: list[list[Path]], task: str,
+              share: float = 0.95) -> dict[str, list[MatchedForgetting | None]]:
+    """Name -> each seed's crossing (None where its path never gets there), seed s against seed s of `reference`
+    (its paths' last points are the runs whose gain the target takes `share` of). Names whose paths are not all
+    scored are left out; nothing at all while the reference's runs are not scored."""
+    if not all(path[-1].is_file() for path in reference):
+        return {}
+    base = load_results(base_path)
+    targets = [target_gain(base, load_results(path[-1]), task, share) for path in reference]
+    return {name: [forgetting_at_gain(base, [load_results(p) for p in path], task, target)
+                   for path, target in zip(seeds, targets, strict=True)]
+            for name, seeds in paths.items() if all(p.is_file() for path in seeds for p in path)}
+
+
 def matched_difference(base_path: Path, paths_a: list[list[Path]], paths_b: list[list[Path]],
                        reference: list[list[Path]], task: str, share: float = 0.95) -> dict | None:
     """Recipe B's retained change minus recipe A's, each where its own line reaches `share` of the reference's gain,
     seed s against seed s: {delta, ci (seeds, then items: the same item draws for both, so paired), per_seed};
     None unless every path is scored and every seed of both gets there."""
-    if not all(p.is_file() for seeds in (paths_a, paths_b, reference) for path in seeds for p in path):
+    if not all(p.is_file() for path in reference for p in path):
         return None
-    base = load_results(base_path)
-    deltas, samples = [], []
-    for path_a, path_b, ref in zip(paths_a, paths_b, reference, strict=True):
-        target = target_gain(base, load_results(ref[-1]), task, share)
-        a, b = (forgetting_at_gain(base, [load_results(p) for p in path], task, target) for path in (path_a, path_b))
-        if a is None or b is None:
-            return None
-        deltas.append(b.retained_change - a.retained_change)
-        samples.append(b.samples - a.samples)
+    found = crossings(base_path, {"a": paths_a, "b": paths_b}, reference, task, share)
+    if set(found) != {"a", "b"} or any(m is None for m in found["a"] + found["b"]):
+        return None
+    deltas = [b.retained_change - a.retained_change for a, b in zip(found["a"], found["b"])]
+    samples = [b.samples - a.samples for a, b in zip(found["a"], found["b"])]
     return {"delta": float(np.mean(deltas)), "ci": list(across_seeds(samples)), "per_seed": deltas}
 
 
@@ -138,19 +149,15 @@ def matched_rows(base_path: Path, paths: dict[str, list[list[Path]]], task: str,
     whose paths are not all scored yet, and every strategy when the reference has no finished path, is left out."""
     if reference not in paths:
         return {}
-    scored = {name: seeds for name, seeds in paths.items() if all(p.is_file() for path in seeds for p in path)}
-    if reference not in scored:
+    found = crossings(base_path, paths, paths[reference], task, share)
+    if reference not in found:
         return {}
-    base = load_results(base_path)
-    targets = [target_gain(base, load_results(path[-1]), task, share) for path in scored[reference]]
     rows = {}
-    for name, seeds in scored.items():
-        found = [forgetting_at_gain(base, [load_results(p) for p in path], task, target)
-                 for path, target in zip(seeds, targets, strict=True)]
-        per_seed = [None if m is None else {"change": m.retained_change, "ci": [m.ci_low, m.ci_high],
-                                             "position": m.position} for m in found]
-        every = all(m is not None for m in found)
-        rows[name] = {"share": share, "per_seed": per_seed,
-                      "mean": float(np.mean([m.retained_change for m in found])) if every else None,
-                      "ci": list(across_seeds([m.samples for m in found])) if every else None}
+    for name, seeds in found.items():
+        every = all(m is not None for m in seeds)
+        rows[name] = {"share": share,
+                      "per_seed": [None if m is None else {"change": m.retained_change, "ci": [m.ci_low, m.ci_high],
+                                                           "position": m.position} for m in seeds],
+                      "mean": float(np.mean([m.retained_change for m in seeds])) if every else None,
+                      "ci": list(across_seeds([m.samples for m in seeds])) if every else None}
     return rows

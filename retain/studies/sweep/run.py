@@ -121,13 +121,13 @@ def run_sweep(path: Path, progress: bool = True) -> dict:
     sweep = load_sweep(path)
     out = Path(sweep.output)
     paths = run_configs(sweep, path)
-    base_results = score_base(load_config(next(iter(paths.values()))).model.name, sweep.scored,
-                              out / "base.json", sweep, progress=progress)
+    base_model = load_config(next(iter(paths.values()))).model.name
+    base_results = score_base(base_model, sweep.scored, out / "base.json", sweep, progress=progress)
     run_pending({name: (config_path, out / "results" / f"{name}.json") for name, config_path in paths.items()},
                 sweep.scored, sweep, progress)
     if sweep.line:
-        score_lines(load_config(next(iter(paths.values()))).model.name,
-                    {name: out / "runs" / name for name in paths}, sweep.line, sweep.scored, sweep, progress)
+        score_lines(base_model, {name: out / "runs" / name for name in paths}, sweep.line, sweep.scored, sweep,
+                    progress)
     results = {name: result_files(sweep, name) for name in expand(sweep)}
     summary = summarize(base_results, results, task=Path(sweep.task).stem)
     if sweep.line:  # forgetting where each run's line reaches 95% of the unprotected run's gain, seed by seed

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from retain.evaluation.compare import retained_change
@@ -105,7 +104,7 @@ def _matched_cell(row: dict | None) -> str:
     seeds = " / ".join("—" if s is None else f"{100 * s['change']:+.1f}" for s in row["per_seed"])
     if row["mean"] is None:
         return f"— ({seeds})"
-    low, high = row.get("ci") or (math.nan, math.nan)
+    low, high = row["ci"]
     return f"{100 * row['mean']:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}] ({seeds})"
 
 
