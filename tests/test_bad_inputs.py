@@ -574,6 +574,8 @@ CASES = [
         "base.yaml", Path(ws.config()).read_text() + "model: {name: other}\n"))), 2, "key 'model' given twice"),
     Case("sweep-bad-strategy", lambda ws: sweep(ws, sweep_text(ws, ws.config(), "bad: {training.lrr: 1}")), 2,
          "strategies.bad: training.lrr: unknown key"),
+    Case("sweep-line-weight-not-between", lambda ws: sweep(ws, sweep_text(ws, ws.config()) + "line: [0.5, 1.0]\n"), 2,
+         "sweep.yaml: line: expected distinct weights strictly between 0 and 1, got [0.5, 1.0]"),
     # --- merge, the command line ----------------------------------------------------------------------------
     Case("merge-interpolate-two", lambda ws: merge(ws, str(ws.model), str(ws.model), str(ws.model),
                                                    method="interpolate"), 2, "takes exactly one fine-tuned model"),
