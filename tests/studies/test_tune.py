@@ -149,8 +149,23 @@ def test_every_trial_is_a_run_config_a_user_can_train_alone(study, tmp_path, mon
         again = load_config(out / "configs" / f"{name}.seed1.yaml")
         assert again.training.seed == 1 and again.output.dir == str(out / "runs" / f"{name}.seed1")
         assert again.training.lr == load_config(out / "configs" / f"{name}.yaml").training.lr
-    assert summary["tune"]["against_reference"]["seeds"] == [0, 1]
-    assert "means over training seeds 0, 1" in (out / "report.md").read_text()
+    # the recommended recipe against the reference is judged by the target's rule (retain.studies.sweep.target):
+    # its points are each side's mean over seeds of what a trial measures, its margins the lines' distances
+    against = summary["tune"]["against_reference"]
+    assert against["seeds"] == [0, 1] and against["verdict"] in {"met", "not met", "not shown", "cannot be judged"}
+    base = json.loads((out / "test" / "base.json").read_text())
+    for side, run in (("reference", "reference"), ("recipe", chosen)):
+        measured = [trial_module.measure(base, json.loads((out / "test" / f"{n}.json").read_text()), "sums")
+                    for n in (run, f"{run}.seed1")]
+        for k, what in enumerate(("gain", "forgetting")):
+            assert against[what][side] == pytest.approx(sum(m[k] for m in measured) / 2, abs=1e-9)
+    gain, loss = against["gain"], against["forgetting"]
+    assert gain["margin"] == pytest.approx(gain["recipe"] - 0.95 * gain["reference"])
+    assert loss["margin"] == pytest.approx(0.1 * loss["reference"] - loss["recipe"])  # the default tenth
+    assert gain["margin_ci"][0] <= gain["margin"] <= gain["margin_ci"][1] and len(gain["per_seed_margin"]) == 2
+    report = (out / "report.md").read_text()
+    assert "means over training seeds 0, 1" in report
+    assert f"at no more than 10% of its forgetting: **{against['verdict']}**" in report
     recommended = load_config(out / "recommended.yaml")
     assert recommended.output.dir == str(out / "recommended")
     for name in ("summary.md", "report.md", "pareto.png", "trials.png", "importance.json"):

@@ -24,7 +24,8 @@ from retain.core.files import atomic_write_json, atomic_write_text
 from retain.report.plots import COLORS, _png, plt
 from retain.studies.sweep.summary import markdown_table, pareto_front, summarize, write_sweep_report
 from retain.studies.common import evaluate_into
-from retain.studies.tune.trial import REFERENCE, Tuning, measure, read_json, seed_runs
+from retain.studies.sweep.target import FORGETTING_SHARE, Criterion, judge_target
+from retain.studies.tune.trial import REFERENCE, Tuning, read_json, seed_runs
 
 
 def load_records(out: Path) -> list[dict]:
@@ -94,16 +95,12 @@ def score_on_test(tuning: Tuning, names: list[str]) -> dict[str, Path]:
     return paths
 
 
-def mean_measure(base: dict, results: list[dict], task: str) -> tuple[float, float]:
-    """(task gain, forgetting) in points, averaged over a recipe's seeds."""
-    measured = [measure(base, r, task) for r in results]
-    return tuple(sum(m[i] for m in measured) / len(measured) for i in (0, 1))
-
-
 def against_reference(tuning: Tuning, base_path: Path, seeded: dict[str, list[Path]], name: str) -> dict:
     """The recipe vs the reference run on the same test items, both over the study's seeds (seed s against seed
-    s): shares of its mean gain and forgetting, and the paired differences (two-level bootstrap 95% CIs) of task
-    score and pooled retained score."""
+    s): the target's verdict (retain.studies.sweep.target: at least 95% of the reference's task gain at no more
+    than the budget's share of its forgetting, a tenth unless the objective gives `max_forgetting_share`), with
+    each side's share, margin and per-seed values, and the paired differences (two-level bootstrap 95% CIs) of
+    task score and pooled retained score."""
     task = tuning.task
     base = read_json(base_path)
     ref, rec = ([read_json(p) for p in seeded[n]] for n in (REFERENCE, name))
@@ -111,14 +108,21 @@ def against_reference(tuning: Tuning, base_path: Path, seeded: dict[str, list[Pa
     task_diff = seed_paired_bootstrap([r["tasks"][task]["items"] for r in ref], [r["tasks"][task]["items"] for r in rec],
                                       metric)
     retained_diff, _ = retained_change(ref, rec, task)
-    gains, losses = zip(mean_measure(base, ref, task), mean_measure(base, rec, task))
-    return {"seeds": list(tuning.tune.seeds),
-            "reference_gain": gains[0], "gain": gains[1], "gain_share": gains[1] / gains[0] if gains[0] else None,
-            "reference_forgetting": losses[0], "forgetting": losses[1],
-            "forgetting_share": losses[1] / losses[0] if losses[0] > 0 else None,
+    share = tuning.tune.objective.max_forgetting_share
+    target = judge_target(base, ref, rec, task, forgetting_share=FORGETTING_SHARE if share is None else share)
+    return {"seeds": list(tuning.tune.seeds), "verdict": target.verdict, "reason": target.reason,
+            **{c.name: _criterion(c) for c in (target.gain, target.forgetting)},
             "task_vs_reference": [100 * task_diff.delta, 100 * task_diff.ci_low, 100 * task_diff.ci_high],
             "retained_vs_reference": [100 * retained_diff.delta, 100 * retained_diff.ci_low,
                                       100 * retained_diff.ci_high]}
+
+
+def _criterion(c: Criterion) -> dict:
+    """One side of the target in points (shares as fractions), for summary.json and the report."""
+    return {"line": c.line, "reference": 100 * c.reference, "recipe": 100 * c.recipe, "share": c.share,
+            "share_ci": None if c.share_ci is None else list(c.share_ci), "margin": 100 * c.margin,
+            "margin_ci": [100 * x for x in c.margin_ci], "per_seed_share": list(c.per_seed_share),
+            "per_seed_margin": [100 * x for x in c.per_seed_margin]}
 
 
 def write_report(tuning: Tuning) -> dict:
@@ -175,6 +179,11 @@ def _seeds(seeds: list[int]) -> str:
     return f"training seed {seeds[0]}" if len(seeds) == 1 else f"means over training seeds {', '.join(map(str, seeds))}"
 
 
+def _margin(side: dict) -> str:
+    per_seed = ", ".join(f"{m:+.1f}" for m in side["per_seed_margin"])
+    return f"{side['margin']:+.1f} [{side['margin_ci'][0]:+.1f}, {side['margin_ci'][1]:+.1f}] (per seed {per_seed})"
+
+
 def _ci(change: list[float]) -> str:
     return f"{change[0]:+.1f} [{change[1]:+.1f}, {change[2]:+.1f}]"
 
@@ -193,13 +202,19 @@ def report_markdown(tuning: Tuning, summary: dict, records: list[dict]) -> str:
     rec = tune["recommended"]
     if rec:
         a = tune["against_reference"]
+        g, f = a["gain"], a["forgetting"]
+        verdict = f"**{a['verdict']}**" + (f" ({a['reason']})" if a["reason"] else "")
         lines += [f"Recommended: **{rec}** (`recommended.yaml`), searched values "
                   f"`{_shown(tune['trials'][rec]['overrides'])}`.", "",
-                  f"Against the reference run on test ({_seeds(a['seeds'])}): keeps {_points(a['gain_share'])} of its task gain "
-                  f"({a['gain']:+.1f} of {a['reference_gain']:+.1f} points; paired difference "
-                  f"{_ci(a['task_vs_reference'])}) and forgets {_points(a['forgetting_share'])} as much "
-                  f"({a['forgetting']:.1f} of {a['reference_forgetting']:.1f} points; retained score vs the "
-                  f"reference {_ci(a['retained_vs_reference'])}).", ""]
+                  f"Against the reference run on test ({_seeds(a['seeds'])}): keeps {_points(g['share'])} of its task "
+                  f"gain ({g['recipe']:+.1f} of {g['reference']:+.1f} points; paired difference "
+                  f"{_ci(a['task_vs_reference'])}) and forgets {_points(f['share'])} as much "
+                  f"({f['recipe']:.1f} of {f['reference']:.1f} points; retained score vs the "
+                  f"reference {_ci(a['retained_vs_reference'])}).", "",
+                  f"The target, at least {100 * g['line']:.0f}% of the reference's task gain at no more than "
+                  f"{100 * f['line']:.0f}% of its forgetting: {verdict}. By how much each line is passed (points; "
+                  "above 0 meets it), 95% CI over seeds, then items: gain "
+                  f"{_margin(g)}, forgetting {_margin(f)} (retain.studies.sweep.target).", ""]
     lines += ["## Every trial (dev split)", "", "| trial | state | dev gain | dev forgetting | searched values |",
               "|---|---|---|---|---|"]
     for r in sorted(records, key=lambda r: -(r.get("gain") or -1e9)):
