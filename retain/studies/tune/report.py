@@ -105,8 +105,7 @@ def against_reference(tuning: Tuning, base_path: Path, seeded: dict[str, list[Pa
     base = read_json(base_path)
     ref, rec = ([read_json(p) for p in seeded[n]] for n in (REFERENCE, name))
     metric = ref[0]["tasks"][task]["primary_metric"]
-    task_diff = seed_paired_bootstrap([r["tasks"][task]["items"] for r in ref], [r["tasks"][task]["items"] for r in rec],
-                                      metric)
+    task_diff = seed_paired_bootstrap(*([r["tasks"][task]["items"] for r in runs] for runs in (ref, rec)), metric)
     retained_diff, _ = retained_change(ref, rec, task)
     share = tuning.tune.objective.max_forgetting_share
     target = judge_target(base, ref, rec, task, forgetting_share=FORGETTING_SHARE if share is None else share)
