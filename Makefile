@@ -51,7 +51,8 @@ real-study: $(VENV)/.installed-real $(VENV)/.installed-gemma
 		configs/sweeps/real-smollm2.yaml && date +%s > runs/real-study/end
 	date +%s > runs/real-study-gemma/start && HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/retain sweep \
 		configs/sweeps/real-gemma.yaml && date +%s > runs/real-study-gemma/end
-	$(BIN)/python -m tools.real_study configs/sweeps/real-smollm2.yaml configs/sweeps/real-gemma.yaml --out docs
+	$(BIN)/python -m tools.real_study configs/sweeps/real-smollm2.yaml configs/sweeps/real-gemma.yaml --out docs \
+		--tune runs/tune-smollm2 --tune runs/tune-gemma
 
 # The lab's mitigations and the source texts' causal claims, each strategy with training seeds 0, 1 and 2
 # (docs/mitigations.md, docs/claims.md; 105 + 60 runs of retain-tiny, each also scored at three points of its WiSE-FT
@@ -91,14 +92,19 @@ tune-study: $(VENV)/.installed-tune
 	cp runs/tune-lab/pareto.png docs/tune-lab-pareto.png
 	cp runs/tune-lab/trials.png docs/tune-lab-trials.png
 
-# `retain tune` on the real model (about 30 minutes here): docs/tune-smollm2-report.md
-real-tune: $(VENV)/.installed-real $(VENV)/.installed-tune
-	mkdir -p runs/tune-smollm2
-	start=$$(date +%s) && HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/retain tune configs/tune/real-smollm2.yaml \
-		&& echo $$(( $$(date +%s) - $$start )) > runs/tune-smollm2/wall_seconds
-	sed -e 's|(pareto.png)|(tune-smollm2-pareto.png)|; s|(trials.png)|(tune-smollm2-trials.png)|' \
-		runs/tune-smollm2/report.md > docs/tune-smollm2-report.md
-	cp runs/tune-smollm2/pareto.png docs/tune-smollm2-pareto.png
+# `retain tune` on each real model (hours on 2 CPU cores; resumable: finished trials and seeds are kept):
+# docs/tune-smollm2-report.md and docs/tune-gemma-report.md; `make real-study` then puts each recommended recipe's
+# target verdict in docs/real-model.md
+real-tune: $(VENV)/.installed-real $(VENV)/.installed-gemma $(VENV)/.installed-tune
+	for m in smollm2 gemma; do \
+		mkdir -p runs/tune-$$m && start=$$(date +%s) && HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 \
+			$(BIN)/retain tune configs/tune/real-$$m.yaml \
+			&& echo $$(( $$(date +%s) - $$start )) > runs/tune-$$m/wall_seconds \
+			&& sed -e "s|(pareto.png)|(tune-$$m-pareto.png)|; s|(trials.png)|(tune-$$m-trials.png)|" \
+				runs/tune-$$m/report.md > docs/tune-$$m-report.md \
+			&& cp runs/tune-$$m/pareto.png docs/tune-$$m-pareto.png \
+			&& cp runs/tune-$$m/trials.png docs/tune-$$m-trials.png || exit 1; \
+	done
 
 # README's picture of the report (docs/report-screenshot.png): the demo's runs and one held to a retention
 # budget (configs/retention-budget.yaml), drawn by headless Chromium (apt-get install chromium). A few minutes.

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from retain.studies.sweep.target import judge_target
+from retain.studies.tune.report import target_record
 from tools.real_study import main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -195,8 +196,33 @@ def test_forgetting_at_matched_gain_is_shown_where_the_sweep_scored_its_lines():
             {"change": -0.3, "ci": [-0.4, -0.2], "position": 3.0}]
     summary = {"matched_gain": {
         "unprotected": {"share": 0.95, "mean": -0.4, "ci": [-0.5, -0.3], "per_seed": seed},
-        "lora": {"share": 0.95, "mean": None, "per_seed": [{"change": -0.1, "ci": [-0.2, 0.0], "position": 2.5}, None]}}}
+        "lora": {"share": 0.95, "mean": None,
+                 "per_seed": [{"change": -0.1, "ci": [-0.2, 0.0], "position": 2.5}, None]}}}
     lines = matched_gain_lines(summary)
     assert "95% of the unprotected run's task gain" in lines[0]
     assert "| unprotected | -40.0 [-50.0, -30.0] | -50.0 [-60.0, -40.0]; -30.0 [-40.0, -20.0] |" in lines
     assert "| lora | — | -10.0 [-20.0, +0.0]; never reached |" in lines
+
+
+def test_the_recipe_retain_tune_found_is_judged_beside_the_sweeps(sweep: Path, tmp_path: Path):
+    """--tune: a study's summary.json (its against_reference, as retain tune writes it) becomes a row; a study not
+    run says so."""
+    base = _results(task=set(), chat=set(range(N)))
+    target = judge_target(base, [_seeded("unprotected", s) for s in SEEDS], [_seeded("uneven", s) for s in SEEDS],
+                          "task")
+    tuned = tmp_path / "tune-tiny"
+    (tuned / "test").mkdir(parents=True)
+    (tuned / "test" / "base.json").write_text(json.dumps(base))
+    (tuned / "summary.json").write_text(json.dumps({"tune": {
+        "recommended": "trial-1", "trials": {"trial-1": {"overrides": {"training.lr": 3e-5}}},
+        "against_reference": {"seeds": list(SEEDS), **target_record(target)}}}))
+    doc = main([str(sweep), "--out", str(tmp_path / "docs"), "--no-screenshot", "--sweep-dir", str(tmp_path / "sweep"),
+                "--tune", str(tuned), "--tune", str(tmp_path / "tune-never")]).read_text()
+    section = doc.split("## The recipe `retain tune` found, per model")[1].split("\n## ")[0]
+    rows = _rows(section)
+    row = rows[f"`{tuned}`"]
+    assert "| tiny | trial-1 (`training.lr: 3e-05`) | **not shown**: " in row and "seed 2 misses the forgetting" in row
+    # the same shares and per-seed values as the sweep's own row for that recipe
+    assert "| 100%, 100%, 100% | 5% [" in row and "| 0%, 0%, 15% |" in row
+    assert f"+{100 * target.gain.margin:.1f} [" in row
+    assert "not run (`retain tune` writes" in rows[f"`{tmp_path / 'tune-never'}`"]

@@ -5,15 +5,17 @@ one per real model), every strategy run with several training seeds.
     python -m tools.real_study A.yaml B.yaml --sweep-dir /copy/of/A --sweep-dir /copy/of/B --out docs
 
 `--sweep-dir` (repeatable) reads a sweep's files from a folder in place of its `output`; given once per sweep, in
-the order of the sweeps. Per sweep this reads base.json, results/<strategy>[.seed<S>].json, runs/*/metrics.jsonl and
-the study's start and end times (<output>/start and <output>/end, unix seconds; or <output>/wall_seconds) and writes
-one document: first issue 19's target per model and recipe (retain.studies.sweep.target) with a sentence per model, then one
-section per model: the base model's scores; per strategy and capability the change with the two-level (seeds, then
-items) 95% CI, each seed's change, whether it is shown and its grade; the pooled retained change and the task gain;
-the target in full; the Pareto plot (docs/real-model-<sweep file stem>-pareto.png); answers that changed; throughput
-and the machine. A sweep with no base.json or no results is stated as not run; a strategy with fewer results files
-than the sweep's seeds is left out of its model's section, with a sentence that says so. Every figure comes from the
-files; nothing is typed in.
+the order of the sweeps. `--tune DIR` (repeatable) adds the recipe a `retain tune` study on a real model
+recommended, judged by the same target on test over its training seeds (its summary.json; `make real-tune`). Per
+sweep this reads base.json, results/<strategy>[.seed<S>].json, runs/*/metrics.jsonl and the study's start and end
+times (<output>/start and <output>/end, unix seconds; or <output>/wall_seconds) and writes one document: first issue
+19's target per model and recipe (retain.studies.sweep.target) with a sentence per model, then one section per
+model: the base model's scores; per strategy and capability the change with the two-level (seeds, then items) 95%
+CI, each seed's change, whether it is shown and its grade; the pooled retained change and the task gain; the target
+in full; the Pareto plot (docs/real-model-<sweep file stem>-pareto.png); answers that changed; throughput and the
+machine. A sweep with no base.json or no results is stated as not run; a strategy with fewer results files than the
+sweep's seeds is left out of its model's section, with a sentence that says so. Every figure comes from the files;
+nothing is typed in.
 """
 
 from __future__ import annotations
@@ -179,7 +181,8 @@ def matched_gain_lines(summary: dict) -> list[str]:
         seeds = "; ".join("never reached" if s is None else
                           f"{100 * s['change']:+.1f} [{100 * s['ci'][0]:+.1f}, {100 * s['ci'][1]:+.1f}]"
                           for s in m["per_seed"])
-        mean = "—" if m["mean"] is None else f"{100 * m['mean']:+.1f} [{100 * m['ci'][0]:+.1f}, {100 * m['ci'][1]:+.1f}]"
+        mean = ("—" if m["mean"] is None
+                else f"{100 * m['mean']:+.1f} [{100 * m['ci'][0]:+.1f}, {100 * m['ci'][1]:+.1f}]")
         lines.append(f"| {name} | {mean} | {seeds} |")
     return lines
 
@@ -207,13 +210,15 @@ def letter_choices(results: dict[str, dict]) -> list[str]:
     for name, res in results.items():
         for task, t in res["tasks"].items():
             items = t["items"]
-            if t["kind"] != "multiple_choice" or not items or "loglikelihoods" not in items[0] or not task.startswith("mmlu"):
+            if (t["kind"] != "multiple_choice" or not items or "loglikelihoods" not in items[0]
+                    or not task.startswith("mmlu")):
                 continue
             counts = [0, 0, 0, 0]
             for it in items:
                 lls = it["loglikelihoods"]
                 counts[max(range(len(lls)), key=lls.__getitem__)] += 1
-            lines.append(f"| {name} | {task} | " + " | ".join(str(c) for c in counts) + f" | {100 * t['metrics']['acc']:.1f} |")
+            lines.append(f"| {name} | {task} | " + " | ".join(map(str, counts))
+                         + f" | {100 * t['metrics']['acc']:.1f} |")
             if max(counts) >= LETTER_BIAS * len(items):
                 biased.append(f"{name} picks {'ABCD'[counts.index(max(counts))]} on {max(counts)} of {len(items)}")
     if not lines:
@@ -412,12 +417,49 @@ def model_section(study: Study, docs: Path, take_screenshot: bool) -> list[str]:
         "### The report", "", *report_section(study, docs, best, take_screenshot), ""]
 
 
+def tune_lines(tune_dirs: list[Path]) -> list[str]:
+    """Issue 19's target for the recipe `retain tune` recommended on each real model (its summary.json's
+    `against_reference`: chosen on dev, judged on test over the study's training seeds by the same rule)."""
+    if not tune_dirs:
+        return []
+    lines = ["## The recipe `retain tune` found, per model", "",
+             "Each study chose its recipe on the dev split, then ran it and its reference (the unprotected base "
+             "config) with every training seed and judged it on test by the rule above (seed s against seed s).", "",
+             "| study | model | recommended recipe (searched values) | target | share of the task gain [95% CI] | "
+             "per seed | share of the forgetting [95% CI] | per seed | gain margin (pts) [95% CI] | "
+             "forgetting margin (pts) [95% CI] |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for out in tune_dirs:
+        summary_path = out / "summary.json"
+        if not summary_path.is_file():
+            lines.append(f"| `{out}` | | not run (`retain tune` writes `{summary_path}`) | | | | | | | |")
+            continue
+        tune = json.loads(summary_path.read_text())["tune"]
+        base = out / "test" / "base.json"
+        model = json.loads(base.read_text()).get("model", "") if base.is_file() else ""
+        a, chosen = tune.get("against_reference"), tune.get("recommended")
+        if not a or not chosen:
+            lines.append(f"| `{out}` | {model} | no trial finished | | | | | | | |")
+            continue
+        g, f = a["gain"], a["forgetting"]
+        verdict = f"**{a['verdict']}**" + (f": {a['reason']}" if a["reason"] else "")
+        searched = ", ".join(f"`{k}: {json.dumps(v)}`" for k, v in tune["trials"][chosen]["overrides"].items())
+        cells = [f"`{out}`", model, f"{chosen} ({searched})", verdict]
+        for side in (g, f):
+            cells += [_share(side["share"], side["share_ci"]), ", ".join(map(_percent, side["per_seed_share"]))]
+        cells += [f"{d['margin']:+.1f} [{d['margin_ci'][0]:+.1f}, {d['margin_ci'][1]:+.1f}]" for d in (g, f)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("sweeps", nargs="+", help="the sweep configs, one per model")
     parser.add_argument("--out", default="docs")
     parser.add_argument("--note", default="", help="a sentence on how the run went (e.g. other load on the machine)")
     parser.add_argument("--no-screenshot", action="store_true", help="leave the report as HTML (no Chromium run)")
+    parser.add_argument("--tune", action="append", default=[], type=Path,
+                        help="a `retain tune` study's output on a real model (repeatable): its recommended recipe's "
+                        "target verdict is reported with the sweeps' (make real-tune writes runs/tune-smollm2)")
     parser.add_argument("--sweep-dir", action="append", default=[],
                         help="where a sweep's files are, in place of its `output` (a copy, another checkout's run); "
                         "once per sweep, in the order of the sweeps; the summary, plot and report are written there")
@@ -447,6 +489,7 @@ def main(argv: list[str] | None = None) -> Path:
         "reference). **met**: both margins' 95% CIs lie above 0 and every seed meets both lines; **not met**: the "
         "estimate misses a line (by how much: the reason); **not shown**: the estimate meets both but a CI or a seed "
         "does not.", "",
+        *tune_lines(args.tune),
         *(line for s in studies for line in model_section(s, docs, not args.no_screenshot))])
     path = atomic_write_text(docs / "real-model.md", text)
     print(f"wrote {path}")

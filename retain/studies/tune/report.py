@@ -24,7 +24,7 @@ from retain.core.files import atomic_write_json, atomic_write_text
 from retain.report.plots import COLORS, _png, plt
 from retain.studies.sweep.summary import markdown_table, pareto_front, summarize, write_sweep_report
 from retain.studies.common import evaluate_into
-from retain.studies.sweep.target import FORGETTING_SHARE, Criterion, judge_target
+from retain.studies.sweep.target import FORGETTING_SHARE, Criterion, Target, judge_target
 from retain.studies.tune.trial import REFERENCE, Tuning, read_json, seed_runs
 
 
@@ -109,15 +109,19 @@ def against_reference(tuning: Tuning, base_path: Path, seeded: dict[str, list[Pa
     retained_diff, _ = retained_change(ref, rec, task)
     share = tuning.tune.objective.max_forgetting_share
     target = judge_target(base, ref, rec, task, forgetting_share=FORGETTING_SHARE if share is None else share)
-    return {"seeds": list(tuning.tune.seeds), "verdict": target.verdict, "reason": target.reason,
-            **{c.name: _criterion(c) for c in (target.gain, target.forgetting)},
+    return {"seeds": list(tuning.tune.seeds), **target_record(target),
             "task_vs_reference": [100 * task_diff.delta, 100 * task_diff.ci_low, 100 * task_diff.ci_high],
             "retained_vs_reference": [100 * retained_diff.delta, 100 * retained_diff.ci_low,
                                       100 * retained_diff.ci_high]}
 
 
+def target_record(target: Target) -> dict:
+    """A judged target for summary.json: its verdict and reason, each side in points (shares as fractions)."""
+    return {"verdict": target.verdict, "reason": target.reason,
+            **{c.name: _criterion(c) for c in (target.gain, target.forgetting)}}
+
+
 def _criterion(c: Criterion) -> dict:
-    """One side of the target in points (shares as fractions), for summary.json and the report."""
     return {"line": c.line, "reference": 100 * c.reference, "recipe": 100 * c.recipe, "share": c.share,
             "share_ci": None if c.share_ci is None else list(c.share_ci), "margin": 100 * c.margin,
             "margin_ci": [100 * x for x in c.margin_ci], "per_seed_share": list(c.per_seed_share),
