@@ -144,3 +144,51 @@ def test_a_claim_at_matched_gain_is_b_minus_a_seed_by_seed(tmp_path):
     assert matched_difference(sweep, "unprotected", "lr_1e-4", +1) == "—"  # its line is not scored
     # the learning-rate-confounded LoRA claim has a partner at one learning rate
     assert ("lora_low_lr_1e-4", "lr_1e-4") in {(c[1], c[2]) for c in CLAIMS}
+
+
+def _lab_results(task_right: int, facts_right: int, n: int = 40) -> dict:
+    """A results file of the lab's shape: qa_preference (the task) and one retained fact task, n items each."""
+    def generation(right: int, capability: str) -> dict:
+        items = [{"id": i, "exact_match": float(i < right)} for i in range(n)]
+        return {"kind": "generation", "capability": capability, "primary_metric": "exact_match",
+                "lower_is_better": False, "chance": 0.0, "n": n, "metrics": {"exact_match": right / n},
+                "items": items}
+    return {"model": "tiny", "dtype": "float32", "split": "test", "limit": None,
+            "tasks": {"capital_recall": generation(facts_right, "country facts"),
+                      "qa_preference": generation(task_right, "qa template")}}
+
+
+def test_every_preference_claim_is_judged_over_seeds_seed_against_seed(tmp_path, monkeypatch):
+    """Each claim pairs seed s of run A with seed s of run B: a claim whose seeds all go the predicted way is
+    supported; one seed the other way is not shown (with 3 seeds, a draw of that seed alone thrice is 1 in 27, so
+    the CI reaches past 0 too); each seed's value is in the row."""
+    import tools.lab.preference_claims as pc
+
+    seeds = (0, 1, 2)
+    # retained facts (of 40) per seed: B keeps more than A on every seed, except the 12-step GRPO pair (seed 2 flips)
+    kept = {"grpo_template": (10, 12, 11), "grpo_template_facts": (30, 31, 29), "grpo_template_12steps": (28, 27, 35),
+            "grpo_kl0": (20, 21, 22), "grpo_kl05": (25, 26, 27), "grpo_kl0_12steps": (24, 25, 26),
+            "dpo_beta0.01": (5, 6, 7), "dpo_beta1": (15, 16, 17), "dpo_beta0.01_8epochs": (4, 5, 6)}
+    for start in ("base", "sft"):
+        (tmp_path / f"{start}.json").write_text(json.dumps(_lab_results(0, 40)))
+    for name, per_seed in kept.items():
+        for seed, facts in zip(seeds, per_seed):
+            run = pc.seeded(name, seed)
+            (tmp_path / run / "final").mkdir(parents=True)
+            (tmp_path / f"{run}.json").write_text(json.dumps(_lab_results(10 + seed, facts)))
+            rows = [{"step": s, "grpo/reward": 0.1 * s, "reward/template": 0.1 * s, "reward/facts": 0.5,
+                     "grpo/kl": 0.01 * s, "dpo/accuracy": 0.5 + 0.01 * s, "dpo/reward_margin": s,
+                     "dpo/logratio_chosen": s} for s in range(1, 6)]
+            (tmp_path / run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setattr(pc, "preference_accuracy", lambda weights: 0.75)
+    monkeypatch.setattr(pc, "retain_cli", lambda *args: pytest.fail(f"nothing to run, got retain {args}"))
+    assert pc.seeded("grpo_kl05", 2) == "grpo_kl05_seed2" and pc.seeded("sft", 2) == "sft"
+    assert pc.run_of("grpo_kl05_seed2") == ((*pc.RUNS["grpo_kl05"][0], "training.seed=2"), "sft")
+    rows = {row.split(" | ")[0].lstrip("| "): row for row in pc.claim_rows(tmp_path, seeds)[2:]}
+    first = rows["A reward that checks only the template forgets more than one with a knowledge-correctness term"]
+    assert "| +50.0, +47.5, +45.0 |" in first and first.endswith("| supported |")  # (30-10)/40, (31-12)/40, ...
+    flipped = rows["… the same, against a 12-step template-only run (nearer B's format reward)"]
+    assert "| +5.0, +10.0, -15.0 |" in flipped and flipped.endswith("| not shown (the 95% CI includes 0) |")
+    dpo = rows["DPO with a small β (a weak implicit KL leash) forgets more than with a large β"]
+    assert "| +25.0, +25.0, +25.0 |" in dpo and "held-out pref. acc. 75% / 75%" in dpo
+    assert "| +27.5 / +27.5 |" in dpo  # qa_preference gain from the base, the mean over seeds: (10, 11, 12) of 40

@@ -4,9 +4,12 @@ and the same table in docs/claims.md (between the preference-claims marker lines
     python -m tools.lab.preference_claims [--out runs/preference-claims] [--docs docs]   (from the repo root)
 
 Runs what is missing (each a `retain train` then `retain eval --suite lab,qa_preference`, one after the
-other), then compares pairs of runs that differ in one thing, as docs/claims.md does: the retained-capability
-score (exact match / accuracy pooled over the lab's fact, choice and arithmetic tasks, test split) of run B
-minus run A on the same items, with a paired bootstrap 95% CI (retain.evaluation.compare.retained_change).
+other), every run with each training seed of `--seeds` (default 0 1 2: sampling and data order; the GRPO runs'
+SFT start is one run, seed 0, shared by all), then compares pairs of runs that differ in one thing, as
+docs/claims.md does: the retained-capability score (exact match / accuracy pooled over the lab's fact, choice and
+arithmetic tasks, test split) of run B minus run A on the same items, seed s against seed s, with a 95% CI that
+resamples seeds and, within them, items (retain.evaluation.compare.retained_change), and each seed's value. A
+claim is supported only when that CI excludes 0 and every seed moved the predicted way.
 
 Each claim holds one thing fixed beside what it varies, and the table shows how well: DPO runs are compared
 at their held-out preference accuracy (pairs of countries DPO never saw), GRPO runs at their final reward.
@@ -63,23 +66,31 @@ RUNS = {
     # trained twice as long: its held-out preference accuracy lands near (above) the large β's
     "dpo_beta0.01_8epochs": ((*DPO_RUN, "training.epochs=8", "training.dpo.beta=0.01"), "base"),
 }
-# the matched-condition comparisons again with another seed (sampling and data order), from the same starts
-SEED1 = ("grpo_template_12steps", "grpo_template_facts", "grpo_kl0_12steps", "grpo_kl05")
-RUNS.update({f"{name}_seed1": ((*RUNS[name][0], "training.seed=1"), RUNS[name][1]) for name in SEED1})
+SEEDS = (0, 1, 2)
 # (claim, run A, run B, +1: supported when B retains more than A)
 CLAIMS = [
     ("A reward that checks only the template forgets more than one with a knowledge-correctness term",
      "grpo_template", "grpo_template_facts", +1),
     ("… the same, against a 12-step template-only run (nearer B's format reward)", "grpo_template_12steps",
      "grpo_template_facts", +1),
-    ("… the same, both runs again with seed 1", "grpo_template_12steps_seed1", "grpo_template_facts_seed1", +1),
     ("RL without a KL penalty forgets more than with a strong one (kl_coef 0 vs 0.5)", "grpo_kl0", "grpo_kl05", +1),
     ("… the same, against a 12-step kl_coef 0 run (nearer B's final reward)", "grpo_kl0_12steps", "grpo_kl05", +1),
-    ("… the same, both runs again with seed 1", "grpo_kl0_12steps_seed1", "grpo_kl05_seed1", +1),
     ("DPO with a small β (a weak implicit KL leash) forgets more than with a large β", "dpo_beta0.01", "dpo_beta1", +1),
     ("… the same, against an 8-epoch small-β run (nearer B's preference accuracy)", "dpo_beta0.01_8epochs",
      "dpo_beta1", +1),
 ]
+
+
+def seeded(name: str, seed: int) -> str:
+    """The run of `name` with training seed `seed`: the name itself for seed 0 (and for the shared starts)."""
+    return name if seed == 0 or name in ("base", "sft") else f"{name}_seed{seed}"
+
+
+def run_of(run: str) -> tuple[tuple[str, ...], str]:
+    """(config and overrides, the run it starts from) of a run name, seeded ones included."""
+    name, _, seed = run.partition("_seed")
+    config, start = RUNS[name]
+    return ((*config, f"training.seed={seed}") if seed else config), start
 
 
 def retain_cli(*args: str) -> None:
@@ -101,7 +112,7 @@ def ensure(out: Path, name: str) -> Path:
     if name == "base":
         retain_cli("eval", "retain-tiny", "--suite", SUITE, "--out", str(results))
         return results
-    (config, *overrides), start = RUNS[name]
+    (config, *overrides), start = run_of(name)
     ensure(out, start)
     if not (out / name / "final").is_dir():
         retain_cli("train", config, *(o.format(out=out) for o in overrides), f"output.dir={out / name}",
@@ -134,7 +145,8 @@ def logged(run_dir: Path, key: str) -> list[float]:
 def last(run_dir: Path, key: str) -> float:
     values = logged(run_dir, key)
     if not values:
-        raise UserError(f"{run_dir / 'metrics.jsonl'}: no {key} logged (an interrupted run? delete {run_dir} and rerun)")
+        raise UserError(f"{run_dir / 'metrics.jsonl'}: no {key} logged (an interrupted run? delete {run_dir} and "
+                        "rerun)")
     return values[-1]
 
 
@@ -153,34 +165,46 @@ def shown_metrics(run: str) -> tuple[list[str], str]:
     return ["grpo/reward"], "grpo/kl"
 
 
-def matched(out: Path, a: str, b: str) -> str:
-    """What the two runs were held at: DPO's preference accuracy, or GRPO's final reward."""
-    if a.startswith("dpo"):
-        held_out = [preference_accuracy(final_weights(out, x)) for x in (a, b)]
-        train = [last(out / x, "dpo/accuracy") for x in (a, b)]
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def matched(out: Path, a: list[str], b: list[str]) -> str:
+    """What the two recipes were held at, each the mean over its seeds' runs: DPO's preference accuracy, or GRPO's
+    final reward."""
+    if a[0].startswith("dpo"):
+        held_out = [mean([preference_accuracy(final_weights(out, r)) for r in runs]) for runs in (a, b)]
+        train = [mean([last(out / r, "dpo/accuracy") for r in runs]) for runs in (a, b)]
         return (f"held-out pref. acc. {held_out[0]:.0%} / {held_out[1]:.0%} (train pairs, last log window: "
                 f"{train[0]:.0%} / {train[1]:.0%})")
-    key = "reward/template" if a.startswith("grpo_template") else "grpo/reward"
-    return f"final {key} {last(out / a, key):.3g} / {last(out / b, key):.3g}"
+    key = "reward/template" if a[0].startswith("grpo_template") else "grpo/reward"
+    return f"final {key} {mean([last(out / r, key) for r in a]):.3g} / {mean([last(out / r, key) for r in b]):.3g}"
 
 
-def claim_rows(out: Path) -> list[str]:
-    rows = ["| claim | run A | run B | B − A retained (pts) [95% CI] | held at (A / B) | task gain A / B (pts) "
-            "| reward A; B (start → end) | KL A; B (start → end) | result |", "|---|---|---|---|---|---|---|---|---|"]
+def task_gains(out: Path, runs: list[str], results: list[dict]) -> float:
+    """qa_preference exact match against each run's start, the mean over seeds."""
+    return mean([compare(load_results(out / f"{run_of(r)[1]}.json"), res)["tasks"][TASK]["delta"]
+                 for r, res in zip(runs, results)])
+
+
+def claim_rows(out: Path, seeds: tuple[int, ...]) -> list[str]:
+    rows = ["| claim | run A | run B | B − A retained (pts) [95% CI: seeds, then items] | per seed | held at (A / B) "
+            "| task gain A / B (pts) | reward A; B (start → end, seed 0) | KL A; B (start → end, seed 0) | result |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     for claim, a, b, sign in CLAIMS:
-        ra, rb = (load_results(ensure(out, x)) for x in (a, b))
-        c, _ = retained_change(ra, rb, TASK)
-        result = claim_verdict(c, sign)
+        runs = {x: [seeded(x, s) for s in seeds] for x in (a, b)}
+        results = {x: [load_results(ensure(out, r)) for r in runs[x]] for x in (a, b)}
+        c, _ = retained_change(results[a], results[b], TASK)  # seed s of A against seed s of B
+        per_seed = ", ".join(pts(x) for x in c.per_seed)
         if a.startswith("grpo_template"):  # no qa_preference task here: the reward is the task
             gains = "— (the reward is the task)"
         else:
-            g = [compare(load_results(out / f"{RUNS[x][1]}.json"), r)["tasks"][TASK]["delta"] for x, r in ((a, ra), (b, rb))]
-            gains = f"{pts(g[0])} / {pts(g[1])}"
+            gains = " / ".join(pts(task_gains(out, runs[x], results[x])) for x in (a, b))
         keys, kl = shown_metrics(a)
         rewards = "; ".join(f"{k}: {ends(out / a, k)}; {ends(out / b, k)}" for k in keys)
-        rows.append(f"| {claim} | {a} | {b} | {pts(c.delta)} [{pts(c.ci_low)}, {pts(c.ci_high)}] | "
-                    f"{matched(out, a, b)} | {gains} | {rewards} | {kl}: {ends(out / a, kl)}; {ends(out / b, kl)} "
-                    f"| {result} |")
+        rows.append(f"| {claim} | {a} | {b} | {pts(c.delta)} [{pts(c.ci_low)}, {pts(c.ci_high)}] | {per_seed} | "
+                    f"{matched(out, runs[a], runs[b])} | {gains} | {rewards} | {kl}: {ends(out / a, kl)}; "
+                    f"{ends(out / b, kl)} | {claim_verdict(c, sign)} |")
     return rows
 
 
@@ -197,19 +221,20 @@ def with_block(text: str, block: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-INTRO = ("Each claim compares two runs that differ in one thing; the measure is the retained-capability score "
-         "(exact match / accuracy pooled over the lab's fact, choice and arithmetic tasks, test split) of run B minus "
-         "run A on the same items, with a paired bootstrap 95% CI (one seed each: the CI is over items, not over "
-         "seeds). *Held at (A / B)*: where each run ended on what the claim should hold equal — DPO's preference accuracy on 86 held-out pairs "
+INTRO = ("Each claim compares two recipes that differ in one thing, each run with training seeds {seeds}; the "
+         "measure is the retained-capability score (exact match / accuracy pooled over the lab's fact, choice and "
+         "arithmetic tasks, test split) of recipe B minus recipe A on the same items, seed s against seed s, with a "
+         "95% CI that resamples seeds and, within them, items, and each seed's value; a claim is supported only when "
+         "the CI excludes 0 and every seed moved the predicted way. *Held at (A / B)*: where each recipe ended on "
+         "what the claim should hold equal, the mean over its seeds — DPO's preference accuracy on 86 held-out pairs "
          "(countries it never trained on; the share whose implicit reward log π/π_ref is higher for the chosen "
-         "answer), GRPO's final reward (the mean of the last log window). A claim's second row (…) compares run B "
-         "with a run A of another length whose reward or preference accuracy lies nearer B's (GRPO: 12 steps instead "
-         "of 40; DPO: 8 epochs instead of 4): a claim that holds in both rows holds at matched conditions; one that "
-         "holds only in its first row is about how far run A was let go, not about the leash or the reward alone. "
-         "Reward and KL *start → end*: the means of the first and last fifth of the logged values, as the report's "
-         "reward-hacking flag reads them. Task gain: qa_preference exact match against the run's start (retain-tiny "
-         "for DPO, the SFT stage for the KL "
-         "runs).")
+         "answer), GRPO's final reward (the mean of the last log window). A claim's second row (…) compares recipe B "
+         "with a recipe A of another length whose reward or preference accuracy lies nearer B's (GRPO: 12 steps "
+         "instead of 40; DPO: 8 epochs instead of 4): a claim that holds in both rows holds at matched conditions; "
+         "one that holds only in its first row is about how far recipe A was let go, not about the leash or the "
+         "reward alone. Reward and KL *start → end* (seed 0's runs): the means of the first and last fifth of the "
+         "logged values, as the report's reward-hacking flag reads them. Task gain: qa_preference exact match against "
+         "the run's start (retain-tiny for DPO, the SFT stage for the KL runs), the mean over seeds.")
 
 TEMPLATE_VS_KNOWLEDGE = (
     "The template vs knowledge runs (configs/grpo_capitals.yaml, from retain-tiny): GRPO on 'The capital of X is' "
@@ -222,21 +247,25 @@ TEMPLATE_VS_KNOWLEDGE = (
     "without dropping its facts (it keeps them by declining the shortcut), so the matched row shortens A instead.")
 
 
-def write_doc(out: Path, docs: Path) -> Path:
-    rows = claim_rows(out)
+def write_doc(out: Path, docs: Path, seeds: tuple[int, ...] = SEEDS) -> Path:
+    rows = claim_rows(out, seeds)
+    intro = INTRO.format(seeds=", ".join(map(str, seeds)))
     lines = ["# Preference and reward training: claims from practitioners' accounts, on the lab", "",
-             f"Generated by `{COMMAND}`. {INTRO}", "", *rows, "", TEMPLATE_VS_KNOWLEDGE]
-    flags = [line for name in RUNS if name != "sft" for line in hacking_lines(
-        [out / name], {name: compare(load_results(out / f"{RUNS[name][1]}.json"), load_results(ensure(out, name)))})]
+             f"Generated by `{COMMAND}`. {intro}", "", *rows, "", TEMPLATE_VS_KNOWLEDGE]
+    runs = [seeded(name, s) for name in RUNS if name != "sft" for s in seeds]
+    flags = [line for run in runs for line in hacking_lines(
+        [out / run], {run: compare(load_results(out / f"{run_of(run)[1]}.json"), load_results(ensure(out, run)))})]
     lines += ["", "What `retain report START.json RUN.json --run RUN` flags (reward up while a capability fell "
-              "significantly, against the run's start):", ""]
+              "significantly, against the run's start), every run of every seed:", ""]
     lines += [f"- {line}" for line in flags] or ["- nothing"]
-    lines += ["", "Runs (overrides of the config named):", ""]
+    others = ", ".join(str(s) for s in seeds if s)
+    lines += ["", "Runs (overrides of the config named" + (f"; every run but sft, the GRPO runs' shared start, also "
+              f"with `training.seed=S` for seeds {others}, as `<run>_seed<S>`" if others else "") + "):", ""]
     lines += [f"- {name}: `{' '.join(config)}` (from {start})" for name, (config, start) in RUNS.items()]
     path = docs / "claims-preference.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     block = [BEGIN_KEPT, "", "## Preference and reward training", "", f"Generated by `{COMMAND}` (runs, flags and "
-             f"details: docs/claims-preference.md). {INTRO}", "", *rows, "", END_KEPT]
+             f"details: docs/claims-preference.md). {intro}", "", *rows, "", END_KEPT]
     claims = docs / "claims.md"
     atomic_write_text(claims, with_block(claims.read_text() if claims.is_file() else "", block))
     return path
@@ -246,8 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/preference-claims"))
     parser.add_argument("--docs", type=Path, default=Path("docs"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS), help="training seeds of every run")
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
-    parser.set_defaults(func=lambda args: print(write_doc(args.out.resolve(), args.docs)) or 0)
+    parser.set_defaults(func=lambda args: print(write_doc(args.out.resolve(), args.docs, tuple(args.seeds))) or 0)
     return run_command(parser.parse_args(argv))  # retain's error boundary: a failed run is exit 2, not a traceback
 
 
