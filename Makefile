@@ -55,8 +55,8 @@ real-study: $(VENV)/.installed-real $(VENV)/.installed-gemma
 		--tune runs/tune-smollm2 --tune runs/tune-gemma
 
 # The lab's mitigations and the source texts' causal claims, each strategy with training seeds 0, 1 and 2
-# (docs/mitigations.md, docs/claims.md; 105 + 60 runs of retain-tiny, each also scored at three points of its WiSE-FT
-# line toward the base (the sweeps' `line`), hours on 2 CPU cores: the docs give each
+# (docs/mitigations.md, docs/claims.md; 105 + 60 runs of retain-tiny, each also scored at the points of its WiSE-FT
+# line toward the base that the sweep's `line` names, hours on 2 CPU cores: the docs give each
 # sweep's wall time; not part of `make test`). Resumable: finished runs are skipped (each sweep's <output>/start and
 # end then time the runs it had left).
 lab-study: $(VENV)/.installed-base
