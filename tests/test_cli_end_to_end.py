@@ -101,3 +101,20 @@ def test_merge_interpolates_two_models(tiny_model, make_config, tmp_path):
     merged = load_file(str(tmp_path / "merged" / "model.safetensors"))
     for k in base:
         assert torch.allclose(merged[k], 0.75 * base[k] + 0.25 * ft[k], atol=1e-6), k
+
+
+def test_merging_soft_prompts_is_a_clear_error_not_a_crash(tiny_model, make_config, tmp_path):
+    """Prompt tuning adds virtual tokens and changes none of the base's weights: `retain merge` says so and exits 2
+    (it used to crash inside peft), and nothing is written."""
+    import retain
+    from retain.config import config_from_dict
+
+    config = make_config(mitigations={"prompt_tuning": {"num_virtual_tokens": 4}})
+    tuned = retain.train(config_from_dict(config), progress=False).final_dir
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    proc = subprocess.run([sys.executable, "-m", "retain", "merge", str(tiny_model), str(tuned), "--method",
+                           "interpolate", "--alpha", "0.5", "--out", str(tmp_path / "merged")],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "a prompt_tuning adapter adds virtual tokens and changes none of the base's weights" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "merged").exists()

@@ -215,6 +215,9 @@ def fill_lab_defaults(model: ModelConfig, mitigations: dict[str, Any]) -> dict[s
     return filled
 
 
+# virtual tokens before the input: the base's weights stay as they are
+SOFT_PROMPTS = ("prompt_tuning", "prefix_tuning")
+
 # Packed rows hold several examples: what runs its own forward on the batch, or puts tokens before it, would see
 # them as one sequence. name -> why
 UNPACKABLE = {"kl": "its base-model forward reads the batch as padded rows",
@@ -233,6 +236,11 @@ def combination_problems(config: RunConfig, mitigations: dict[str, Any]):
             if name in UNPACKABLE:
                 yield "data.packing", (f"does not combine with mitigations.{name} ({UNPACKABLE[name]}) — set "
                                        f"data.packing: false, or drop {name}")
+    soft = [name for name in mitigations if name in SOFT_PROMPTS]
+    if soft and "interpolate" in mitigations:
+        yield "mitigations.interpolate", (f"moves the weights toward the base, and {soft[0]} changes none of them "
+                                          "(its virtual tokens are added before the input) — drop interpolate, or "
+                                          "use a method that changes weights (lora)")
     if config.model.load_in_4bit:
         if not any(name in PEFT_METHODS for name in mitigations):
             yield "model.load_in_4bit", ("4-bit weights cannot be trained directly — add a PEFT method "

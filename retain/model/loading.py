@@ -233,6 +233,16 @@ def is_adapter_dir(path: str | Path) -> bool:
     return (Path(path) / "adapter_config.json").is_file()
 
 
+def is_soft_prompt_dir(path: str | Path) -> bool:
+    """An adapter of soft prompts or prefixes (prompt tuning, prefix tuning, ...): virtual tokens added before the
+    input, no change to the base's weights, so nothing to merge or interpolate (peft's own `is_prompt_learning`)."""
+    if not is_adapter_dir(path):
+        return False
+    from peft import PeftConfig
+
+    return PeftConfig.from_pretrained(str(path)).is_prompt_learning
+
+
 def load_tokenizer(cfg: ModelConfig, need_pad: bool = True):
     """The tokenizer of `cfg`. With `need_pad` (training batches), one that can pad: its pad token, else its
     EOS as the pad (padded positions never carry loss); a ModelError before any step if it has neither."""

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from retain.core.errors import ModelError
+
 
 def trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -39,10 +41,15 @@ def interpolate(base: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor], a
 
 
 def merged_state(model) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
-    """(plain model, its state dict): a PEFT model is merged into its base first."""
+    """(plain model, its state dict): a PEFT model is merged into its base first. Soft prompts and prefixes
+    (prompt tuning, prefix tuning) change none of the base's weights: there is nothing to merge (ModelError)."""
     from peft import PeftModel
 
     if isinstance(model, PeftModel):
+        if model.peft_config[model.active_adapter].is_prompt_learning:
+            method = model.peft_config[model.active_adapter].peft_type.value.lower()
+            raise ModelError(f"a {method} adapter adds virtual tokens and changes none of the base's weights: there "
+                             "is nothing to merge or interpolate — score the adapter itself (retain eval ADAPTER_DIR)")
         model = model.merge_and_unload()
     return model, {k: v.detach() for k, v in model.state_dict().items()}
 

@@ -133,8 +133,11 @@ def place_labels(ax, points: list[tuple[float, float]], names: list[str], fontsi
                 text.remove()
             if clashes == 0:
                 break
-        if best[0]:
-            best[1].set_arrowprops({"arrowstyle": "-", "color": "#999", "linewidth": 0.5})
+        if best[0]:  # crowded: the same label again, with a thin line to its point (arrowprops is set at creation)
+            best[1].remove()
+            dx, dy = best[3]
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(dx, dy), ha=best[1].get_ha(),
+                        fontsize=fontsize, arrowprops={"arrowstyle": "-", "color": "#999", "linewidth": 0.5})
         placed.append(best[2])
 
 

@@ -78,6 +78,8 @@ def base(tmp_path, qa_data):
     (lambda c: c.update(mitigations={"lorra": {}}), "mitigations.lorra: unknown mitigation"),
     (lambda c: c.update(mitigations={"lora": {"r": 0}}), "mitigations.lora.r: must be >= 1"),
     (lambda c: c.update(mitigations={"freeze": {"patterns": ["("]}}), "mitigations.freeze.patterns[0]: not a valid"),
+    (lambda c: c.update(mitigations={"prompt_tuning": {}, "interpolate": {}}),
+     "mitigations.interpolate: moves the weights toward the base, and prompt_tuning changes none of them"),
 ])
 def test_bad_config_names_file_and_key(tmp_path, qa_data, mutate, message):
     data = base(tmp_path, qa_data)

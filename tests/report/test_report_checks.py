@@ -57,3 +57,21 @@ def test_checks_without_a_budget_are_drawn_and_claim_no_budget(tmp_path, monkeyp
     drawn.clear()
     plots.forgetting_curves([tmp_path / "budgeted"])
     assert sorted(drawn) == [0, 1.0]
+
+
+def test_labels_of_points_that_sit_on_each_other_are_all_placed_with_a_line_to_their_point():
+    """place_labels on more points at one place than it has free offsets: every label is drawn once, and those
+    that found no free place get a thin line to their point (it used to raise on the first crowded label)."""
+    from matplotlib.text import Annotation
+
+    from retain.report.plots import LABEL_OFFSETS, place_labels, plt
+
+    fig, ax = plt.subplots()
+    points = [(1.0, 1.0)] * (len(LABEL_OFFSETS) + 2)
+    ax.plot(*zip(*points), "o")
+    names = [f"run {k}" for k in range(len(points))]
+    place_labels(ax, points, names)
+    labels = [c for c in ax.get_children() if isinstance(c, Annotation)]
+    assert sorted(a.get_text() for a in labels) == sorted(names)
+    assert any(a.arrow_patch is not None for a in labels) and labels[0].arrow_patch is None  # the first was free
+    plt.close(fig)

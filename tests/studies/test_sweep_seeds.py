@@ -45,12 +45,16 @@ def test_the_wise_ft_line_is_scored_once_per_run_and_point(make_config, tmp_path
     from retain.studies.sweep.line import line_path
     from retain.studies.sweep.summary import MATCHED_HEADER
 
-    sweep = sweep_file(tmp_path, make_config, seeds=[0], strategies={"unprotected": {}}, line=[0.5], suite="english")
+    # soft prompts change none of the base's weights: that run has no line, and no matched-gain row
+    soft = {"mitigations.prompt_tuning": {"num_virtual_tokens": 4}}
+    sweep = sweep_file(tmp_path, make_config, seeds=[0], strategies={"unprotected": {}, "soft": soft}, line=[0.5],
+                       suite="english")
     summary = run_sweep(sweep, progress=False)
     out = tmp_path / "sweep"
     path = line_path(out / "base.json", out, "unprotected", out / "results" / "unprotected.json", [0.5])
     assert [p.name for p in path] == ["base.json", "alpha-0.5.json", "unprotected.json"]
     assert all(p.is_file() for p in path) and list(summary["matched_gain"]) == ["unprotected"]  # read off that path
+    assert (out / "results" / "soft.json").is_file() and not (out / "line" / "soft").exists()
     table = (out / "summary.md").read_text().splitlines()
     header = next(line for line in table if line.startswith("| strategy"))
     row = next(line for line in table if line.startswith("| unprotected"))

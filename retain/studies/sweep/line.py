@@ -4,7 +4,8 @@ of the sweep's `line`, scored on the test split as the run itself is, into <outp
 With the base (α = 0, base.json) and the run (α = 1, results/<run>.json) these are the points of the path on which
 retain.studies.sweep.matched_gain reads a recipe's forgetting at a reference's task gain: a method that learns less
 also forgets less, and the line says what the run would forget had it learned only as much as the reference.
-A point already scored is skipped, so a sweep run again scores only the points it lacks.
+A point already scored is skipped, so a sweep run again scores only the points it lacks. A run of soft prompts
+(prompt tuning, prefix tuning) has no line: it changes none of the base's weights.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from retain.model.loading import is_soft_prompt_dir
 from retain.studies.common import StudyConfig, announce, evaluate_into
 from retain.studies.merge import merge_models
 
@@ -30,8 +32,12 @@ def score_lines(base_model: str, runs: dict[str, Path], alphas: list[float], sui
                 progress: bool = True) -> None:
     """Score the line points each finished run (name -> its run dir, holding final/) still lacks."""
     output = Path(study.output)
+    finished = {run: Path(run_dir) / "final" for run, run_dir in runs.items() if (Path(run_dir) / "final").is_dir()}
+    soft = sorted(run for run, final in finished.items() if is_soft_prompt_dir(final))
+    if soft:  # their matched-gain rows stay empty: retain.studies.sweep.matched_gain leaves unscored paths out
+        print(f"no WiSE-FT line for {', '.join(soft)}: soft prompts change none of the base's weights")
     pending = {run: [a for a in alphas if not line_file(output, run, a).is_file()]
-               for run, run_dir in runs.items() if (Path(run_dir) / "final").is_dir()}
+               for run in finished if run not in soft}
     pending = {run: todo for run, todo in pending.items() if todo}
     for k, (run, todo) in enumerate(pending.items(), 1):
         announce(k, len(pending), run, f"the WiSE-FT line toward the base at alpha {', '.join(f'{a:g}' for a in todo)}",
