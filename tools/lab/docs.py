@@ -180,7 +180,11 @@ def write_docs(sweep_paths: list[Path], out: Path) -> None:
               "and the row says why.", "",
               "B − A at matched gain compares the two where each run's WiSE-FT line toward the base reaches 95% of "
               "the unprotected run's task gain, seed s against seed s (the mean with its 95% CI over seeds, then "
-              "items; then each seed's): a recipe that learns less is not credited for forgetting less.", "",
+              "items; then each seed's): a recipe that learns less is not credited for forgetting less. — where a "
+              "run's line never gets there (it gains less than that even at its end). A WiSE-FT run "
+              "(`mitigations.interpolate`) is itself a point of its unprotected twin's line, so the two lines cross "
+              "the target at the same weights and B − A there is exactly 0: interpolation moves a run along the "
+              "trade-off, it does not improve it.", "",
               "| claim | sweep | run A | run B | B − A retained (pts) [95% CI] | task gain A / B (pts) | "
               "B − A at matched gain (pts) | result |",
               "|---|---|---|---|---|---|---|---|"]
