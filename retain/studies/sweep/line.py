@@ -45,6 +45,6 @@ def score_lines(base_model: str, runs: dict[str, Path], alphas: list[float], sui
         with tempfile.TemporaryDirectory(prefix="retain-line-") as tmp:
             for alpha in todo:
                 point = Path(tmp) / f"alpha-{alpha:g}"
-                merge_models(base_model, [str(Path(runs[run]) / "final")], "interpolate", point, alpha=alpha)
+                merge_models(base_model, [str(finished[run])], "interpolate", point, alpha=alpha)
                 evaluate_into(line_file(output, run, alpha), str(point), suite, study, progress=progress)
                 shutil.rmtree(point)
