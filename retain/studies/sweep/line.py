@@ -15,8 +15,9 @@ import tempfile
 from pathlib import Path
 
 from retain.model.loading import is_soft_prompt_dir
+from retain.model.weights import interpolate
 from retain.studies.common import StudyConfig, announce, evaluate_into
-from retain.studies.merge import merge_models
+from retain.studies.merge import BaseWeights
 
 
 def line_file(output: Path, run: str, alpha: float) -> Path:
@@ -39,12 +40,13 @@ def score_lines(base_model: str, runs: dict[str, Path], alphas: list[float], sui
     pending = {run: [a for a in alphas if not line_file(output, run, a).is_file()]
                for run in finished if run not in soft}
     pending = {run: todo for run, todo in pending.items() if todo}
+    base = BaseWeights(base_model) if pending else None  # loaded once: each run is loaded once for all its points
     for k, (run, todo) in enumerate(pending.items(), 1):
         announce(k, len(pending), run, f"the WiSE-FT line toward the base at alpha {', '.join(f'{a:g}' for a in todo)}",
                  "line")
+        tuned = base.tuned(str(finished[run]))
         with tempfile.TemporaryDirectory(prefix="retain-line-") as tmp:
             for alpha in todo:
-                point = Path(tmp) / f"alpha-{alpha:g}"
-                merge_models(base_model, [str(finished[run])], "interpolate", point, alpha=alpha)
+                point = base.write(interpolate(base.state, tuned, alpha), Path(tmp) / f"alpha-{alpha:g}")
                 evaluate_into(line_file(output, run, alpha), str(point), suite, study, progress=progress)
                 shutil.rmtree(point)
