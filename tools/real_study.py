@@ -29,16 +29,17 @@ from pathlib import Path
 
 import torch
 
-from retain.evaluation.compare import not_shown, retained_change
+from retain.evaluation.compare import retained_change
 from retain.evaluation.results import load_results
 from retain.evaluation.stats import Change
 from retain.core.files import atomic_write_text
 from retain.report.answers import answers_markdown, changed_answers
 from retain.report.build import compare, write_report
-from retain.report.render import format_change, format_relative
+from retain.report.render import format_change
 from retain.studies.common import read_base
 from retain.studies.sweep import SweepConfig, expand, load_sweep, result_files, run_name, strategy_configs
-from retain.studies.sweep.summary import markdown_table, summarize, write_sweep_report
+from retain.studies.sweep.summary import (as_change, capability_table, markdown_table, per_seed_cell, summarize,
+                                          verdict_cell, write_sweep_report)
 from retain.studies.sweep.target import judge_target
 from retain.model.precision import choose_bf16, this_machine
 from tools.report_screenshot import screenshot
@@ -79,19 +80,6 @@ def wall_time(out: Path) -> str:
     return f"{total // 3600} h {total % 3600 // 60:02d} min" if total >= 3600 else f"{total / 60:.0f} min"
 
 
-def _per_seed(values, relative: bool) -> str:
-    return ", ".join(format_relative(x) if relative else f"{100 * x:+.1f}" for x in values)
-
-
-def _verdict(change: Change, shown_as: str) -> str:
-    why = not_shown(change)
-    return f"not shown ({why})" if why else f"supported ({shown_as})"
-
-
-def _as_change(row: dict) -> Change:
-    return Change(**{f.name: row[f.name] for f in dataclasses.fields(Change)})
-
-
 def base_table(base: dict) -> list[str]:
     lines = ["| task | capability | metric | base score | chance | items |", "|---|---|---|---|---|---|"]
     for name, t in base["tasks"].items():
@@ -103,30 +91,16 @@ def base_table(base: dict) -> list[str]:
     return lines
 
 
-def capability_table(comparisons: dict[str, dict]) -> list[str]:
-    """Per strategy and capability: change [CI over seeds, then items], each seed's change, verdict, grade."""
-    lines = ["| strategy | capability | items | change [95% CI] | per seed | verdict | grade |",
-             "|---|---|---|---|---|---|---|"]
-    for name, comparison in comparisons.items():
-        for capability, r in comparison["capabilities"].items():
-            change, low, high = format_change(r)
-            unit = "" if r["relative"] else " pts"
-            lines.append(f"| {name} | {capability} | {r['n']} | {change}{unit} [{low}, {high}] | "
-                         f"{_per_seed(r['per_seed'], r['relative'])} | {_verdict(_as_change(r), r['verdict'])} | "
-                         f"{r['severity']} |")
-    return lines
-
-
 def pooled_table(comparisons: dict[str, dict], retained: dict[str, Change], task: str) -> list[str]:
     lines = ["| strategy | task gain (pts) [95% CI] | per seed | verdict | retained change (pts) [95% CI] | per seed "
              "| verdict |", "|---|---|---|---|---|---|---|"]
     for name, comparison in comparisons.items():
-        gain, kept = _as_change(comparison["tasks"][task]), retained[name]
+        gain, kept = as_change(comparison["tasks"][task]), retained[name]
         cells = []
         for c in (gain, kept):
             shown_as = "gain" if c.delta > 0 else "loss"
             cells += [f"{100 * c.delta:+.1f} [{100 * c.ci_low:+.1f}, {100 * c.ci_high:+.1f}]",
-                      _per_seed(c.per_seed, False), _verdict(c, shown_as)]
+                      per_seed_cell(c.per_seed, False), verdict_cell(c, shown_as)]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 

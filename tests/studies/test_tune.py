@@ -166,6 +166,13 @@ def test_every_trial_is_a_run_config_a_user_can_train_alone(study, tmp_path, mon
     report = (out / "report.md").read_text()
     assert "means over training seeds 0, 1" in report
     assert f"at no more than 10% of its forgetting: **{against['verdict']}**" in report
+    # each capability's change under the reference and the recipe, over both seeds, one row per capability each
+    section = report.split("## Each capability, the reference and the recommended recipe (test split)")[1]
+    rows = [line.split(" | ") for line in section.split("## Every trial")[0].splitlines() if line.startswith("| ")][1:]
+    capabilities = {t["capability"] for t in base["tasks"].values()}
+    assert sorted((r[0].lstrip("| "), r[1]) for r in rows) == sorted((n, c) for n in ("reference", chosen)
+                                                                       for c in capabilities)
+    assert all(len(r[4].split(", ")) == 2 for r in rows)  # each seed's change
     recommended = load_config(out / "recommended.yaml")
     assert recommended.output.dir == str(out / "recommended")
     for name in ("summary.md", "report.md", "pareto.png", "trials.png", "importance.json"):

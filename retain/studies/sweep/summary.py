@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
-from retain.evaluation.compare import retained_change
+from retain.evaluation.compare import not_shown, retained_change
 from retain.evaluation.results import load_results, primary_value
+from retain.evaluation.stats import Change
 from retain.core.files import atomic_write_text
 from retain.report.build import compare, largest_drop
 from retain.report.plots import COLORS, _png, place_labels, plt
-from retain.report.render import format_relative
+from retain.report.render import format_change, format_relative
 from retain.report.severity import LEGEND as SEVERITY_LEGEND
 from retain.report.severity import worst
 
@@ -41,6 +43,33 @@ def summarize(base_path: Path, result_paths: dict[str, Path | list[Path]], task:
     return {"task": task, "base": str(base_path), "retained_tasks": pooled_tasks,
             "base_task_score": primary_value(base["tasks"][task]),
             "base_retained_score": retained_change(base, base, task)[0].before, "rows": rows, "pareto_front": front}
+
+
+def per_seed_cell(values, relative: bool) -> str:
+    return ", ".join(format_relative(x) if relative else f"{100 * x:+.1f}" for x in values)
+
+
+def verdict_cell(change: Change, shown_as: str) -> str:
+    why = not_shown(change)
+    return f"not shown ({why})" if why else f"supported ({shown_as})"
+
+
+def as_change(row: dict) -> Change:
+    return Change(**{f.name: row[f.name] for f in dataclasses.fields(Change)})
+
+
+def capability_table(comparisons: dict[str, dict]) -> list[str]:
+    """Per strategy and capability: change [CI over seeds, then items], each seed's change, verdict, grade."""
+    lines = ["| strategy | capability | items | change [95% CI] | per seed | verdict | grade |",
+             "|---|---|---|---|---|---|---|"]
+    for name, comparison in comparisons.items():
+        for capability, r in comparison["capabilities"].items():
+            change, low, high = format_change(r)
+            unit = "" if r["relative"] else " pts"
+            lines.append(f"| {name} | {capability} | {r['n']} | {change}{unit} [{low}, {high}] | "
+                         f"{per_seed_cell(r['per_seed'], r['relative'])} | "
+                         f"{verdict_cell(as_change(r), r['verdict'])} | {r['severity']} |")
+    return lines
 
 
 def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:

@@ -22,7 +22,10 @@ from retain.evaluation.compare import retained_change
 from retain.evaluation.stats import seed_paired_bootstrap
 from retain.core.files import atomic_write_json, atomic_write_text
 from retain.report.plots import COLORS, _png, plt
-from retain.studies.sweep.summary import markdown_table, pareto_front, summarize, write_sweep_report
+from retain.evaluation.results import load_results
+from retain.report.build import compare
+from retain.studies.sweep.summary import (capability_table, markdown_table, pareto_front, summarize,
+                                          write_sweep_report)
 from retain.studies.common import evaluate_into
 from retain.studies.sweep.target import FORGETTING_SHARE, Criterion, Target, judge_target
 from retain.studies.tune.trial import REFERENCE, Tuning, read_json, seed_runs
@@ -156,7 +159,10 @@ def write_report(tuning: Tuning) -> dict:
     if chosen:
         write_recommended(tuning, done[chosen])
     (out / "trials.png").write_bytes(trials_plot(tuning, records, front, chosen, reference))
-    atomic_write_text(out / "report.md", report_markdown(tuning, summary, records))
+    base = load_results(paths["base"])
+    comparisons = {n: compare(base, [load_results(p) for p in runs] if len(runs) > 1 else load_results(runs[0]))
+                   for n, runs in seeded.items()}
+    atomic_write_text(out / "report.md", report_markdown(tuning, summary, records, comparisons))
     return summary
 
 
@@ -191,7 +197,10 @@ def _ci(change: list[float]) -> str:
     return f"{change[0]:+.1f} [{change[1]:+.1f}, {change[2]:+.1f}]"
 
 
-def report_markdown(tuning: Tuning, summary: dict, records: list[dict]) -> str:
+def report_markdown(tuning: Tuning, summary: dict, records: list[dict], comparisons: dict[str, dict]) -> str:
+    """The report: the dev front and the reference on test, the recommended recipe against the reference by the
+    target's rule, each capability's change under both (`comparisons`: name -> retain.report.build.compare over
+    its training seeds), every trial and the knobs' importance."""
     tune = summary["tune"]
     lines = [f"# Tuning on {summary['task']}", "",
              f"{len(records)} trials ({sum(r['state'] == 'complete' for r in records)} complete, "
@@ -217,7 +226,11 @@ def report_markdown(tuning: Tuning, summary: dict, records: list[dict]) -> str:
                   f"The target, at least {100 * g['line']:.0f}% of the reference's task gain at no more than "
                   f"{100 * f['line']:.0f}% of its forgetting: {verdict}. By how much each line is passed (points; "
                   "above 0 meets it), 95% CI over seeds, then items: gain "
-                  f"{_margin(g)}, forgetting {_margin(f)} (retain.studies.sweep.target).", ""]
+                  f"{_margin(g)}, forgetting {_margin(f)} (retain.studies.sweep.target).", "",
+                  "## Each capability, the reference and the recommended recipe (test split)", "",
+                  f"The change against the base ({_seeds(a['seeds'])}), with a 95% CI over seeds, then items; "
+                  "each seed's change. Points for scores, perplexity as a relative change (lower is better).", "",
+                  *capability_table(comparisons), ""]
     lines += ["## Every trial (dev split)", "", "| trial | state | dev gain | dev forgetting | searched values |",
               "|---|---|---|---|---|"]
     for r in sorted(records, key=lambda r: -(r.get("gain") or -1e9)):
