@@ -123,7 +123,7 @@ def test_the_study_doc_has_the_target_per_recipe_and_every_seed(sweep: Path, tmp
     assert "-61.0 pts" in chat and "| -60.0, -61.0, -62.0 | supported (worse) |" in chat
     uneven = next(line for line in doc.splitlines() if line.startswith("| uneven | chat answers | 100 |"))
     assert "| +0.0, +0.0, -9.0 | not shown (" in uneven
-    assert "install excluded): 2 h 00 min." in doc
+    assert f"install excluded: 2 h 00 min (`{tmp_path / 'sweep' / 'start'}` to `end`)." in doc
     assert "this study ran one: tiny (`" in doc and "not run" not in doc
     assert "- tiny: of 3 recipes judged, `good` met the target; `bad`: not met; `uneven`: not shown." in doc
     assert "![Pareto plot](real-model-sweep-pareto.png)" in doc
@@ -135,6 +135,10 @@ def test_the_study_doc_has_the_target_per_recipe_and_every_seed(sweep: Path, tmp
 def test_two_models_make_one_doc_and_a_recipe_short_of_seeds_is_left_out(sweep: Path, gemma_sweep: Path,
                                                                          tmp_path: Path):
     docs = tmp_path / "docs"
+    # gemma's study ran in sittings: their seconds added up, with no start and end
+    for name in ("start", "end"):
+        (tmp_path / "gemma" / name).unlink()
+    (tmp_path / "gemma" / "wall_seconds").write_text("5071\n")
     doc = main([str(sweep), str(gemma_sweep), "--out", str(docs), "--no-screenshot",
                 "--sweep-dir", str(tmp_path / "sweep"), "--sweep-dir", str(tmp_path / "gemma")]).read_text()
     assert "this study ran both: tiny (`" in doc
@@ -151,7 +155,9 @@ def test_two_models_make_one_doc_and_a_recipe_short_of_seeds_is_left_out(sweep: 
     assert "`bad` has results for 2 of its 3 training seeds." in gemma
     assert not any(line.startswith("| bad |") for line in gemma.splitlines())
     assert set(_rows(gemma.split("### The target")[1].split("\n### ")[0])) == {"recipe", "good"}
-    assert gemma.count("install excluded): 2 h 00 min.") == 1
+    assert gemma.count(f"install excluded: 1 h 24 min (`{tmp_path / 'gemma' / 'wall_seconds'}`: its sittings "
+                       "added up).") == 1
+    assert doc.count("install excluded: 2 h 00 min") == 1
     for stem in ("sweep", "gemma"):
         assert f"![Pareto plot](real-model-{stem}-pareto.png)" in doc
         assert (docs / f"real-model-{stem}-pareto.png").is_file()

@@ -72,12 +72,14 @@ def machine(sweep, sweep_path: Path, base: dict) -> str:
 def wall_time(out: Path) -> str:
     start, end, seconds = out / "start", out / "end", out / "wall_seconds"
     if start.is_file() and end.is_file():
-        total = int(end.read_text()) - int(start.read_text())
+        total, source = int(end.read_text()) - int(start.read_text()), f"`{start}` to `{end.name}`"
     elif seconds.is_file():
-        total = int(seconds.read_text())
+        # a study finished over several sittings: their times added up, the gaps between them left out
+        total, source = int(seconds.read_text()), f"`{seconds}`: its sittings added up"
     else:
         return "not recorded"
-    return f"{total // 3600} h {total % 3600 // 60:02d} min" if total >= 3600 else f"{total / 60:.0f} min"
+    text = f"{total // 3600} h {total % 3600 // 60:02d} min" if total >= 3600 else f"{total / 60:.0f} min"
+    return f"{text} ({source})"
 
 
 def base_table(base: dict) -> list[str]:
@@ -338,8 +340,8 @@ def model_section(study: Study, docs: Path, take_screenshot: bool) -> list[str]:
         return [*heading, not_run(study), ""]
     head = [*heading, f"Sweep `{study.path}`; training seeds {', '.join(map(str, sweep.seeds))} for every strategy.",
             *([left_out(study)] if study.partial else []), "",
-            f"Machine: {machine(sweep, study.path, base)}. Wall time of the study (`{out}/start` to `end`: its last "
-            f"`make real-study`, install excluded): {wall_time(out)}.", ""]
+            f"Machine: {machine(sweep, study.path, base)}. Wall time of the study, install excluded: "
+            f"{wall_time(out)}.", ""]
     summary = study.summary
     if summary is None:
         return [*head, verdict_sentence(study), ""]
