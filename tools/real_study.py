@@ -29,17 +29,16 @@ from pathlib import Path
 
 import torch
 
-from retain.evaluation.compare import retained_change
 from retain.evaluation.results import load_results
 from retain.evaluation.stats import Change
 from retain.core.files import atomic_write_text
 from retain.report.answers import answers_markdown, changed_answers
-from retain.report.build import compare, write_report
+from retain.report.build import write_report
 from retain.report.render import format_change
 from retain.studies.common import read_base
 from retain.studies.sweep import SweepConfig, expand, load_sweep, result_files, run_name, strategy_configs
-from retain.studies.sweep.summary import (as_change, capability_table, markdown_table, per_seed_cell, summarize,
-                                          verdict_cell, write_sweep_report)
+from retain.studies.sweep.summary import (as_change, capability_table, compare_runs, markdown_table, per_seed_cell,
+                                          summarize, verdict_cell, write_sweep_report)
 from retain.studies.sweep.target import judge_target
 from retain.model.precision import choose_bf16, this_machine
 from tools.report_screenshot import screenshot
@@ -260,13 +259,14 @@ def read_study(sweep_path: Path, sweep_dir: str | None) -> Study:
     if REFERENCE not in study.names:
         return study
     # The summary again, with this build's report code (the sweep may have run on an older one).
-    study.summary = summarize(out / "base.json", {n: result_files(sweep, n) for n in study.names},
-                              Path(sweep.task).stem)
+    task, base = Path(sweep.task).stem, study.base
+    paths = {n: result_files(sweep, n) for n in study.names}
+    compared = compare_runs(base, paths, task)
+    study.summary = summarize(out / "base.json", paths, task, compared=compared)
     write_sweep_report(study.summary, out)
-    task, base = study.summary["task"], study.base
-    study.seeds = {n: [load_results(p) for p in result_files(sweep, n)] for n in study.names}
-    study.comparisons = {n: compare(base, runs) for n, runs in study.seeds.items()}
-    study.retained = {n: retained_change(base, runs, task)[0] for n, runs in study.seeds.items()}
+    study.seeds = {n: c.runs for n, c in compared.items()}
+    study.comparisons = {n: c.comparison for n, c in compared.items()}
+    study.retained = {n: c.retained for n, c in compared.items()}
     study.targets = {n: judge_target(base, study.seeds[REFERENCE], runs, task)
                      for n, runs in study.seeds.items() if n != REFERENCE}
     return study

@@ -14,10 +14,12 @@ import yaml
 
 optuna = pytest.importorskip("optuna")
 
+import retain.studies.tune.report  # noqa: E402,F401  (its compare is counted below)
 import retain.studies.tune.trial as trial_module  # noqa: E402
 from conftest import REPO_ROOT, write_jsonl  # noqa: E402
 from retain.config import load_config  # noqa: E402
 from retain.core.schema import ConfigError  # noqa: E402
+from retain.report.build import compare  # noqa: E402
 from retain.studies.tune import load_tune, run_tune, trial_name  # noqa: E402
 
 REPO = REPO_ROOT
@@ -127,8 +129,13 @@ def test_every_trial_is_a_run_config_a_user_can_train_alone(study, tmp_path, mon
 
     # seeds [0, 1]: the report re-runs the reference and the recommended recipe with seed 1 (seed 0 is the trial)
     path = study(enqueue=[{"training.lr": 3e-2, "mitigations.lora": "absent"}], seeds=[0, 1])
+    compared = []  # what the report compares with the base: each shown run once, for its rows and its table
+    for module in [m for m in sys.modules.values() if m and m.__name__.startswith(("retain.", "tools."))]:
+        if getattr(module, "compare", None) is compare:
+            monkeypatch.setattr(module, "compare", lambda base, after: compared.append(after) or compare(base, after))
     summary = run_tune(path, progress=False)
     out = tmp_path / "out"
+    assert len(compared) == len(summary["rows"])
     done = records(out)
     assert len(done) == 3 and "reference" in done  # 2 trials and the reference run (the base config)
     first = trial_name({"training.lr": 3e-2, "mitigations.lora": "absent"})

@@ -16,28 +16,51 @@ from retain.report.severity import LEGEND as SEVERITY_LEGEND
 from retain.report.severity import worst
 
 
-def summarize(base_path: Path, result_paths: dict[str, Path | list[Path]], task: str) -> dict:
-    """The sweep's rows against the base; a strategy's results are one file, or a list: one per training seed."""
-    base = load_results(base_path)
-    rows, pooled_tasks = {}, []
+@dataclasses.dataclass
+class Compared:
+    """One strategy's results against the base: `runs` (one per training seed, as loaded), `after` (what was
+    compared: the list, or the one run alone), compare's output and the pooled retained change."""
+
+    runs: list[dict]
+    after: dict | list[dict]
+    comparison: dict
+    retained: Change
+    pooled_tasks: list[str]
+
+
+def compare_runs(base: dict, result_paths: dict[str, Path | list[Path]], task: str) -> dict[str, Compared]:
+    """Each strategy's results (one file, or a list: one per training seed) against the base, bootstrapped once."""
+    compared = {}
     for name, paths in result_paths.items():
-        afters = [load_results(p) for p in (paths if isinstance(paths, list) else [paths])]
-        after = afters if len(afters) > 1 else afters[0]
-        comparison = compare(base, after)
-        gain = comparison["tasks"][task]
+        runs = [load_results(p) for p in (paths if isinstance(paths, list) else [paths])]
+        after = runs if len(runs) > 1 else runs[0]
         retained, pooled_tasks = retained_change(base, after, task)
-        others = {c: r for c, r in comparison["capabilities"].items() if c != gain["capability"]}
+        compared[name] = Compared(runs, after, compare(base, after), retained, pooled_tasks)
+    return compared
+
+
+def summarize(base_path: Path, result_paths: dict[str, Path | list[Path]], task: str,
+              compared: dict[str, Compared] | None = None) -> dict:
+    """The sweep's rows against the base; a strategy's results are one file, or a list: one per training seed.
+    `compared`: compare_runs's output for these results where the caller already has it."""
+    base = load_results(base_path)
+    compared = compared if compared is not None else compare_runs(base, result_paths, task)
+    rows, pooled_tasks = {}, []
+    for name, c in compared.items():
+        comparison, retained, pooled_tasks = c.comparison, c.retained, c.pooled_tasks
+        gain = comparison["tasks"][task]
+        others = {k: r for k, r in comparison["capabilities"].items() if k != gain["capability"]}
         rows[name] = {
             "gain": gain["delta"], "gain_ci": [gain["ci_low"], gain["ci_high"]], "task_after": gain["after"],
             "retained_change": retained.delta, "retained_ci": [retained.ci_low, retained.ci_high],
             "retained_after": retained.after,
-            "seeds": len(afters), "gain_per_seed": list(gain["per_seed"]), "retained_per_seed": list(retained.per_seed),
+            "seeds": len(c.runs), "gain_per_seed": list(gain["per_seed"]), "retained_per_seed": list(retained.per_seed),
             "max_drop": largest_drop(comparison, exclude=(gain["capability"],)),
             "severity": worst(r["severity"] for r in others.values()),
             "perplexity_changes": {t: {"delta": r["delta"], "ci": [r["ci_low"], r["ci_high"]], "verdict": r["verdict"]}
                                    for t, r in comparison["tasks"].items() if r["relative"] and t != task},
-            "verdicts": {c: r["verdict"] for c, r in comparison["capabilities"].items()},
-            "deltas": {c: r["delta"] for c, r in comparison["capabilities"].items()},
+            "verdicts": {k: r["verdict"] for k, r in comparison["capabilities"].items()},
+            "deltas": {k: r["delta"] for k, r in comparison["capabilities"].items()},
         }
     front = pareto_front({n: (r["gain"], -r["retained_change"]) for n, r in rows.items()})
     return {"task": task, "base": str(base_path), "retained_tasks": pooled_tasks,

@@ -23,8 +23,7 @@ from retain.evaluation.stats import seed_paired_bootstrap
 from retain.core.files import atomic_write_json, atomic_write_text
 from retain.report.plots import COLORS, _png, plt
 from retain.evaluation.results import load_results
-from retain.report.build import compare
-from retain.studies.sweep.summary import (capability_table, markdown_table, pareto_front, summarize,
+from retain.studies.sweep.summary import (capability_table, compare_runs, markdown_table, pareto_front, summarize,
                                           write_sweep_report)
 from retain.studies.common import evaluate_into
 from retain.studies.sweep.target import FORGETTING_SHARE, Criterion, Target, judge_target
@@ -142,7 +141,9 @@ def write_report(tuning: Tuning) -> dict:
     replicated = {n: seed_runs(tuning, n) for n in dict.fromkeys([REFERENCE, *([chosen] if chosen else [])])}
     paths = score_on_test(tuning, list(dict.fromkeys([*shown, *(r for runs in replicated.values() for r in runs)])))
     seeded = {n: [paths[r] for r in runs] for n, runs in replicated.items()}
-    summary = summarize(paths["base"], {n: seeded.get(n, paths[n]) for n in shown}, task=tuning.task)
+    base = load_results(paths["base"])
+    compared = compare_runs(base, {n: seeded.get(n, paths[n]) for n in shown}, tuning.task)
+    summary = summarize(paths["base"], {}, task=tuning.task, compared=compared)
     summary["pareto_front"] = front  # the dev front: test numbers report it, they do not choose it
     reference = read_json(out / "trials" / f"{REFERENCE}.json")
     summary["tune"] = {
@@ -159,9 +160,7 @@ def write_report(tuning: Tuning) -> dict:
     if chosen:
         write_recommended(tuning, done[chosen])
     (out / "trials.png").write_bytes(trials_plot(tuning, records, front, chosen, reference))
-    base = load_results(paths["base"])
-    comparisons = {n: compare(base, [load_results(p) for p in runs] if len(runs) > 1 else load_results(runs[0]))
-                   for n, runs in seeded.items()}
+    comparisons = {n: compared[n].comparison for n in seeded}
     atomic_write_text(out / "report.md", report_markdown(tuning, summary, records, comparisons))
     return summary
 
