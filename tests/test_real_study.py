@@ -47,10 +47,17 @@ def _seeded(strategy: str, seed: int) -> dict:
     return _results(task=learned, chat=set(range(lost, N)), text_loglikelihood=-24.0 if strategy == "bad" else -20.0)
 
 
+def _halfway(strategy: str, seed: int) -> dict:
+    """A run's WiSE-FT point halfway to the base: half its task items learned, half its chat answers lost."""
+    learned = set(range((20 + seed) // 2))
+    lost = {"unprotected": 60 + seed, "good": 1, "bad": 30, "uneven": (0, 0, 9)[seed]}[strategy] // 2
+    return _results(task=learned, chat=set(range(lost, N)))
+
+
 def _write_sweep(tmp_path: Path, stem: str, base_config: str, model: str, strategies: tuple[str, ...],
-                 missing: tuple[str, ...] = ()) -> Path:
+                 missing: tuple[str, ...] = (), line: bool = False) -> Path:
     """A sweep config `<stem>.yaml` whose files are in tmp_path/<stem> (not its `output`); `missing`: results files
-    (e.g. "bad.seed2") left unwritten."""
+    (e.g. "bad.seed2") left unwritten; `line`: each run also scored halfway to the base (`line: [0.5]`)."""
     out = tmp_path / stem
     (out / "results").mkdir(parents=True)
     (out / "base.json").write_text(json.dumps({**_results(task=set(), chat=set(range(N))), "model": model}))
@@ -59,13 +66,17 @@ def _write_sweep(tmp_path: Path, stem: str, base_config: str, model: str, strate
             if f"{name}.seed{seed}" not in missing:
                 result = {**_seeded(name, seed), "model": model}
                 (out / "results" / f"{name}.seed{seed}.json").write_text(json.dumps(result))
+                if line:
+                    (out / "line" / f"{name}.seed{seed}").mkdir(parents=True)
+                    (out / "line" / f"{name}.seed{seed}" / "alpha-0.5.json").write_text(
+                        json.dumps({**_halfway(name, seed), "model": model}))
     (out / "start").write_text("1000\n")
     (out / "end").write_text("8200\n")
     path = tmp_path / f"{stem}.yaml"
     # the sweep's files are read from --sweep-dir (a copy of the study's), not from its `output`
     path.write_text(f"base: {REPO / base_config}\ntask: task\nsuite: tiny\n"
                     f"output: {tmp_path / 'gone'}\n"
-                    f"limit: {N}\nseeds: [0, 1, 2]\nstrategies:\n"
+                    f"limit: {N}\nseeds: [0, 1, 2]\n" + ("line: [0.5]\n" if line else "") + "strategies:\n"
                     + "".join(f"  {n}: {{training.lr: {1e-4 / (k + 1)}}}\n" for k, n in enumerate(strategies)))
     return path
 
@@ -80,7 +91,7 @@ def sweep(tmp_path: Path) -> Path:
 def gemma_sweep(tmp_path: Path) -> Path:
     """A second model's sweep; its "bad" recipe stopped after two of its three seeds."""
     return _write_sweep(tmp_path, "gemma", "configs/real/gemma-city.yaml", "tiny-gemma", ("unprotected", "good", "bad"),
-                        missing=("bad.seed2",))
+                        missing=("bad.seed2",), line=True)
 
 
 def _rows(section: str) -> dict[str, str]:
@@ -158,6 +169,11 @@ def test_two_models_make_one_doc_and_a_recipe_short_of_seeds_is_left_out(sweep: 
     assert gemma.count(f"install excluded: 1 h 24 min (`{tmp_path / 'gemma' / 'wall_seconds'}`: its sittings "
                        "added up).") == 1
     assert doc.count("install excluded: 2 h 00 min") == 1
+    # gemma's sweep scored each run halfway to the base: its forgetting at matched gain is read off those lines
+    matched = gemma.split("### Forgetting at matched task gain")[1].split("\n### ")[0]
+    assert "Not measured" not in matched and "first reaches 95% of the unprotected run's task gain" in matched
+    assert set(_rows(matched)) == {"recipe", "unprotected", "good"}
+    assert "Not measured in this study" in doc.split("## tiny-gemma (`gemma`)")[0]
     for stem in ("sweep", "gemma"):
         assert f"![Pareto plot](real-model-{stem}-pareto.png)" in doc
         assert (docs / f"real-model-{stem}-pareto.png").is_file()

@@ -36,9 +36,10 @@ from retain.report.answers import answers_markdown, changed_answers
 from retain.report.build import write_report
 from retain.report.render import format_change
 from retain.studies.common import read_base
-from retain.studies.sweep import SweepConfig, expand, load_sweep, result_files, run_name, strategy_configs
+from retain.studies.sweep import (SweepConfig, expand, load_sweep, result_files, run_name, strategy_configs,
+                                  summarize_sweep)
 from retain.studies.sweep.summary import (as_change, capability_table, compare_runs, markdown_table, per_seed_cell,
-                                          summarize, verdict_cell, write_sweep_report)
+                                          verdict_cell, write_sweep_report)
 from retain.studies.sweep.target import judge_target
 from retain.model.precision import choose_bf16, this_machine
 from tools.report_screenshot import screenshot
@@ -259,15 +260,13 @@ def read_study(sweep_path: Path, sweep_dir: str | None) -> Study:
     if REFERENCE not in study.names:
         return study
     # The summary again, with this build's report code (the sweep may have run on an older one).
-    task, base = Path(sweep.task).stem, study.base
-    paths = {n: result_files(sweep, n) for n in study.names}
-    compared = compare_runs(base, paths, task)
-    study.summary = summarize(out / "base.json", paths, task, compared=compared)
+    compared = compare_runs(study.base, {n: result_files(sweep, n) for n in study.names}, Path(sweep.task).stem)
+    study.summary = summarize_sweep(sweep, study.names, compared=compared)
     write_sweep_report(study.summary, out)
     study.seeds = {n: c.runs for n, c in compared.items()}
     study.comparisons = {n: c.comparison for n, c in compared.items()}
     study.retained = {n: c.retained for n, c in compared.items()}
-    study.targets = {n: judge_target(base, study.seeds[REFERENCE], runs, task)
+    study.targets = {n: judge_target(study.base, study.seeds[REFERENCE], runs, Path(sweep.task).stem)
                      for n, runs in study.seeds.items() if n != REFERENCE}
     return study
 

@@ -4,7 +4,7 @@ at a reference's task gain; target.py: whether a recipe keeps 95% of a reference
 forgetting, over seeds and items)."""
 
 from retain.studies.sweep.run import (SweepConfig, expand, load_sweep, result_files, run_configs, run_name, run_sweep,
-                              strategy_configs)
+                                      strategy_configs, summarize_sweep)
 
 __all__ = ["SweepConfig", "expand", "load_sweep", "result_files", "run_configs", "run_name", "run_sweep",
-           "strategy_configs"]
+           "strategy_configs", "summarize_sweep"]

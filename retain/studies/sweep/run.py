@@ -39,7 +39,7 @@ from retain.studies.common import (TaskStudyConfig, checked_run, load_study, pla
 from retain.studies.common import run_name as seed_run_name
 from retain.studies.sweep.line import line_path, score_lines
 from retain.studies.sweep.matched_gain import matched_rows
-from retain.studies.sweep.summary import summarize, write_sweep_report
+from retain.studies.sweep.summary import Compared, summarize, write_sweep_report
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -117,23 +117,31 @@ def load_sweep(path: Path) -> SweepConfig:
     return load_study(SweepConfig, path, "sweep file")
 
 
+def summarize_sweep(sweep: SweepConfig, names: list[str], compared: dict[str, Compared] | None = None) -> dict:
+    """The summary of the strategies `names` from the sweep's files under its `output` (summarize's rows, and with
+    `line`, each one's forgetting at matched task gain); `compared`: compare_runs's output where the caller has it."""
+    out, task = Path(sweep.output), Path(sweep.task).stem
+    base, results = out / "base.json", {name: result_files(sweep, name) for name in names}
+    summary = summarize(base, results, task=task, compared=compared)
+    if sweep.line:  # forgetting where each run's line reaches 95% of the unprotected run's gain, seed by seed
+        lines = {name: [line_path(base, out, run_name(sweep, name, s), f, sweep.line)
+                        for s, f in zip(sweep.seeds, files)] for name, files in results.items()}
+        summary["matched_gain"] = matched_rows(base, lines, task)
+    return summary
+
+
 def run_sweep(path: Path, progress: bool = True) -> dict:
     sweep = load_sweep(path)
     out = Path(sweep.output)
     paths = run_configs(sweep, path)
     base_model = load_config(next(iter(paths.values()))).model.name
-    base_results = score_base(base_model, sweep.scored, out / "base.json", sweep, progress=progress)
+    score_base(base_model, sweep.scored, out / "base.json", sweep, progress=progress)
     run_pending({name: (config_path, out / "results" / f"{name}.json") for name, config_path in paths.items()},
                 sweep.scored, sweep, progress)
     if sweep.line:
         score_lines(base_model, {name: out / "runs" / name for name in paths}, sweep.line, sweep.scored, sweep,
                     progress)
-    results = {name: result_files(sweep, name) for name in expand(sweep)}
-    summary = summarize(base_results, results, task=Path(sweep.task).stem)
-    if sweep.line:  # forgetting where each run's line reaches 95% of the unprotected run's gain, seed by seed
-        lines = {name: [line_path(base_results, out, run_name(sweep, name, s), f, sweep.line)
-                        for s, f in zip(sweep.seeds, files)] for name, files in results.items()}
-        summary["matched_gain"] = matched_rows(base_results, lines, Path(sweep.task).stem)
+    summary = summarize_sweep(sweep, list(expand(sweep)))
     atomic_write_json(out / "summary.json", summary)
     write_sweep_report(summary, out)
     return summary
