@@ -15,8 +15,10 @@ general data set to find. This follows three lines of work:
 Records: a chat exchange is {"messages": [user, assistant]} (the query written by the base from its
 template's user-turn opening, or taken from a prompts file; the answer by the base, greedy unless
 `answer_temperature` > 0); a plain-text record is {"text": ...}, a continuation sampled from the first
-token. Kept only when unique, long enough, and ended by the model (an end-of-turn or EOS token, not the
-length limit). Written once per base model and settings, as JSONL under the cache, and reused.
+token, or from one of the openings a file gives (the opening and its continuation: to hold languages or kinds of
+text the base's own sampling rarely writes). Kept only when unique, long enough, and ended by the model (an
+end-of-turn or EOS token, not the length limit). Written once per base model and settings, as JSONL under the
+cache, and reused.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from retain.core.paths import resolve_path
 
 FORMAT_VERSION = 1  # bump when what is generated changes: old caches are then not reused
 MARKER = "\u2063retain-marker\u2063"  # stands in for a message's content to find the template around it
+LATER_SETTINGS = ("openings",)  # RehearsalSettings fields added after FORMAT_VERSION 1's cache files
 MIN_CHARS = 8  # shorter queries, answers or plain texts are dropped
 
 
@@ -49,6 +52,7 @@ class RehearsalSettings:
     answer_temperature: float  # 0: greedy
     seed: int
     prompts: str | None = None  # a file of user prompts the base answers instead of writing its own
+    openings: str | None = None  # a file of text openings the base continues instead of its first token
     batch_size: int = 16
 
 
@@ -75,14 +79,19 @@ def model_fingerprint(source: str, chat_template: str | None) -> str:
 
 def cache_file(root: Path, fingerprint: str, settings: RehearsalSettings) -> Path:
     described = {**asdict(settings), "version": FORMAT_VERSION, "batch_size": None}  # batching changes nothing
-    if settings.prompts:
-        described["prompts"] = file_sha256(resolve_path(settings.prompts))
+    for key in LATER_SETTINGS:  # unset, a setting added later keeps the key every earlier cache file was written under
+        if described[key] is None:
+            del described[key]
+    for key in ("prompts", "openings"):  # the files' contents, not their names
+        if described.get(key):
+            described[key] = file_sha256(resolve_path(described[key]))
     key = hashlib.sha256(json.dumps([fingerprint, described], sort_keys=True).encode()).hexdigest()[:16]
     return root / f"{key}.jsonl"
 
 
 def read_prompts(path: str) -> list[str]:
-    """User prompts: JSONL whose rows have `prompt` (or `instruction`, `question`, `text`), or one per line."""
+    """User prompts or text openings: JSONL whose rows have `prompt` (or `instruction`, `question`, `text`), or one
+    per line."""
     prompts = []
     for n, line in enumerate(resolve_path(path).read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
@@ -117,9 +126,9 @@ def template_parts(tokenizer) -> tuple[str, list[int]] | None:
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], stops: list[int], settings: RehearsalSettings,
-             temperature: float, desc: str, must_end: bool = True) -> list[str | None]:
+             temperature: float, desc: str, must_end: bool = True, with_prompt: bool = False) -> list[str | None]:
     """Continuations of `prompts` (batched, left-padded, seeded per batch); with `must_end`, None where the length
-    limit, not a stop token, ended one."""
+    limit, not a stop token, ended one; `with_prompt`: each prompt and its continuation, decoded as one text."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     device = next(model.parameters()).device
     out: list[str | None] = []
@@ -139,12 +148,13 @@ def generate(model, tokenizer, prompts: list[str], stops: list[int], settings: R
                                        max_new_tokens=settings.max_new_tokens, do_sample=temperature > 0,
                                        temperature=temperature if temperature > 0 else None, top_p=None, top_k=None,
                                        eos_token_id=stops, pad_token_id=pad)
-        for row in generated[:, width:].tolist():
+        for prompt, row in zip(encoded, generated[:, width:].tolist()):
             ended = next((i for i, t in enumerate(row) if t in stops), None)
             if ended is None and must_end:
                 out.append(None)
             else:
-                out.append(tokenizer.decode(row[:ended], skip_special_tokens=True).strip())
+                ids = (prompt if with_prompt else []) + row[:ended]
+                out.append(tokenizer.decode(ids, skip_special_tokens=True).strip())
         bar.update(len(batch))
     bar.close()
     return out
@@ -180,10 +190,19 @@ def write_records(model, tokenizer, settings: RehearsalSettings) -> list[dict]:
                     for q, a in zip(queries, answers) if a is not None and len(a) >= MIN_CHARS]
     n_plain = settings.samples - n_chat
     if n_plain:
-        start = tokenizer.bos_token or tokenizer.decode([tokenizer.eos_token_id])
+        stop = [tokenizer.eos_token_id]
         # a continuation the length limit cut is still plain text the model wrote: kept
-        texts = generate(model, tokenizer, [start] * n_plain, [tokenizer.eos_token_id], settings, 1.0,
-                         "self-rehearsal: plain text", must_end=False)
+        if settings.openings:  # each opening in turn, sampled again on its next turn; kept with its continuation
+            openings = read_prompts(settings.openings)
+            if not openings:
+                raise DataError(f"{settings.openings}: replay.openings: no opening in the file")
+            starts = [openings[k % len(openings)] for k in range(n_plain)]
+            texts = generate(model, tokenizer, starts, stop, settings, 1.0, "self-rehearsal: plain text",
+                             must_end=False, with_prompt=True)
+        else:
+            start = tokenizer.bos_token or tokenizer.decode([tokenizer.eos_token_id])
+            texts = generate(model, tokenizer, [start] * n_plain, stop, settings, 1.0, "self-rehearsal: plain text",
+                             must_end=False)
         records += [{"text": t} for t in unique(texts, n_plain)]
     return records
 

@@ -63,6 +63,10 @@ class ReplayOptions:
     prompts: str | None = field(default=None, metadata={
         "help": "source self: a file of user prompts (JSONL with a prompt field, or one per line) for the base to "
                 "answer, instead of prompts it writes from its template's user-turn opening"})
+    openings: str | None = field(default=None, metadata={
+        "help": "source self: a file of text openings (one per line, or JSONL with a text field) the base continues "
+                "for its plain-text records, each in turn, instead of its first token: to hold the languages or "
+                "kinds of text it rarely writes unprompted; each record is the opening and its continuation"})
     max_new_tokens: int = field(default=128, metadata={
         "help": "source self: the longest answer or text, in tokens (an answer it cuts is dropped)"})
     answer_temperature: float = field(default=0.0, metadata={
@@ -96,14 +100,20 @@ class ReplayOptions:
                 yield "kl_weight", f"must be 0 (no KL) or more, got {self.kl_weight}"
             if self.answer_temperature < 0:
                 yield "answer_temperature", f"must be 0 (greedy) or more, got {self.answer_temperature}"
-            if self.prompts is not None and not resolve_path(self.prompts).is_file():
-                yield "prompts", f"file not found: {resolve_path(self.prompts)}"
-        elif self.prompts is not None:
-            yield "prompts", "only for source: self (the base answers them)"
+            for key in ("prompts", "openings"):
+                path = getattr(self, key)
+                if path is not None and not resolve_path(path).is_file():
+                    yield key, f"file not found: {resolve_path(path)}"
+        else:
+            if self.prompts is not None:
+                yield "prompts", "only for source: self (the base answers them)"
+            if self.openings is not None:
+                yield "openings", "only for source: self (the base continues them)"
 
     def rehearsal(self) -> RehearsalSettings:
         return RehearsalSettings(samples=self.samples, chat_share=self.chat_share, max_new_tokens=self.max_new_tokens,
-                                 answer_temperature=self.answer_temperature, seed=self.seed, prompts=self.prompts)
+                                 answer_temperature=self.answer_temperature, seed=self.seed, prompts=self.prompts,
+                                 openings=self.openings)
 
 
 class Replay(DataTransform):

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from retain.config import config_from_dict
-from retain.core.errors import ConfigError
-from retain.mitigations.rehearsal import RehearsalSettings, self_rehearsal, template_parts, write_records
+from retain.core.errors import ConfigError, DataError
+from retain.mitigations.rehearsal import (RehearsalSettings, cache_file, self_rehearsal, template_parts,
+                                         write_records)
 from conftest import write_jsonl
 
 def load(path):
@@ -68,6 +69,48 @@ def test_only_unique_complete_long_enough_answers_are_kept(chat_model):
         {"messages": [{"role": "user", "content": "what is the capital of france"},
                       {"role": "assistant", "content": "the capital of france is paris"}]},
         {"text": "the green mountain and the blue river"}]
+
+
+def test_openings_are_continued_in_turn_and_kept_with_their_continuation(chat_model, tmp_path):
+    _, tokenizer = load(chat_model)
+    eos = tokenizer.eos_token_id
+    words = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    openings = tmp_path / "openings.txt"
+    openings.write_text("the green mountain\nthe blue river\n")
+    settings = RehearsalSettings(samples=3, chat_share=0.0, max_new_tokens=50, answer_temperature=0.0, seed=0,
+                                 batch_size=8, openings=str(openings))
+    prompts = []
+
+    class Recording(Scripted):
+        def generate(self, input_ids, **kwargs):
+            prompts.extend(tokenizer.decode(row, skip_special_tokens=True) for row in input_ids.tolist())
+            return super().generate(input_ids, **kwargs)
+
+    # the first opening's second turn is sampled again: another continuation
+    model = Recording([[words(" is very high") + [eos], words(" runs to the sea"), words(" is far away") + [eos]]])
+    records = write_records(model, tokenizer, settings)
+    assert prompts == ["the green mountain", "the blue river", "the green mountain"]
+    assert records == [{"text": "the green mountain is very high"}, {"text": "the blue river runs to the sea"},
+                       {"text": "the green mountain is far away"}]
+    openings.write_text("\n")
+    with pytest.raises(DataError, match="openings.txt: replay.openings: no opening"):
+        write_records(model, tokenizer, settings)
+
+
+def test_the_cache_key_is_the_settings_and_the_files_contents_and_older_keys_still_hold(tmp_path):
+    settings = RehearsalSettings(samples=200, chat_share=0.7, max_new_tokens=128, answer_temperature=0.0, seed=0)
+    # the key cache files were written under before `openings` existed: without openings it is still this one
+    assert cache_file(tmp_path, "f", settings).name == "ae2abd7b917a7541.jsonl"
+    openings = tmp_path / "openings.txt"
+    openings.write_text("the green mountain\n")
+    with_openings = RehearsalSettings(**{**settings.__dict__, "openings": str(openings)})
+    first = cache_file(tmp_path, "f", with_openings)
+    assert first != cache_file(tmp_path, "f", settings)
+    moved = tmp_path / "moved.txt"
+    moved.write_text(openings.read_text())
+    assert cache_file(tmp_path, "f", RehearsalSettings(**{**settings.__dict__, "openings": str(moved)})) == first
+    openings.write_text("the blue river\n")
+    assert cache_file(tmp_path, "f", with_openings) != first
 
 
 def test_written_once_per_model_and_settings_then_read_from_the_cache(chat_model, tmp_path):
@@ -138,6 +181,7 @@ def test_source_self_settings_are_checked(make_config):
     for bad, key in [({"source": "self", "file": "lab:general.jsonl"}, "file"), ({"source": "self", "samples": 0},
                      "samples"), ({"source": "self", "chat_share": 1.5}, "chat_share"),
                      ({"source": "self", "kl_weight": -1}, "kl_weight"),
-                     ({"prompts": "x.jsonl"}, "prompts")]:
+                     ({"prompts": "x.jsonl"}, "prompts"), ({"openings": "x.txt"}, "openings"),
+                     ({"source": "self", "openings": "no-such-openings.txt"}, "openings")]:
         with pytest.raises(ConfigError, match=f"replay.{key}"):
             config_from_dict({**base, "mitigations": {"replay": bad}})
