@@ -18,11 +18,10 @@ from retain.report.severity import worst
 
 @dataclasses.dataclass
 class Compared:
-    """One strategy's results against the base: `runs` (one per training seed, as loaded), `after` (what was
-    compared: the list, or the one run alone), compare's output and the pooled retained change."""
+    """One strategy's results against the base: `runs` (one per training seed, as loaded), compare's output and
+    the pooled retained change."""
 
     runs: list[dict]
-    after: dict | list[dict]
     comparison: dict
     retained: Change
     pooled_tasks: list[str]
@@ -35,7 +34,7 @@ def compare_runs(base: dict, result_paths: dict[str, Path | list[Path]], task: s
         runs = [load_results(p) for p in (paths if isinstance(paths, list) else [paths])]
         after = runs if len(runs) > 1 else runs[0]
         retained, pooled_tasks = retained_change(base, after, task)
-        compared[name] = Compared(runs, after, compare(base, after), retained, pooled_tasks)
+        compared[name] = Compared(runs, compare(base, after), retained, pooled_tasks)
     return compared
 
 
