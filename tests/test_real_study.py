@@ -240,6 +240,7 @@ def test_the_recipe_retain_tune_found_is_judged_beside_the_sweeps(sweep: Path, t
         "against_reference": {"seeds": list(SEEDS), **target_record(target)}}}))
     doc = main([str(sweep), "--out", str(tmp_path / "docs"), "--no-screenshot", "--sweep-dir", str(tmp_path / "sweep"),
                 "--tune", str(tuned), "--tune", str(tmp_path / "tune-never")]).read_text()
+    assert f"`python -m tools.real_study {sweep} --tune {tuned} --tune {tmp_path / 'tune-never'}`" in doc
     section = doc.split("## The recipe `retain tune` found, per model")[1].split("\n## ")[0]
     rows = _rows(section)
     row = rows[f"`{tuned}`"]
