@@ -379,6 +379,20 @@ CASES = [
     Case("retention-confidence-out-of-range",
          lambda ws: ws.train(mitigations={"retention": {"suite": "lab", "confidence": 1.5}}), 2,
          "mitigations.retention.confidence: must be in [0.5, 1) or null, got 1.5"),
+    Case("replay-openings-missing", lambda ws: ws.train(mitigations={"replay": {
+        "source": "self", "openings": ws.path("openings.txt")}}), 2, "mitigations.replay.openings: file not found"),
+    Case("replay-openings-without-self", lambda ws: ws.train(mitigations={"replay": {
+        "file": str(ws.data), "openings": ws.write("openings.txt", "The river\n")}}), 2,
+         "mitigations.replay.openings: only for source: self"),
+    Case("replay-openings-empty", lambda ws: ws.train(mitigations={"replay": {
+        "source": "self", "openings": ws.write("openings.txt", "\n  \n"), "cache_dir": ws.path("cache")}}), 2,
+         "openings.txt: no opening in the file"),
+    Case("replay-openings-bad-json", lambda ws: ws.train(mitigations={"replay": {
+        "source": "self", "openings": ws.write("openings.txt", 'The river\n{"text": "a\n'),
+        "cache_dir": ws.path("cache")}}), 2, "openings.txt:2: not valid JSON"),
+    Case("replay-openings-not-utf8", lambda ws: ws.train(mitigations={"replay": {
+        "source": "self", "openings": ws.write("openings.txt", b"caf\xe9\n"), "cache_dir": ws.path("cache")}}), 2,
+         "openings.txt: not UTF-8 text"),
     Case("replay-file-missing", lambda ws: ws.train(mitigations={"replay": {"file": ws.path("g.jsonl")}}), 2,
          "mitigations.replay.file: file not found"),
     Case("debug-shows-the-traceback", lambda ws: ["--debug"] + ws.train(training={"lrr": 1}), 2,

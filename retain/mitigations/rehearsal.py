@@ -93,11 +93,19 @@ def read_prompts(path: str) -> list[str]:
     """User prompts or text openings: JSONL whose rows have `prompt` (or `instruction`, `question`, `text`), or one
     per line."""
     prompts = []
-    for n, line in enumerate(resolve_path(path).read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        text = resolve_path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}) — save the "
+                        "file as UTF-8") from None
+    for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         if line.lstrip().startswith("{"):
-            row = json.loads(line)
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})") from None
             text = next((row[k] for k in ("prompt", "instruction", "question", "text") if k in row), None)
             if not isinstance(text, str):
                 raise DataError(f"{path}:{n}: no prompt field (prompt, instruction, question or text)")

@@ -10,7 +10,8 @@ from typing import Literal
 from retain.core.paths import resolve_path
 from retain.data import general_examples
 from retain.mitigations.distill import KLOptions
-from retain.mitigations.rehearsal import RehearsalSettings, self_rehearsal
+from retain.core.errors import DataError
+from retain.mitigations.rehearsal import RehearsalSettings, read_prompts, self_rehearsal
 from retain.mitigations.roles import Context, DataTransform
 
 GENERAL_DATA_HELP = "a JSONL file of general text the model should keep (any shape retain reads)"
@@ -100,10 +101,18 @@ class ReplayOptions:
                 yield "kl_weight", f"must be 0 (no KL) or more, got {self.kl_weight}"
             if self.answer_temperature < 0:
                 yield "answer_temperature", f"must be 0 (greedy) or more, got {self.answer_temperature}"
-            for key in ("prompts", "openings"):
+            for key, what in (("prompts", "prompt"), ("openings", "opening")):  # read before anything is written
                 path = getattr(self, key)
-                if path is not None and not resolve_path(path).is_file():
+                if path is None:
+                    continue
+                if not resolve_path(path).is_file():
                     yield key, f"file not found: {resolve_path(path)}"
+                    continue
+                try:
+                    if not read_prompts(path):
+                        yield key, f"{path}: no {what} in the file"
+                except DataError as e:
+                    yield key, str(e)
         else:
             if self.prompts is not None:
                 yield "prompts", "only for source: self (the base answers them)"

@@ -34,12 +34,13 @@ from typing import Any
 
 from retain.config import config_to_yaml, load_config
 from retain.core.files import atomic_write_json, atomic_write_text
+from retain.evaluation.results import load_results
 from retain.studies.common import (TaskStudyConfig, checked_run, load_study, plan_run, read_base, run_pending,
                                    score_base)
 from retain.studies.common import run_name as seed_run_name
 from retain.studies.sweep.line import line_path, score_lines
 from retain.studies.sweep.matched_gain import matched_rows
-from retain.studies.sweep.summary import Compared, summarize, write_sweep_report
+from retain.studies.sweep.summary import Compared, compare_runs, summarize_compared, write_sweep_report
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -122,7 +123,9 @@ def summarize_sweep(sweep: SweepConfig, names: list[str], compared: dict[str, Co
     `line`, each one's forgetting at matched task gain); `compared`: compare_runs's output where the caller has it."""
     out, task = Path(sweep.output), Path(sweep.task).stem
     base, results = out / "base.json", {name: result_files(sweep, name) for name in names}
-    summary = summarize(base, results, task=task, compared=compared)
+    base_results = load_results(base)
+    compared = compared if compared is not None else compare_runs(base_results, results, task)
+    summary = summarize_compared(base_results, base, compared, task)
     if sweep.line:  # forgetting where each run's line reaches 95% of the unprotected run's gain, seed by seed
         lines = {name: [line_path(base, out, run_name(sweep, name, s), f, sweep.line)
                         for s, f in zip(sweep.seeds, files)] for name, files in results.items()}

@@ -38,12 +38,15 @@ def compare_runs(base: dict, result_paths: dict[str, Path | list[Path]], task: s
     return compared
 
 
-def summarize(base_path: Path, result_paths: dict[str, Path | list[Path]], task: str,
-              compared: dict[str, Compared] | None = None) -> dict:
-    """The sweep's rows against the base; a strategy's results are one file, or a list: one per training seed.
-    `compared`: compare_runs's output for these results where the caller already has it."""
+def summarize(base_path: Path, result_paths: dict[str, Path | list[Path]], task: str) -> dict:
+    """The sweep's rows against the base, from files; a strategy's results are one file, or a list: one per
+    training seed."""
     base = load_results(base_path)
-    compared = compared if compared is not None else compare_runs(base, result_paths, task)
+    return summarize_compared(base, base_path, compare_runs(base, result_paths, task), task)
+
+
+def summarize_compared(base: dict, base_path: Path, compared: dict[str, Compared], task: str) -> dict:
+    """The sweep's rows from compare_runs's output against the loaded `base` (read from `base_path`)."""
     rows, pooled_tasks = {}, []
     for name, c in compared.items():
         comparison, retained, pooled_tasks = c.comparison, c.retained, c.pooled_tasks

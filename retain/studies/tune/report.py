@@ -23,8 +23,8 @@ from retain.evaluation.stats import seed_paired_bootstrap
 from retain.core.files import atomic_write_json, atomic_write_text
 from retain.report.plots import COLORS, _png, plt
 from retain.evaluation.results import load_results
-from retain.studies.sweep.summary import (capability_table, compare_runs, markdown_table, pareto_front, summarize,
-                                          write_sweep_report)
+from retain.studies.sweep.summary import (capability_table, compare_runs, markdown_table, pareto_front,
+                                          summarize_compared, write_sweep_report)
 from retain.studies.common import evaluate_into
 from retain.studies.sweep.target import FORGETTING_SHARE, Criterion, Target, judge_target
 from retain.studies.tune.trial import REFERENCE, Tuning, read_json, seed_runs
@@ -143,7 +143,7 @@ def write_report(tuning: Tuning) -> dict:
     seeded = {n: [paths[r] for r in runs] for n, runs in replicated.items()}
     base = load_results(paths["base"])
     compared = compare_runs(base, {n: seeded.get(n, paths[n]) for n in shown}, tuning.task)
-    summary = summarize(paths["base"], {}, task=tuning.task, compared=compared)
+    summary = summarize_compared(base, paths["base"], compared, tuning.task)
     summary["pareto_front"] = front  # the dev front: test numbers report it, they do not choose it
     reference = read_json(out / "trials" / f"{REFERENCE}.json")
     summary["tune"] = {
