@@ -173,6 +173,13 @@ def test_two_models_make_one_doc_and_a_recipe_short_of_seeds_is_left_out(sweep: 
     matched = gemma.split("### Forgetting at matched task gain")[1].split("\n### ")[0]
     assert "Not measured" not in matched and "first reaches 95% of the unprotected run's task gain" in matched
     assert set(_rows(matched)) == {"recipe", "unprotected", "good"}
+    # and the line's points as scored: halfway, the unprotected runs learned 10, 10, 11 task items of 100 and lost
+    # 30, 30, 31 chat answers (pooled with 100 unchanged choice items: -15.2 points); "good" lost none
+    scored = _rows(gemma.split("### The WiSE-FT line as scored")[1].split("\n### ")[0])
+    assert set(scored) == {"strategy", "unprotected at alpha 0.5", "good at alpha 0.5"}
+    assert scored["unprotected at alpha 0.5"].startswith("| unprotected at alpha 0.5 | +10.3 [")
+    assert "| -15.2 [" in scored["unprotected at alpha 0.5"] and "| +0.0 [" in scored["good at alpha 0.5"]
+    assert "Not scored in this study" in doc.split("## tiny-gemma (`gemma`)")[0]
     assert "Not measured in this study" in doc.split("## tiny-gemma (`gemma`)")[0]
     for stem in ("sweep", "gemma"):
         assert f"![Pareto plot](real-model-{stem}-pareto.png)" in doc

@@ -38,8 +38,9 @@ from retain.report.render import format_change
 from retain.studies.common import read_base
 from retain.studies.sweep import (SweepConfig, expand, load_sweep, result_files, run_name, strategy_configs,
                                   summarize_sweep)
-from retain.studies.sweep.summary import (as_change, capability_table, compare_runs, markdown_table, per_seed_cell,
-                                          verdict_cell, write_sweep_report)
+from retain.studies.sweep.line import line_file
+from retain.studies.sweep.summary import (Compared, as_change, capability_table, compare_runs, markdown_table,
+                                          per_seed_cell, verdict_cell, write_sweep_report)
 from retain.studies.sweep.target import judge_target
 from retain.model.precision import choose_bf16, this_machine
 from tools.report_screenshot import screenshot
@@ -238,6 +239,7 @@ class Study:
     comparisons: dict[str, dict] = dataclasses.field(default_factory=dict)
     retained: dict[str, Change] = dataclasses.field(default_factory=dict)
     targets: dict = dataclasses.field(default_factory=dict)
+    line: dict[str, Compared] = dataclasses.field(default_factory=dict)  # "<name> at alpha <a>": its line points
 
 
 def read_study(sweep_path: Path, sweep_dir: str | None) -> Study:
@@ -268,7 +270,21 @@ def read_study(sweep_path: Path, sweep_dir: str | None) -> Study:
     study.retained = {n: c.retained for n, c in compared.items()}
     study.targets = {n: judge_target(study.base, study.seeds[REFERENCE], runs, Path(sweep.task).stem)
                      for n, runs in study.seeds.items() if n != REFERENCE}
+    points = {f"{n} at alpha {a:g}": [line_file(out, run_name(sweep, n, s), a) for s in sweep.seeds]
+              for n in study.names for a in sweep.line}
+    study.line = compare_runs(study.base, {k: files for k, files in points.items() if all(f.is_file() for f in files)},
+                              Path(sweep.task).stem)
     return study
+
+
+def line_lines(study: Study, task: str) -> list[str]:
+    """Each run's WiSE-FT line points as scored: weights (1 - alpha)·base + alpha·run, every seed."""
+    if not study.line:
+        return ["Not scored in this study (a sweep scores them when it sets `line`)."]
+    return ["The runs' weights moved back toward the base after training, (1 − α)·base + α·run, scored like the runs "
+            "(every seed; CIs over seeds, then items): the points the matched-gain table reads.", "",
+            *pooled_table({n: c.comparison for n, c in study.line.items()},
+                          {n: c.retained for n, c in study.line.items()}, task)]
 
 
 def _names(names) -> str:
@@ -379,6 +395,7 @@ def model_section(study: Study, docs: Path, take_screenshot: bool) -> list[str]:
         "### New skill against forgetting", "", markdown_table(summary), "",
         f"Pareto front: {', '.join(summary['pareto_front'])}.", "", f"![Pareto plot]({pareto})", "",
         "### Forgetting at matched task gain", "", *matched_gain_lines(summary), "",
+        "### The WiSE-FT line as scored", "", *line_lines(study, task), "",
         f"### Answers that changed (training seed {first})", "",
         "Up to two items per generation task whose outcome changed from the base, losses first, as the model wrote "
         "them.", "",
