@@ -94,11 +94,11 @@ def read_prompts(path: str) -> list[str]:
     per line."""
     prompts = []
     try:
-        text = resolve_path(path).read_text(encoding="utf-8")
+        content = resolve_path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}) — save the "
                         "file as UTF-8") from None
-    for n, line in enumerate(text.splitlines(), start=1):
+    for n, line in enumerate(content.splitlines(), start=1):
         if not line.strip():
             continue
         if line.lstrip().startswith("{"):
