@@ -3,6 +3,8 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# A study's command, its sitting's seconds added to <out>/wall_seconds (a resumed study reports all its sittings).
+TIMED := $(BIN)/python -m tools.timed
 # torch is installed in the same pip command as the rest so the CPU build on disk is chosen.
 PIP_INSTALL := $(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
 
@@ -45,28 +47,23 @@ gemma-model: $(VENV)/.installed-gemma
 # unprotected, with self-rehearsal (also continued from openings in English and Chinese) and with LoRA (Google's
 # Gemma terms: `make gemma-model`), each also scored halfway back to the base (WiSE-FT), three training seeds each,
 # scored before/after, written up in one docs/real-model.md by tools/real_study.py (issue 19's target per model and
-# recipe). Resumable: finished runs are skipped; each sweep's <output>/start and end time its last run.
+# recipe). Resumable: finished runs are skipped; each sitting's time is added to <output>/wall_seconds (tools/timed.py).
 real-study: $(VENV)/.installed-real $(VENV)/.installed-gemma
 	mkdir -p runs/real-study runs/real-study-gemma
-	date +%s > runs/real-study/start && HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/retain sweep \
-		configs/sweeps/real-smollm2.yaml && date +%s > runs/real-study/end
-	date +%s > runs/real-study-gemma/start && HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/retain sweep \
-		configs/sweeps/real-gemma.yaml && date +%s > runs/real-study-gemma/end
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(TIMED) runs/real-study -- $(BIN)/retain sweep configs/sweeps/real-smollm2.yaml
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(TIMED) runs/real-study-gemma -- $(BIN)/retain sweep configs/sweeps/real-gemma.yaml
 	$(BIN)/python -m tools.real_study configs/sweeps/real-smollm2.yaml configs/sweeps/real-gemma.yaml --out docs \
 		--tune runs/tune-smollm2 --tune runs/tune-gemma
 
 # The lab's mitigations and the source texts' causal claims, each strategy with training seeds 0, 1 and 2
 # (docs/mitigations.md, docs/claims.md; 105 + 60 runs of retain-tiny, each also scored at the points of its WiSE-FT
 # line toward the base that the sweep's `line` names, hours on 2 CPU cores: the docs give each
-# sweep's wall time; not part of `make test`). Resumable: finished runs are skipped (each sweep's <output>/start and
-# end then time the runs it had left).
+# sweep's wall time; not part of `make test`). Resumable: finished runs are skipped (each sitting's time is added to
+# the sweep's <output>/wall_seconds).
 lab-study: $(VENV)/.installed-base
 	mkdir -p runs/sweep-lab runs/sweep-lab-gentle
-	date +%s > runs/sweep-lab/start
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/retain sweep configs/sweeps/lab.yaml && date +%s > runs/sweep-lab/end
-	date +%s > runs/sweep-lab-gentle/start
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/retain sweep configs/sweeps/lab-gentle.yaml \
-		&& date +%s > runs/sweep-lab-gentle/end
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(TIMED) runs/sweep-lab -- $(BIN)/retain sweep configs/sweeps/lab.yaml
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(TIMED) runs/sweep-lab-gentle -- $(BIN)/retain sweep configs/sweeps/lab-gentle.yaml
 	$(BIN)/python -m tools.lab docs configs/sweeps/lab.yaml configs/sweeps/lab-gentle.yaml
 
 # Self-rehearsal on the real model (docs/self-rehearsal.md; about 25 minutes per seed on 2 CPU cores, 3 seeds; not
@@ -86,8 +83,7 @@ $(VENV)/.installed-tune: pyproject.toml | $(BIN)/python
 # (configs/tune/lab.yaml); its report and plots are copied to docs/tune-lab-*. Resumable: run it again.
 tune-study: $(VENV)/.installed-tune
 	mkdir -p runs/tune-lab
-	start=$$(date +%s) && HF_HUB_OFFLINE=1 $(BIN)/retain tune configs/tune/lab.yaml \
-		&& echo $$(( $$(date +%s) - $$start )) > runs/tune-lab/wall_seconds
+	HF_HUB_OFFLINE=1 $(TIMED) runs/tune-lab -- $(BIN)/retain tune configs/tune/lab.yaml
 	sed -e 's|(pareto.png)|(tune-lab-pareto.png)|; s|(trials.png)|(tune-lab-trials.png)|' \
 		runs/tune-lab/report.md > docs/tune-lab-report.md
 	cp runs/tune-lab/pareto.png docs/tune-lab-pareto.png
@@ -98,9 +94,7 @@ tune-study: $(VENV)/.installed-tune
 # target verdict in docs/real-model.md
 real-tune: $(VENV)/.installed-real $(VENV)/.installed-gemma $(VENV)/.installed-tune
 	for m in smollm2 gemma; do \
-		mkdir -p runs/tune-$$m && start=$$(date +%s) && HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 \
-			$(BIN)/retain tune configs/tune/real-$$m.yaml \
-			&& echo $$(( $$(date +%s) - $$start )) > runs/tune-$$m/wall_seconds \
+		HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(TIMED) runs/tune-$$m -- $(BIN)/retain tune configs/tune/real-$$m.yaml \
 			&& sed -e "s|(pareto.png)|(tune-$$m-pareto.png)|; s|(trials.png)|(tune-$$m-trials.png)|" \
 				runs/tune-$$m/report.md > docs/tune-$$m-report.md \
 			&& cp runs/tune-$$m/pareto.png docs/tune-$$m-pareto.png \

@@ -70,8 +70,7 @@ def _write_sweep(tmp_path: Path, stem: str, base_config: str, model: str, strate
                     (out / "line" / f"{name}.seed{seed}").mkdir(parents=True)
                     (out / "line" / f"{name}.seed{seed}" / "alpha-0.5.json").write_text(
                         json.dumps({**_halfway(name, seed), "model": model}))
-    (out / "start").write_text("1000\n")
-    (out / "end").write_text("8200\n")
+    (out / "wall_seconds").write_text("7200\n")
     path = tmp_path / f"{stem}.yaml"
     # the sweep's files are read from --sweep-dir (a copy of the study's), not from its `output`
     path.write_text(f"base: {REPO / base_config}\ntask: task\nsuite: tiny\n"
@@ -134,7 +133,7 @@ def test_the_study_doc_has_the_target_per_recipe_and_every_seed(sweep: Path, tmp
     assert "-61.0 pts" in chat and "| -60.0, -61.0, -62.0 | supported (worse) |" in chat
     uneven = next(line for line in doc.splitlines() if line.startswith("| uneven | chat answers | 100 |"))
     assert "| +0.0, +0.0, -9.0 | not shown (" in uneven
-    assert f"install excluded: 2 h 00 min (`{tmp_path / 'sweep' / 'start'}` to `end`)." in doc
+    assert f"install excluded: 2 h 00 min (`{tmp_path / 'sweep' / 'wall_seconds'}`: its sittings added up)." in doc
     assert "this study ran one: tiny (`" in doc and "not run" not in doc
     assert "- tiny: of 3 recipes judged, `good` met the target; `bad`: not met; `uneven`: not shown." in doc
     assert "![Pareto plot](real-model-sweep-pareto.png)" in doc
@@ -146,10 +145,7 @@ def test_the_study_doc_has_the_target_per_recipe_and_every_seed(sweep: Path, tmp
 def test_two_models_make_one_doc_and_a_recipe_short_of_seeds_is_left_out(sweep: Path, gemma_sweep: Path,
                                                                          tmp_path: Path):
     docs = tmp_path / "docs"
-    # gemma's study ran in sittings: their seconds added up, with no start and end
-    for name in ("start", "end"):
-        (tmp_path / "gemma" / name).unlink()
-    (tmp_path / "gemma" / "wall_seconds").write_text("5071\n")
+    (tmp_path / "gemma" / "wall_seconds").write_text("5071\n")  # gemma's study: 1 h 24 min
     doc = main([str(sweep), str(gemma_sweep), "--out", str(docs), "--no-screenshot",
                 "--sweep-dir", str(tmp_path / "sweep"), "--sweep-dir", str(tmp_path / "gemma")]).read_text()
     assert "this study ran both: tiny (`" in doc
@@ -175,10 +171,15 @@ def test_two_models_make_one_doc_and_a_recipe_short_of_seeds_is_left_out(sweep: 
     assert set(_rows(matched)) == {"recipe", "unprotected", "good"}
     # and the line's points as scored: halfway, the unprotected runs learned 10, 10, 11 task items of 100 and lost
     # 30, 30, 31 chat answers (pooled with 100 unchanged choice items: -15.2 points); "good" lost none
-    scored = _rows(gemma.split("### The WiSE-FT line as scored")[1].split("\n### ")[0])
+    line_section = gemma.split("### The WiSE-FT line as scored")[1].split("\n### ")[0]
+    scored = _rows(line_section.split("Per capability")[0])
     assert set(scored) == {"strategy", "unprotected at alpha 0.5", "good at alpha 0.5"}
     assert scored["unprotected at alpha 0.5"].startswith("| unprotected at alpha 0.5 | +10.3 [")
     assert "| -15.2 [" in scored["unprotected at alpha 0.5"] and "| +0.0 [" in scored["good at alpha 0.5"]
+    # and per capability: unprotected halfway loses 30, 30, 31 of its 100 chat answers
+    chat = [line for line in line_section.splitlines()
+            if line.startswith("| unprotected at alpha 0.5 | chat answers | 100 |")]
+    assert len(chat) == 1 and "| -30.0, -30.0, -31.0 | supported (worse) |" in chat[0]
     assert "Not scored in this study" in doc.split("## tiny-gemma (`gemma`)")[0]
     assert "Not measured in this study" in doc.split("## tiny-gemma (`gemma`)")[0]
     for stem in ("sweep", "gemma"):

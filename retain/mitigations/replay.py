@@ -18,7 +18,8 @@ GENERAL_DATA_HELP = "a JSONL file of general text the model should keep (any sha
 
 
 # The default share of replayed examples: 0.15 of general data from a file (the 10-20% practitioners use); 0.5 of
-# the base's own records, which held SmolLM2's chat answers and plain text where 0.3 did not (docs/self-rehearsal.md)
+# the base's own records, which held SmolLM2's chat answers and plain text on one seed where 0.3 did not
+# (docs/self-rehearsal.md; over three seeds, plain text and most chat answers: docs/real-model.md)
 FILE_RATIO, SELF_RATIO = 0.15, 0.5
 
 

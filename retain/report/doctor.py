@@ -171,7 +171,7 @@ def training_findings(config: RunConfig, n_params: int, peft: list[str], n_examp
     add = found.append
     low, high = full_ft_lr_range(n_params)
     replay = m.get("replay")
-    mix_in = ("mitigations.replay.ratio=0.15" if replay is None else
+    mix_in = (", ".join(replay_items(config)) if replay is None else
               f"more general data than mitigations.replay.ratio's {replay.ratio:g}" if replay.ratio < 0.2 else
               "general data of more kinds in mitigations.replay")
     if not peft and t.lr > high:
@@ -273,8 +273,9 @@ def format_gap(config: RunConfig, tokenizer) -> Finding | None:
         text, _ = render_shape(sh, tokenizer, used if as_chat else own, "doctor", as_chat)
         return repr(text[:200] + ("…" if len(text) > 200 else ""))
 
-    rehearse = "mitigations.replay.source=self (the base's own chat answers and plain text, rehearsed)" \
-        if self_rehearsal() else "mitigations.replay with general data in the model's chat format"
+    rehearse = ("" if getattr(config.mitigations.get("replay"), "source", None) == "self" else  # has it already
+                ", and mitigations.replay.source=self (the base's own chat answers and plain text, rehearsed)"
+                if self_rehearsal() else ", and mitigations.replay with general data in the model's chat format")
     if not own.plain:
         plain = [sh for sh in shapes if not through_template(sh)]
         if len(plain) < 0.5 * len(shapes):
@@ -283,12 +284,12 @@ def format_gap(config: RunConfig, tokenizer) -> Finding | None:
         if example is None:  # plain text only: data.chat has nothing to render
             return Finding("format_gap", f"{config.model.name} has a chat template, but {len(plain)} of "
                            f"{of} are plain text, trained outside it: e.g. {text_of(plain[0], False)}",
-                           f"give the task as conversations, and {rehearse}")
+                           f"give the task as conversations{rehearse}")
         return Finding("format_gap", f"{config.model.name} has a chat template, but {len(plain)} of {of} "
                        f"are trained as plain text, not through it (data.chat is false): as trained "
                        f"{text_of(example, False)}; through its chat template {text_of(example, True)}",
                        f"if the model is used in chat: data.chat=true (each prompt/response becomes a user/assistant "
-                       f"exchange), and {rehearse}")
+                       f"exchange){rehearse}")
     chatted = [sh for sh in shapes if through_template(sh)]
     if len(chatted) < 0.5 * len(shapes):
         return None
@@ -409,10 +410,7 @@ def recipe(config: RunConfig, n_params: int, n_examples: int, peft: bool, gap: F
     if gap is not None and "data.chat=true" in gap.fix and not lab:  # the lab's tasks are scored as plain text
         out.append("data.chat=true")
     if "replay" not in m:
-        out.append("mitigations.replay.ratio=0.15")
-        if not lab:
-            own = "mitigations.replay.source=self" if self_rehearsal() else "mitigations.replay.file=GENERAL.jsonl"
-            out.append(own)
+        out += replay_items(config)
     if not holds_a_budget(m):
         out += ["mitigations.retention.action=early_stop", f"mitigations.retention.every={max(1, steps // 8)}"]
         if "retention" in m:  # checks that only measured: their `ignore`s go, the budget's defaults hold
@@ -424,6 +422,17 @@ def recipe(config: RunConfig, n_params: int, n_examples: int, peft: bool, gap: F
         if not lab:
             out.append("mitigations.early_warnings.general=GENERAL.jsonl")
     return [item for item in out if not already_set(config, item)]
+
+
+def replay_items(config: RunConfig) -> list[str]:
+    """Replay for a config that has none: the model's own rehearsal at its measured defaults (half of each batch,
+    KL to the base on it) where this retain writes one; else 15% general data (the source texts' 10-20%), the lab's
+    own for the lab's model, a file the user names for any other."""
+    if uses_lab_model(config.model):
+        return ["mitigations.replay.ratio=0.15"]
+    if self_rehearsal():
+        return ["mitigations.replay.source=self"]
+    return ["mitigations.replay.ratio=0.15", "mitigations.replay.file=GENERAL.jsonl"]
 
 
 def holds_a_budget(m: dict) -> bool:

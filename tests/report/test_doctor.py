@@ -37,13 +37,15 @@ def test_a_reckless_config_gets_every_config_cause_with_evidence_and_a_fix(make_
     assert "lr 0.01" in found["high_lr"]["evidence"] and "training.lr=0.0001" in found["high_lr"]["fix"]
     assert "10.0 epochs" in found["many_epochs"]["evidence"] and "training.epochs=3" in found["many_epochs"]["fix"]
     assert "100% of the prompts have one shape: 'what is _ plus _ ?'" in found["narrow_data"]["evidence"]
-    assert "mitigations.replay.ratio=0.15" in found["narrow_data"]["fix"]
     assert "data.dev=" in found["no_dev"]["fix"]
     recipe = json.loads(out)["recipe"]
     assert "training.lr=0.0001" in recipe and "training.epochs=3" in recipe
-    assert "mitigations.replay.ratio=0.15" in recipe
-    # not the lab's data for a model that is not the lab's: the model's own rehearsal, or a file the user names
-    assert ("mitigations.replay.source=self" if self_rehearsal() else "mitigations.replay.file=GENERAL.jsonl") in recipe
+    # not the lab's data for a model that is not the lab's: the model's own rehearsal at its measured defaults
+    # (not at the 15% that suits general data), or 15% of a file the user names; the findings say the same
+    own = (["mitigations.replay.source=self"] if self_rehearsal() else
+           ["mitigations.replay.ratio=0.15", "mitigations.replay.file=GENERAL.jsonl"])
+    assert [item for item in recipe if item.startswith("mitigations.replay.")] == own
+    assert ", ".join(own) in found["narrow_data"]["fix"]
 
 
 def test_a_careful_config_gets_none_of_them(make_config, qa_data, tmp_path, capsys):
@@ -154,6 +156,11 @@ def test_a_chat_model_on_plain_records_is_a_format_gap_with_both_renderings(make
     code, out, _ = doctor(capsys, make_config(model=config["model"], data={"chat": True}), tmp_path, "--json",
                           "--probe", "0")
     assert code == 0 and "format_gap" not in causes(out) and "data.chat=true" not in json.loads(out)["recipe"]
+    if self_rehearsal():  # a config that rehearses already is not told to
+        code, out, _ = doctor(capsys, make_config(model=config["model"], mitigations={"replay": {"source": "self"}}),
+                              tmp_path, "--json", "--probe", "0")
+        gap = causes(out)["format_gap"]
+        assert code == 0 and "data.chat=true" in gap["fix"] and "replay" not in gap["fix"]
 
 
 def test_a_base_model_on_chat_rendered_records_is_a_format_gap(make_config, tiny_model, tmp_path, capsys):
