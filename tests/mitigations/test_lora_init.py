@@ -94,20 +94,19 @@ def test_cordas_knowledge_preserving_start_barely_acts_on_the_general_datas_inpu
     """CorDA's knowledge-preserved mode gives the adapter the directions of W·C (C: the covariance of a layer's
     inputs on the general data) that matter least to those inputs; its instruction-previewed mode, and PiSSA,
     the ones that matter most. Measured on one layer: |B·A·x| / |W·x| over the general data's inputs x."""
+    model, tokenizer = loaded(tiny_model)  # the inputs are the base's: the same for either start
+    q_proj, inputs = model.model.layers[0].self_attn.q_proj, []
+    hook = q_proj.register_forward_hook(lambda m, i, o: inputs.append(i[0].detach().flatten(0, -2)))
+    with torch.no_grad():
+        for batch in init_batches(str(general), tokenizer, 32, 16, 4):
+            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    hook.remove()
+    x = torch.cat(inputs).float()
+
     def on_general_inputs(init):
-        model, tokenizer = loaded(tiny_model)
-        q_proj = model.model.layers[0].self_attn.q_proj
-        w, inputs = q_proj.weight.detach().float().clone(), []
-        hook = q_proj.register_forward_hook(lambda m, i, o: inputs.append(i[0].detach().flatten(0, -2)))
-        with torch.no_grad():
-            for batch in init_batches(str(general), tokenizer, 32, 16, 4):
-                model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        hook.remove()
-        x = torch.cat(inputs).float()
-        lora = Lora(LoraOptions(r=4, init=init, init_data=str(general) if init == "corda" else None))
-        layer = lora.transform_model(model, context(tokenizer, tmp_path)).base_model.model.model.layers[0]
-        q = layer.self_attn.q_proj
-        update = q.scaling["default"] * q.lora_B["default"].weight @ q.lora_A["default"].weight
+        options = LoraOptions(r=4, init=init, init_data=str(general) if init == "corda" else None)
+        w, layer, b, a = first_query_start(tiny_model, tmp_path, options)
+        update = layer.scaling["default"] * b @ a
         return ((x @ update.T).norm() / (x @ w.T).norm()).item()
 
     corda, pissa = on_general_inputs("corda"), on_general_inputs("pissa")
